@@ -1,0 +1,74 @@
+"""What train.py and search.py share: YAML configs under flags, one-line errors, summary tables.
+
+The scripts stay thin: they declare flags, call :func:`parse_args`, and hand the namespace to the
+library inside :func:`run_main`, which turns a :class:`~tas.errors.TasError` into ``error: ...`` on
+stderr and exit code 2.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Callable, Sequence
+
+import yaml
+
+from .errors import EXIT_USAGE, TasError
+
+__all__ = ["parse_args", "run_main", "format_table"]
+
+
+def _load_config(path: str) -> dict:
+    p = Path(path)
+    if not p.is_file():
+        raise TasError(f"--config file not found: {p}")
+    try:
+        cfg = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise TasError(f"--config {p} is not valid YAML: {e}") from None
+    if not isinstance(cfg, dict):
+        raise TasError(f"--config {p} must be a mapping of flag names to values")
+    return cfg
+
+
+def parse_args(parser: argparse.ArgumentParser, argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """Parse ``argv`` where ``--config FILE.yaml`` supplies defaults and explicit flags override it.
+
+    Config keys are flag names with dashes or underscores (``batch-size`` or ``batch_size``); an
+    unknown key is an error naming it, so a typo never silently does nothing.
+    """
+    if not any(a.dest == "config" for a in parser._actions):
+        parser.add_argument("--config", default=None, help="YAML file of flag values; flags override it")
+    pre, _ = parser.parse_known_args(argv)
+    if pre.config:
+        cfg = _load_config(pre.config)
+        dests = {a.dest for a in parser._actions}
+        unknown = sorted(k for k in cfg if k.replace("-", "_") not in dests)
+        if unknown:
+            raise TasError(f"--config {pre.config}: unknown keys {unknown}")
+        parser.set_defaults(**{k.replace("-", "_"): v for k, v in cfg.items()})
+    return parser.parse_args(argv)
+
+
+def run_main(main: Callable[[Sequence[str] | None], int | None], argv: Sequence[str] | None = None) -> int:
+    """Run a script's ``main`` and map user errors to one line on stderr and exit code 2."""
+    try:
+        return int(main(argv) or 0)
+    except TasError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+def format_table(rows: Sequence[Sequence[object]], header: Sequence[str] | None = None) -> str:
+    """A plain aligned text table (also valid Markdown when ``header`` is given)."""
+    cells = [[str(c) for c in r] for r in ([header] if header else []) + list(rows)]
+    if not cells:
+        return ""
+    widths = [max(len(r[i]) for r in cells) for i in range(len(cells[0]))]
+    lines = ["| " + " | ".join(c.ljust(w) for c, w in zip(r, widths)) + " |" for r in cells]
+    if header:
+        lines.insert(1, "|" + "|".join("-" * (w + 2) for w in widths) + "|")
+    return "\n".join(lines)
