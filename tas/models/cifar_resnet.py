@@ -109,9 +109,9 @@ class CifarResNet(nn.Module):
         return self.forward_head(self.forward_features(x))
 
 
-def _default_cfg() -> dict:
+def _default_cfg(depth: int) -> dict:
     return dict(
-        url="", num_classes=10, input_size=(3, 32, 32), pool_size=(8, 8), crop_pct=1.0,
+        url="", architecture=f"cifar_resnet{depth}", num_classes=10, input_size=(3, 32, 32), pool_size=(8, 8), crop_pct=1.0,
         interpolation="bilinear", mean=(0.4914, 0.4822, 0.4465), std=(0.2470, 0.2435, 0.2616),
         first_conv="conv1", classifier="fc",
     )
@@ -125,7 +125,7 @@ def _create(depth: int, pretrained: bool = False, **kwargs: Any) -> CifarResNet:
         )
     n = CIFAR_DEPTHS[depth]
     model = CifarResNet(layers=(n, n, n), **kwargs)
-    model.pretrained_cfg = model.default_cfg = _default_cfg()
+    model.pretrained_cfg = model.default_cfg = _default_cfg(depth)
     return model
 
 

@@ -1,0 +1,44 @@
+"""Family adapters: the only code that knows a backbone family's block structure.
+
+An adapter is a function ``describe(model) -> ModelGraph`` registered for the model classes it
+understands. :func:`describe_model` dispatches on the model and refuses anything else with the list
+of supported families, so there is no silent partial support.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch.nn as nn
+
+from ..errors import ModelError
+from ..graph import ModelGraph
+
+__all__ = ["register_family", "describe_model", "supported_families"]
+
+_FAMILIES: dict[str, tuple[Callable[[nn.Module], bool], Callable[[nn.Module], ModelGraph]]] = {}
+
+
+def register_family(name: str, matches: Callable[[nn.Module], bool]):
+    """Decorator registering ``describe`` for models where ``matches(model)`` is true."""
+    def wrap(describe: Callable[[nn.Module], ModelGraph]):
+        _FAMILIES[name] = (matches, describe)
+        return describe
+    return wrap
+
+
+def supported_families() -> list[str]:
+    return sorted(_FAMILIES)
+
+
+def describe_model(model: nn.Module) -> ModelGraph:
+    """The :class:`ModelGraph` of ``model``; :class:`ModelError` for an unsupported family."""
+    for name, (matches, describe) in _FAMILIES.items():
+        if matches(model):
+            return describe(model)
+    raise ModelError(
+        f"unsupported model class {type(model).__name__}: supported families are "
+        f"{', '.join(supported_families())}"
+    )
+
+
+from . import resnet  # noqa: E402,F401  (registers itself)

@@ -1,0 +1,109 @@
+"""Materialise: an :class:`~tas.arch.Arch` + weights → a dense slim network.
+
+The slim network is an instance of the source model's own class (a timm ``ResNet`` stays a timm
+``ResNet``) with every prunable layer replaced by a smaller dense copy holding the kept channels'
+weights, removed blocks dropped from their stages, and no masks or search parameters. It is
+rebuilt from ``arch.json`` + ``model.safetensors`` alone by :func:`build_slim` + ``load_state_dict``,
+which is what :func:`load_slim` does for a run directory.
+"""
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+
+from .arch import Arch
+from .errors import ArchError
+from .families import describe_model
+from .ops import SearchBN, SearchConv, SearchLinear, slice_bn, slice_conv, slice_linear
+
+__all__ = ["materialize", "build_slim", "load_slim"]
+
+
+def _check_fits(model: nn.Module, arch: Arch) -> None:
+    graph = describe_model(model)
+    if set(arch.groups) != set(graph.groups) or set(arch.stages) != set(graph.stages):
+        raise ArchError(f"the architecture (of {arch.model}) does not fit this {type(model).__name__}: "
+                        f"its groups or stages differ")
+    for n, g in graph.groups.items():
+        if arch.groups[n]["channels"] != g.channels:
+            raise ArchError(f"the architecture's group {n} has {arch.groups[n]['channels']} channels, "
+                            f"the model's has {g.channels}")
+    for n, s in graph.stages.items():
+        if arch.stages[n]["blocks"] != s.num_blocks:
+            raise ArchError(f"the architecture's stage {n} has {arch.stages[n]['blocks']} blocks, the model's has {s.num_blocks}")
+
+
+def materialize(source: nn.Module, arch: Arch) -> nn.Module:
+    """The dense slim network of ``arch`` with weights gathered from ``source``.
+
+    Args:
+        source: a :class:`~tas.supernet.Supernet` (weights of the search: shared convs and the
+            per-candidate BN of each kept width) or the plain source network (e.g. the teacher,
+            for ``--init inherit``).
+        arch: the architecture; it must come from the same model.
+    """
+    from .supernet import Supernet
+
+    if isinstance(source, Supernet):
+        source.check_arch(arch)
+        mode = source.mode
+        source.set_arch(arch)  # the wrappers now hold exactly arch's selection
+        slim = copy.deepcopy(source.template)
+        graph = source.graph
+        for layer in graph.layers:
+            m = source.model.get_submodule(layer.name)
+            if isinstance(m, (SearchConv, SearchBN, SearchLinear)):
+                slim.set_submodule(layer.name, m.sliced())
+            elif layer.kind != "channel_conv":
+                slim.set_submodule(layer.name, copy.deepcopy(m))
+        slim.to(next(source.parameters()).device)
+        if mode == "search":
+            source.search()
+    else:
+        _check_fits(source, arch)
+        slim = copy.deepcopy(source)
+        graph = describe_model(source)
+        device = next(source.parameters()).device
+        idx = {n: torch.tensor(g["indices"], dtype=torch.long, device=device) for n, g in arch.groups.items()}
+        for layer in graph.layers:
+            m = source.get_submodule(layer.name)
+            i, o = idx.get(layer.in_group), idx.get(layer.out_group)
+            if layer.kind == "conv":
+                slim.set_submodule(layer.name, slice_conv(m, i, o))
+            elif layer.kind == "bn":
+                slim.set_submodule(layer.name, slice_bn(m, o))
+            elif layer.kind == "linear":
+                slim.set_submodule(layer.name, slice_linear(m, i))
+    for name, s in arch.stages.items():
+        stage = slim.get_submodule(name)
+        slim.set_submodule(name, nn.Sequential(*list(stage)[: s["depth"]]))
+    head = [l for l in graph.layers if l.kind == "linear"]
+    if head and hasattr(slim, "num_features"):  # keeps reset_classifier() working on the slim net
+        slim.num_features = slim.get_submodule(head[-1].name).in_features
+    slim.pretrained_cfg = dict(getattr(source, "pretrained_cfg", None) or getattr(slim, "pretrained_cfg", {}) or {})
+    slim.eval() if not source.training else slim.train()
+    return slim
+
+
+def build_slim(arch: Arch | dict) -> nn.Module:
+    """The slim network's structure (random weights), ready for ``load_state_dict``."""
+    from .models.factory import create_model
+
+    if isinstance(arch, dict):
+        arch = Arch.from_dict(arch)
+    kwargs = dict(arch.model_kwargs)
+    model = create_model(arch.model, **kwargs)
+    return materialize(model, arch)
+
+
+def load_slim(run_dir: str | Path) -> nn.Module:
+    """Rebuild the trained slim network of a run directory (``config.json`` + ``model.safetensors``)."""
+    from .rundir import load_run
+
+    model, config = load_run(run_dir)
+    if "arch" not in config:
+        raise ArchError(f"{run_dir} holds no architecture (config.json has no 'arch'): it is not a slim run")
+    return model

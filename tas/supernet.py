@@ -1,0 +1,313 @@
+"""The TAS supernet: a timm backbone whose widths and depths are distributions.
+
+:func:`create_supernet` wraps a trained network (normally the teacher). Its family adapter says
+which channel groups and stages exist; the search space gives their candidates; every prunable
+module is replaced by a searchable one from :mod:`tas.ops` that reads its groups' current
+selection, so the backbone's own forward code runs unchanged.
+
+Modes:
+
+* ``search`` — every forward samples K width candidates per group (Gumbel, without replacement)
+  and a Gumbel mixture over each stage's depths (TAS).
+* ``hard`` — :meth:`Supernet.set_arch` fixes one architecture; the output equals the materialised
+  slim network's.
+"""
+from __future__ import annotations
+
+import copy
+from typing import Any, Iterator, Mapping, Sequence
+
+import torch
+import torch.nn as nn
+
+from .arch import Arch
+from .cost import build_cost_model
+from .errors import ArchError, TasError
+from .families import describe_model
+from .graph import Group, ModelGraph
+from .ops import SearchBN, SearchConv, SearchLinear, SearchStage
+from .sampling import gumbel_softmax, gumbel_topk
+from .space import SearchSpace, default_space_for, load_space
+
+__all__ = ["GroupState", "Supernet", "create_supernet", "model_identity"]
+
+
+class GroupState(nn.Module):
+    """A channel group's width logits α, channel ranking, and current selection.
+
+    Attributes:
+        widths: candidate widths, ascending (the last is the full width).
+        alpha: width logits (None when the group has a single candidate).
+        order: channel ranking; candidate ``j`` keeps ``sorted(order[:widths[j]])``.
+        active: channels the network currently computes (ascending channel ids).
+        fragments: in search mode, ``(candidate, positions, weight)`` per sampled candidate, where
+            positions are the candidate's channels within ``active`` (an int ``n`` for the first n).
+        hard_candidate: in hard mode, the candidate whose BN to use, or None for an arbitrary set.
+    """
+
+    def __init__(self, group: Group, widths: Sequence[int]) -> None:
+        super().__init__()
+        self.name, self.channels, self.conv_groups = group.name, group.channels, group.conv_groups
+        self.widths = list(widths)
+        self.register_buffer("order", group.canonical_order())
+        self.alpha = nn.Parameter(1e-2 * torch.randn(len(widths))) if len(widths) > 1 else None
+        self._cache: dict[int, torch.Tensor] = {}
+        self.active: torch.Tensor = torch.arange(self.channels)
+        self.fragments: list[tuple[int, Any, Any]] | None = None
+        self.hard_candidate: int | None = len(widths) - 1
+
+    def candidate_indices(self, j: int) -> torch.Tensor:
+        idx = self._cache.get(j)
+        if idx is None or idx.device != self.order.device:
+            idx = self._cache[j] = self.order[: self.widths[j]].sort().values
+        return idx
+
+    def set_order(self, order: torch.Tensor) -> None:
+        """Change the channel ranking (prefix = identity; SA++ ranks by attention)."""
+        self.order.copy_(order)
+        self._cache.clear()
+
+    def probs(self) -> torch.Tensor:
+        if self.alpha is None:
+            return torch.ones(1, device=self.order.device)
+        return torch.softmax(self.alpha, dim=-1)
+
+    def sample(self, tau: float, k: int, generator: torch.Generator | None = None) -> None:
+        if self.alpha is None:
+            self.active, self.fragments = self.candidate_indices(0), [(0, None, None)]
+            return
+        index, weights = gumbel_topk(self.alpha, tau, k, generator)
+        chosen = index.tolist()
+        jmax = max(chosen)  # widths ascend, so the largest index is the widest
+        self.active = self.candidate_indices(jmax)
+        frags = []
+        for j, w in zip(chosen, weights):
+            cand = self.candidate_indices(j)
+            if j == jmax:
+                pos = None
+            elif torch.equal(cand, self.active[: cand.numel()]):
+                pos = cand.numel()
+            else:
+                pos = torch.searchsorted(self.active, cand)
+            frags.append((j, pos, w))
+        self.fragments = frags
+
+    def set_hard(self, indices: torch.Tensor) -> None:
+        self.active = indices.to(self.order.device)
+        self.fragments = None
+        w = indices.numel()
+        self.hard_candidate = None
+        if w in self.widths:
+            j = self.widths.index(w)
+            if torch.equal(self.candidate_indices(j), self.active):
+                self.hard_candidate = j
+
+    def extra_repr(self) -> str:
+        return f"{self.name}: widths={self.widths}"
+
+
+def _key(name: str) -> str:
+    return name.replace(".", "__")
+
+
+def model_identity(model: nn.Module) -> tuple[str, dict[str, Any], list[int]]:
+    """``(timm name, kwargs, input size)`` of a model created by timm, as far as it can tell."""
+    cfg = getattr(model, "pretrained_cfg", None) or {}
+    name = cfg.get("architecture") or type(model).__name__
+    first_conv = next(m for m in model.modules() if isinstance(m, nn.Conv2d))
+    kwargs = {"num_classes": int(getattr(model, "num_classes", 0)), "in_chans": first_conv.in_channels}
+    size = list(cfg.get("input_size", (first_conv.in_channels, 224, 224)))
+    size[0] = first_conv.in_channels
+    return name, kwargs, size
+
+
+class Supernet(nn.Module):
+    """See the module docstring. Build with :func:`create_supernet`."""
+
+    def __init__(self, model: nn.Module, space: SearchSpace, graph: ModelGraph, input_size: Sequence[int],
+                 model_name: str, model_kwargs: Mapping[str, Any]) -> None:
+        super().__init__()
+        self.space, self.graph = space, graph
+        self.input_size = list(input_size)
+        self.model_name, self.model_kwargs = model_name, dict(model_kwargs)
+        width_cands, depth_cands = space.candidates(graph)
+        object.__setattr__(self, "template", copy.deepcopy(model).cpu())  # unregistered: the original structure
+        self.cost = build_cost_model(model, graph, input_size)
+        self.full = {m: self.cost.exact(m, {n: g.channels for n, g in graph.groups.items()},
+                                        {n: s.num_blocks for n, s in graph.stages.items()}) for m in ("flops", "params")}
+
+        net = copy.deepcopy(model)
+        self.group_states = nn.ModuleDict({_key(n): GroupState(g, width_cands[n]) for n, g in graph.groups.items()})
+        gs = {n: self.group_states[_key(n)] for n in graph.groups}
+        for layer in graph.layers:
+            m = net.get_submodule(layer.name)
+            ig, og = gs.get(layer.in_group), gs.get(layer.out_group)
+            if layer.kind == "conv":
+                net.set_submodule(layer.name, SearchConv(m, ig, og))
+            elif layer.kind == "bn" and og is not None:
+                net.set_submodule(layer.name, SearchBN(m, og))
+            elif layer.kind == "linear":
+                net.set_submodule(layer.name, SearchLinear(m, ig))
+        self.stage_depths = depth_cands
+        self.betas = nn.ParameterDict()
+        for name in graph.stages:
+            net.set_submodule(name, SearchStage(net.get_submodule(name), name, depth_cands[name]))
+            if len(depth_cands[name]) > 1:
+                self.betas[_key(name)] = nn.Parameter(1e-2 * torch.randn(len(depth_cands[name])))
+        self.model = net
+        self.tau = 5.0
+        self.k = space.k
+        self.generator: torch.Generator | None = None
+        self.mode = "search"
+
+    # -- parameters -------------------------------------------------------------------------
+    def groups(self) -> dict[str, GroupState]:
+        return {n: self.group_states[_key(n)] for n in self.graph.groups}
+
+    def stages(self) -> dict[str, SearchStage]:
+        return {n: self.model.get_submodule(n) for n in self.graph.stages}
+
+    def arch_parameters(self) -> Iterator[nn.Parameter]:
+        """Width logits α of every searched group and depth logits β of every searched stage."""
+        for g in self.group_states.values():
+            if g.alpha is not None:
+                yield g.alpha
+        yield from self.betas.values()
+
+    def weight_parameters(self) -> Iterator[nn.Parameter]:
+        """Everything the weight step trains (shared conv weights, per-candidate BNs, classifier)."""
+        arch = {id(p) for p in self.arch_parameters()}
+        return (p for p in self.parameters() if id(p) not in arch)
+
+    # -- modes ------------------------------------------------------------------------------
+    def sample(self) -> None:
+        """Draw this forward pass's fragments and depth mixtures."""
+        for g in self.groups().values():
+            g.sample(self.tau, self.k, self.generator)
+        for name, stage in self.stages().items():
+            beta = self.betas[_key(name)] if _key(name) in self.betas else None
+            if beta is None:
+                stage.mix, stage.depth = None, None
+            else:
+                q = gumbel_softmax(beta, self.tau, self.generator)
+                stage.mix = dict(zip(stage.depths, q))
+
+    def search(self) -> "Supernet":
+        """Switch to search mode."""
+        self.mode = "search"
+        return self
+
+    def set_arch(self, arch: Arch) -> "Supernet":
+        """Switch to hard mode computing exactly ``arch``."""
+        self.check_arch(arch)
+        device = next(self.parameters()).device
+        for n, g in self.groups().items():
+            g.set_hard(torch.tensor(sorted(arch.groups[n]["indices"]), dtype=torch.long, device=device))
+        for n, stage in self.stages().items():
+            stage.mix, stage.depth = None, arch.stages[n]["depth"]
+        self.mode = "hard"
+        return self
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.mode == "search":
+            self.sample()
+        return self.model(x)
+
+    # -- architectures ----------------------------------------------------------------------
+    def check_arch(self, arch: Arch) -> None:
+        """Raise :class:`ArchError` unless ``arch`` belongs to this supernet's model."""
+        graph = self.graph
+        if set(arch.groups) != set(graph.groups) or set(arch.stages) != set(graph.stages):
+            raise ArchError(f"architecture of {arch.model} does not match this {self.model_name} model "
+                            f"(groups/stages differ)")
+        for n, g in graph.groups.items():
+            a = arch.groups[n]
+            if a["channels"] != g.channels:
+                raise ArchError(f"architecture group {n} has {a['channels']} channels, the model has {g.channels}")
+            if a["width"] % g.conv_groups:
+                raise ArchError(f"group {n} width {a['width']} must be a multiple of its {g.conv_groups} conv groups")
+        for n, s in graph.stages.items():
+            if arch.stages[n]["blocks"] != s.num_blocks:
+                raise ArchError(f"architecture stage {n} has {arch.stages[n]['blocks']} blocks, the model has {s.num_blocks}")
+
+    def make_arch(self, widths: Mapping[str, int], depths: Mapping[str, int],
+                  indices: Mapping[str, Sequence[int]] | None = None, method: str = "tas",
+                  meta: Mapping[str, Any] | None = None) -> Arch:
+        """An :class:`Arch` with these widths/depths; indices default to each group's ranking prefix."""
+        groups = {}
+        for n, g in self.groups().items():
+            w = int(widths[n])
+            if indices is not None and n in indices:
+                idx = sorted(int(i) for i in indices[n])
+            else:
+                idx = g.order[:w].sort().values.tolist()
+            groups[n] = {"channels": g.channels, "width": w, "indices": idx}
+        stages = {n: {"blocks": s.num_blocks, "depth": int(depths[n])} for n, s in self.graph.stages.items()}
+        return Arch(model=self.model_name, model_kwargs=dict(self.model_kwargs), input_size=list(self.input_size),
+                    groups=groups, stages=stages,
+                    flops=self.cost.exact("flops", widths, depths), params=self.cost.exact("params", widths, depths),
+                    full_flops=self.full["flops"], full_params=self.full["params"], method=method,
+                    meta=dict(meta or {}))
+
+    def derive_arch(self, **meta: Any) -> Arch:
+        """The argmax architecture of the current width and depth logits."""
+        widths = {n: g.widths[int(g.probs().argmax())] for n, g in self.groups().items()}
+        depths = {n: self.stage_depths[n][int(self.depth_probs(n).argmax())] for n in self.graph.stages}
+        return self.make_arch(widths, depths, meta=meta)
+
+    def random_arch(self, generator: torch.Generator | None = None) -> Arch:
+        """An architecture drawn uniformly from the space (for tests and the random baseline)."""
+        def pick(options: list[int]) -> int:
+            return options[int(torch.randint(len(options), (1,), generator=generator))]
+        widths = {n: pick(g.widths) for n, g in self.groups().items()}
+        depths = {n: pick(self.stage_depths[n]) for n in self.graph.stages}
+        return self.make_arch(widths, depths, method="random")
+
+    def smallest_arch(self) -> Arch:
+        return self.make_arch({n: g.widths[0] for n, g in self.groups().items()},
+                              {n: d[0] for n, d in self.stage_depths.items()}, method="smallest")
+
+    def full_arch(self) -> Arch:
+        return self.make_arch({n: g.channels for n, g in self.graph.groups.items()},
+                              {n: s.num_blocks for n, s in self.graph.stages.items()}, method="full")
+
+    # -- cost -------------------------------------------------------------------------------
+    def depth_probs(self, stage: str) -> torch.Tensor:
+        key = _key(stage)
+        if key not in self.betas:
+            return torch.ones(1, device=next(self.parameters()).device)
+        return torch.softmax(self.betas[key], dim=-1)
+
+    def expected_cost(self, metric: str = "flops") -> torch.Tensor:
+        """Differentiable expected FLOPs or params under softmax(α) and softmax(β)."""
+        wp = {n: (g.probs().cpu(), torch.tensor(g.widths, dtype=torch.float32)) for n, g in self.groups().items()}
+        dp = {n: (self.depth_probs(n).cpu(), torch.tensor(self.stage_depths[n])) for n in self.graph.stages}
+        return self.cost.expected(metric, wp, dp)
+
+    def check_target(self, metric: str, ratio: float) -> None:
+        """Refuse a budget below the smallest architecture of the space, naming the reachable minimum."""
+        if not 0 < ratio <= 1:
+            raise TasError(f"--{metric}-ratio must be in (0, 1], got {ratio}")
+        smallest = getattr(self.smallest_arch(), metric) / self.full[metric]
+        if ratio < smallest:
+            raise TasError(f"{metric} target {ratio:.3f} is unreachable: the smallest architecture in this "
+                           f"search space keeps {smallest:.3f} of the {metric}")
+
+
+def create_supernet(model: nn.Module, space: str | SearchSpace | dict | None = None,
+                    input_size: Sequence[int] | None = None, model_name: str | None = None,
+                    model_kwargs: Mapping[str, Any] | None = None) -> Supernet:
+    """Wrap ``model`` (weights are copied, the original is untouched) in a TAS supernet.
+
+    Args:
+        model: a network of a supported family (timm ResNet family, cifar_resnet*).
+        space: preset name, YAML path, dict or :class:`SearchSpace`; default: the family's preset.
+        input_size: ``(C, H, W)`` costs are computed at; default: the model's pretrained_cfg.
+        model_name, model_kwargs: how to recreate the model with timm (recorded in every Arch);
+            default: read from the model.
+    """
+    graph = describe_model(model)
+    name, kwargs, size = model_identity(model)
+    model_name = model_name or name
+    space = load_space(space) if space is not None else default_space_for(model_name, graph)
+    return Supernet(model, space, graph, input_size or size, model_name, {**kwargs, **(model_kwargs or {})})
