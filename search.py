@@ -1,0 +1,75 @@
+#!/usr/bin/env python
+"""Search a pruned architecture of a trained network with TAS and write arch.json.
+
+Stage 2 of the pipeline::
+
+    python search.py --teacher runs/teacher --dataset digits --flops-ratio 0.5 --epochs 2 --output runs/search
+    python search.py --config search.yaml --arch-lr 0.01     # flags override the YAML
+    python search.py --output runs/search --epochs 4 --resume
+
+Errors in what you pass print one ``error:`` line and exit with code 2.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Sequence
+
+from tas.cli import parse_args, run_main
+from tas.searching import SearchConfig
+
+
+def build_parser() -> argparse.ArgumentParser:
+    d = SearchConfig()
+    p = argparse.ArgumentParser(prog="search.py", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--config", default=None, help="YAML file of flag values; flags given here override it")
+    g = p.add_argument_group("model and space")
+    g.add_argument("--teacher", default=d.teacher, help="run directory of the trained network (train.py --output)")
+    g.add_argument("--model", default=d.model, help="timm model name; must match the teacher's (optional)")
+    g.add_argument("--space", default=d.space, help="search space preset name or YAML path (default: the model's preset)")
+    g.add_argument("--k", type=int, default=d.k, help="fragments sampled per group (default: the space's)")
+    g = p.add_argument_group("budget")
+    g.add_argument("--flops-ratio", type=float, default=d.flops_ratio, help="fraction of FLOPs to keep (default 0.5)")
+    g.add_argument("--params-ratio", type=float, default=d.params_ratio, help="fraction of params to keep")
+    g.add_argument("--tolerance", type=float, default=d.tolerance, help="accepted shortfall below the target, as a fraction of the full cost")
+    g.add_argument("--cost-weight", type=float, default=d.cost_weight, help="weight of the cost loss in the architecture step")
+    g = p.add_argument_group("data")
+    g.add_argument("--dataset", default=d.dataset)
+    g.add_argument("--data-dir", default=d.data_dir)
+    g.add_argument("--download", action="store_true")
+    g.add_argument("--img-size", type=int, default=d.img_size, help="default: the teacher's input size")
+    g.add_argument("--limit", type=int, default=d.limit, help="at most this many samples per split (smoke tests)")
+    g.add_argument("--workers", type=int, default=d.workers)
+    g = p.add_argument_group("optimisation")
+    g.add_argument("--epochs", type=int, default=d.epochs)
+    g.add_argument("--batch-size", type=int, default=d.batch_size)
+    g.add_argument("--lr", type=float, default=d.lr, help="weight step: Nesterov SGD, cosine")
+    g.add_argument("--momentum", type=float, default=d.momentum)
+    g.add_argument("--weight-decay", type=float, default=d.weight_decay)
+    g.add_argument("--arch-lr", type=float, default=d.arch_lr, help="architecture step: Adam, betas (0.5, 0.999)")
+    g.add_argument("--arch-weight-decay", type=float, default=d.arch_weight_decay)
+    g.add_argument("--tau-max", type=float, default=d.tau_max)
+    g.add_argument("--tau-min", type=float, default=d.tau_min)
+    g.add_argument("--tau-schedule", default=d.tau_schedule, choices=("cosine", "linear"))
+    g.add_argument("--seed", type=int, default=d.seed)
+    g = p.add_argument_group("run")
+    g.add_argument("--output", default=d.output)
+    g.add_argument("--resume", action="store_true")
+    g.add_argument("--overwrite", action="store_true")
+    g.add_argument("--device", default=d.device, choices=("auto", "cpu", "cuda"))
+    g.add_argument("--log-every", type=int, default=d.log_every)
+    g.add_argument("--no-progress", action="store_true")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(build_parser(), argv)
+    from tas.searching import search
+
+    search(args)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_main(main))

@@ -1,0 +1,354 @@
+"""The bi-level TAS search: from a trained teacher to an architecture spec.
+
+:func:`search` turns search.py's flags into a finished run directory::
+
+    runs/search/
+      arch.json            the final argmax architecture (tas.Arch)
+      arch_history.json    the derived architecture after every epoch
+      supernet.safetensors the supernet's weights and architecture logits
+      model.safetensors    the slim network materialised from the supernet (loadable by tas.load_slim)
+      config.json, metrics.json, state/, TensorBoard events
+
+Each step takes a weight step on a batch of the ``train`` half (SGD on the shared weights and
+per-candidate BNs, cross-entropy of the sampled supernet) and an architecture step on a batch of
+the ``val`` half (Adam on α and β, cross-entropy + ``cost_weight`` × the TAS cost loss). τ anneals
+over the whole search.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import time
+from dataclasses import dataclass
+from itertools import cycle
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+import torch.nn.functional as F
+
+from . import engine
+from .checkpoint import atomic_write_json, has_state, load_state, rng_state, save_state, save_weights, set_rng_state
+from .cli import format_table
+from .cost import cost_loss
+from .errors import CheckpointError, TasError
+from .rundir import is_finished_run, load_run, save_run
+from .sampling import tau_at
+from .supernet import Supernet, create_supernet
+from .tb import log_distributions
+
+__all__ = ["SearchConfig", "search", "ArchStepper"]
+
+
+@dataclass
+class SearchConfig:
+    """Every setting of a search; search.py's flags map one to one (dashes -> underscores)."""
+
+    teacher: str | None = None
+    model: str | None = None
+    dataset: str = "digits"
+    data_dir: str | None = None
+    download: bool = False
+    img_size: int | None = None
+    space: str | None = None
+    flops_ratio: float | None = None
+    params_ratio: float | None = None
+    tolerance: float = 0.05
+    cost_weight: float = 2.0
+    epochs: int = 2
+    batch_size: int = 64
+    lr: float = 0.05
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    arch_lr: float = 0.05
+    arch_weight_decay: float = 1e-3
+    tau_max: float = 5.0
+    tau_min: float = 0.1
+    tau_schedule: str = "cosine"
+    k: int | None = None
+    seed: int = 0
+    output: str = "runs/search"
+    resume: bool = False
+    overwrite: bool = False
+    workers: int = 0
+    device: str = "auto"
+    limit: int | None = None
+    log_every: int = 10
+    progress: bool = True
+
+    @classmethod
+    def from_args(cls, args: Any) -> "SearchConfig":
+        values = dict(args) if isinstance(args, Mapping) else dict(vars(args))
+        if "no_progress" in values and "progress" not in values:
+            values["progress"] = not values["no_progress"]
+        names = {f.name for f in dataclasses.fields(cls)}
+        cfg = cls(**{k: v for k, v in values.items() if k in names})
+        cfg.validate()
+        return cfg
+
+    def validate(self) -> None:
+        if self.flops_ratio is None and self.params_ratio is None:
+            self.flops_ratio = 0.5
+        if self.flops_ratio is not None and self.params_ratio is not None:
+            raise TasError("give one budget: --flops-ratio or --params-ratio")
+        for flag in ("epochs", "batch_size"):
+            v = getattr(self, flag)
+            if not isinstance(v, int) or v < 1:
+                raise TasError(f"--{flag.replace('_', '-')} must be a positive integer, got {v!r}")
+        if not 0 <= self.tolerance < 1:
+            raise TasError(f"--tolerance must be in [0, 1), got {self.tolerance}")
+        if self.tau_min <= 0 or self.tau_max < self.tau_min:
+            raise TasError("--tau-min must be > 0 and <= --tau-max")
+        if self.resume and self.overwrite:
+            raise TasError("--resume and --overwrite exclude each other")
+
+    @property
+    def metric(self) -> str:
+        return "flops" if self.flops_ratio is not None else "params"
+
+    @property
+    def ratio(self) -> float:
+        return float(self.flops_ratio if self.flops_ratio is not None else self.params_ratio)
+
+
+class ArchStepper:
+    """The architecture step: CE on a val batch + ``cost_weight`` × TAS cost loss, Adam on α and β."""
+
+    def __init__(self, supernet: Supernet, metric: str, ratio: float, tolerance: float, cost_weight: float,
+                 lr: float, weight_decay: float) -> None:
+        self.supernet, self.metric, self.tolerance, self.cost_weight = supernet, metric, tolerance, cost_weight
+        self.full = supernet.full[metric]
+        self.target = ratio * self.full
+        self.optimizer = torch.optim.Adam(list(supernet.arch_parameters()), lr=lr, betas=(0.5, 0.999),
+                                          weight_decay=weight_decay)
+
+    def current_cost(self) -> int:
+        """Exact cost of the current argmax architecture (cheap: no Arch object is built)."""
+        s = self.supernet
+        widths = {n: g.widths[int(g.probs().argmax())] for n, g in s.groups().items()}
+        depths = {n: s.stage_depths[n][int(s.depth_probs(n).argmax())] for n in s.graph.stages}
+        return s.cost.exact(self.metric, widths, depths)
+
+    def step(self, images: torch.Tensor, targets: torch.Tensor) -> dict[str, float]:
+        s = self.supernet
+        ce = F.cross_entropy(s(images), targets)
+        expected = s.expected_cost(self.metric)
+        current = self.current_cost()
+        lc = cost_loss(expected, current, self.target, self.tolerance, self.full)
+        loss = ce + self.cost_weight * lc.to(ce.device)
+        if not math.isfinite(loss.item()):
+            raise TasError(f"architecture loss is {loss.item()} (CE {ce.item()}, cost {lc.item()})")
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        return {"arch_loss": loss.item(), "arch_ce": ce.item(), "cost_loss": lc.item(),
+                "expected_ratio": expected.item() / self.full, "derived_ratio": current / self.full}
+
+    def within(self) -> bool:
+        current = self.current_cost()
+        return self.target - self.tolerance * self.full <= current <= self.target
+
+    def project(self, max_steps: int = 2000) -> int:
+        """Cost-loss-only steps on α and β until the argmax architecture meets the budget.
+
+        The search's last steps can leave the argmax just outside the tolerance band (the cost
+        loss is zero inside it while cross-entropy favours width). This continues the same
+        gradient on the cost term alone, touching no weights, and returns the steps it took
+        (0 when the search already met the budget).
+        """
+        for n in range(max_steps):
+            if self.within():
+                return n
+            lc = cost_loss(self.supernet.expected_cost(self.metric), self.current_cost(), self.target,
+                           self.tolerance, self.full)
+            self.optimizer.zero_grad(set_to_none=True)
+            lc.backward()
+            self.optimizer.step()
+        return max_steps
+
+
+@torch.no_grad()
+def recalibrate_bn(model: torch.nn.Module, loader: Any, device: torch.device | str, batches: int = 20) -> None:
+    """Re-estimate BatchNorm running statistics of ``model``'s current (hard-mode) network.
+
+    In search mode every per-candidate BN sees interpolated mixtures, so its running statistics do
+    not describe the single architecture hard mode computes; a few forward passes fix that before
+    it is evaluated or materialised (standard in one-shot NAS).
+    """
+    bns = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    saved = [(m.momentum, m.training) for m in bns]
+    for m in bns:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative average over the calibration batches
+    was_training = model.training
+    model.train()
+    for i, (x, _) in enumerate(loader):
+        if i >= batches:
+            break
+        model(x.to(device))
+    model.train(was_training)
+    for m, (momentum, _) in zip(bns, saved):
+        m.momentum = momentum
+
+
+def _load_teacher(cfg: SearchConfig):
+    if not cfg.teacher:
+        raise TasError("--teacher: give the run directory of the trained network to prune (train.py --output)")
+    model, config = load_run(cfg.teacher)
+    if "arch" in config:
+        raise TasError(f"--teacher {cfg.teacher} is already a pruned network; give the original's run")
+    if cfg.model and cfg.model != config["model"]:
+        raise TasError(f"--model {cfg.model} does not match the teacher in {cfg.teacher} ({config['model']})")
+    return model, config
+
+
+def search(args: Any) -> dict[str, Any]:
+    """Run the search search.py's flags describe; returns the final metrics and the arch."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    from .data import create_loaders, dataset_info
+    from .materialize import materialize
+    from .training import resolve_device, seed_everything
+
+    cfg = SearchConfig.from_args(args)
+    out = Path(cfg.output)
+    if cfg.resume and not has_state(out):
+        raise CheckpointError(f"--resume: no resumable state in {out}")
+    if not cfg.resume and not cfg.overwrite and (is_finished_run(out) or has_state(out)):
+        raise TasError(f"{out} already holds a search; pass --resume, --overwrite or another --output")
+    teacher, tconfig = _load_teacher(cfg)
+    device = resolve_device(cfg.device)
+    seed_everything(cfg.seed)
+    img_size = cfg.img_size or tconfig["input_size"][1]
+    info = dataset_info(cfg.dataset, cfg.data_dir, img_size)
+    if info.num_classes != tconfig["model_kwargs"]["num_classes"] or info.in_chans != tconfig["model_kwargs"]["in_chans"]:
+        raise TasError(f"the teacher in {cfg.teacher} has {tconfig['model_kwargs']['num_classes']} classes and "
+                       f"{tconfig['model_kwargs']['in_chans']} input channels; {cfg.dataset} has {info.num_classes} and {info.in_chans}")
+    input_size = (info.in_chans, info.img_size, info.img_size)
+    supernet = create_supernet(teacher, cfg.space, input_size=input_size, model_name=tconfig["model"],
+                               model_kwargs=tconfig["model_kwargs"])
+    if cfg.k is not None:
+        supernet.k = cfg.k
+    supernet.check_target(cfg.metric, cfg.ratio)
+    supernet.to(device)
+    loaders = create_loaders(cfg.dataset, data_dir=cfg.data_dir, batch_size=cfg.batch_size, workers=cfg.workers,
+                             seed=cfg.seed, download=cfg.download, img_size=info.img_size, search_split=True,
+                             limit=cfg.limit)
+    w_opt = torch.optim.SGD(list(supernet.weight_parameters()), lr=cfg.lr, momentum=cfg.momentum,
+                            nesterov=True, weight_decay=cfg.weight_decay)
+    steps_per_epoch = len(loaders["train"])
+    total_steps = cfg.epochs * steps_per_epoch
+    w_sched = torch.optim.lr_scheduler.LambdaLR(w_opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, total_steps) / total_steps)))
+    stepper = ArchStepper(supernet, cfg.metric, cfg.ratio, cfg.tolerance, cfg.cost_weight, cfg.arch_lr,
+                          cfg.arch_weight_decay)
+
+    start_epoch, step, wall, history = 0, 0, 0.0, []
+    if cfg.resume:
+        state = load_state(out)
+        try:
+            supernet.load_state_dict(state["supernet"])
+            w_opt.load_state_dict(state["w_opt"])
+            stepper.optimizer.load_state_dict(state["a_opt"])
+            w_sched.load_state_dict(state["w_sched"])
+            start_epoch, step, wall = int(state["epoch"]), int(state["step"]), float(state["wall_time_s"])
+            history = json.loads(state["history"])
+            set_rng_state(state["rng"])
+        except (KeyError, RuntimeError, ValueError) as e:
+            raise CheckpointError(f"--resume: the state in {out} does not fit this search ({e})") from None
+        print(f"resuming {out} at epoch {start_epoch + 1}/{cfg.epochs}")
+
+    out.mkdir(parents=True, exist_ok=True)
+    writer = SummaryWriter(log_dir=str(out), purge_step=step + 1 if cfg.resume else None)
+    print(f"searching {tconfig['model']} on {cfg.dataset}: target {cfg.metric} ratio {cfg.ratio} "
+          f"(±{cfg.tolerance} below), {sum(p.numel() for p in supernet.arch_parameters())} architecture logits")
+    try:
+        for epoch in range(start_epoch, cfg.epochs):
+            t0 = time.perf_counter()
+            for name in ("train", "val"):
+                loader = loaders[name]
+                gen = getattr(loader, "generator", None)
+                if gen is not None:
+                    gen.manual_seed(cfg.seed * 1000 + epoch + (0 if name == "train" else 500))
+            supernet.search().train()
+            bar = engine._progress(zip(loaders["train"], cycle(loaders["val"])), cfg.progress,
+                                   total=steps_per_epoch, desc=f"search {epoch + 1}")
+            for (xt, yt), (xv, yv) in bar:
+                xt, yt, xv, yv = xt.to(device), yt.to(device), xv.to(device), yv.to(device)
+                supernet.tau = tau_at(step / max(1, total_steps - 1), cfg.tau_max, cfg.tau_min, cfg.tau_schedule)
+                w_loss = F.cross_entropy(supernet(xt), yt)
+                w_value = w_loss.item()
+                if not math.isfinite(w_value):
+                    raise TasError(f"weight loss is {w_value} at epoch {epoch + 1}, step {step + 1}")
+                w_opt.zero_grad(set_to_none=True)
+                w_loss.backward()
+                w_opt.step()
+                w_sched.step()
+                terms = stepper.step(xv, yv)
+                step += 1
+                if step % cfg.log_every == 0 or step == total_steps:
+                    writer.add_scalar("search/weight_loss", w_value, step)
+                    for k, v in terms.items():
+                        writer.add_scalar(f"search/{k}", v, step)
+                    writer.add_scalar("search/target_ratio", cfg.ratio, step)
+                    writer.add_scalar("search/tau", supernet.tau, step)
+                    writer.add_scalar("search/lr", w_opt.param_groups[0]["lr"], step)
+                bar.set_postfix(loss=f"{w_value:.3f}", ratio=f"{terms['derived_ratio']:.3f}", refresh=False)
+            arch = supernet.derive_arch(epoch=epoch + 1)
+            supernet.set_arch(arch)
+            recalibrate_bn(supernet, loaders["train"], device)
+            val = engine.evaluate(supernet, loaders["test"], device)
+            supernet.search()
+            log_distributions(writer, supernet, step)
+            writer.add_scalar("search/val_top1", val["top1"], step)
+            writer.add_scalar("search/derived_flops_ratio", arch.flops_ratio, step)
+            writer.add_scalar("search/derived_params_ratio", arch.params_ratio, step)
+            writer.add_text("arch", "\n".join(f"    {n}: {w}" for n, w in {**arch.widths, **{f'{k} (depth)': v for k, v in arch.depths.items()}}.items()), step)
+            wall += time.perf_counter() - t0
+            history.append({"epoch": epoch + 1, "flops_ratio": arch.flops_ratio, "params_ratio": arch.params_ratio,
+                            "top1": val["top1"], "tau": supernet.tau, "widths": arch.widths, "depths": arch.depths})
+            print(f"epoch {epoch + 1}/{cfg.epochs}  derived {cfg.metric} ratio {getattr(arch, cfg.metric + '_ratio'):.3f}"
+                  f"  hard-mode test top-1 {val['top1']:.2f}%  tau {supernet.tau:.2f}", flush=True)
+            save_state(out, {"supernet": supernet.state_dict(), "w_opt": w_opt.state_dict(),
+                             "a_opt": stepper.optimizer.state_dict(), "w_sched": w_sched.state_dict(),
+                             "epoch": epoch + 1, "step": step, "wall_time_s": wall,
+                             "history": json.dumps(history), "rng": rng_state()})
+    finally:
+        writer.close()
+
+    projection_steps = stepper.project()
+    arch = supernet.derive_arch(epochs=cfg.epochs, projection_steps=projection_steps, metric=cfg.metric, target_ratio=cfg.ratio,
+                                tolerance=cfg.tolerance, seed=cfg.seed, dataset=cfg.dataset,
+                                teacher=str(cfg.teacher), space=supernet.space.to_dict())
+    achieved = getattr(arch, f"{cfg.metric}_ratio")
+    within = cfg.ratio - cfg.tolerance <= achieved <= cfg.ratio
+    supernet.set_arch(arch)
+    recalibrate_bn(supernet, loaders["train"], device)
+    val = engine.evaluate(supernet, loaders["test"], device)
+    slim = materialize(supernet, arch).cpu()
+    supernet.search()
+    metrics = {"top1_hard_mode": val["top1"], "flops": arch.flops, "params": arch.params,
+               "flops_ratio": arch.flops_ratio, "params_ratio": arch.params_ratio, "target_metric": cfg.metric,
+               "target_ratio": cfg.ratio, "within_tolerance": within, "wall_time_s": round(wall, 3),
+               "epochs": cfg.epochs, "steps": step, "projection_steps": projection_steps}
+    arch.to_json(out / "arch.json")
+    atomic_write_json(out / "arch_history.json", history)
+    save_weights(out / "supernet.safetensors", supernet.state_dict())
+    save_run(out, slim, model_name=arch.model, model_kwargs=arch.model_kwargs, input_size=arch.input_size,
+             metrics=metrics, extra_config={"stage": "search", "arch": arch.to_dict(), "dataset": cfg.dataset,
+                                            "data": {"img_size": info.img_size, "mean": list(info.mean),
+                                                     "std": list(info.std)},
+                                            "search": dataclasses.asdict(cfg)})
+    rows = arch.summary_rows()
+    print(format_table(rows, header=["group / stage", "original", "chosen"]))
+    summary = [
+        ["FLOPs (MACs)", f"{arch.full_flops:,}", f"{arch.flops:,} ({arch.flops_ratio:.3f})"],
+        ["params", f"{arch.full_params:,}", f"{arch.params:,} ({arch.params_ratio:.3f})"],
+        [f"target {cfg.metric} ratio", "", f"{cfg.ratio} (tolerance {cfg.tolerance}): {'met' if within else 'MISSED'}"],
+        ["hard-mode test top-1", "", f"{val['top1']:.2f}%"],
+        ["wall time", "", f"{wall:.1f} s"],
+        ["arch", "", str(out / "arch.json")],
+    ]
+    print(format_table(summary, header=["search", "original", "result"]))
+    print(f"TensorBoard: tensorboard --logdir {out}")
+    return {**metrics, "arch": arch, "run_dir": str(out)}
