@@ -88,13 +88,13 @@ def slice_bn(bn: nn.BatchNorm2d, idx: torch.Tensor | None) -> nn.BatchNorm2d:
                 getattr(new, name).copy_(_take(src, idx, 0))
         if bn.num_batches_tracked is not None:
             new.num_batches_tracked.copy_(bn.num_batches_tracked)
-    return new
+    return new.train(bn.training)
 
 
 def slice_linear(fc: nn.Linear, in_idx: torch.Tensor | None) -> nn.Linear:
     """A copy of the classifier ``fc`` reading only input features ``in_idx``."""
     w = _take(fc.weight, in_idx, 1)
-    new = nn.Linear(w.shape[1], w.shape[0], bias=fc.bias is not None).to(w.device)
+    new = nn.Linear(w.shape[1], w.shape[0], bias=fc.bias is not None).to(w.device).train(fc.training)
     with torch.no_grad():
         new.weight.copy_(w)
         if fc.bias is not None:

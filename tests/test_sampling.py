@@ -1,0 +1,70 @@
+"""Gumbel sampling, temperature schedule and channel-wise interpolation against their formulas."""
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from tas.interp import channel_interp, interp_matrix
+from tas.sampling import gumbel_topk, perturbed_logits, sample_without_replacement, tau_at
+
+
+def test_gumbel_max_frequencies_match_softmax():
+    # Gumbel-max trick: argmax of (log_softmax(a) + g) / tau is distributed as softmax(a), for any tau.
+    torch.manual_seed(0)
+    logits = torch.tensor([0.5, -1.0, 1.5, 0.0])
+    n = 20000
+    z = torch.stack([perturbed_logits(logits, 2.0) for _ in range(n)])
+    freq = torch.bincount(z.argmax(1), minlength=4).float() / n
+    p = torch.softmax(logits, 0)
+    assert torch.all((freq - p).abs() < 4 * torch.sqrt(p * (1 - p) / n))
+
+
+def test_without_replacement_inclusion_probabilities():
+    torch.manual_seed(1)
+    p = torch.tensor([0.5, 0.3, 0.15, 0.05])
+    n = 20000
+    counts = torch.zeros(4)
+    for _ in range(n):
+        idx = sample_without_replacement(p, 2)
+        assert idx.unique().numel() == 2
+        counts[idx] += 1
+    # P(i in S) = p_i + sum_{j != i} p_j * p_i / (1 - p_j)
+    analytic = torch.tensor([p[i] + sum(p[j] * p[i] / (1 - p[j]) for j in range(4) if j != i) for i in range(4)])
+    freq = counts / n
+    assert torch.all((freq - analytic).abs() < 4 * torch.sqrt(analytic * (1 - analytic) / n))
+
+
+def test_gumbel_topk_weights_are_differentiable_softmax_over_chosen():
+    torch.manual_seed(2)
+    logits = torch.zeros(5, requires_grad=True)
+    idx, w = gumbel_topk(logits, tau=1.0, k=2)
+    assert idx.numel() == 2 and idx.unique().numel() == 2
+    assert math.isclose(w.sum().item(), 1.0, rel_tol=1e-6)
+    (w[0] * 3 + w[1]).backward()
+    assert logits.grad is not None and logits.grad.abs().sum() > 0
+
+
+def test_tau_schedules():
+    assert tau_at(0.0) == pytest.approx(5.0) and tau_at(1.0) == pytest.approx(0.1)
+    assert tau_at(0.5) == pytest.approx(0.1 + 4.9 / 2)
+    assert tau_at(0.5, 10, 0.1, "linear") == pytest.approx(5.05)
+    with pytest.raises(ValueError):
+        tau_at(0.5, schedule="step")
+
+
+@pytest.mark.parametrize("c_in,c_out", [(5, 2), (5, 3), (4, 8), (7, 7), (3, 10), (16, 12)])
+def test_cwi_matches_adaptive_avg_pool3d(c_in, c_out):
+    x = torch.randn(2, c_in, 3, 4)
+    ref = F.adaptive_avg_pool3d(x.unsqueeze(1), (c_out, 3, 4)).squeeze(1)
+    assert torch.allclose(channel_interp(x, c_out), ref, atol=1e-6)
+
+
+def test_cwi_formula_ranges():
+    # output channel t averages input channels [floor(t*C/Co), ceil((t+1)*C/Co))
+    m = interp_matrix(5, 3)
+    for t in range(3):
+        lo, hi = (t * 5) // 3, math.ceil((t + 1) * 5 / 3)
+        expected = torch.zeros(5)
+        expected[lo:hi] = 1 / (hi - lo)
+        assert torch.allclose(m[t], expected)

@@ -1,0 +1,110 @@
+"""search.py end to end on a tiny teacher: budget met, run directory, TensorBoard tags, bad input."""
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+import tas
+from tas.arch import Arch
+from tas.flops import count_flops
+
+REPO = Path(__file__).resolve().parents[1]
+FLAGS = ["--dataset", "digits", "--limit", "256", "--batch-size", "32", "--epochs", "2", "--log-every", "2",
+         "--no-progress", "--device", "cpu"]
+
+
+@pytest.fixture(scope="module")
+def search_script():
+    spec = importlib.util.spec_from_file_location("search_script", REPO / "search.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def search_run(tmp_path_factory, search_script, teacher_run):
+    out = tmp_path_factory.mktemp("search") / "run"
+    assert search_script.main(FLAGS + ["--teacher", str(teacher_run), "--flops-ratio", "0.5",
+                                       "--output", str(out)]) == 0
+    return out
+
+
+def test_search_meets_budget_and_writes_run(search_run):
+    arch = Arch.from_json(search_run / "arch.json")
+    assert 0.45 <= arch.flops_ratio <= 0.5
+    metrics = json.loads((search_run / "metrics.json").read_text())
+    assert metrics["within_tolerance"] is True and metrics["flops"] == arch.flops
+    history = json.loads((search_run / "arch_history.json").read_text())
+    assert [h["epoch"] for h in history] == [1, 2]
+    assert (search_run / "supernet.safetensors").is_file()
+    slim = tas.load_slim(search_run)
+    assert count_flops(slim, arch.input_size) == arch.flops
+    assert slim(torch.randn(2, *arch.input_size)).shape == (2, 10)
+
+
+def test_search_tensorboard_tags(search_run):
+    acc = EventAccumulator(str(search_run), size_guidance={"images": 0, "histograms": 0, "tensors": 0})
+    acc.Reload()
+    tags = acc.Tags()
+    for tag in ("search/weight_loss", "search/arch_loss", "search/cost_loss", "search/expected_ratio",
+                "search/derived_flops_ratio", "search/target_ratio", "search/tau", "search/val_top1"):
+        assert tag in tags["scalars"], tag
+    assert "width_probs" in tags["images"] and "depth_probs" in tags["images"]
+    assert "width/layer3" in tags["histograms"] and "depth/layer1" in tags["histograms"]
+    assert any(t.startswith("arch") for t in tags["tensors"])
+
+
+def test_search_resume_continues(tmp_path, search_script, teacher_run):
+    out = tmp_path / "s"
+    base = FLAGS + ["--teacher", str(teacher_run), "--output", str(out)]
+    assert search_script.main([*base[:base.index("--epochs")], "--epochs", "1",
+                               *base[base.index("--epochs") + 2:]]) == 0
+    assert search_script.main(base + ["--resume"]) == 0
+    history = json.loads((out / "arch_history.json").read_text())
+    assert [h["epoch"] for h in history] == [1, 2]
+
+
+def _run(args, cwd=REPO):
+    return subprocess.run([sys.executable, "search.py", *args], cwd=cwd, capture_output=True, text=True)
+
+
+@pytest.mark.parametrize("extra,message", [
+    (["--flops-ratio", "0.001"], "unreachable: the smallest architecture"),
+    (["--space", "__SPACE__"], "unknown keys"),
+    (["--model", "resnet18"], "does not match the teacher"),
+])
+def test_search_bad_input(tmp_path, teacher_run, extra, message):
+    space = tmp_path / "space.yaml"
+    space.write_text("family: resnet\nratios: [0.5, 1.0]\nshape: round\n")
+    extra = [str(space) if e == "__SPACE__" else e for e in extra]
+    r = _run(FLAGS + ["--teacher", str(teacher_run), "--output", str(tmp_path / "o"), *extra])
+    assert r.returncode == 2, r.stderr
+    assert message in r.stderr and "Traceback" not in r.stderr
+    assert not (tmp_path / "o" / "arch.json").exists()
+
+
+def test_search_refuses_teacher_whose_weights_do_not_fit(tmp_path, teacher_run):
+    bad = tmp_path / "teacher"
+    bad.mkdir()
+    cfg = json.loads((teacher_run / "config.json").read_text())
+    cfg["model"] = "cifar_resnet32"
+    (bad / "config.json").write_text(json.dumps(cfg))
+    (bad / "model.safetensors").write_bytes((teacher_run / "model.safetensors").read_bytes())
+    r = _run(FLAGS + ["--teacher", str(bad), "--output", str(tmp_path / "o")])
+    assert r.returncode == 2 and "error:" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_search_refuses_unsupported_model(tmp_path):
+    from tas.rundir import save_run
+    import timm
+
+    vit = timm.create_model("vit_tiny_patch16_224", img_size=16, patch_size=8, in_chans=1, num_classes=10)
+    save_run(tmp_path / "vit", vit, model_name="vit_tiny_patch16_224",
+             model_kwargs={"num_classes": 10, "in_chans": 1, "img_size": 16, "patch_size": 8}, input_size=(1, 16, 16))
+    r = _run(FLAGS + ["--teacher", str(tmp_path / "vit"), "--output", str(tmp_path / "o")])
+    assert r.returncode == 2 and "supported families are" in r.stderr

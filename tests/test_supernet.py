@@ -1,0 +1,178 @@
+"""The supernet's main contract: hard mode == the materialised slim network, with exact costs."""
+import pytest
+import timm
+import torch
+
+import tas  # noqa: F401
+from tas.arch import Arch
+from tas.errors import ArchError, ModelError, TasError
+from tas.flops import count_flops, count_params
+from tas.materialize import materialize
+from tas.space import load_space
+from tas.supernet import create_supernet
+
+MODELS = [
+    ("cifar_resnet20", (1, 32, 32)),
+    ("resnet18", (3, 64, 64)),
+    ("resnet50", (3, 64, 64)),
+    ("seresnext26d_32x4d", (3, 64, 64)),
+    ("ecaresnet26t", (3, 64, 64)),
+]
+
+
+def _perturb_bn(module: torch.nn.Module, seed: int = 0) -> None:
+    """Make every BN (per candidate too) distinct, so using the wrong one shows in the logits."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in module.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                n = m.num_features
+                m.running_mean.copy_(0.1 * torch.randn(n, generator=g))
+                m.running_var.copy_(0.5 + torch.rand(n, generator=g))
+                m.weight.copy_(1 + 0.1 * torch.randn(n, generator=g))
+                m.bias.copy_(0.1 * torch.randn(n, generator=g))
+
+
+@pytest.fixture(scope="module", params=MODELS, ids=[m for m, _ in MODELS])
+def supernet(request):
+    name, size = request.param
+    model = timm.create_model(name, num_classes=7, in_chans=size[0]).eval()
+    s = create_supernet(model, input_size=size, model_name=name)
+    _perturb_bn(s)
+    return s.eval(), model, size
+
+
+def test_hard_mode_equals_materialised(supernet):
+    s, _, size = supernet
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(2, *size)
+    for _ in range(3):
+        arch = s.random_arch(gen)
+        s.set_arch(arch)
+        with torch.no_grad():
+            hard = s(x)
+            slim = materialize(s, arch).eval()
+            out = slim(x)
+        assert (hard - out).abs().max() <= 1e-4
+        assert count_flops(slim, size) == arch.flops
+        assert count_params(slim) == arch.params
+        assert not any(isinstance(m, (tas.ops.SearchConv, tas.ops.SearchBN)) for m in slim.modules())
+        assert type(slim) is type(s.template)
+
+
+def test_arbitrary_indices_equivalence(supernet):
+    """Non-prefix kept channels (what SA++ and the baselines produce) materialise exactly too."""
+    s, _, size = supernet
+    gen = torch.Generator().manual_seed(1)
+    arch = s.random_arch(gen)
+    for name, g in arch.groups.items():
+        conv_groups = s.graph.groups[name].conv_groups
+        per = g["channels"] // conv_groups
+        local = torch.randperm(per, generator=gen)[: g["width"] // conv_groups]
+        g["indices"] = sorted(int(q * per + i) for q in range(conv_groups) for i in local)
+    s.set_arch(arch)
+    x = torch.randn(2, *size)
+    with torch.no_grad():
+        assert (s(x) - materialize(s, arch).eval()(x)).abs().max() <= 1e-4
+
+
+def test_materialise_from_plain_teacher_keeps_its_weights(supernet):
+    s, model, size = supernet
+    arch = s.random_arch(torch.Generator().manual_seed(2))
+    slim = materialize(model, arch)
+    name, conv = next((n, m) for n, m in slim.named_modules() if isinstance(m, torch.nn.Conv2d))
+    idx = arch.groups["stem.0" if "stem.0" in arch.groups else "stem"]["indices"]
+    assert torch.equal(conv.weight, model.get_submodule(name).weight[idx])
+    assert count_params(slim) == arch.params
+
+
+def test_full_arch_reproduces_the_original():
+    model = timm.create_model("cifar_resnet20", num_classes=10).eval()
+    s = create_supernet(model, input_size=(3, 32, 32)).eval()
+    arch = s.full_arch()
+    s.set_arch(arch)
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.allclose(s(x), model(x), atol=1e-5)
+    assert arch.flops == count_flops(model, (3, 32, 32)) and arch.params == count_params(model)
+
+
+def test_expected_cost_equals_exact_at_one_hot():
+    s = create_supernet(timm.create_model("resnet50", num_classes=10), input_size=(3, 64, 64))
+    arch = s.random_arch(torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        for n, g in s.groups().items():
+            if g.alpha is not None:
+                g.alpha.fill_(-1e4)
+                g.alpha[g.widths.index(arch.groups[n]["width"])] = 0
+        for n, beta in s.betas.items():
+            stage = n.replace("__", ".")
+            beta.fill_(-1e4)
+            beta[s.stage_depths[stage].index(arch.stages[stage]["depth"])] = 0
+    for metric in ("flops", "params"):
+        assert float(s.expected_cost(metric)) == pytest.approx(getattr(arch, metric), rel=1e-5)
+    assert s.derive_arch().flops == arch.flops
+
+
+def test_search_mode_forward_backward_reaches_arch_parameters():
+    s = create_supernet(timm.create_model("cifar_resnet20", num_classes=10), input_size=(3, 16, 16))
+    s.train()
+    out = s(torch.randn(4, 3, 16, 16))
+    out.logsumexp(1).sum().backward()
+    grads = [p.grad for p in s.arch_parameters()]
+    assert all(g is not None for g in grads)
+    assert sum(float(g.abs().sum()) for g in grads) > 0
+    expected = s.expected_cost("flops")
+    expected.backward()
+
+
+def test_width_candidates_follow_space():
+    s = create_supernet(timm.create_model("seresnext26d_32x4d"), input_size=(3, 64, 64))
+    for name, g in s.groups().items():
+        conv_groups = s.graph.groups[name].conv_groups
+        assert all(w % conv_groups == 0 for w in g.widths)
+        assert g.widths[-1] == g.channels
+    assert s.groups()["layer1.0.conv2"].widths == [32, 64, 96, 128]
+    space = load_space("cifar_resnet")
+    assert space.k == 2 and space.ratios[0] == 0.3
+
+
+def test_infeasible_target_names_smallest_ratio():
+    s = create_supernet(timm.create_model("cifar_resnet20"), input_size=(3, 32, 32))
+    with pytest.raises(TasError, match=r"smallest architecture .* keeps 0\.0"):
+        s.check_target("flops", 0.01)
+    s.check_target("flops", 0.5)
+
+
+def test_bad_spaces_and_models():
+    with pytest.raises(TasError, match="unknown keys"):
+        load_space({"ratios": [0.5, 1.0], "colour": "red"})
+    with pytest.raises(TasError, match=r"\(0, 1\]"):
+        load_space({"ratios": [0.5, 1.5]})
+    with pytest.raises(TasError, match="not found"):
+        load_space("no_such_space")
+    with pytest.raises(ModelError, match="supported families are .*resnet"):
+        create_supernet(timm.create_model("vit_tiny_patch16_224", img_size=32, patch_size=8), input_size=(3, 32, 32))
+
+
+def test_arch_json_round_trip_and_validation(tmp_path):
+    s = create_supernet(timm.create_model("cifar_resnet20"), input_size=(3, 32, 32))
+    arch = s.random_arch(torch.Generator().manual_seed(4))
+    arch.to_json(tmp_path / "arch.json")
+    back = Arch.from_json(tmp_path / "arch.json")
+    assert back == arch
+    d = arch.to_dict()
+    d["version"] = 99
+    with pytest.raises(ArchError, match="newer"):
+        Arch.from_dict(d)
+    d = arch.to_dict()
+    del d["flops"]
+    with pytest.raises(ArchError, match="missing field 'flops'"):
+        Arch.from_dict(d)
+    d = arch.to_dict()
+    d["groups"]["stem"]["width"] = 99
+    with pytest.raises(ArchError, match="width 99"):
+        Arch.from_dict(d)
+    other = create_supernet(timm.create_model("cifar_resnet32"), input_size=(3, 32, 32)).full_arch()
+    with pytest.raises(ArchError):
+        s.set_arch(other)
