@@ -1,0 +1,182 @@
+"""Training and evaluation loops shared by every stage and every model family.
+
+The loops know nothing about what they train: the training loss is a callable
+``loss_fn(model, images, targets) -> (loss, {name: scalar})`` so that plain cross-entropy (the
+teacher), knowledge distillation (which needs the images for the teacher) and the search's
+FLOPs-regularised loss all plug into :func:`train_one_epoch` unchanged.
+"""
+from __future__ import annotations
+
+import math
+import sys
+from typing import Any, Callable, Iterable, Mapping, Sequence
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .errors import TasError
+
+__all__ = ["LossFn", "accuracy", "cross_entropy_loss", "evaluate", "train_one_epoch", "current_lr"]
+
+#: ``loss_fn(model, images, targets) -> (loss, {term name: float or 0-d tensor})``
+LossFn = Callable[[nn.Module, torch.Tensor, torch.Tensor], "tuple[torch.Tensor, Mapping[str, Any]]"]
+
+
+def cross_entropy_loss(label_smoothing: float = 0.0) -> LossFn:
+    """The plain classification loss as a :data:`LossFn` (one term, ``ce``)."""
+
+    def loss_fn(model: nn.Module, images: torch.Tensor, targets: torch.Tensor):
+        loss = F.cross_entropy(model(images), targets, label_smoothing=label_smoothing)
+        return loss, {"ce": loss.detach()}
+
+    return loss_fn
+
+
+def _topk_correct(logits: torch.Tensor, target: torch.Tensor, topk: Sequence[int]) -> list[int]:
+    maxk = min(max(topk), logits.size(1))
+    pred = logits.topk(maxk, dim=1).indices  # N x maxk
+    hit = pred.eq(target.view(-1, 1))
+    return [int(hit[:, :min(k, maxk)].sum()) for k in topk]
+
+
+def accuracy(logits: torch.Tensor, target: torch.Tensor, topk: Sequence[int] = (1, 5)) -> list[float]:
+    """Top-k accuracies in percent, one per ``k``; ``k`` is capped at the number of classes."""
+    if logits.size(0) == 0:
+        return [0.0 for _ in topk]
+    return [100.0 * c / logits.size(0) for c in _topk_correct(logits, target, topk)]
+
+
+def _to_device(batch: Any, device: torch.device | str) -> tuple[torch.Tensor, torch.Tensor]:
+    images, targets = batch[0], batch[1]
+    non_blocking = torch.device(device).type == "cuda"
+    return images.to(device, non_blocking=non_blocking), targets.to(device, non_blocking=non_blocking)
+
+
+def _progress(iterable: Iterable, progress: bool, **kwargs: Any):
+    from tqdm.auto import tqdm
+
+    return tqdm(iterable, disable=not progress or not sys.stderr.isatty(), leave=False,
+                dynamic_ncols=True, **kwargs)
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module,
+    loader: Iterable,
+    device: torch.device | str,
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+    *,
+    per_class: bool = False,
+    progress: bool = False,
+) -> dict[str, Any]:
+    """Accuracy and loss of ``model`` over ``loader`` (eval mode; the mode is restored after).
+
+    Args:
+        loss_fn: ``loss_fn(logits, targets)`` returning the mean loss of a batch; defaults to
+            cross-entropy.
+        per_class: also return ``per_class_recall`` (percent of each class's samples classified
+            correctly, indexed by class; ``None`` for classes absent from the loader).
+
+    Returns:
+        ``{"top1", "top5", "loss", "num_samples"}`` (percentages; top-5 is top-``min(5, classes)``),
+        plus ``per_class_recall`` when asked.
+    """
+    loss_fn = loss_fn or F.cross_entropy
+    was_training = model.training
+    model.eval()
+    n = 0
+    top1 = top5 = 0
+    loss_sum = 0.0
+    per_hit = per_total = None
+    try:
+        for batch in _progress(loader, progress, desc="eval"):
+            images, targets = _to_device(batch, device)
+            logits = model(images)
+            c1, c5 = _topk_correct(logits, targets, (1, 5))
+            top1 += c1
+            top5 += c5
+            loss_sum += float(loss_fn(logits, targets)) * targets.size(0)
+            n += targets.size(0)
+            if per_class:
+                k = logits.size(1)
+                hit = logits.argmax(1).eq(targets)
+                if per_hit is None:
+                    per_hit = torch.zeros(k, dtype=torch.long, device=logits.device)
+                    per_total = torch.zeros(k, dtype=torch.long, device=logits.device)
+                per_total += torch.bincount(targets, minlength=k)[:k]
+                per_hit += torch.bincount(targets[hit], minlength=k)[:k]
+    finally:
+        model.train(was_training)
+    if n == 0:
+        raise TasError("cannot evaluate: the evaluation set is empty")
+    out: dict[str, Any] = {"top1": 100.0 * top1 / n, "top5": 100.0 * top5 / n, "loss": loss_sum / n,
+                           "num_samples": n}
+    if per_class:
+        out["per_class_recall"] = [None if int(t) == 0 else 100.0 * int(h) / int(t)
+                                   for h, t in zip(per_hit.tolist(), per_total.tolist())]
+    return out
+
+
+def current_lr(optimizer: torch.optim.Optimizer) -> float:
+    """Learning rate of the first parameter group."""
+    return float(optimizer.param_groups[0]["lr"])
+
+
+def train_one_epoch(
+    model: nn.Module,
+    loader: Iterable,
+    optimizer: torch.optim.Optimizer,
+    *,
+    loss_fn: LossFn,
+    device: torch.device | str,
+    scheduler: Any = None,
+    epoch: int = 0,
+    num_updates: int = 0,
+    writer: Any = None,
+    progress: bool = True,
+    log_every: int = 10,
+) -> tuple[float, int]:
+    """One pass over ``loader``; returns ``(mean loss per sample, num_updates after the epoch)``.
+
+    Args:
+        loss_fn: see :data:`LossFn`; its extra terms are logged to TensorBoard as ``train/<name>``.
+        scheduler: a timm scheduler, stepped with ``step_update(num_updates)`` after every update.
+        epoch: only used for messages and the progress bar.
+        num_updates: optimizer steps taken before this epoch (the TensorBoard step).
+        writer: a ``SummaryWriter``; ``train/loss`` and ``train/lr`` every ``log_every`` updates.
+        progress: show a tqdm bar (only when stderr is a terminal).
+
+    Raises:
+        TasError: the loss became NaN or infinite (names the epoch and step).
+    """
+    model.train()
+    total, count = 0.0, 0
+    bar = _progress(loader, progress, desc=f"epoch {epoch + 1}")
+    for step, batch in enumerate(bar):
+        images, targets = _to_device(batch, device)
+        loss, terms = loss_fn(model, images, targets)
+        value = float(loss.detach())
+        if not math.isfinite(value):
+            raise TasError(f"training diverged: loss is {value} at epoch {epoch + 1}, step {step + 1} "
+                           f"(lr {current_lr(optimizer):.4g}); lower --lr or check the data")
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        num_updates += 1
+        if scheduler is not None:
+            scheduler.step_update(num_updates=num_updates)
+        bs = targets.size(0)
+        total += value * bs
+        count += bs
+        if writer is not None and num_updates % max(1, log_every) == 0:
+            writer.add_scalar("train/loss", value, num_updates)
+            writer.add_scalar("train/lr", current_lr(optimizer), num_updates)
+            for name, term in (terms or {}).items():
+                if name != "loss":
+                    writer.add_scalar(f"train/{name}", float(term), num_updates)
+        if step % 5 == 0:
+            bar.set_postfix(loss=f"{value:.3f}", lr=f"{current_lr(optimizer):.3g}", refresh=False)
+    if hasattr(bar, "close"):
+        bar.close()
+    return (total / count if count else float("nan")), num_updates

@@ -1,0 +1,47 @@
+"""Shared fixtures: the train.py module, tiny-run flags, and one trained teacher run per session."""
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+import torch
+
+import tas  # noqa: F401  (registers cifar_resnet* with timm)
+
+REPO = Path(__file__).resolve().parents[1]
+
+#: the smallest run that still trains: cifar_resnet20 on digits at 16 px, 256 images per split
+TINY_FLAGS = ["--model", "cifar_resnet20", "--dataset", "digits", "--img-size", "16", "--limit", "256",
+              "--batch-size", "32", "--epochs", "1", "--log-every", "2", "--no-progress", "--device", "cpu"]
+
+# One thread: these models are tiny, and with two OpenMP threads a busy machine (another process
+# on the other core) slows every step down ~100x.
+torch.set_num_threads(1)
+
+
+def _load_train_script():
+    spec = importlib.util.spec_from_file_location("train_script", REPO / "train.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="session")
+def train_script():
+    """train.py imported as a module (``main``, ``build_parser``)."""
+    return _load_train_script()
+
+
+@pytest.fixture(scope="session")
+def tiny_flags() -> list[str]:
+    """Flags for a ~1 s training run (add ``--output``)."""
+    return list(TINY_FLAGS)
+
+
+@pytest.fixture(scope="session")
+def teacher_run(tmp_path_factory, train_script) -> Path:
+    """A finished 1-epoch cifar_resnet20 teacher run on digits (16 px, 256 images); do not modify it."""
+    out = tmp_path_factory.mktemp("teacher") / "run"
+    assert train_script.main(TINY_FLAGS + ["--output", str(out)]) == 0
+    return out
