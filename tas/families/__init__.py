@@ -13,7 +13,7 @@ import torch.nn as nn
 from ..errors import ModelError
 from ..graph import ModelGraph
 
-__all__ = ["register_family", "describe_model", "supported_families"]
+__all__ = ["register_family", "register_finalizer", "describe_model", "finalize_slim", "supported_families"]
 
 _FAMILIES: dict[str, tuple[Callable[[nn.Module], bool], Callable[[nn.Module], ModelGraph]]] = {}
 
@@ -24,6 +24,24 @@ def register_family(name: str, matches: Callable[[nn.Module], bool]):
         _FAMILIES[name] = (matches, describe)
         return describe
     return wrap
+
+
+_FINALIZERS: dict[str, Callable[[nn.Module], nn.Module]] = {}
+
+
+def register_finalizer(name: str):
+    """Decorator registering ``fix(slim) -> slim`` run on every materialised model of a family
+    (e.g. to update attributes like ``num_features`` that describe widths)."""
+    def wrap(fix: Callable[[nn.Module], nn.Module]):
+        _FINALIZERS[name] = fix
+        return fix
+    return wrap
+
+
+def finalize_slim(family: str, slim: nn.Module) -> nn.Module:
+    """Apply the family's finalizer to a materialised model (no-op when it has none)."""
+    fix = _FINALIZERS.get(family)
+    return fix(slim) if fix is not None else slim
 
 
 def supported_families() -> list[str]:
@@ -42,3 +60,4 @@ def describe_model(model: nn.Module) -> ModelGraph:
 
 
 from . import resnet  # noqa: E402,F401  (registers itself)
+from . import efficientnet  # noqa: E402,F401  (registers itself)

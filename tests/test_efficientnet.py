@@ -1,0 +1,212 @@
+"""The EfficientNet / MobileNetV3 family: hard mode == the materialised slim network, exact costs."""
+import pytest
+import timm
+import torch
+from timm.layers import BatchNormAct2d
+
+import tas  # noqa: F401
+from tas.errors import ModelError
+from tas.families import describe_model
+from tas.families.efficientnet import sync_head_attributes
+from tas.flops import count_flops, count_params
+from tas.materialize import materialize
+from tas.ops import SearchBN, SearchConv, slice_bn
+from tas.supernet import create_supernet
+
+SIZE = (3, 64, 64)
+MODELS = ["mobilenetv2_100", "efficientnet_b0", "mobilenetv3_large_100", "efficientnet_lite0"]
+
+
+def _perturb_bn(module: torch.nn.Module, seed: int = 0) -> None:
+    """Make every BN (per candidate too) distinct, so using the wrong one shows in the logits."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in module.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                n = m.num_features
+                m.running_mean.copy_(0.1 * torch.randn(n, generator=g))
+                m.running_var.copy_(0.5 + torch.rand(n, generator=g))
+                m.weight.copy_(1 + 0.1 * torch.randn(n, generator=g))
+                m.bias.copy_(0.1 * torch.randn(n, generator=g))
+
+
+@pytest.fixture(scope="module", params=MODELS)
+def supernet(request):
+    name = request.param
+    model = timm.create_model(name, num_classes=10, pretrained=False).eval()
+    _perturb_bn(model, seed=1)
+    s = create_supernet(model, input_size=SIZE, model_name=name)
+    _perturb_bn(s)
+    return s.eval(), model
+
+
+def test_default_space_and_family(supernet):
+    s, model = supernet
+    family = "mobilenet" if type(model).__name__ == "MobileNetV3" else "efficientnet"
+    assert s.graph.family == family and s.space.name == family and s.space.divisor == 8
+    assert any(len(d) > 1 for d in s.stage_depths.values())  # some depth is searched
+
+
+def test_hard_mode_equals_materialised(supernet):
+    s, model = supernet
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(2, *SIZE)
+    with torch.no_grad():
+        full_out = model(x)
+    for _ in range(2):
+        arch = s.random_arch(gen)
+        s.set_arch(arch)
+        with torch.no_grad():
+            hard = s(x)
+            slim = materialize(s, arch).eval()
+            out = slim(x)
+        assert (hard - out).abs().max() <= 1e-4
+        assert not torch.allclose(hard, full_out, atol=1e-3)  # it really is another network
+        assert count_flops(slim, SIZE) == arch.flops < arch.full_flops
+        assert count_params(slim) == arch.params
+        assert type(slim) is type(model)
+        assert not any(isinstance(m, (SearchConv, SearchBN)) for m in slim.modules())
+        # the slim BNs keep timm's fused activation
+        assert type(slim.bn1) is BatchNormAct2d and type(slim.bn1.act) is type(model.bn1.act)
+
+
+def test_arbitrary_indices_equivalence(supernet):
+    """Non-prefix kept channels (SA++, the baselines) materialise exactly too."""
+    s, _ = supernet
+    gen = torch.Generator().manual_seed(1)
+    arch = s.random_arch(gen)
+    for name, g in arch.groups.items():
+        g["indices"] = sorted(torch.randperm(g["channels"], generator=gen)[: g["width"]].tolist())
+    s.set_arch(arch)
+    x = torch.randn(2, *SIZE)
+    with torch.no_grad():
+        assert (s(x) - materialize(s, arch).eval()(x)).abs().max() <= 1e-4
+
+
+def test_full_arch_reproduces_the_original(supernet):
+    s, model = supernet
+    arch = s.full_arch()
+    assert arch.flops == count_flops(model, SIZE) and arch.params == count_params(model)
+
+
+def test_materialise_from_plain_model(supernet):
+    s, model = supernet
+    arch = s.random_arch(torch.Generator().manual_seed(2))
+    slim = materialize(model, arch)
+    assert count_params(slim) == arch.params
+    assert count_flops(slim, SIZE) == arch.flops
+    assert torch.equal(slim.conv_stem.weight, model.conv_stem.weight[arch.groups["stem"]["indices"]])
+    assert type(slim) is type(model)
+    with torch.no_grad():
+        assert slim.eval()(torch.randn(1, *SIZE)).shape == (1, 10)
+    # with num_features / head_hidden_size synced, timm's reset_classifier works on the slim net
+    slim.reset_classifier(5)  # materialize ran the family's finalizer (sync_head_attributes)
+    with torch.no_grad():
+        assert slim(torch.randn(1, *SIZE)).shape == (1, 5)
+
+
+@pytest.mark.parametrize("name", ["efficientnet_b0", "mobilenetv3_large_100"])
+def test_search_mode_forward_backward_reaches_arch_parameters(name):
+    s = create_supernet(timm.create_model(name, num_classes=10), input_size=SIZE)
+    s.train()
+    s.generator = torch.Generator().manual_seed(0)
+    s(torch.randn(4, *SIZE)).logsumexp(1).sum().backward()
+    # Width logits get the task gradient through the Gumbel fragment mixture: in the per-candidate
+    # BNs, or in the producing conv for a group no BN writes (MobileNetV3's head conv).
+    params = [g.alpha for g in s.groups().values() if g.alpha is not None] + list(s.betas.values())
+    assert params and all(p.grad is not None for p in params)
+    assert all(float(p.grad.abs().sum()) > 0 for p in params)
+    s.expected_cost("flops").backward()
+    assert all(g.alpha.grad is not None for g in s.groups().values() if g.alpha is not None)
+
+
+def test_search_mode_reaches_bnless_head_width():
+    s = create_supernet(timm.create_model("mobilenetv3_large_100", num_classes=10), input_size=SIZE)
+    s.train()
+    s(torch.randn(4, *SIZE)).logsumexp(1).sum().backward()
+    assert s.groups()["head"].alpha.grad is not None
+
+
+def test_graph_structure():
+    g = describe_model(timm.create_model("mobilenetv2_100"))
+    layers = {l.name: l for l in g.layers}
+    # a depthwise-separable block has no expansion: its depthwise conv runs on the stem stream
+    assert (layers["blocks.0.0.conv_dw"].in_group, layers["blocks.0.0.conv_dw"].out_group) == ("stem", "stem")
+    assert layers["blocks.0.0.conv_pw"].out_group == "blocks.0"
+    # the expanded width is one group from the expansion to the projection
+    mid = "blocks.1.1.mid"
+    assert layers["blocks.1.1.conv_pw"].out_group == mid
+    assert (layers["blocks.1.1.conv_dw"].in_group, layers["blocks.1.1.conv_dw"].out_group) == (mid, mid)
+    assert layers["blocks.1.1.conv_pwl"].in_group == mid
+    # a stage's stream: first block's projection, the residual blocks' projections, the consumers
+    assert {layers[f"blocks.3.{b}.conv_pwl"].out_group for b in range(4)} == {"blocks.3"}
+    assert layers["blocks.4.0.conv_pw"].in_group == "blocks.3"
+    assert layers["conv_head"].in_group == "blocks.6" and layers["classifier"].in_group == "head"
+    assert layers["classifier"].out_group is None
+    assert g.groups["head"].kind == "inner" and g.groups["blocks.3"].kind == "stream"
+
+    g = describe_model(timm.create_model("efficientnet_b0"))
+    layers = {l.name: l for l in g.layers}
+    # SE: channel-facing sides follow the block's width, the bottleneck stays fixed
+    reduce, expand = layers["blocks.0.0.se.conv_reduce"], layers["blocks.2.1.se.conv_expand"]
+    assert (reduce.in_group, reduce.out_group) == ("stem", None)
+    assert (expand.in_group, expand.out_group) == (None, "blocks.2.1.mid")
+
+    # MobileNetV3: the first block has a skip, so the stem is also blocks.0's stream
+    g = describe_model(timm.create_model("mobilenetv3_large_100"))
+    layers = {l.name: l for l in g.layers}
+    assert "blocks.0" not in g.groups and g.groups["stem"].kind == "stream"
+    assert layers["blocks.0.0.conv_pw"].out_group == "stem"
+    assert layers["blocks.6.0.conv"].out_group == "blocks.6"  # ConvBnAct
+    assert layers["conv_head"].in_group == "blocks.6" and "bn2" not in layers
+
+
+def test_stages_with_a_width_change_are_not_depth_searched():
+    """A block without a skip after a stage's first can't be dropped: that stage keeps all blocks."""
+    model = timm.create_model("lcnet_050", num_classes=10).eval()  # every block is noskip
+    g = describe_model(model)
+    assert list(g.stages) == ["blocks.0"]
+    assert g.groups["blocks.4.1"].kind == "stream"  # a mid-stage width change starts a new group
+    assert all(l.block is None for l in g.layers if l.name.startswith("blocks.4."))
+    s = create_supernet(model, input_size=(3, 32, 32))
+    _perturb_bn(s)
+    s.eval()
+    arch = s.random_arch(torch.Generator().manual_seed(5))
+    s.set_arch(arch)
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        slim = materialize(s, arch).eval()
+        assert (s(x) - slim(x)).abs().max() <= 1e-4
+    assert count_flops(slim, (3, 32, 32)) == arch.flops and count_params(slim) == arch.params
+    # fbnetv3_b: only the stage whose last block changes the width is left out
+    assert "blocks.5" not in describe_model(timm.create_model("fbnetv3_b")).stages
+
+
+def test_slice_bn_keeps_fused_activation():
+    bn = BatchNormAct2d(16, act_layer=torch.nn.SiLU).eval()
+    _perturb_bn(bn)
+    idx = torch.tensor([1, 4, 5, 9])
+    sl = slice_bn(bn, idx)
+    assert type(sl) is BatchNormAct2d and isinstance(sl.act, torch.nn.SiLU) and sl.num_features == 4
+    x = torch.randn(2, 16, 3, 3)
+    assert torch.allclose(sl(x[:, idx]), bn(x)[:, idx], atol=1e-6)
+    plain = torch.nn.BatchNorm2d(16).eval()
+    _perturb_bn(plain)
+    sl = slice_bn(plain, idx)
+    assert type(sl) is torch.nn.BatchNorm2d and sl.running_var.shape == (4,)
+    assert torch.allclose(sl(x[:, idx]), plain(x)[:, idx], atol=1e-6)
+
+
+@pytest.mark.parametrize("name, what", [
+    ("tf_efficientnet_b0", "Conv2dSame"),
+    ("mixnet_s", "MixedConv2d"),
+    ("mobilenetv4_conv_small", "UniversalInvertedResidual"),
+])
+def test_unsupported_variants_are_refused(name, what):
+    with pytest.raises(ModelError, match=what):
+        describe_model(timm.create_model(name))
+
+
+def test_vit_still_refused():
+    with pytest.raises(ModelError, match="supported families are efficientnet, mobilenet, resnet"):
+        describe_model(timm.create_model("vit_tiny_patch16_224", img_size=32, patch_size=8))
