@@ -29,6 +29,15 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--model", default=d.model, help="timm model name; must match the teacher's (optional)")
     g.add_argument("--space", default=d.space, help="search space preset name or YAML path (default: the model's preset)")
     g.add_argument("--k", type=int, default=d.k, help="fragments sampled per group (default: the space's)")
+    g.add_argument("--selection", default=d.selection, choices=("prefix", "sapp"),
+                   help="which channels a width keeps: TAS's first ones, or SA++ block attention")
+    g.add_argument("--block-size", type=int, default=d.block_size, help="SA++ channels per block (default: the space's divisor)")
+    g.add_argument("--attn-lr", type=float, default=d.attn_lr, help="SA++ attention logits: Adam, stepped with the weights")
+    g.add_argument("--attn-weight-decay", type=float, default=d.attn_weight_decay)
+    for phase in ("warmup", "sparsify", "sparse", "dense"):
+        g.add_argument(f"--sapp-{phase}", type=float, default=getattr(d, f"sapp_{phase}"),
+                       help=f"SA++ {phase} phase length, fraction of the search")
+    g.add_argument("--sapp-rounds", type=int, default=d.sapp_rounds, help="SA++ sparsify/sparse/dense rounds")
     g = p.add_argument_group("budget")
     g.add_argument("--flops-ratio", type=float, default=d.flops_ratio, help="fraction of FLOPs to keep (default 0.5)")
     g.add_argument("--params-ratio", type=float, default=d.params_ratio, help="fraction of params to keep")

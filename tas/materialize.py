@@ -16,7 +16,7 @@ import torch.nn as nn
 
 from .arch import Arch
 from .errors import ArchError
-from .families import describe_model
+from .families import describe_model, finalize_slim
 from .ops import SearchBN, SearchConv, SearchLinear, slice_bn, slice_conv, slice_linear
 
 __all__ = ["materialize", "build_slim", "load_slim"]
@@ -83,6 +83,7 @@ def materialize(source: nn.Module, arch: Arch) -> nn.Module:
     head = [l for l in graph.layers if l.kind == "linear"]
     if head and hasattr(slim, "num_features"):  # keeps reset_classifier() working on the slim net
         slim.num_features = slim.get_submodule(head[-1].name).in_features
+    finalize_slim(graph.family, slim)
     slim.pretrained_cfg = dict(getattr(source, "pretrained_cfg", None) or getattr(slim, "pretrained_cfg", {}) or {})
     slim.eval() if not source.training else slim.train()
     return slim

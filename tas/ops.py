@@ -17,7 +17,7 @@ and the materialiser share them, which is what makes hard mode and the slim netw
 from __future__ import annotations
 
 import copy
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn as nn
@@ -28,7 +28,7 @@ from .interp import channel_interp
 if TYPE_CHECKING:  # pragma: no cover
     from .supernet import GroupState
 
-__all__ = ["SearchConv", "SearchBN", "SearchLinear", "SearchStage", "slice_conv", "slice_bn", "slice_linear",
+__all__ = ["mix_fragments", "batch_norm_at", "SearchConv", "SearchBN", "SearchLinear", "SearchStage", "slice_conv", "slice_bn", "slice_linear",
            "conv_weight"]
 
 
@@ -78,16 +78,20 @@ def slice_conv(conv: nn.Conv2d, in_idx: torch.Tensor | None, out_idx: torch.Tens
 
 def slice_bn(bn: nn.BatchNorm2d, idx: torch.Tensor | None) -> nn.BatchNorm2d:
     """A copy of ``bn`` keeping channels ``idx`` (affine parameters and running statistics)."""
-    n = bn.num_features if idx is None else idx.numel()
-    new = type(bn)(n, eps=bn.eps, momentum=bn.momentum, affine=bn.affine,
-                   track_running_stats=bn.track_running_stats).to(bn.weight.device if bn.affine else "cpu")
+    # A deep copy keeps the class and whatever it carries beyond the statistics (the fused
+    # activation/drop of timm's BatchNormAct2d, eps, momentum, num_batches_tracked); only the
+    # per-channel tensors are replaced by their kept channels.
+    new = copy.deepcopy(bn)
+    new.num_features = bn.num_features if idx is None else idx.numel()
     with torch.no_grad():
-        for name in ("weight", "bias", "running_mean", "running_var"):
+        for name in ("weight", "bias"):
             src = getattr(bn, name, None)
             if src is not None:
-                getattr(new, name).copy_(_take(src, idx, 0))
-        if bn.num_batches_tracked is not None:
-            new.num_batches_tracked.copy_(bn.num_batches_tracked)
+                setattr(new, name, nn.Parameter(_take(src, idx, 0).detach().clone(), requires_grad=src.requires_grad))
+        for name in ("running_mean", "running_var"):
+            src = getattr(bn, name, None)
+            if src is not None:
+                setattr(new, name, _take(src, idx, 0).detach().clone())
     return new.train(bn.training)
 
 
@@ -105,11 +109,14 @@ def slice_linear(fc: nn.Linear, in_idx: torch.Tensor | None) -> nn.Linear:
 class SearchConv(nn.Module):
     """A conv whose input and/or output channels follow channel groups."""
 
-    def __init__(self, conv: nn.Conv2d, in_group: GroupState | None, out_group: GroupState | None) -> None:
+    def __init__(self, conv: nn.Conv2d, in_group: GroupState | None, out_group: GroupState | None,
+                 mix: bool = False) -> None:
         super().__init__()
         self.conv = conv
         self.in_group = [in_group]  # lists: the states are shared, not submodules of this layer
         self.out_group = [out_group]
+        # A group no BN writes (e.g. MobileNetV3's head conv) mixes its fragments here instead.
+        self.mix = mix and out_group is not None
 
     def indices(self) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         ig, og = self.in_group[0], self.out_group[0]
@@ -119,55 +126,111 @@ class SearchConv(nn.Module):
         w, b, groups = conv_weight(self.conv, *self.indices())
         c = self.conv
         if groups == c.groups:
-            return c._conv_forward(x, w, b)  # honours the conv's padding mode
-        return F.conv2d(x, w, b, c.stride, c.padding, c.dilation, groups)
+            y = c._conv_forward(x, w, b)  # honours the conv's padding mode
+        else:
+            y = F.conv2d(x, w, b, c.stride, c.padding, c.dilation, groups)
+        g = self.out_group[0]
+        if self.mix and g.fragments is not None:
+            y = mix_fragments(y, g, lambda j, t, chans: t)
+        return y
 
     def sliced(self) -> nn.Conv2d:
         return slice_conv(self.conv, *self.indices())
 
 
+def batch_norm_at(bn: nn.BatchNorm2d, x: torch.Tensor, channels: Any) -> torch.Tensor:
+    """``bn`` applied to ``x`` whose channels are ``channels`` of ``bn`` (None: all; int n: the first n).
+
+    Running statistics are updated in place at those channels in training mode, so any subset of a
+    full-width BN can be trained, recalibrated and later sliced out. A fused activation
+    (timm's ``BatchNormAct2d``) is applied after.
+    """
+    if channels is None:
+        return bn(x)
+    training = bn.training or not bn.track_running_stats
+    factor = 0.0
+    if bn.training and bn.track_running_stats:
+        bn.num_batches_tracked.add_(1)
+        factor = 1.0 / float(bn.num_batches_tracked) if bn.momentum is None else bn.momentum
+    if isinstance(channels, int):  # views: F.batch_norm updates the running stats in place
+        y = F.batch_norm(x, bn.running_mean[:channels] if bn.running_mean is not None else None,
+                         bn.running_var[:channels] if bn.running_var is not None else None,
+                         bn.weight[:channels] if bn.affine else None, bn.bias[:channels] if bn.affine else None,
+                         training, factor, bn.eps)
+    else:
+        weight = bn.weight.index_select(0, channels) if bn.affine else None
+        bias = bn.bias.index_select(0, channels) if bn.affine else None
+        if training:
+            y = F.batch_norm(x, None, None, weight, bias, True, 0.0, bn.eps)
+            if bn.track_running_stats and bn.training:
+                with torch.no_grad():
+                    mean = x.mean((0, 2, 3))
+                    var = x.var((0, 2, 3), unbiased=True)
+                    rm, rv = bn.running_mean, bn.running_var
+                    rm.index_copy_(0, channels, (1 - factor) * rm.index_select(0, channels) + factor * mean)
+                    rv.index_copy_(0, channels, (1 - factor) * rv.index_select(0, channels) + factor * var)
+        else:
+            y = F.batch_norm(x, bn.running_mean.index_select(0, channels), bn.running_var.index_select(0, channels),
+                             weight, bias, False, 0.0, bn.eps)
+    if hasattr(bn, "act"):  # timm BatchNormAct2d: norm, then dropout and activation
+        y = bn.act(bn.drop(y))
+    return y
+
+
+def mix_fragments(x: torch.Tensor, group: GroupState, fn) -> torch.Tensor:
+    """TAS fragment mixture of ``x`` (the group's active channels) in search mode.
+
+    ``fn(j, fragment, channels)`` transforms candidate ``j``'s channels (its own BN, or nothing);
+    each result is stretched back to the active width by CWI, weighted, summed, and finally scaled
+    by the group's SA++ attention when it has one.
+    """
+    width = x.shape[1]
+    out = None
+    for j, pos, chans, weight in group.fragments:
+        if pos is None:
+            y = fn(j, x, chans)
+        elif isinstance(pos, int):  # a prefix of the active channels: a view, no copy
+            y = channel_interp(fn(j, x[:, :pos], chans), width)
+        else:
+            y = channel_interp(fn(j, x.index_select(1, pos), chans), width)
+        if weight is not None:
+            y = y * weight
+        out = y if out is None else out + y
+    scale = group.channel_scale()
+    return out if scale is None else out * scale.view(1, -1, 1, 1)
+
+
 class SearchBN(nn.Module):
     """Per-candidate BatchNorms of one group, mixed with channel-wise interpolation in search mode.
 
-    ``bns[j]`` normalises candidate ``j``'s channels; all start from the wrapped BN's statistics
-    and affine parameters at those channels (normally the teacher's).
+    ``bns[j]`` is a full-width copy of the wrapped BN (normally the teacher's) used whenever
+    candidate ``j`` is sampled, at that candidate's channels. Keeping every copy full width ties
+    its statistics to channel ids rather than positions, so they stay right when a ranking
+    (SA++ attention) changes which channels a candidate keeps.
     """
 
     def __init__(self, bn: nn.BatchNorm2d, group: GroupState) -> None:
         super().__init__()
         self.group = [group]
-        self.bns = nn.ModuleList(slice_bn(bn, group.candidate_indices(j)) for j in range(len(group.widths)))
+        self.bns = nn.ModuleList(slice_bn(bn, None) for _ in group.widths)
 
-    def hard_bn(self) -> nn.BatchNorm2d:
-        """The BN of the current hard selection: its candidate's BN, or the full BN gathered."""
+    def _hard(self) -> tuple[nn.BatchNorm2d, Any]:
         g = self.group[0]
-        j = g.hard_candidate
-        if j is not None:
-            return self.bns[j]
-        # An arbitrary selection (another method's arch): gather from the full-width statistics,
-        # whose channels are in original order.
-        return slice_bn(self.bns[-1], g.active)
+        # A width outside the candidates (another method's arch) uses the full-width BN's statistics.
+        j = g.hard_candidate if g.hard_candidate is not None else len(self.bns) - 1
+        idx = g.active
+        return self.bns[j], (None if idx.numel() == g.channels else idx)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         g = self.group[0]
         if g.fragments is None:
-            return self.hard_bn()(x)
-        width = x.shape[1]
-        out = None
-        for j, pos, weight in g.fragments:
-            if pos is None:
-                y = self.bns[j](x)
-            elif isinstance(pos, int):  # a prefix of the active channels: a view, no copy
-                y = channel_interp(self.bns[j](x[:, :pos]), width)
-            else:
-                y = channel_interp(self.bns[j](x.index_select(1, pos)), width)
-            if weight is not None:
-                y = y * weight
-            out = y if out is None else out + y
-        return out
+            bn, idx = self._hard()
+            return batch_norm_at(bn, x, idx)
+        return mix_fragments(x, g, lambda j, t, chans: batch_norm_at(self.bns[j], t, chans))
 
     def sliced(self) -> nn.BatchNorm2d:
-        return slice_bn(self.hard_bn(), None)
+        bn, idx = self._hard()
+        return slice_bn(bn, idx)
 
 
 class SearchLinear(nn.Module):

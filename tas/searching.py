@@ -34,11 +34,12 @@ from .cli import format_table
 from .cost import cost_loss
 from .errors import CheckpointError, TasError
 from .rundir import is_finished_run, load_run, save_run
+from .attention import PHASES, SappSchedule, sparsity_ramp
 from .sampling import tau_at
 from .supernet import Supernet, create_supernet
-from .tb import log_distributions
+from .tb import log_attention, log_distributions
 
-__all__ = ["SearchConfig", "search", "ArchStepper"]
+__all__ = ["SearchConfig", "search", "ArchStepper", "SappController", "recalibrate_bn"]
 
 
 @dataclass
@@ -63,6 +64,15 @@ class SearchConfig:
     weight_decay: float = 5e-4
     arch_lr: float = 0.05
     arch_weight_decay: float = 1e-3
+    selection: str = "prefix"
+    block_size: int | None = None
+    attn_lr: float = 0.01
+    attn_weight_decay: float = 1e-4
+    sapp_warmup: float = 0.2
+    sapp_sparsify: float = 0.15
+    sapp_sparse: float = 0.1
+    sapp_dense: float = 0.1
+    sapp_rounds: int = 2
     tau_max: float = 5.0
     tau_min: float = 0.1
     tau_schedule: str = "cosine"
@@ -102,6 +112,8 @@ class SearchConfig:
             raise TasError("--tau-min must be > 0 and <= --tau-max")
         if self.resume and self.overwrite:
             raise TasError("--resume and --overwrite exclude each other")
+        if self.selection not in ("prefix", "sapp"):
+            raise TasError(f"--selection must be prefix or sapp, got {self.selection!r}")
 
     @property
     def metric(self) -> str:
@@ -192,6 +204,47 @@ def recalibrate_bn(model: torch.nn.Module, loader: Any, device: torch.device | s
         m.momentum = momentum
 
 
+class SappController:
+    """Drives SA++ masks through the :class:`~tas.attention.SappSchedule`, one call per step.
+
+    Dense phases (warm-up included) lift the masks; sparsification ramps each group's pruned
+    fraction towards ``1 − derived TAS width / channels``; sparse phases keep the mask. Channels
+    are re-ranked by attention every step. At every phase boundary the given optimisers (the
+    weight SGD and the attention Adam, not TAS's architecture Adam) lose their state.
+    """
+
+    def __init__(self, supernet: Supernet, schedule: SappSchedule, optimizers: list[torch.optim.Optimizer]) -> None:
+        self.supernet, self.schedule, self.optimizers = supernet, schedule, optimizers
+        self.phase_index: int | None = None
+        self.resets = 0
+
+    def step(self, step: int) -> tuple[str, float]:
+        """Set masks and rankings for ``step``; returns the phase name and mean scheduled sparsity."""
+        index, name, t = self.schedule.phase(step)
+        if self.phase_index is not None and index != self.phase_index:
+            for opt in self.optimizers:
+                opt.state.clear()
+            self.resets += 1
+        self.phase_index = index
+        sparsities = []
+        for g in self.supernet.groups().values():
+            if g.attn_logits is None:
+                continue
+            if name in ("warmup", "dense"):
+                g.mask.fill_(True)
+                g.rank_by_attention()
+                sparsities.append(0.0)
+            elif name == "sparsify":
+                derived = g.widths[int(g.probs().argmax())]
+                target = sparsity_ramp(t, 1 - derived / g.channels)
+                g.prune_lowest(int(round(target * g.mask.numel())))
+                sparsities.append(target)
+            else:
+                g.rank_by_attention()
+                sparsities.append(1 - float(g.mask.float().mean()))
+        return name, (sum(sparsities) / len(sparsities) if sparsities else 0.0)
+
+
 def _load_teacher(cfg: SearchConfig):
     if not cfg.teacher:
         raise TasError("--teacher: give the run directory of the trained network to prune (train.py --output)")
@@ -227,7 +280,8 @@ def search(args: Any) -> dict[str, Any]:
                        f"{tconfig['model_kwargs']['in_chans']} input channels; {cfg.dataset} has {info.num_classes} and {info.in_chans}")
     input_size = (info.in_chans, info.img_size, info.img_size)
     supernet = create_supernet(teacher, cfg.space, input_size=input_size, model_name=tconfig["model"],
-                               model_kwargs=tconfig["model_kwargs"])
+                               model_kwargs=tconfig["model_kwargs"], selection=cfg.selection,
+                               block_size=cfg.block_size)
     if cfg.k is not None:
         supernet.k = cfg.k
     supernet.check_target(cfg.metric, cfg.ratio)
@@ -242,6 +296,16 @@ def search(args: Any) -> dict[str, Any]:
     w_sched = torch.optim.lr_scheduler.LambdaLR(w_opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, total_steps) / total_steps)))
     stepper = ArchStepper(supernet, cfg.metric, cfg.ratio, cfg.tolerance, cfg.cost_weight, cfg.arch_lr,
                           cfg.arch_weight_decay)
+    sapp = None
+    attn_params = list(supernet.attention_parameters())
+    attn_opt = torch.optim.Adam(attn_params, lr=cfg.attn_lr, weight_decay=cfg.attn_weight_decay) if attn_params else None
+    if attn_opt is not None:
+        try:
+            schedule = SappSchedule(total_steps, cfg.sapp_warmup, cfg.sapp_sparsify, cfg.sapp_sparse, cfg.sapp_dense,
+                                    cfg.sapp_rounds)
+        except ValueError as e:
+            raise TasError(f"--sapp-* phase lengths: {e}") from None
+        sapp = SappController(supernet, schedule, [w_opt, attn_opt])
 
     start_epoch, step, wall, history = 0, 0, 0.0, []
     if cfg.resume:
@@ -250,6 +314,9 @@ def search(args: Any) -> dict[str, Any]:
             supernet.load_state_dict(state["supernet"])
             w_opt.load_state_dict(state["w_opt"])
             stepper.optimizer.load_state_dict(state["a_opt"])
+            if attn_opt is not None:
+                attn_opt.load_state_dict(state["attn_opt"])
+                sapp.phase_index = sapp.schedule.phase(int(state["step"]) - 1)[0] if int(state["step"]) else None
             w_sched.load_state_dict(state["w_sched"])
             start_epoch, step, wall = int(state["epoch"]), int(state["step"]), float(state["wall_time_s"])
             history = json.loads(state["history"])
@@ -276,13 +343,19 @@ def search(args: Any) -> dict[str, Any]:
             for (xt, yt), (xv, yv) in bar:
                 xt, yt, xv, yv = xt.to(device), yt.to(device), xv.to(device), yv.to(device)
                 supernet.tau = tau_at(step / max(1, total_steps - 1), cfg.tau_max, cfg.tau_min, cfg.tau_schedule)
+                if sapp is not None:
+                    phase, sparsity = sapp.step(step)
                 w_loss = F.cross_entropy(supernet(xt), yt)
                 w_value = w_loss.item()
                 if not math.isfinite(w_value):
                     raise TasError(f"weight loss is {w_value} at epoch {epoch + 1}, step {step + 1}")
                 w_opt.zero_grad(set_to_none=True)
+                if attn_opt is not None:
+                    attn_opt.zero_grad(set_to_none=True)
                 w_loss.backward()
                 w_opt.step()
+                if attn_opt is not None:
+                    attn_opt.step()
                 w_sched.step()
                 terms = stepper.step(xv, yv)
                 step += 1
@@ -293,6 +366,9 @@ def search(args: Any) -> dict[str, Any]:
                     writer.add_scalar("search/target_ratio", cfg.ratio, step)
                     writer.add_scalar("search/tau", supernet.tau, step)
                     writer.add_scalar("search/lr", w_opt.param_groups[0]["lr"], step)
+                    if sapp is not None:
+                        writer.add_scalar("sapp/phase", PHASES.index(phase), step)
+                        writer.add_scalar("sapp/sparsity", sparsity, step)
                 bar.set_postfix(loss=f"{w_value:.3f}", ratio=f"{terms['derived_ratio']:.3f}", refresh=False)
             arch = supernet.derive_arch(epoch=epoch + 1)
             supernet.set_arch(arch)
@@ -300,6 +376,8 @@ def search(args: Any) -> dict[str, Any]:
             val = engine.evaluate(supernet, loaders["test"], device)
             supernet.search()
             log_distributions(writer, supernet, step)
+            if sapp is not None:
+                log_attention(writer, supernet, step)
             writer.add_scalar("search/val_top1", val["top1"], step)
             writer.add_scalar("search/derived_flops_ratio", arch.flops_ratio, step)
             writer.add_scalar("search/derived_params_ratio", arch.params_ratio, step)
@@ -311,6 +389,7 @@ def search(args: Any) -> dict[str, Any]:
                   f"  hard-mode test top-1 {val['top1']:.2f}%  tau {supernet.tau:.2f}", flush=True)
             save_state(out, {"supernet": supernet.state_dict(), "w_opt": w_opt.state_dict(),
                              "a_opt": stepper.optimizer.state_dict(), "w_sched": w_sched.state_dict(),
+                             **({"attn_opt": attn_opt.state_dict()} if attn_opt is not None else {}),
                              "epoch": epoch + 1, "step": step, "wall_time_s": wall,
                              "history": json.dumps(history), "rng": rng_state()})
     finally:

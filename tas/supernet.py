@@ -21,6 +21,7 @@ import torch
 import torch.nn as nn
 
 from .arch import Arch
+from .attention import block_size_for, constrained_attention
 from .cost import build_cost_model
 from .errors import ArchError, TasError
 from .families import describe_model
@@ -29,7 +30,10 @@ from .ops import SearchBN, SearchConv, SearchLinear, SearchStage
 from .sampling import gumbel_softmax, gumbel_topk
 from .space import SearchSpace, default_space_for, load_space
 
-__all__ = ["GroupState", "Supernet", "create_supernet", "model_identity"]
+__all__ = ["GroupState", "Supernet", "create_supernet", "model_identity", "SELECTIONS"]
+
+#: how a group's kept channels are chosen: TAS's first-c channels, or SA++ block attention
+SELECTIONS = ("prefix", "sapp")
 
 
 class GroupState(nn.Module):
@@ -38,24 +42,42 @@ class GroupState(nn.Module):
     Attributes:
         widths: candidate widths, ascending (the last is the full width).
         alpha: width logits (None when the group has a single candidate).
-        order: channel ranking; candidate ``j`` keeps ``sorted(order[:widths[j]])``.
+        order: channel ranking; candidate ``j`` keeps ``sorted(order[:widths[j]])``. Prefix
+            selection keeps the canonical order; SA++ ranks blocks by attention.
+        attn_logits: SA++ block-attention logits (None under prefix selection).
+        mask: SA++ block mask (True = kept), fixed during sparse phases.
         active: channels the network currently computes (ascending channel ids).
-        fragments: in search mode, ``(candidate, positions, weight)`` per sampled candidate, where
-            positions are the candidate's channels within ``active`` (an int ``n`` for the first n).
-        hard_candidate: in hard mode, the candidate whose BN to use, or None for an arbitrary set.
+        fragments: in search mode, ``(candidate, positions, channels, weight)`` per sampled
+            candidate: its channels' positions within ``active`` and their channel ids (None for
+            all, an int ``n`` for the first n, else an index tensor).
+        hard_candidate: in hard mode, the candidate whose BN to use (None: a width outside them).
     """
 
-    def __init__(self, group: Group, widths: Sequence[int]) -> None:
+    def __init__(self, group: Group, widths: Sequence[int], selection: str = "prefix", block_size: int = 8,
+                 ) -> None:
         super().__init__()
         self.name, self.channels, self.conv_groups = group.name, group.channels, group.conv_groups
         self.widths = list(widths)
         self.register_buffer("order", group.canonical_order())
         self.alpha = nn.Parameter(1e-2 * torch.randn(len(widths))) if len(widths) > 1 else None
+        self.selection = selection if len(widths) > 1 else "prefix"
+        self.attn_logits: nn.Parameter | None = None
+        if self.selection == "sapp":
+            self.block_size = block_size_for(self.channels, self.widths, self.conv_groups, block_size)
+            n = self.channels // self.block_size
+            self.attn_logits = nn.Parameter(torch.zeros(n))
+            self.register_buffer("mask", torch.ones(n, dtype=torch.bool))
+            # channel -> block: plain groups cut consecutive channels, grouped ones a local position
+            per = self.channels // self.conv_groups
+            ch = torch.arange(self.channels)
+            self.register_buffer("block_of", (ch % per) if self.conv_groups > 1 else ch // self.block_size)
+            self.density = self.widths[0] / self.channels
         self._cache: dict[int, torch.Tensor] = {}
         self.active: torch.Tensor = torch.arange(self.channels)
-        self.fragments: list[tuple[int, Any, Any]] | None = None
+        self.fragments: list[tuple[int, Any, Any, Any]] | None = None
         self.hard_candidate: int | None = len(widths) - 1
 
+    # -- ranking ----------------------------------------------------------------------------
     def candidate_indices(self, j: int) -> torch.Tensor:
         idx = self._cache.get(j)
         if idx is None or idx.device != self.order.device:
@@ -63,10 +85,45 @@ class GroupState(nn.Module):
         return idx
 
     def set_order(self, order: torch.Tensor) -> None:
-        """Change the channel ranking (prefix = identity; SA++ ranks by attention)."""
+        """Change the channel ranking."""
         self.order.copy_(order)
         self._cache.clear()
 
+    def attention(self) -> torch.Tensor:
+        """SA++ block attention: ``n·softmax(L)`` with mean 1, clipped to [density, 1/density]."""
+        return constrained_attention(self.attn_logits, self.density, 1 / self.density)
+
+    def block_ranking(self) -> torch.Tensor:
+        """Blocks by descending attention, masked-out blocks last."""
+        with torch.no_grad():
+            a = self.attention()
+            key = torch.where(self.mask, a, a - 1e6)
+            return torch.argsort(key, descending=True, stable=True)
+
+    def rank_by_attention(self) -> None:
+        """Set ``order`` from the attention ranking (a candidate keeps its top blocks)."""
+        blocks = self.block_ranking()
+        per_block = torch.argsort(self.block_of, stable=True).view(-1, self.block_size)
+        # for grouped groups each block is one local position in every conv group
+        self.set_order(per_block[blocks].reshape(-1))
+
+    def prune_lowest(self, n_pruned: int) -> None:
+        """Mask the ``n_pruned`` lowest-attention blocks (the rest kept)."""
+        with torch.no_grad():
+            ranking = torch.argsort(self.attention(), descending=True, stable=True)
+            self.mask.fill_(True)
+            if n_pruned > 0:
+                self.mask[ranking[-n_pruned:]] = False
+        self.rank_by_attention()
+
+    def channel_scale(self) -> torch.Tensor | None:
+        """Per active channel multiplier in search mode: SA++ attention × mask (None under prefix)."""
+        if self.attn_logits is None or self.fragments is None:
+            return None
+        a = self.attention() * self.mask
+        return a.index_select(0, self.block_of.index_select(0, self.active))
+
+    # -- selection --------------------------------------------------------------------------
     def probs(self) -> torch.Tensor:
         if self.alpha is None:
             return torch.ones(1, device=self.order.device)
@@ -74,36 +131,34 @@ class GroupState(nn.Module):
 
     def sample(self, tau: float, k: int, generator: torch.Generator | None = None) -> None:
         if self.alpha is None:
-            self.active, self.fragments = self.candidate_indices(0), [(0, None, None)]
+            self.active, self.fragments = self.candidate_indices(0), [(0, None, None, None)]
             return
         index, weights = gumbel_topk(self.alpha, tau, k, generator)
         chosen = index.tolist()
         jmax = max(chosen)  # widths ascend, so the largest index is the widest
         self.active = self.candidate_indices(jmax)
+        full = self.active.numel() == self.channels
+        prefix = bool(torch.equal(self.active, torch.arange(self.active.numel(), device=self.active.device)))
         frags = []
         for j, w in zip(chosen, weights):
             cand = self.candidate_indices(j)
             if j == jmax:
-                pos = None
-            elif torch.equal(cand, self.active[: cand.numel()]):
-                pos = cand.numel()
+                pos, chans = None, (None if full else (cand.numel() if prefix else cand))
+            elif prefix:
+                pos = chans = cand.numel()
             else:
-                pos = torch.searchsorted(self.active, cand)
-            frags.append((j, pos, w))
+                pos, chans = torch.searchsorted(self.active, cand), cand
+            frags.append((j, pos, chans, w))
         self.fragments = frags
 
     def set_hard(self, indices: torch.Tensor) -> None:
         self.active = indices.to(self.order.device)
         self.fragments = None
         w = indices.numel()
-        self.hard_candidate = None
-        if w in self.widths:
-            j = self.widths.index(w)
-            if torch.equal(self.candidate_indices(j), self.active):
-                self.hard_candidate = j
+        self.hard_candidate = self.widths.index(w) if w in self.widths else None
 
     def extra_repr(self) -> str:
-        return f"{self.name}: widths={self.widths}"
+        return f"{self.name}: widths={self.widths}, selection={self.selection}"
 
 
 def _key(name: str) -> str:
@@ -125,8 +180,12 @@ class Supernet(nn.Module):
     """See the module docstring. Build with :func:`create_supernet`."""
 
     def __init__(self, model: nn.Module, space: SearchSpace, graph: ModelGraph, input_size: Sequence[int],
-                 model_name: str, model_kwargs: Mapping[str, Any]) -> None:
+                 model_name: str, model_kwargs: Mapping[str, Any], selection: str = "prefix",
+                 block_size: int | None = None) -> None:
         super().__init__()
+        if selection not in SELECTIONS:
+            raise TasError(f"unknown channel selection {selection!r} (one of {', '.join(SELECTIONS)})")
+        self.selection = selection
         self.space, self.graph = space, graph
         self.input_size = list(input_size)
         self.model_name, self.model_kwargs = model_name, dict(model_kwargs)
@@ -137,13 +196,16 @@ class Supernet(nn.Module):
                                         {n: s.num_blocks for n, s in graph.stages.items()}) for m in ("flops", "params")}
 
         net = copy.deepcopy(model)
-        self.group_states = nn.ModuleDict({_key(n): GroupState(g, width_cands[n]) for n, g in graph.groups.items()})
+        block = block_size or space.divisor
+        self.group_states = nn.ModuleDict({_key(n): GroupState(g, width_cands[n], selection, block)
+                                           for n, g in graph.groups.items()})
         gs = {n: self.group_states[_key(n)] for n in graph.groups}
+        normed = {l.out_group for l in graph.layers if l.kind == "bn"}
         for layer in graph.layers:
             m = net.get_submodule(layer.name)
             ig, og = gs.get(layer.in_group), gs.get(layer.out_group)
             if layer.kind == "conv":
-                net.set_submodule(layer.name, SearchConv(m, ig, og))
+                net.set_submodule(layer.name, SearchConv(m, ig, og, mix=layer.out_group not in normed))
             elif layer.kind == "bn" and og is not None:
                 net.set_submodule(layer.name, SearchBN(m, og))
             elif layer.kind == "linear":
@@ -174,10 +236,16 @@ class Supernet(nn.Module):
                 yield g.alpha
         yield from self.betas.values()
 
+    def attention_parameters(self) -> Iterator[nn.Parameter]:
+        """SA++ block-attention logits (empty under prefix selection)."""
+        for g in self.group_states.values():
+            if g.attn_logits is not None:
+                yield g.attn_logits
+
     def weight_parameters(self) -> Iterator[nn.Parameter]:
         """Everything the weight step trains (shared conv weights, per-candidate BNs, classifier)."""
-        arch = {id(p) for p in self.arch_parameters()}
-        return (p for p in self.parameters() if id(p) not in arch)
+        other = {id(p) for p in self.arch_parameters()} | {id(p) for p in self.attention_parameters()}
+        return (p for p in self.parameters() if id(p) not in other)
 
     # -- modes ------------------------------------------------------------------------------
     def sample(self) -> None:
@@ -247,7 +315,7 @@ class Supernet(nn.Module):
                     groups=groups, stages=stages,
                     flops=self.cost.exact("flops", widths, depths), params=self.cost.exact("params", widths, depths),
                     full_flops=self.full["flops"], full_params=self.full["params"], method=method,
-                    meta=dict(meta or {}))
+                    meta={"selection": self.selection, **dict(meta or {})})
 
     def derive_arch(self, **meta: Any) -> Arch:
         """The argmax architecture of the current width and depth logits."""
@@ -296,7 +364,8 @@ class Supernet(nn.Module):
 
 def create_supernet(model: nn.Module, space: str | SearchSpace | dict | None = None,
                     input_size: Sequence[int] | None = None, model_name: str | None = None,
-                    model_kwargs: Mapping[str, Any] | None = None) -> Supernet:
+                    model_kwargs: Mapping[str, Any] | None = None, selection: str = "prefix",
+                    block_size: int | None = None) -> Supernet:
     """Wrap ``model`` (weights are copied, the original is untouched) in a TAS supernet.
 
     Args:
@@ -305,9 +374,13 @@ def create_supernet(model: nn.Module, space: str | SearchSpace | dict | None = N
         input_size: ``(C, H, W)`` costs are computed at; default: the model's pretrained_cfg.
         model_name, model_kwargs: how to recreate the model with timm (recorded in every Arch);
             default: read from the model.
+        selection: ``prefix`` (TAS: a width keeps the first channels) or ``sapp`` (SA++ block
+            attention ranks channel blocks; see :mod:`tas.attention`).
+        block_size: SA++ channels per block (default: the space's divisor).
     """
     graph = describe_model(model)
     name, kwargs, size = model_identity(model)
     model_name = model_name or name
     space = load_space(space) if space is not None else default_space_for(model_name, graph)
-    return Supernet(model, space, graph, input_size or size, model_name, {**kwargs, **(model_kwargs or {})})
+    return Supernet(model, space, graph, input_size or size, model_name, {**kwargs, **(model_kwargs or {})},
+                    selection=selection, block_size=block_size)

@@ -67,3 +67,20 @@ def log_distributions(writer, supernet, step: int) -> None:
     if drows:
         writer.add_image("depth_probs", heatmap_image(_padded(drows)), step)
 
+
+
+def log_attention(writer, supernet, step: int) -> None:
+    """SA++ state: ``attention/<group>`` histograms and the ``sapp_mask`` image (groups × blocks).
+
+    In the mask image a kept block is drawn by its attention (scaled by the group's maximum) and a
+    masked block black; groups with fewer blocks are padded black.
+    """
+    rows = []
+    for name, g in supernet.groups().items():
+        if g.attn_logits is None:
+            continue
+        a = g.attention().detach().cpu()
+        writer.add_histogram(f"attention/{name}", a, step)
+        rows.append(torch.where(g.mask.cpu(), a / a.max(), torch.zeros_like(a)))
+    if rows:
+        writer.add_image("sapp_mask", heatmap_image(_padded(rows), cell=(12, 6)), step)

@@ -1,0 +1,114 @@
+"""SequentialAttention++ block attention and its ACDC-style schedule (Yasuda et al., NeurIPS 2024).
+
+TAS decides *how many* channels a group keeps; SA++ decides *which*. Every searched group gets one
+logit per block of channels; the attention ``A = n·softmax(L)`` (mean 1) multiplies the group's
+channels during the search, so the logits learn from the task loss which blocks matter. Blocks are
+ranked by attention — not by weight magnitude — and a width candidate of ``c`` channels keeps the
+top ``c / B`` blocks.
+
+Over the search a :class:`SappSchedule` alternates phases: a dense warm-up, then rounds of
+[sparsification → sparse → dense], ending sparse. During sparsification the pruned fraction of a
+group ramps as ``s·(1 − e^{−ct}) / (1 − e^{−c})`` (c = 4), removing its lowest-attention blocks, with
+``s`` = 1 − the group's current TAS width / its channels, so the mask agrees with TAS at the end; in
+a sparse phase the mask is fixed; dense phases lift it. Optimiser state is reset at every phase
+boundary (the paper reports this as crucial).
+
+No official SA++ code exists; this follows the paper's description.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+
+__all__ = ["constrained_attention", "sparsity_ramp", "SappSchedule", "block_size_for", "PHASES"]
+
+PHASES = ("warmup", "sparsify", "sparse", "dense")
+
+
+def block_size_for(channels: int, widths: Sequence[int], conv_groups: int, requested: int) -> int:
+    """Channels per attention block: ``requested`` reduced until every candidate is whole blocks.
+
+    Grouped groups use one block per local position (one channel in each conv group), which keeps
+    every selection balanced across conv groups.
+    """
+    if conv_groups > 1:
+        return conv_groups
+    return math.gcd(requested, channels, *widths)
+
+
+def constrained_attention(logits: torch.Tensor, lo: float, hi: float, iters: int = 50) -> torch.Tensor:
+    """``n·softmax(logits)`` projected onto {mean 1, lo ≤ A ≤ hi}.
+
+    The projection scales the attention by the one factor that brings the clipped values back to
+    mean 1 (found by bisection in log space; the clipped map is monotone in the factor), so both
+    constraints hold exactly and unclipped entries keep their gradient.
+    """
+    n = logits.numel()
+    a = n * torch.softmax(logits, dim=-1)
+    if lo > 1 or hi < 1:
+        raise ValueError(f"clip bounds [{lo}, {hi}] must contain 1")
+    with torch.no_grad():
+        lo_s, hi_s = math.log(1e-6), math.log(1e6)
+        for _ in range(iters):
+            mid = (lo_s + hi_s) / 2
+            if (a * math.exp(mid)).clamp(lo, hi).mean() > 1:
+                hi_s = mid
+            else:
+                lo_s = mid
+        scale = math.exp((lo_s + hi_s) / 2)
+    return (a * scale).clamp(lo, hi)
+
+
+def sparsity_ramp(t: float, s: float, c: float = 4.0) -> float:
+    """Pruned fraction after ``t`` ∈ [0, 1] of a sparsification phase towards final sparsity ``s``."""
+    t = min(max(t, 0.0), 1.0)
+    return s * (1 - math.exp(-c * t)) / (1 - math.exp(-c))
+
+
+@dataclass
+class SappSchedule:
+    """Phase of every step of a search of ``total_steps`` steps.
+
+    Lengths are fractions of the search: a ``warmup`` dense phase, then ``rounds`` rounds of
+    ``sparsify`` + ``sparse`` + ``dense``; the last round has no dense phase and its sparse phase
+    runs to the end. With the defaults (0.2, 2 × (0.15 + 0.1 + 0.1)) the last sparse phase is 0.3.
+    """
+
+    total_steps: int
+    warmup: float = 0.2
+    sparsify: float = 0.15
+    sparse: float = 0.1
+    dense: float = 0.1
+    rounds: int = 2
+
+    def __post_init__(self) -> None:
+        used = self.warmup + self.rounds * (self.sparsify + self.sparse + self.dense) - self.dense
+        if self.rounds < 1 or min(self.warmup, self.sparsify, self.sparse, self.dense) < 0 or used > 1 + 1e-9:
+            raise ValueError(f"SA++ phases use {used:.2f} of the search (must be <= 1 with rounds >= 1)")
+        bounds = [("warmup", self.warmup)]
+        for r in range(self.rounds):
+            bounds += [("sparsify", self.sparsify), ("sparse", self.sparse)]
+            if r < self.rounds - 1:
+                bounds.append(("dense", self.dense))
+        bounds[-1] = ("sparse", bounds[-1][1] + 1 - used)  # the last sparse phase absorbs the rest
+        self._phases: list[tuple[str, int, int]] = []
+        start = 0.0
+        for name, length in bounds:
+            a, b = round(start * self.total_steps), round((start + length) * self.total_steps)
+            self._phases.append((name, a, b))
+            start += length
+
+    def phase(self, step: int) -> tuple[int, str, float]:
+        """``(phase index, phase name, t)`` at ``step``, t ∈ [0, 1) the progress through the phase."""
+        for i, (name, a, b) in enumerate(self._phases):
+            if step < b or i == len(self._phases) - 1:
+                return i, name, (step - a) / max(1, b - a)
+        raise AssertionError("unreachable")
+
+    @property
+    def phases(self) -> list[tuple[str, int, int]]:
+        """``(name, first step, end step)`` of every phase."""
+        return list(self._phases)
