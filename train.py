@@ -7,12 +7,21 @@ Stage 1 of the pipeline: the original (teacher) network, any timm model::
     python train.py --config teacher.yaml --lr 0.05        # flags override the YAML
     python train.py --output runs/teacher --epochs 6 --resume
 
+Stage 3, distil the searched slim network from the teacher::
+
+    python train.py --arch runs/search/arch.json --teacher runs/teacher --epochs 3 --output runs/slim
+
 Errors in what you pass (unknown model or dataset, missing files, a run that would be
 overwritten) print one ``error:`` line and exit with code 2.
 """
 from __future__ import annotations
 
-import argparse
+import os
+
+# Two OpenMP threads spin-waiting slow every step ~100x when another process shares the cores.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import argparse  # noqa: E402
 import sys
 from typing import Sequence
 
@@ -62,8 +71,15 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--device", default=d.device, choices=("auto", "cpu", "cuda"))
     g.add_argument("--no-progress", action="store_true", help="no progress bars")
     g.add_argument("--log-every", type=int, default=d.log_every, help="TensorBoard train/* every N updates")
-    # Distillation of a pruned network (--arch, --teacher, --init, --kd-alpha, --kd-temperature,
-    # --no-kd) will be added here as another group; main() then branches on args.arch.
+
+    g = p.add_argument_group("distillation of a pruned network (stage 3)")
+    g.add_argument("--arch", default=d.arch, help="arch.json (or a search run directory): train this slim network")
+    g.add_argument("--teacher", default=d.teacher, help="run directory of the network the arch was searched from")
+    g.add_argument("--init", default=d.init, choices=("inherit", "scratch"),
+                   help="start from the teacher's kept channels, or from random weights (the paper)")
+    g.add_argument("--kd-alpha", type=float, default=d.kd_alpha, help="weight of the KD term")
+    g.add_argument("--kd-temperature", type=float, default=d.kd_temperature, help="softmax temperature T")
+    g.add_argument("--no-kd", action="store_true", help="plain cross-entropy (for comparison)")
     return p
 
 
@@ -71,7 +87,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(build_parser(), argv)
     from tas import training
 
-    training.train(args, mode="teacher")
+    training.train(args, mode="distill" if args.arch else "teacher")
     return 0
 
 

@@ -81,6 +81,13 @@ class TrainConfig:
     pretrained_path: str | None = None
     progress: bool = True
     log_every: int = 10
+    # distillation of a pruned network (mode "distill")
+    arch: str | None = None
+    teacher: str | None = None
+    init: str = "inherit"
+    kd_alpha: float = 0.9
+    kd_temperature: float = 4.0
+    no_kd: bool = False
 
     @classmethod
     def from_args(cls, args: Any) -> "TrainConfig":
@@ -121,6 +128,12 @@ class TrainConfig:
             raise TasError("--resume continues the run in --output and --overwrite starts it over: give one")
         if not self.output:
             raise TasError("--output must name a directory")
+        if self.init not in ("inherit", "scratch"):
+            raise bad("init", self.init, "inherit or scratch")
+        if not 0 <= self.kd_alpha <= 1:
+            raise bad("kd-alpha", self.kd_alpha, "in [0, 1]")
+        if self.kd_temperature <= 0:
+            raise bad("kd-temperature", self.kd_temperature, "positive")
 
 
 @dataclass
@@ -208,6 +221,44 @@ def build_teacher(cfg: TrainConfig, ctx: Context) -> tuple[nn.Module, RunSpec]:
     return model, RunSpec(model_name=cfg.model, model_kwargs=kwargs, input_size=ctx.input_size)
 
 
+def load_arch(path: str) -> Any:
+    """An :class:`~tas.arch.Arch` from ``arch.json`` or from a search run directory holding one."""
+    from .arch import Arch
+
+    p = Path(path)
+    return Arch.from_json(p / "arch.json" if p.is_dir() else p)
+
+
+def build_student(cfg: TrainConfig, ctx: Context) -> tuple[nn.Module, RunSpec, nn.Module]:
+    """The slim network of ``--arch`` and its ``--teacher``: ``(student, spec, teacher)``.
+
+    ``--init inherit`` gathers the teacher's kept channels (the cheap practical path);
+    ``--init scratch`` builds the same shape with fresh random weights (the paper's recipe).
+    """
+    from .errors import ArchError
+    from .materialize import build_slim, materialize
+    from .rundir import load_run
+
+    if not cfg.teacher:
+        raise TasError("--arch needs --teacher: the run directory of the network the arch was searched from")
+    arch = load_arch(cfg.arch)
+    teacher, tconfig = load_run(cfg.teacher)
+    if "arch" in tconfig:
+        raise TasError(f"--teacher {cfg.teacher} is itself a pruned network; give the original's run")
+    if tconfig["model"] != arch.model or any(tconfig["model_kwargs"].get(k) != arch.model_kwargs.get(k)
+                                             for k in ("num_classes", "in_chans")):
+        raise ArchError(f"the architecture in {cfg.arch} was searched on {arch.model} {arch.model_kwargs}; "
+                        f"the teacher in {cfg.teacher} is {tconfig['model']} {tconfig['model_kwargs']}")
+    info = ctx.info
+    if (info.in_chans, info.img_size, info.img_size) != tuple(arch.input_size):
+        raise TasError(f"the architecture's costs are for inputs {arch.input_size}, the data is "
+                       f"{[info.in_chans, info.img_size, info.img_size]}; pass --img-size {arch.input_size[1]}")
+    student = materialize(teacher, arch) if cfg.init == "inherit" else build_slim(arch)
+    extra = {"arch": arch.to_dict(), "teacher": str(cfg.teacher), "init": cfg.init,
+             "kd": None if cfg.no_kd else {"alpha": cfg.kd_alpha, "temperature": cfg.kd_temperature}}
+    return student.train(), RunSpec(arch.model, dict(arch.model_kwargs), tuple(arch.input_size), extra), teacher
+
+
 def create_optimizer(cfg: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
     """timm's ``create_optimizer_v2`` (no weight decay on biases and norms)."""
     from timm.optim import create_optimizer_v2
@@ -270,8 +321,12 @@ def fit(
     spec: RunSpec,
     *,
     loss_fn: engine.LossFn,
+    reference: Mapping[str, float] | None = None,
 ) -> dict[str, Any]:
     """Train ``model`` for ``cfg.epochs`` (resuming if asked), then write the finished run.
+
+    ``reference`` scalars (e.g. ``{"val/teacher_top1": 99.4}``) are logged beside the model's every
+    epoch and stored in ``metrics.json`` under their last path component.
 
     Every epoch: train, evaluate on the test split (TensorBoard ``val/*``), save the resumable
     state. At the end: ``save_run`` with the final metrics, and a summary table on stdout.
@@ -333,6 +388,8 @@ def fit(
                 scheduler.step(epoch + 1, result["top1"])
             for key in ("top1", "top5", "loss"):
                 writer.add_scalar(f"val/{key}", result[key], num_updates)
+            for tag, value in (reference or {}).items():  # e.g. the teacher's top-1 beside the student's
+                writer.add_scalar(tag, value, num_updates)
             writer.flush()
             seconds = time.perf_counter() - t0
             wall_time += seconds
@@ -356,6 +413,7 @@ def fit(
         "wall_time_s": round(wall_time, 3), "epochs": max(start_epoch, cfg.epochs),
         "per_class_recall": result["per_class_recall"],
         "train_loss": history[-1]["train_loss"] if history else None,
+        **{k.split("/")[-1]: v for k, v in (reference or {}).items()},
     }
     extra = {"stage": ctx.mode, "dataset": cfg.dataset,
              "data": {"img_size": ctx.info.img_size, "mean": list(ctx.info.mean), "std": list(ctx.info.std)},
@@ -391,18 +449,36 @@ def train(args: Any, mode: str = "teacher") -> dict[str, Any]:
 
     Args:
         args: an argparse ``Namespace`` from train.py, a mapping, or a :class:`TrainConfig`.
-        mode: ``"teacher"`` (a timm model with cross-entropy) is the only mode so far.
+        mode: ``"teacher"`` (a timm model with cross-entropy) or ``"distill"`` (the slim network of
+            ``--arch``, initialised from ``--teacher``'s kept channels or from scratch, trained with
+            ``(1 − α)·CE + α·T²·KL`` from the frozen teacher, or plain CE with ``--no-kd``).
 
     Returns:
         The final metrics (``top1``, ``top5``, ``loss``, ``params``, ``flops``, ``wall_time_s``,
         ``epochs``, ``per_class_recall``, ``train_loss``) and ``run_dir``.
     """
-    if mode != "teacher":
+    if mode not in ("teacher", "distill"):
         raise TasError(f"unknown training mode {mode!r}")
     from .models.factory import check_model_name
 
     cfg = TrainConfig.from_args(args)
-    check_model_name(cfg.model)  # before any data is read
+    if mode == "teacher":
+        check_model_name(cfg.model)  # before any data is read
+        ctx = prepare(cfg, mode=mode)
+        model, spec = build_teacher(cfg, ctx)
+        return fit(cfg, ctx, model, spec, loss_fn=engine.cross_entropy_loss(cfg.label_smoothing))
+    from .distill import distillation_loss
+
+    if not cfg.arch:
+        raise TasError("distillation needs --arch (an arch.json or a search run directory)")
+    arch = load_arch(cfg.arch)
+    cfg.model = arch.model
+    if cfg.img_size is None:
+        cfg.img_size = arch.input_size[1]
     ctx = prepare(cfg, mode=mode)
-    model, spec = build_teacher(cfg, ctx)
-    return fit(cfg, ctx, model, spec, loss_fn=engine.cross_entropy_loss(cfg.label_smoothing))
+    student, spec, teacher = build_student(cfg, ctx)
+    teacher.to(ctx.device)
+    reference = {"val/teacher_top1": engine.evaluate(teacher, ctx.loaders["test"], ctx.device)["top1"]}
+    loss_fn = (engine.cross_entropy_loss(cfg.label_smoothing) if cfg.no_kd
+               else distillation_loss(teacher, cfg.kd_alpha, cfg.kd_temperature))
+    return fit(cfg, ctx, student, spec, loss_fn=loss_fn, reference=reference)
