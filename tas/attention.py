@@ -39,27 +39,27 @@ def block_size_for(channels: int, widths: Sequence[int], conv_groups: int, reque
     return math.gcd(requested, channels, *widths)
 
 
-def constrained_attention(logits: torch.Tensor, lo: float, hi: float, iters: int = 50) -> torch.Tensor:
+def constrained_attention(logits: torch.Tensor, lo: float, hi: float, iters: int = 60) -> torch.Tensor:
     """``n·softmax(logits)`` projected onto {mean 1, lo ≤ A ≤ hi}.
 
-    The projection scales the attention by the one factor that brings the clipped values back to
-    mean 1 (found by bisection in log space; the clipped map is monotone in the factor), so both
-    constraints hold exactly and unclipped entries keep their gradient.
+    This is the Euclidean projection: ``clamp(a + shift, lo, hi)`` with the one shift that restores
+    mean 1 (found by bisection; the clipped mean is monotone in the shift and spans [lo, hi], so
+    both constraints hold exactly). Unclipped entries keep their gradient; the order is preserved.
     """
-    n = logits.numel()
-    a = n * torch.softmax(logits, dim=-1)
     if lo > 1 or hi < 1:
         raise ValueError(f"clip bounds [{lo}, {hi}] must contain 1")
+    n = logits.numel()
+    a = n * torch.softmax(logits, dim=-1)
     with torch.no_grad():
-        lo_s, hi_s = math.log(1e-6), math.log(1e6)
+        left, right = lo - float(a.max()), hi - float(a.min())
         for _ in range(iters):
-            mid = (lo_s + hi_s) / 2
-            if (a * math.exp(mid)).clamp(lo, hi).mean() > 1:
-                hi_s = mid
+            mid = (left + right) / 2
+            if float((a + mid).clamp(lo, hi).mean()) > 1:
+                right = mid
             else:
-                lo_s = mid
-        scale = math.exp((lo_s + hi_s) / 2)
-    return (a * scale).clamp(lo, hi)
+                left = mid
+        shift = (left + right) / 2
+    return (a + shift).clamp(lo, hi)
 
 
 def sparsity_ramp(t: float, s: float, c: float = 4.0) -> float:

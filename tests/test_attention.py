@@ -1,0 +1,159 @@
+"""SequentialAttention++: attention constraints, ranking by attention, schedule, resets, equivalence."""
+import math
+
+import pytest
+import timm
+import torch
+
+import tas  # noqa: F401
+from tas.attention import SappSchedule, constrained_attention, sparsity_ramp
+from tas.materialize import materialize
+from tas.searching import SappController
+from tas.supernet import create_supernet
+
+
+@pytest.mark.parametrize("scale", [0.1, 1.0, 5.0, 50.0])
+def test_attention_has_mean_one_and_respects_clip(scale):
+    torch.manual_seed(0)
+    logits = scale * torch.randn(16)
+    a = constrained_attention(logits, 0.25, 4.0)
+    assert float(a.mean()) == pytest.approx(1.0, abs=1e-5)
+    assert float(a.min()) >= 0.25 - 1e-6 and float(a.max()) <= 4.0 + 1e-6
+    # the projection is monotone: sorted by logit, attention never decreases
+    assert torch.all(a[torch.argsort(logits)].diff() >= -1e-6)
+
+
+def test_attention_is_differentiable():
+    logits = torch.randn(8, requires_grad=True)
+    (constrained_attention(logits, 0.3, 1 / 0.3) * torch.arange(8.0)).sum().backward()
+    assert logits.grad.abs().sum() > 0
+
+
+def test_sparsity_ramp_formula():
+    s, c = 0.6, 4.0
+    assert sparsity_ramp(0.0, s) == 0.0
+    assert sparsity_ramp(1.0, s) == pytest.approx(s)
+    assert sparsity_ramp(0.5, s) == pytest.approx(s * (1 - math.exp(-c * 0.5)) / (1 - math.exp(-c)))
+
+
+def test_schedule_phases():
+    sched = SappSchedule(100, warmup=0.2, sparsify=0.15, sparse=0.1, dense=0.1, rounds=2)
+    names = [p[0] for p in sched.phases]
+    assert names == ["warmup", "sparsify", "sparse", "dense", "sparsify", "sparse"]
+    assert sched.phase(0)[1] == "warmup" and sched.phase(20)[1] == "sparsify"
+    assert sched.phase(99)[1] == "sparse" and sched.phases[-1][2] == 100
+    with pytest.raises(ValueError):
+        SappSchedule(100, warmup=0.5, sparsify=0.3, sparse=0.3, dense=0.1, rounds=2)
+
+
+def _sapp_supernet(name="cifar_resnet20", size=(3, 16, 16)):
+    model = timm.create_model(name, num_classes=10, in_chans=size[0]).eval()
+    return create_supernet(model, input_size=size, model_name=name, selection="sapp"), model, size
+
+
+def test_ranking_follows_attention_not_magnitude():
+    s, _, _ = _sapp_supernet()
+    g = s.groups()["layer3"]
+    assert g.block_size == 8 and g.attn_logits.numel() == 8
+    with torch.no_grad():
+        # block 0 has by far the largest filters, block 7 the highest attention
+        for layer in s.graph.layers:
+            if layer.kind == "conv" and layer.out_group == "layer3":
+                w = s.model.get_submodule(layer.name).conv.weight
+                w[:8].mul_(100.0)
+        g.attn_logits.copy_(torch.linspace(-1, 1, 8))
+    g.rank_by_attention()
+    widths = {n: gs.widths[-1] for n, gs in s.groups().items()}
+    widths["layer3"] = 16
+    arch = s.make_arch(widths, {n: d[-1] for n, d in s.stage_depths.items()})
+    assert arch.groups["layer3"]["indices"] == list(range(48, 64))  # blocks 6 and 7, not block 0
+
+
+def test_prune_lowest_masks_lowest_attention_blocks():
+    s, _, _ = _sapp_supernet()
+    g = s.groups()["layer3"]
+    with torch.no_grad():
+        g.attn_logits.copy_(torch.tensor([3.0, -2.0, 1.0, -1.0, 0.0, 2.0, -3.0, 0.5]))
+    g.prune_lowest(3)
+    assert g.mask.tolist() == [True, False, True, False, True, True, False, True]
+    # masked blocks rank last
+    assert set(g.order[-24:].div(8, rounding_mode="floor").tolist()) == {1, 3, 6}
+
+
+def test_optimiser_state_is_reset_at_phase_boundaries():
+    s, _, size = _sapp_supernet()
+    s.train()
+    opt = torch.optim.SGD(list(s.weight_parameters()), lr=0.01, momentum=0.9)
+    attn = torch.optim.Adam(list(s.attention_parameters()), lr=0.01)
+    ctl = SappController(s, SappSchedule(10, warmup=0.1, sparsify=0.2, sparse=0.15, dense=0.15, rounds=2), [opt, attn])
+    x, y = torch.randn(4, *size), torch.randint(0, 10, (4,))
+    seen = []
+    for step in range(10):
+        phase, _ = ctl.step(step)
+        before = len(opt.state)
+        loss = torch.nn.functional.cross_entropy(s(x), y)
+        opt.zero_grad(), attn.zero_grad()
+        loss.backward()
+        opt.step(), attn.step()
+        seen.append((phase, before))
+    # the first step of every phase after the first starts with empty optimiser state
+    starts = [i for i in range(1, 10) if seen[i][0] != seen[i - 1][0]]
+    assert starts and all(seen[i][1] == 0 for i in starts)
+    assert all(seen[i][1] > 0 for i in range(1, 10) if i not in starts)
+    assert ctl.resets == len(starts)
+
+
+@pytest.mark.parametrize("name,size", [("cifar_resnet20", (1, 32, 32)), ("seresnext26d_32x4d", (3, 64, 64))])
+def test_sapp_architectures_materialise_exactly(name, size):
+    s, _, _ = _sapp_supernet(name, size)
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for g in s.groups().values():
+            if g.attn_logits is not None:
+                g.attn_logits.copy_(torch.randn(g.attn_logits.shape, generator=gen))
+    for g in s.groups().values():
+        if g.attn_logits is not None:
+            g.prune_lowest(1)
+    s.train()
+    s(torch.randn(2, *size))  # a search step moves the per-candidate BN statistics
+    s.eval()
+    x = torch.randn(2, *size)
+    for _ in range(2):
+        arch = s.random_arch(gen)
+        assert any(g["indices"] != sorted(g["indices"])[: g["width"]] or g["indices"][0] != 0
+                   for g in arch.groups.values())
+        s.set_arch(arch)
+        with torch.no_grad():
+            slim = materialize(s, arch).eval()
+            assert (s(x) - slim(x)).abs().max() <= 1e-4
+        assert tas.count_flops(slim, size) == arch.flops
+    assert arch.meta["selection"] == "sapp"
+
+
+def test_sapp_search_end_to_end(tmp_path, teacher_run):
+    import importlib.util
+    import json
+    from pathlib import Path
+
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from tas.arch import Arch
+
+    repo = Path(__file__).resolve().parents[1]
+    spec = importlib.util.spec_from_file_location("search_script", repo / "search.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    out = tmp_path / "sapp"
+    assert script.main(["--teacher", str(teacher_run), "--dataset", "digits", "--limit", "256", "--batch-size", "32",
+                        "--epochs", "2", "--log-every", "1", "--no-progress", "--device", "cpu",
+                        "--selection", "sapp", "--flops-ratio", "0.5", "--output", str(out)]) == 0
+    arch = Arch.from_json(out / "arch.json")
+    assert arch.meta["selection"] == "sapp" and 0.45 <= arch.flops_ratio <= 0.5
+    assert json.loads((out / "metrics.json").read_text())["within_tolerance"]
+    acc = EventAccumulator(str(out), size_guidance={"images": 0, "histograms": 0})
+    acc.Reload()
+    tags = acc.Tags()
+    assert {"sapp/phase", "sapp/sparsity"} <= set(tags["scalars"])
+    assert "sapp_mask" in tags["images"] and "attention/layer3" in tags["histograms"]
+    phases = [e.value for e in acc.Scalars("sapp/phase")]
+    assert phases[0] == 0 and max(phases) >= 2  # warm-up, then sparsification and a sparse phase
