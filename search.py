@@ -32,6 +32,8 @@ def build_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("model and space")
     g.add_argument("--teacher", default=d.teacher, help="run directory of the trained network (train.py --output)")
     g.add_argument("--model", default=d.model, help="timm model name; must match the teacher's (optional)")
+    g.add_argument("--method", default="tas", choices=("tas", "uniform", "l1", "synflow", "random"),
+                   help="tas, or a baseline pruner on the same space (tas.baselines; ignores TAS's optimisation flags)")
     g.add_argument("--space", default=d.space, help="search space preset name or YAML path (default: the model's preset)")
     g.add_argument("--k", type=int, default=d.k, help="fragments sampled per group (default: the space's)")
     g.add_argument("--selection", default=d.selection, choices=("prefix", "sapp"),
@@ -73,12 +75,21 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--overwrite", action="store_true")
     g.add_argument("--device", default=d.device, choices=("auto", "cpu", "cuda"))
     g.add_argument("--log-every", type=int, default=d.log_every)
+    g.add_argument("--checkpoint-every", type=int, default=d.checkpoint_every,
+                   help="also save the resumable state every N steps (0: only at epoch ends)")
+    g.add_argument("--nan-policy", default=d.nan_policy, choices=("stop", "skip"),
+                   help="on a NaN/inf loss: stop (exit 3, last good checkpoint kept) or skip the step")
     g.add_argument("--no-progress", action="store_true")
     return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(build_parser(), argv)
+    if args.method != "tas":
+        from tas.baselines import run_baseline
+
+        run_baseline(args)
+        return 0
     from tas.searching import search
 
     search(args)

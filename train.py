@@ -71,6 +71,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--device", default=d.device, choices=("auto", "cpu", "cuda"))
     g.add_argument("--no-progress", action="store_true", help="no progress bars")
     g.add_argument("--log-every", type=int, default=d.log_every, help="TensorBoard train/* every N updates")
+    g.add_argument("--checkpoint-every", type=int, default=d.checkpoint_every,
+                   help="also save the resumable state every N updates (0: only at epoch ends)")
+    g.add_argument("--nan-policy", default=d.nan_policy, choices=("stop", "skip"),
+                   help="on a NaN/inf loss: stop (exit 3, last good checkpoint kept) or skip the step")
 
     g = p.add_argument_group("distillation of a pruned network (stage 3)")
     g.add_argument("--arch", default=d.arch, help="arch.json (or a search run directory): train this slim network")

@@ -13,7 +13,7 @@ from typing import Callable, Sequence
 
 import yaml
 
-from .errors import EXIT_USAGE, TasError
+from .errors import EXIT_DIVERGED, EXIT_USAGE, DivergedError, TasError
 
 __all__ = ["parse_args", "run_main", "format_table"]
 
@@ -51,9 +51,13 @@ def parse_args(parser: argparse.ArgumentParser, argv: Sequence[str] | None = Non
 
 
 def run_main(main: Callable[[Sequence[str] | None], int | None], argv: Sequence[str] | None = None) -> int:
-    """Run a script's ``main`` and map user errors to one line on stderr and exit code 2."""
+    """Run a script's ``main``: user errors become one line on stderr and exit code 2, a diverged
+    run (NaN/inf) exit code 3."""
     try:
         return int(main(argv) or 0)
+    except DivergedError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_DIVERGED
     except TasError as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_USAGE

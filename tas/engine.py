@@ -15,7 +15,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .errors import TasError
+from .errors import DivergedError, TasError
 
 __all__ = ["LossFn", "accuracy", "cross_entropy_loss", "evaluate", "train_one_epoch", "current_lr"]
 
@@ -123,6 +123,34 @@ def current_lr(optimizer: torch.optim.Optimizer) -> float:
     return float(optimizer.param_groups[0]["lr"])
 
 
+def skip_batches(loader: Any, skip: int, length: int | None = None) -> Any:
+    """``loader``'s current epoch from batch ``skip`` on, without loading the skipped batches.
+
+    The epoch's batch order is fixed first (only the sampler runs, drawing from the loader's own
+    seeded generator), and a plain loader over that list serves the batches. Every epoch goes this
+    way, resumed or not, so a run resumed mid-epoch sees exactly the batches and augmentation
+    random numbers of the run it continues; wrappers such as tqdm cannot touch the order.
+    With ``length`` the epoch's batches repeat cyclically up to that many (the search cycles its
+    val half alongside the train half).
+    """
+    from torch.utils.data import DataLoader
+
+    if not hasattr(loader, "batch_sampler") or loader.batch_sampler is None:
+        return loader
+
+    # Start a real iterator so the loader's generator is consumed exactly as in an uninterrupted
+    # epoch (it draws a worker base seed before the sampler shuffles), then take only its indices.
+    batches = list(iter(loader)._sampler_iter)
+    if length is not None and batches:
+        batches = [batches[i % len(batches)] for i in range(length)]
+    batches = batches[skip:]
+    # A generator of its own: without one the new loader would draw its worker base seed from the
+    # global RNG, shifting every augmentation after the resume point.
+    return DataLoader(loader.dataset, batch_sampler=batches, num_workers=loader.num_workers,
+                      collate_fn=loader.collate_fn, pin_memory=loader.pin_memory,
+                      generator=torch.Generator().manual_seed(0))
+
+
 def train_one_epoch(
     model: nn.Module,
     loader: Iterable,
@@ -136,6 +164,11 @@ def train_one_epoch(
     writer: Any = None,
     progress: bool = True,
     log_every: int = 10,
+    start_step: int = 0,
+    totals: tuple[float, int] = (0.0, 0),
+    on_step: Callable[[int, int, float, int], None] | None = None,
+    nan_policy: str = "stop",
+    stats: dict[str, int] | None = None,
 ) -> tuple[float, int]:
     """One pass over ``loader``; returns ``(mean loss per sample, num_updates after the epoch)``.
 
@@ -146,20 +179,36 @@ def train_one_epoch(
         num_updates: optimizer steps taken before this epoch (the TensorBoard step).
         writer: a ``SummaryWriter``; ``train/loss`` and ``train/lr`` every ``log_every`` updates.
         progress: show a tqdm bar (only when stderr is a terminal).
+        start_step, totals: resume mid-epoch: skip the first ``start_step`` batches and continue the
+            epoch's running ``(loss sum, sample count)``.
+        on_step: called after every step as ``on_step(step_in_epoch, num_updates, loss_sum, count)``
+            (the training loop saves its step checkpoints there).
+        nan_policy: ``stop`` raises :class:`DivergedError` on a non-finite loss; ``skip`` drops that
+            step (no update) and counts it in ``stats["skipped"]``.
 
     Raises:
-        TasError: the loss became NaN or infinite (names the epoch and step).
+        DivergedError: the loss became NaN or infinite (names the epoch, step and term).
     """
     model.train()
-    total, count = 0.0, 0
-    bar = _progress(loader, progress, desc=f"epoch {epoch + 1}")
-    for step, batch in enumerate(bar):
+    total, count = totals
+    bar = _progress(skip_batches(loader, start_step), progress, desc=f"epoch {epoch + 1}")
+    for step, batch in enumerate(bar, start=start_step):
         images, targets = _to_device(batch, device)
         loss, terms = loss_fn(model, images, targets)
         value = float(loss.detach())
         if not math.isfinite(value):
-            raise TasError(f"training diverged: loss is {value} at epoch {epoch + 1}, step {step + 1} "
-                           f"(lr {current_lr(optimizer):.4g}); lower --lr or check the data")
+            bad = [n for n, t in (terms or {}).items() if not math.isfinite(float(t))]
+            where = f"epoch {epoch + 1}, step {step + 1}"
+            if nan_policy == "skip":
+                if stats is not None:
+                    stats["skipped"] = stats.get("skipped", 0) + 1
+                print(f"warning: loss is {value} at {where}; step skipped (--nan-policy skip)", flush=True)
+                optimizer.zero_grad(set_to_none=True)
+                continue
+            raise DivergedError(f"training diverged: loss is {value} at {where}"
+                                + (f" (non-finite term: {', '.join(bad)})" if bad else "")
+                                + f", lr {current_lr(optimizer):.4g}; the last good checkpoint is kept. "
+                                  "Lower --lr, check the data, or pass --nan-policy skip")
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -177,6 +226,8 @@ def train_one_epoch(
                     writer.add_scalar(f"train/{name}", float(term), num_updates)
         if step % 5 == 0:
             bar.set_postfix(loss=f"{value:.3f}", lr=f"{current_lr(optimizer):.3g}", refresh=False)
+        if on_step is not None:
+            on_step(step + 1, num_updates, total, count)
     if hasattr(bar, "close"):
         bar.close()
     return (total / count if count else float("nan")), num_updates

@@ -9,6 +9,7 @@ from __future__ import annotations
 EXIT_OK = 0
 EXIT_FAILURE = 1  # an unexpected internal error (a bug): traceback printed
 EXIT_USAGE = 2  # bad input: unknown name, missing/corrupt file, infeasible target
+EXIT_DIVERGED = 3  # a loss or parameter became NaN/inf; the last good checkpoint is kept
 
 
 class TasError(Exception):
@@ -29,3 +30,7 @@ class ArchError(TasError):
 
 class CheckpointError(TasError):
     """A missing, truncated or otherwise unreadable checkpoint or run directory."""
+
+
+class DivergedError(TasError):
+    """A loss or parameter became NaN or infinite (exit code 3); the last good checkpoint is kept."""

@@ -21,7 +21,6 @@ import json
 import math
 import time
 from dataclasses import dataclass
-from itertools import cycle
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -32,7 +31,7 @@ from . import engine
 from .checkpoint import atomic_write_json, has_state, load_state, rng_state, save_state, save_weights, set_rng_state
 from .cli import format_table
 from .cost import cost_loss
-from .errors import CheckpointError, TasError
+from .errors import CheckpointError, DivergedError, TasError
 from .rundir import is_finished_run, load_run, save_run
 from .attention import PHASES, SappSchedule, sparsity_ramp
 from .sampling import tau_at
@@ -85,6 +84,8 @@ class SearchConfig:
     device: str = "auto"
     limit: int | None = None
     log_every: int = 10
+    checkpoint_every: int = 50
+    nan_policy: str = "stop"
     progress: bool = True
 
     @classmethod
@@ -112,6 +113,10 @@ class SearchConfig:
             raise TasError("--tau-min must be > 0 and <= --tau-max")
         if self.resume and self.overwrite:
             raise TasError("--resume and --overwrite exclude each other")
+        if self.nan_policy not in ("stop", "skip"):
+            raise TasError(f"--nan-policy must be stop or skip, got {self.nan_policy!r}")
+        if not isinstance(self.checkpoint_every, int) or self.checkpoint_every < 0:
+            raise TasError(f"--checkpoint-every must be a non-negative integer, got {self.checkpoint_every!r}")
         if self.selection not in ("prefix", "sapp"):
             raise TasError(f"--selection must be prefix or sapp, got {self.selection!r}")
 
@@ -150,7 +155,8 @@ class ArchStepper:
         lc = cost_loss(expected, current, self.target, self.tolerance, self.full)
         loss = ce + self.cost_weight * lc.to(ce.device)
         if not math.isfinite(loss.item()):
-            raise TasError(f"architecture loss is {loss.item()} (CE {ce.item()}, cost {lc.item()})")
+            bad = [n for n, v in (("arch CE", ce), ("cost loss", lc)) if not math.isfinite(v.item())]
+            raise DivergedError(f"architecture loss is {loss.item()} (non-finite: {', '.join(bad) or 'sum'})")
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
@@ -307,7 +313,7 @@ def search(args: Any) -> dict[str, Any]:
             raise TasError(f"--sapp-* phase lengths: {e}") from None
         sapp = SappController(supernet, schedule, [w_opt, attn_opt])
 
-    start_epoch, step, wall, history = 0, 0, 0.0, []
+    start_epoch, step, wall, history, start_in_epoch, skipped = 0, 0, 0.0, [], 0, 0
     if cfg.resume:
         state = load_state(out)
         try:
@@ -319,11 +325,27 @@ def search(args: Any) -> dict[str, Any]:
                 sapp.phase_index = sapp.schedule.phase(int(state["step"]) - 1)[0] if int(state["step"]) else None
             w_sched.load_state_dict(state["w_sched"])
             start_epoch, step, wall = int(state["epoch"]), int(state["step"]), float(state["wall_time_s"])
+            start_in_epoch, skipped = int(state.get("step_in_epoch", 0)), int(state.get("skipped_steps", 0))
             history = json.loads(state["history"])
-            set_rng_state(state["rng"])
+            rng = state["rng"]
         except (KeyError, RuntimeError, ValueError) as e:
             raise CheckpointError(f"--resume: the state in {out} does not fit this search ({e})") from None
-        print(f"resuming {out} at epoch {start_epoch + 1}/{cfg.epochs}")
+        print(f"resuming {out} at epoch {start_epoch + 1}/{cfg.epochs}, step {start_in_epoch + 1}")
+
+    def snapshot(epoch_done: int, step_in_epoch: int, seconds: float) -> None:
+        save_state(out, {"supernet": supernet.state_dict(), "w_opt": w_opt.state_dict(),
+                         "a_opt": stepper.optimizer.state_dict(), "w_sched": w_sched.state_dict(),
+                         **({"attn_opt": attn_opt.state_dict()} if attn_opt is not None else {}),
+                         "epoch": epoch_done, "step": step, "step_in_epoch": step_in_epoch,
+                         "skipped_steps": skipped, "wall_time_s": seconds,
+                         "history": json.dumps(history), "rng": rng_state()})
+
+    def check_finite(epoch: int, in_epoch: int) -> None:
+        for name, p in [*((f"width logits of {n}", g.alpha) for n, g in supernet.groups().items()),
+                        *((f"depth logits of {n}", b) for n, b in supernet.betas.items())]:
+            if p is not None and not torch.isfinite(p).all():
+                raise DivergedError(f"{name} became non-finite at epoch {epoch + 1}, step {in_epoch + 1}; "
+                                    "the last good checkpoint is kept")
 
     out.mkdir(parents=True, exist_ok=True)
     writer = SummaryWriter(log_dir=str(out), purge_step=step + 1 if cfg.resume else None)
@@ -332,34 +354,49 @@ def search(args: Any) -> dict[str, Any]:
     try:
         for epoch in range(start_epoch, cfg.epochs):
             t0 = time.perf_counter()
+            skip = start_in_epoch if epoch == start_epoch else 0
             for name in ("train", "val"):
                 loader = loaders[name]
                 gen = getattr(loader, "generator", None)
                 if gen is not None:
                     gen.manual_seed(cfg.seed * 1000 + epoch + (0 if name == "train" else 500))
+            # The val half is cycled to the train half's length; both start at the resume point.
+            batches = zip(engine.skip_batches(loaders["train"], skip),
+                          engine.skip_batches(loaders["val"], skip, length=steps_per_epoch))
+            if cfg.resume and epoch == start_epoch:
+                set_rng_state(rng)  # after fixing the epoch's batch order, as when it was saved
             supernet.search().train()
-            bar = engine._progress(zip(loaders["train"], cycle(loaders["val"])), cfg.progress,
-                                   total=steps_per_epoch, desc=f"search {epoch + 1}")
-            for (xt, yt), (xv, yv) in bar:
+            bar = engine._progress(batches, cfg.progress, total=steps_per_epoch - skip, desc=f"search {epoch + 1}")
+            for in_epoch, ((xt, yt), (xv, yv)) in enumerate(bar, start=skip):
                 xt, yt, xv, yv = xt.to(device), yt.to(device), xv.to(device), yv.to(device)
                 supernet.tau = tau_at(step / max(1, total_steps - 1), cfg.tau_max, cfg.tau_min, cfg.tau_schedule)
                 if sapp is not None:
                     phase, sparsity = sapp.step(step)
                 w_loss = F.cross_entropy(supernet(xt), yt)
                 w_value = w_loss.item()
-                if not math.isfinite(w_value):
-                    raise TasError(f"weight loss is {w_value} at epoch {epoch + 1}, step {step + 1}")
-                w_opt.zero_grad(set_to_none=True)
-                if attn_opt is not None:
-                    attn_opt.zero_grad(set_to_none=True)
-                w_loss.backward()
-                w_opt.step()
-                if attn_opt is not None:
-                    attn_opt.step()
+                try:
+                    if not math.isfinite(w_value):
+                        raise DivergedError(f"weight loss (CE of the sampled supernet) is {w_value}")
+                    w_opt.zero_grad(set_to_none=True)
+                    if attn_opt is not None:
+                        attn_opt.zero_grad(set_to_none=True)
+                    w_loss.backward()
+                    w_opt.step()
+                    if attn_opt is not None:
+                        attn_opt.step()
+                    terms = stepper.step(xv, yv)
+                except DivergedError as e:
+                    where = f"epoch {epoch + 1}, step {in_epoch + 1}"
+                    if cfg.nan_policy != "skip":
+                        raise DivergedError(f"search diverged at {where}: {e}; the last good checkpoint is "
+                                            "kept (lower --lr / --arch-lr, or pass --nan-policy skip)") from None
+                    skipped += 1
+                    print(f"warning: {e} at {where}; step skipped (--nan-policy skip)", flush=True)
+                    terms = None
                 w_sched.step()
-                terms = stepper.step(xv, yv)
+                check_finite(epoch, in_epoch)
                 step += 1
-                if step % cfg.log_every == 0 or step == total_steps:
+                if terms is not None and (step % cfg.log_every == 0 or step == total_steps):
                     writer.add_scalar("search/weight_loss", w_value, step)
                     for k, v in terms.items():
                         writer.add_scalar(f"search/{k}", v, step)
@@ -369,7 +406,10 @@ def search(args: Any) -> dict[str, Any]:
                     if sapp is not None:
                         writer.add_scalar("sapp/phase", PHASES.index(phase), step)
                         writer.add_scalar("sapp/sparsity", sparsity, step)
-                bar.set_postfix(loss=f"{w_value:.3f}", ratio=f"{terms['derived_ratio']:.3f}", refresh=False)
+                if terms is not None:
+                    bar.set_postfix(loss=f"{w_value:.3f}", ratio=f"{terms['derived_ratio']:.3f}", refresh=False)
+                if cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and in_epoch + 1 < steps_per_epoch:
+                    snapshot(epoch, in_epoch + 1, wall + time.perf_counter() - t0)
             arch = supernet.derive_arch(epoch=epoch + 1)
             supernet.set_arch(arch)
             recalibrate_bn(supernet, loaders["train"], device)
@@ -387,11 +427,7 @@ def search(args: Any) -> dict[str, Any]:
                             "top1": val["top1"], "tau": supernet.tau, "widths": arch.widths, "depths": arch.depths})
             print(f"epoch {epoch + 1}/{cfg.epochs}  derived {cfg.metric} ratio {getattr(arch, cfg.metric + '_ratio'):.3f}"
                   f"  hard-mode test top-1 {val['top1']:.2f}%  tau {supernet.tau:.2f}", flush=True)
-            save_state(out, {"supernet": supernet.state_dict(), "w_opt": w_opt.state_dict(),
-                             "a_opt": stepper.optimizer.state_dict(), "w_sched": w_sched.state_dict(),
-                             **({"attn_opt": attn_opt.state_dict()} if attn_opt is not None else {}),
-                             "epoch": epoch + 1, "step": step, "wall_time_s": wall,
-                             "history": json.dumps(history), "rng": rng_state()})
+            snapshot(epoch + 1, 0, wall)
     finally:
         writer.close()
 
@@ -409,7 +445,8 @@ def search(args: Any) -> dict[str, Any]:
     metrics = {"top1_hard_mode": val["top1"], "flops": arch.flops, "params": arch.params,
                "flops_ratio": arch.flops_ratio, "params_ratio": arch.params_ratio, "target_metric": cfg.metric,
                "target_ratio": cfg.ratio, "within_tolerance": within, "wall_time_s": round(wall, 3),
-               "epochs": cfg.epochs, "steps": step, "projection_steps": projection_steps}
+               "epochs": cfg.epochs, "steps": step, "projection_steps": projection_steps,
+               "skipped_steps": skipped}
     arch.to_json(out / "arch.json")
     atomic_write_json(out / "arch_history.json", history)
     save_weights(out / "supernet.safetensors", supernet.state_dict())

@@ -81,6 +81,8 @@ class TrainConfig:
     pretrained_path: str | None = None
     progress: bool = True
     log_every: int = 10
+    checkpoint_every: int = 50
+    nan_policy: str = "stop"
     # distillation of a pruned network (mode "distill")
     arch: str | None = None
     teacher: str | None = None
@@ -128,6 +130,10 @@ class TrainConfig:
             raise TasError("--resume continues the run in --output and --overwrite starts it over: give one")
         if not self.output:
             raise TasError("--output must name a directory")
+        if self.nan_policy not in ("stop", "skip"):
+            raise bad("nan-policy", self.nan_policy, "stop or skip")
+        if not isinstance(self.checkpoint_every, int) or self.checkpoint_every < 0:
+            raise bad("checkpoint-every", self.checkpoint_every, "a non-negative integer (0: epochs only)")
         if self.init not in ("inherit", "scratch"):
             raise bad("init", self.init, "inherit or scratch")
         if not 0 <= self.kd_alpha <= 1:
@@ -343,6 +349,7 @@ def fit(
     scheduler = create_scheduler(cfg, optimizer, len(train_loader))
     identity = _resume_identity(cfg, ctx)
     start_epoch, num_updates, wall_time, history = 0, 0, 0.0, []
+    start_step, totals, nan_stats = 0, (0.0, 0), {"skipped": 0}
     stale_events = [] if cfg.resume else sorted(out.glob("events.out.tfevents.*"))
 
     if cfg.resume:
@@ -360,13 +367,18 @@ def fit(
             optimizer.load_state_dict(state["optimizer"])
             start_epoch, num_updates = int(state["epoch"]), int(state["num_updates"])
             wall_time, history = float(state["wall_time_s"]), list(state["history"])
-            set_rng_state(state["rng"])
+            start_step = int(state.get("step_in_epoch", 0))
+            totals = (float(state.get("loss_sum", 0.0)), int(state.get("loss_count", 0)))
+            nan_stats["skipped"] = int(state.get("skipped_steps", 0))
+            rng = state["rng"]
         except (KeyError, TypeError, ValueError) as e:
             raise CheckpointError(f"--resume: the state in {out / 'state'} is incomplete or from another "
                                   f"run ({type(e).__name__}: {e})") from None
         if scheduler is not None:
             scheduler.step_update(num_updates=num_updates)
-        if start_epoch >= cfg.epochs:
+        if start_step:
+            print(f"resuming {out} at epoch {start_epoch + 1}/{cfg.epochs}, step {start_step + 1}")
+        elif start_epoch >= cfg.epochs:
             print(f"{out} was already trained for {start_epoch} epochs (--epochs {cfg.epochs}): "
                   "re-evaluating and writing the run")
         else:
@@ -376,13 +388,31 @@ def fit(
     writer = SummaryWriter(log_dir=str(out), purge_step=num_updates + 1 if cfg.resume else None)
     result: dict[str, Any] | None = None
     try:
+        def state_at(epoch_done: int, step_in_epoch: int, loss_sum: float, loss_count: int) -> dict[str, Any]:
+            return {"identity": identity, "epoch": epoch_done, "num_updates": num_updates,
+                    "step_in_epoch": step_in_epoch, "loss_sum": loss_sum, "loss_count": loss_count,
+                    "skipped_steps": nan_stats["skipped"],
+                    "wall_time_s": wall_time + time.perf_counter() - t0, "history": history,
+                    "model": model.state_dict(), "optimizer": optimizer.state_dict(), "rng": rng_state()}
+
         for epoch in range(start_epoch, cfg.epochs):
             t0 = time.perf_counter()
             _reseed_loader(train_loader, cfg.seed, epoch)
+            if cfg.resume and epoch == start_epoch:
+                set_rng_state(rng)  # after the sampler's reseed: the RNG left off where the state was saved
+
+            def on_step(step_in_epoch: int, updates: int, loss_sum: float, loss_count: int) -> None:
+                nonlocal num_updates
+                num_updates = updates
+                if cfg.checkpoint_every and updates % cfg.checkpoint_every == 0 and step_in_epoch < len(train_loader):
+                    save_state(out, state_at(epoch, step_in_epoch, loss_sum, loss_count))
+
             train_loss, num_updates = engine.train_one_epoch(
                 model, train_loader, optimizer, loss_fn=loss_fn, device=device, scheduler=scheduler,
                 epoch=epoch, num_updates=num_updates, writer=writer, progress=cfg.progress,
-                log_every=cfg.log_every)
+                log_every=cfg.log_every, start_step=start_step if epoch == start_epoch else 0,
+                totals=totals if epoch == start_epoch else (0.0, 0), on_step=on_step,
+                nan_policy=cfg.nan_policy, stats=nan_stats)
             result = engine.evaluate(model, test_loader, device, per_class=True)
             if scheduler is not None:
                 scheduler.step(epoch + 1, result["top1"])
@@ -400,6 +430,7 @@ def fit(
                   f"  top-5 {result['top5']:.2f}%  loss {result['loss']:.4f}  lr {lr:.4g}  {seconds:.1f}s",
                   flush=True)
             save_state(out, {"identity": identity, "epoch": epoch + 1, "num_updates": num_updates,
+                             "step_in_epoch": 0, "skipped_steps": nan_stats["skipped"],
                              "wall_time_s": wall_time, "history": history, "model": model.state_dict(),
                              "optimizer": optimizer.state_dict(), "rng": rng_state()})
     finally:
@@ -413,6 +444,7 @@ def fit(
         "wall_time_s": round(wall_time, 3), "epochs": max(start_epoch, cfg.epochs),
         "per_class_recall": result["per_class_recall"],
         "train_loss": history[-1]["train_loss"] if history else None,
+        "skipped_steps": nan_stats["skipped"],
         **{k.split("/")[-1]: v for k, v in (reference or {}).items()},
     }
     extra = {"stage": ctx.mode, "dataset": cfg.dataset,

@@ -1,0 +1,122 @@
+"""Width-only baselines with uniform widths: ``uniform`` (prefix), ``l1`` (Li et al. 2017), ``random``.
+
+Widths: every group keeps the candidate closest to ``r × channels`` for one fraction ``r`` shared by
+all groups, the largest ``r`` whose exact cost meets the budget (:func:`uniform_widths`). The three
+methods differ only in *which* channels a group keeps.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from ..arch import Arch
+from ..graph import ModelGraph
+from ..supernet import Supernet
+from . import full_depths, register_baseline
+
+__all__ = ["uniform_widths", "l1_channel_scores", "top_channels", "random_channels"]
+
+
+def uniform_widths(supernet: Supernet, metric: str, ratio: float) -> tuple[dict[str, int], float]:
+    """The widest uniform architecture within ``ratio`` of the full ``metric``: ``(widths, r)``.
+
+    As ``r`` grows from 0 each group's closest candidate to ``r·C`` moves up one candidate at a
+    time, at the midpoints ``(w_j + w_{j+1}) / 2C``. Walking those events in order of ``r`` (groups
+    sharing a midpoint one after the other, in graph order: at a tie either candidate is closest)
+    gives a chain of architectures of increasing cost, each a step of one group by one candidate;
+    the last one within the budget is returned with its ``r``. So the result misses the budget by
+    less than one candidate step of one group.
+    """
+    groups = supernet.groups()
+    widths = {n: g.widths[0] for n, g in groups.items()}
+    depths = full_depths(supernet)
+    target = ratio * supernet.full[metric]
+    events = sorted(((a + b) / (2 * g.channels), order, n, b)
+                    for order, (n, g) in enumerate(groups.items()) for a, b in zip(g.widths, g.widths[1:]))
+    r = 0.0
+    for at, _, n, w in events:
+        trial = {**widths, n: w}
+        if supernet.cost.exact(metric, trial, depths) > target:
+            break
+        widths, r = trial, at
+    return widths, r
+
+
+def producers(graph: ModelGraph, group: str) -> list[str]:
+    """Names of the convs whose output channels are ``group``'s channels."""
+    return [l.name for l in graph.layers if l.kind == "conv" and l.out_group == group]
+
+
+def l1_channel_scores(model: nn.Module, graph: ModelGraph) -> dict[str, torch.Tensor]:
+    """Per group and channel: the L1 norm of every filter producing it, summed over its producers.
+
+    A filter is one output channel of a conv whose ``out_group`` is the group: a residual stream's
+    channel is written by several convs (each block's last conv, the downsample, an SE gate), and
+    its score is the sum of their filters' ``Σ|W|``. A group no conv produces scores zeros.
+    """
+    scores = {}
+    for n, g in graph.groups.items():
+        s = torch.zeros(g.channels, dtype=torch.float64)
+        for name in producers(graph, n):
+            w = model.get_submodule(name).weight.detach()
+            s += w.abs().flatten(1).sum(1).double().cpu()
+        scores[n] = s
+    return scores
+
+
+def _local(scores: torch.Tensor, conv_groups: int) -> torch.Tensor:
+    """Score per local position of a conv-grouped group (the sum over the conv groups)."""
+    return scores.view(conv_groups, -1).sum(0) if conv_groups > 1 else scores
+
+
+def _expand(local: list[int], channels: int, conv_groups: int) -> list[int]:
+    """Local positions → the channels at those positions in every conv group."""
+    per = channels // conv_groups
+    return sorted(g * per + p for g in range(conv_groups) for p in local)
+
+
+def top_channels(scores: torch.Tensor, width: int, conv_groups: int = 1) -> list[int]:
+    """The ``width`` channels of highest score (ties: lower index first).
+
+    For a conv-grouped group the ``width / conv_groups`` local positions of highest summed score are
+    kept in every conv group, so the slim conv stays grouped.
+    """
+    local = _local(scores.double(), conv_groups).numpy()
+    k = width // conv_groups
+    order = np.lexsort((np.arange(local.size), -local))  # descending score, then ascending index
+    return _expand(order[:k].tolist(), scores.numel(), conv_groups)
+
+
+def random_channels(channels: int, width: int, conv_groups: int, generator: torch.Generator) -> list[int]:
+    """``width`` random channels (the same local positions in every conv group)."""
+    per = channels // conv_groups
+    local = torch.randperm(per, generator=generator)[: width // conv_groups].tolist()
+    return _expand(local, channels, conv_groups)
+
+
+@register_baseline("uniform")
+def uniform(supernet: Supernet, model: nn.Module, metric: str, ratio: float, seed: int, **_: Any) -> Arch:
+    """Uniform widths, each group keeping its first channels (the prefix TAS's widths keep)."""
+    widths, r = uniform_widths(supernet, metric, ratio)
+    return supernet.make_arch(widths, full_depths(supernet), method="uniform", meta={"uniform_ratio": r})
+
+
+@register_baseline("l1")
+def l1(supernet: Supernet, model: nn.Module, metric: str, ratio: float, seed: int, **_: Any) -> Arch:
+    """Li et al. 2017: uniform widths, each group keeping the channels of largest producer-filter L1 norm."""
+    widths, r = uniform_widths(supernet, metric, ratio)
+    scores = l1_channel_scores(model, supernet.graph)
+    indices = {n: top_channels(scores[n], widths[n], g.conv_groups) for n, g in supernet.graph.groups.items()}
+    return supernet.make_arch(widths, full_depths(supernet), indices=indices, method="l1", meta={"uniform_ratio": r})
+
+
+@register_baseline("random")
+def random(supernet: Supernet, model: nn.Module, metric: str, ratio: float, seed: int, **_: Any) -> Arch:
+    """Uniform widths, random kept channels (seeded): the floor a selection rule must beat."""
+    widths, r = uniform_widths(supernet, metric, ratio)
+    gen = torch.Generator().manual_seed(seed)
+    indices = {n: random_channels(g.channels, widths[n], g.conv_groups, gen) for n, g in supernet.graph.groups.items()}
+    return supernet.make_arch(widths, full_depths(supernet), indices=indices, method="random", meta={"uniform_ratio": r})

@@ -1,0 +1,110 @@
+"""``search.py --method uniform|l1|synflow|random``: a baseline's run directory, in the TAS search's shape.
+
+:func:`run_baseline` writes what :func:`tas.searching.search` writes, so everything downstream
+(``train.py --arch``, ``tas.load_slim``, ``python -m tas.export``) takes either::
+
+    runs/l1/
+      arch.json            the architecture (tas.Arch, ``method`` = the baseline)
+      model.safetensors    the slim network materialised from the teacher (tas.load_slim)
+      config.json          with ``arch``, ``stage: search`` and the settings under ``search``
+      metrics.json         flops/params and their ratios, the target, ``method``, and the test top-1
+                           of the pruned network before any fine-tuning (``top1_pruned``)
+"""
+from __future__ import annotations
+
+import dataclasses
+import time
+from pathlib import Path
+from typing import Any, Mapping
+
+from ..checkpoint import has_state
+from ..cli import format_table
+from ..errors import TasError
+from ..rundir import is_finished_run, load_run, save_run
+from . import BASELINES, create_baseline_arch, list_baselines
+
+__all__ = ["run_baseline"]
+
+
+def run_baseline(args: Any) -> dict[str, Any]:
+    """Run the baseline ``args.method`` that search.py's flags describe; returns the metrics and the arch.
+
+    Uses ``teacher``, ``model``, ``space``, ``flops_ratio`` / ``params_ratio``, ``tolerance``
+    (only to report ``within_tolerance`` like TAS), ``dataset``, ``data_dir``, ``img_size``,
+    ``limit``, ``batch_size``, ``seed``, ``output``, ``overwrite``, ``device``; TAS's optimisation
+    flags are ignored. Library callers may add ``synflow_rounds``. The architecture is chosen
+    without data; the test split is read only to report ``top1_pruned``.
+    """
+    from .. import engine
+    from ..data import create_loaders, dataset_info
+    from ..materialize import materialize
+    from ..searching import SearchConfig
+    from ..training import resolve_device, seed_everything
+
+    values = dict(args) if isinstance(args, Mapping) else dict(vars(args))
+    method = values.get("method")
+    if method not in BASELINES:
+        raise TasError(f"unknown baseline method {method!r} (one of {', '.join(list_baselines())})")
+    cfg = SearchConfig.from_args(values)
+    out = Path(cfg.output)
+    if cfg.resume:
+        raise TasError(f"--resume: the {method} baseline runs in one go and keeps no state; "
+                       "pass --overwrite to run it again")
+    if not cfg.overwrite and (is_finished_run(out) or has_state(out)):
+        raise TasError(f"{out} already holds a search; pass --overwrite or another --output")
+    if not cfg.teacher:
+        raise TasError("--teacher: give the run directory of the trained network to prune (train.py --output)")
+    teacher, tconfig = load_run(cfg.teacher)
+    if "arch" in tconfig:
+        raise TasError(f"--teacher {cfg.teacher} is already a pruned network; give the original's run")
+    if cfg.model and cfg.model != tconfig["model"]:
+        raise TasError(f"--model {cfg.model} does not match the teacher in {cfg.teacher} ({tconfig['model']})")
+    device = resolve_device(cfg.device)
+    seed_everything(cfg.seed)
+    img_size = cfg.img_size or tconfig["input_size"][1]
+    info = dataset_info(cfg.dataset, cfg.data_dir, img_size)
+    kwargs = tconfig["model_kwargs"]
+    if info.num_classes != kwargs["num_classes"] or info.in_chans != kwargs["in_chans"]:
+        raise TasError(f"the teacher in {cfg.teacher} has {kwargs['num_classes']} classes and {kwargs['in_chans']} "
+                       f"input channels; {cfg.dataset} has {info.num_classes} and {info.in_chans}")
+    input_size = (info.in_chans, info.img_size, info.img_size)
+    options = {"rounds": int(values["synflow_rounds"])} if method == "synflow" and values.get("synflow_rounds") else {}
+
+    print(f"pruning {tconfig['model']} with the {method} baseline: target {cfg.metric} ratio {cfg.ratio}")
+    t0 = time.perf_counter()
+    arch = create_baseline_arch(method, teacher, cfg.ratio, cfg.metric, space=cfg.space, input_size=input_size,
+                                model_name=tconfig["model"], model_kwargs=kwargs, seed=cfg.seed,
+                                meta={"dataset": cfg.dataset, "teacher": str(cfg.teacher)}, **options)
+    slim = materialize(teacher, arch).cpu()
+    wall = time.perf_counter() - t0
+    loaders = create_loaders(cfg.dataset, data_dir=cfg.data_dir, batch_size=cfg.batch_size, workers=cfg.workers,
+                             seed=cfg.seed, download=cfg.download, img_size=info.img_size, limit=cfg.limit)
+    val = engine.evaluate(slim.to(device), loaders["test"], device, per_class=True)
+    slim.cpu()
+    achieved = getattr(arch, f"{cfg.metric}_ratio")
+    within = cfg.ratio - cfg.tolerance <= achieved <= cfg.ratio
+    metrics = {"method": method, "top1_pruned": val["top1"], "per_class_recall": val["per_class_recall"],
+               "flops": arch.flops, "params": arch.params, "flops_ratio": arch.flops_ratio,
+               "params_ratio": arch.params_ratio, "target_metric": cfg.metric, "target_ratio": cfg.ratio,
+               "within_tolerance": within, "wall_time_s": round(wall, 3)}
+    out.mkdir(parents=True, exist_ok=True)
+    arch.to_json(out / "arch.json")
+    settings = {"method": method, **dataclasses.asdict(cfg), **options}
+    save_run(out, slim, model_name=arch.model, model_kwargs=arch.model_kwargs, input_size=arch.input_size,
+             metrics=metrics, extra_config={"stage": "search", "arch": arch.to_dict(), "dataset": cfg.dataset,
+                                            "data": {"img_size": info.img_size, "mean": list(info.mean),
+                                                     "std": list(info.std)},
+                                            "search": settings})
+    print(format_table(arch.summary_rows(), header=["group / stage", "original", "chosen"]))
+    summary = [
+        ["method", "", method],
+        ["FLOPs (MACs)", f"{arch.full_flops:,}", f"{arch.flops:,} ({arch.flops_ratio:.3f})"],
+        ["params", f"{arch.full_params:,}", f"{arch.params:,} ({arch.params_ratio:.3f})"],
+        [f"target {cfg.metric} ratio", "", f"{cfg.ratio} (tolerance {cfg.tolerance}): {'met' if within else 'MISSED'}"],
+        ["test top-1, pruned (no fine-tuning)", "", f"{val['top1']:.2f}%"],
+        ["wall time", "", f"{wall:.1f} s"],
+        ["arch", "", str(out / "arch.json")],
+    ]
+    print(format_table(summary, header=[method, "original", "result"]))
+    print(f"next: python train.py --arch {out / 'arch.json'} --teacher {cfg.teacher} --output <dir>")
+    return {**metrics, "arch": arch, "run_dir": str(out)}
