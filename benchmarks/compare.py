@@ -1,0 +1,495 @@
+"""Accuracy vs FLOPs: TAS against baseline pruners from the literature, at equal FLOPs and equal epochs.
+
+On Fashion-MNIST (``/usr/share/datasets/fashion-mnist``, Debian ``dataset-fashion-mnist``) this
+
+1. trains ``cifar_resnet20`` (and ``cifar_resnet56`` with ``--full``) once as the teacher (cached:
+   a finished run directory with the same settings is reused);
+2. for every FLOPs ratio kept (70 %, 50 %, 30 %), seed and method picks an architecture —
+   ``tas`` (:func:`tas.searching.search`), ``uniform``, ``l1``, ``synflow``, ``random``
+   (:func:`tas.baselines.run_baseline`) — and distils it from the teacher
+   (:func:`tas.training.train` in ``distill`` mode, weights inherited from the teacher);
+3. gives every method the same post-teacher budget of ``B`` epochs over the same training subset:
+   TAS searches ``s`` epochs (one search epoch = one pass over the subset: half for the weight
+   steps, half for the architecture steps) and distils ``B − s``; the baselines distil ``B``;
+4. exports each slim network to ONNX (:func:`tas.export.export_onnx`) and times them all at batch
+   32, interleaved with the teacher (:func:`tas.export.ort_latency`);
+5. writes ``docs/benchmarks_compare.md`` (top-1 mean ± sample std over seeds, FLOPs and params
+   kept, ORT latency, wall time, recall distortion), a PNG plot of top-1 vs FLOPs kept per method
+   (matplotlib; installed with pip on first use unless ``--no-install``), and prints the
+   recall-distortion summary (:func:`tas.metrics.recall_distortion`) of every slim network.
+
+    python benchmarks/compare.py --quick   # ~10 min: 50 % only, 2 seeds, 4000 training images
+    python benchmarks/compare.py           # < 2 h: 70/50/30 %, 2 seeds, 12000 training images
+    python benchmarks/compare.py --full    # also cifar_resnet56 (several hours)
+
+Resumable: every finished cell is recorded in ``<output>/results.json`` (and its run directories
+are kept), so a rerun skips it; ``--fresh`` starts over. Not a test: nothing here asserts.
+"""
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # see train.py
+
+import argparse  # noqa: E402
+import contextlib  # noqa: E402
+import json  # noqa: E402
+import platform  # noqa: E402
+import shutil  # noqa: E402
+import statistics  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+from datetime import datetime, timezone  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+import tas  # noqa: E402
+from tas.checkpoint import atomic_write_bytes, atomic_write_json  # noqa: E402
+from tas.cli import format_table  # noqa: E402
+from tas.data import FASHION_MNIST_DIR  # noqa: E402
+from tas.rundir import is_finished_run, load_run  # noqa: E402
+
+METHODS = ("tas", "uniform", "l1", "synflow", "random")
+DATASET = "fashion-mnist"
+
+#: settings per mode; flags override them
+MODES = {
+    "quick": {"models": ["cifar_resnet20"], "ratios": [0.5], "seeds": [0, 1], "limit": 4000, "img_size": 16,
+              "teacher_epochs": 4, "budget": 3, "search_epochs": 1, "latency_repeats": 30},
+    "default": {"models": ["cifar_resnet20"], "ratios": [0.7, 0.5, 0.3], "seeds": [0, 1], "limit": 12000,
+                "img_size": 16, "teacher_epochs": 8, "budget": 4, "search_epochs": 1, "latency_repeats": 50},
+    "full": {"models": ["cifar_resnet20", "cifar_resnet56"], "ratios": [0.7, 0.5, 0.3], "seeds": [0, 1],
+             "limit": 12000, "img_size": 16, "teacher_epochs": 8, "budget": 4, "search_epochs": 1,
+             "latency_repeats": 50},
+}
+#: the settings a resumed run must share with the results it continues
+KEYS = ("limit", "img_size", "teacher_epochs", "budget", "search_epochs", "batch_size", "lr")
+
+
+def log(msg: str) -> None:
+    print(msg, flush=True)
+
+
+def ensure_dataset(data_dir: str | None) -> None:
+    """Install Debian's dataset-fashion-mnist when the IDX files are missing and apt-get can."""
+    path = Path(data_dir or FASHION_MNIST_DIR)
+    if path.is_dir() and any(path.glob("train-images-idx3-ubyte*")):
+        return
+    if data_dir is None and shutil.which("apt-get") and os.geteuid() == 0:
+        log(f"{path} missing: apt-get install dataset-fashion-mnist")
+        subprocess.run(["apt-get", "update", "-qq"], check=False)
+        subprocess.run(["apt-get", "install", "-y", "-qq", "dataset-fashion-mnist"], check=False)
+        if any(path.glob("train-images-idx3-ubyte*")):
+            return
+    sys.exit(f"error: Fashion-MNIST not found in {path}; `apt-get install dataset-fashion-mnist` or pass --data-dir")
+
+
+class Bench:
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.root = Path(args.output)
+        self.results_path = self.root / "results.json"
+        self.settings = {k: getattr(args, k) for k in KEYS}
+        self.results = {"settings": self.settings, "teachers": {}, "cells": {}}
+        if self.results_path.is_file() and not args.fresh:
+            old = json.loads(self.results_path.read_text())
+            if old.get("settings") != self.settings:
+                sys.exit(f"error: {self.results_path} was made with other settings ({old.get('settings')}); "
+                         "pass --fresh or another --output")
+            self.results = old
+        elif args.fresh and self.root.exists():
+            shutil.rmtree(self.root)
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.loaders = None
+
+    def save(self) -> None:
+        atomic_write_json(self.results_path, self.results)
+
+    def common(self, seed: int) -> dict:
+        a = self.args
+        return {"dataset": DATASET, "data_dir": a.data_dir, "img_size": a.img_size, "seed": seed,
+                "device": "cpu", "progress": not a.no_progress, "log_every": 50, "workers": 0}
+
+    def test_loader(self):
+        if self.loaders is None:
+            from tas.data import create_loaders
+
+            self.loaders = create_loaders(DATASET, data_dir=self.args.data_dir, batch_size=256,
+                                          img_size=self.args.img_size, limit=self.args.limit)
+        return self.loaders["test"]
+
+    @torch.no_grad()
+    def predict(self, model) -> tuple[np.ndarray, np.ndarray]:
+        model.eval()
+        preds, labels = [], []
+        for x, y in self.test_loader():
+            preds.append(model(x).argmax(1))
+            labels.append(y)
+        return torch.cat(preds).numpy(), torch.cat(labels).numpy()
+
+    # -- teacher -------------------------------------------------------------------------------
+    def teacher(self, model_name: str) -> dict:
+        from tas import training
+
+        a = self.args
+        out = self.root / model_name / "teacher"
+        info = self.results["teachers"].get(model_name)
+        if info is None or not is_finished_run(out):
+            log(f"teacher {model_name}: training {a.teacher_epochs} epochs on {a.limit} images at {a.img_size}px")
+            t0 = time.perf_counter()
+            out.mkdir(parents=True, exist_ok=True)
+            with open(out / "log.txt", "a") as logf, contextlib.redirect_stdout(sys.stdout if a.verbose else logf):
+                m = training.train({**self.common(0), "model": model_name, "epochs": a.teacher_epochs,
+                                    "limit": a.limit, "batch_size": a.batch_size, "lr": 0.1, "output": str(out),
+                                    "overwrite": True})
+            info = {"top1": m["top1"], "flops": m["flops"], "params": m["params"],
+                    "wall_s": round(time.perf_counter() - t0, 1)}
+            self.results["teachers"][model_name] = info
+            self.save()
+        log(f"teacher {model_name}: top-1 {info['top1']:.2f}%, {info['flops'] / 1e6:.2f} MMACs ({out})")
+        preds_path = out / "test_preds.npy"
+        if not preds_path.is_file():
+            model, _ = load_run(out)
+            preds, labels = self.predict(model)
+            np.save(preds_path, preds)
+            np.save(out / "test_labels.npy", labels)
+        onnx = out / "model.onnx"
+        if not onnx.is_file():
+            from tas.export import export_onnx
+
+            model, config = load_run(out)
+            export_onnx(model, onnx, config["input_size"])
+        return info
+
+    # -- one cell ------------------------------------------------------------------------------
+    def cell(self, model_name: str, ratio: float, seed: int, method: str) -> dict:
+        from tas import searching, training
+        from tas.baselines import run_baseline
+        from tas.export import export_onnx
+        from tas.metrics import recall_distortion
+
+        a = self.args
+        cdir = self.root / model_name / f"r{ratio}" / f"s{seed}" / method
+        teacher = self.root / model_name / "teacher"
+        timing_path = cdir / "timing.json"
+        timing = json.loads(timing_path.read_text()) if timing_path.is_file() else {}
+        search_dir, slim_dir = cdir / "search", cdir / "slim"
+        search_epochs = a.search_epochs if method == "tas" else 0
+        distill_epochs = a.budget - search_epochs
+        cdir.mkdir(parents=True, exist_ok=True)
+        with open(cdir / "log.txt", "a") as logf, contextlib.redirect_stdout(logf if not a.verbose else sys.stdout):
+            if "prune_s" not in timing or not (search_dir / "arch.json").is_file():
+                t0 = time.perf_counter()
+                common = {**self.common(seed), "teacher": str(teacher), "flops_ratio": ratio,
+                          "output": str(search_dir), "overwrite": True, "batch_size": a.batch_size}
+                if method == "tas":
+                    # one search epoch = one pass over the subset (half weights, half architecture)
+                    searching.search({**common, "epochs": search_epochs, "limit": a.limit // 2})
+                else:
+                    run_baseline({**common, "method": method, "limit": a.limit})
+                timing = {"prune_s": round(time.perf_counter() - t0, 1)}
+                atomic_write_json(timing_path, timing)
+            if "distill_s" not in timing or not is_finished_run(slim_dir):
+                t0 = time.perf_counter()
+                training.train({**self.common(seed), "arch": str(search_dir / "arch.json"), "teacher": str(teacher),
+                                "epochs": distill_epochs, "limit": a.limit, "batch_size": a.batch_size, "lr": a.lr,
+                                "output": str(slim_dir), "overwrite": True}, mode="distill")
+                timing["distill_s"] = round(time.perf_counter() - t0, 1)
+                atomic_write_json(timing_path, timing)
+        arch = tas.Arch.from_json(search_dir / "arch.json")
+        metrics = json.loads((slim_dir / "metrics.json").read_text())
+        slim, config = load_run(slim_dir)
+        preds, labels = self.predict(slim)
+        tpreds = np.load(teacher / "test_preds.npy")
+        rd = recall_distortion(tpreds, preds, labels)
+        onnx = cdir / "slim.onnx"
+        export_onnx(slim, onnx, config["input_size"])
+        return {"model": model_name, "ratio": ratio, "seed": seed, "method": method, "top1": metrics["top1"],
+                "flops": arch.flops, "params": arch.params, "flops_ratio": arch.flops_ratio,
+                "params_ratio": arch.params_ratio, "search_epochs": search_epochs, "distill_epochs": distill_epochs,
+                "prune_s": timing["prune_s"], "distill_s": timing["distill_s"],
+                "wall_s": round(timing["prune_s"] + timing["distill_s"], 1), "onnx": str(onnx),
+                "widths": arch.widths, "depths": arch.depths,
+                "recall": {k: rd[k] for k in ("teacher_accuracy", "slim_accuracy", "mean_change_below",
+                                              "mean_change_above", "intensification", "intensified", "below")}}
+
+    # -- latency -------------------------------------------------------------------------------
+    def latency(self, model_name: str) -> None:
+        from tas.export import ort_latency
+
+        a = self.args
+        cells = [c for c in self.results["cells"].values() if c["model"] == model_name and Path(c["onnx"]).is_file()]
+        if not a.retime and "latency_ms" in self.results["teachers"][model_name] and all("latency_ms" in c for c in cells):
+            log(f"latency of {model_name}: cached (--retime to measure again)")
+            return
+        teacher = self.root / model_name / "teacher" / "model.onnx"
+        size = (1, a.img_size, a.img_size)
+        t0 = time.perf_counter()
+        ms = ort_latency([teacher] + [c["onnx"] for c in cells], size, 32, repeats=a.latency_repeats,
+                         warmup=max(2, a.latency_repeats // 5), threads=a.threads)
+        # every model is timed again with the others: latencies are only comparable within one interleaved run
+        self.results["teachers"][model_name]["latency_ms"] = ms[0]
+        for c, t in zip(cells, ms[1:]):
+            c["latency_ms"] = t
+        self.save()
+        log(f"timed {len(cells) + 1} ONNX models of {model_name} at batch 32, {a.latency_repeats} interleaved "
+            f"repeats, {a.threads} thread(s): {time.perf_counter() - t0:.0f}s")
+
+
+def _ms(values: list[float]) -> str:
+    if not values:
+        return "–"
+    m = statistics.mean(values)
+    return f"{m:.2f} ± {statistics.stdev(values):.2f}" if len(values) > 1 else f"{m:.2f}"
+
+
+def summarize(results: dict, models: list[str], ratios: list[float], methods: list[str]) -> tuple[list, list]:
+    """Rows of the main table and of the recall-distortion table, one per (model, ratio, method)."""
+    rows, rd_rows = [], []
+    for model in models:
+        t = results["teachers"].get(model)
+        if t is None:
+            continue
+        rows.append([model, "teacher", "1.00", f"{t['top1']:.2f}", "1.000", "1.000",
+                     f"{t.get('latency_ms', float('nan')):.2f}", f"{t['wall_s']:.0f}", "1"])
+        for ratio in ratios:
+            for method in methods:
+                cs = [c for c in results["cells"].values()
+                      if c["model"] == model and c["ratio"] == ratio and c["method"] == method]
+                if not cs:
+                    continue
+                lat = [c["latency_ms"] for c in cs if "latency_ms" in c]
+                rows.append([model, method, f"{ratio:.2f}", _ms([c["top1"] for c in cs]),
+                             f"{statistics.mean(c['flops_ratio'] for c in cs):.3f}",
+                             f"{statistics.mean(c['params_ratio'] for c in cs):.3f}",
+                             f"{statistics.mean(lat):.2f}" if lat else "–",
+                             f"{statistics.mean(c['wall_s'] for c in cs):.0f}", str(len(cs))])
+                gaps = [c["recall"]["intensification"] for c in cs if c["recall"]["intensification"] is not None]
+                below = [c["recall"]["mean_change_below"] for c in cs if c["recall"]["mean_change_below"] is not None]
+                above = [c["recall"]["mean_change_above"] for c in cs if c["recall"]["mean_change_above"] is not None]
+                rd_rows.append([model, method, f"{ratio:.2f}",
+                                f"{100 * statistics.mean(below):+.2f}" if below else "–",
+                                f"{100 * statistics.mean(above):+.2f}" if above else "–",
+                                f"{100 * statistics.mean(gaps):+.2f}" if gaps else "–",
+                                f"{sum(c['recall']['intensified'] for c in cs)}/{len(cs)}"])
+    return rows, rd_rows
+
+
+HEADER = ["model", "method", "FLOPs target", "top-1 % (mean ± sd)", "FLOPs kept", "params kept",
+          "ORT ms @ bs 32", "wall s", "seeds"]
+RD_HEADER = ["model", "method", "FLOPs target", "mean Δrecall below-acc. classes %", "mean Δrecall above %",
+             "intensification (pp)", "intensified"]
+
+
+def plot(results: dict, models: list[str], methods: list[str], path: Path, install: bool) -> str | None:
+    """top-1 vs FLOPs kept per method; returns why not when there is no plot."""
+    try:
+        import matplotlib
+    except ImportError:
+        if not install:
+            return "matplotlib is not installed (rerun without --no-install, or pip install matplotlib)"
+        log("matplotlib not installed: pip install matplotlib (for the plot only)")
+        proc = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "matplotlib"], capture_output=True,
+                              text=True)
+        if proc.returncode:
+            log(proc.stderr[-2000:])
+        try:
+            import matplotlib
+        except ImportError:
+            return "matplotlib could not be installed"
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(models), figsize=(5.5 * len(models), 4.2), squeeze=False)
+    for ax, model in zip(axes[0], models):
+        t = results["teachers"].get(model)
+        if t is None:
+            continue
+        for method, marker in zip(methods, "o^sDv"):
+            pts = {}
+            for c in results["cells"].values():
+                if c["model"] == model and c["method"] == method:
+                    pts.setdefault(c["ratio"], []).append(c)
+            if not pts:
+                continue
+            xs = [statistics.mean(c["flops_ratio"] for c in pts[r]) for r in sorted(pts)]
+            ys = [statistics.mean(c["top1"] for c in pts[r]) for r in sorted(pts)]
+            es = [statistics.stdev([c["top1"] for c in pts[r]]) if len(pts[r]) > 1 else 0 for r in sorted(pts)]
+            ax.errorbar(xs, ys, yerr=es, marker=marker, capsize=3, label=method)
+        ax.axhline(t["top1"], color="grey", ls="--", lw=1, label="teacher")
+        ax.set_xlabel("FLOPs kept (fraction of the teacher's)")
+        ax.set_ylabel("test top-1 (%)")
+        ax.set_title(f"{model} on Fashion-MNIST")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return None
+
+
+def render(args, results: dict, rows: list, rd_rows: list, png: Path | None, why: str | None,
+           elapsed: float) -> str:
+    a = args
+    mode = "--full" if a.mode == "full" else "--quick" if a.mode == "quick" else ""
+    plot_line = f"![top-1 vs FLOPs kept]({png.name})" if png else f"(no plot: {why})"
+    out = Path(a.output).resolve()
+    shown = out.relative_to(REPO) if out.is_relative_to(REPO) else out
+    caveat = ("*A `--quick` run is a smoke test of the pipeline: a teacher trained for a few epochs on a few "
+              "thousand images, one ratio; differences of a few tenths of a point between methods are within "
+              "seed noise here. The default run (three ratios, 12000 images) is the comparison.*"
+              if a.mode == "quick" else "")
+    return "\n".join([
+        "# Accuracy vs FLOPs: TAS and baseline pruners at equal FLOPs and equal epochs",
+        "",
+        f"Generated by `{('python benchmarks/compare.py ' + mode).strip()}`"
+        f" on {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC ({elapsed / 60:.1f} min this invocation; "
+        f"cells are cached, see `{shown}/results.json`): {os.cpu_count()} CPU cores ({platform.machine()}, "
+        f"shared with other jobs, 1-min load average {a.load[0]:.1f} at the start, {os.getloadavg()[0]:.1f} at the "
+        f"end), torch {torch.__version__} with {a.threads} thread(s).",
+        "",
+        f"**Setup.** Fashion-MNIST at {a.img_size}×{a.img_size} px, the first {a.limit} training images "
+        f"(class-balanced) and {len(np.load(Path(a.output) / results_model(results) / 'teacher' / 'test_labels.npy'))} "
+        f"test images. Teacher: {a.teacher_epochs} epochs of SGD (lr 0.1, cosine). Each method then gets the same "
+        f"**{a.budget} epochs** over the same subset: `tas` searches {a.search_epochs} (one search epoch = one "
+        f"pass over the subset, half for the weight steps and half for the architecture steps) and distils "
+        f"{a.budget - a.search_epochs}; `uniform`, `l1`, `synflow` and `random` choose their architecture "
+        f"without data and distil {a.budget}. Distillation: `train.py --arch --teacher` (weights inherited "
+        f"from the teacher's kept channels, KD α 0.9 T 4, SGD lr {a.lr}, cosine), batch {a.batch_size}. All "
+        f"architectures are in the same search space (`search_spaces/cifar_resnet.yaml`); the baselines "
+        f"keep full depth.",
+        "",
+        "**Columns.** *top-1*: test accuracy after distillation, mean ± sample standard deviation over the "
+        "seeds (each seed changes the data order, TAS's sampling and `random`'s channels). *FLOPs / params "
+        "kept*: exact multiply-accumulate / parameter ratios of the architecture (mean over seeds). "
+        "*ORT ms*: ONNX Runtime CPU latency at batch 32, median of interleaved repeats of all models of the "
+        "table (the teacher included), mean over seeds. *wall s*: architecture choice + distillation per "
+        "seed (the teacher's row: its training).",
+        "",
+        format_table(rows, HEADER),
+        "",
+        *([caveat, ""] if caveat else []),
+        plot_line,
+        "",
+        "## Recall distortion",
+        "",
+        "`tas.metrics.recall_distortion(teacher_preds, slim_preds, labels)` per slim network: classes whose "
+        "teacher recall is below the teacher's accuracy (*below*) against the others (*above*); *Δrecall* is "
+        "the relative change slim/teacher − 1 per class, averaged within each set and over seeds; "
+        "*intensification* = mean Δ above − mean Δ below (percentage points of relative change; positive: the "
+        "hard classes lost relatively more); *intensified*: seeds where it is positive.",
+        "",
+        format_table(rd_rows, RD_HEADER),
+        "",
+        "Method notes: `uniform` keeps the same fraction of every group (each group the candidate width "
+        "closest to r·C, the largest r within the budget) and the first channels; `l1` (Li et al. 2017) the "
+        "same widths and the channels with the largest L1 norms of the filters producing them; `random` the "
+        "same widths and random channels; `synflow` (Tanaka et al. 2020) data-free iterative global ranking "
+        "(20 rounds, exponential schedule) that also chooses the widths; `tas` the differentiable search "
+        "(widths and depths). Everything meets its FLOPs target from below within the space's rounding "
+        "(widths are multiples of 8).",
+        "",
+    ])
+
+
+def results_model(results: dict) -> str:
+    return next(iter(results["teachers"]))
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--quick", action="store_true", help="~10 min: 50%% only, 2 seeds, 4000 images")
+    g.add_argument("--full", action="store_true", help="also cifar_resnet56")
+    p.add_argument("--models", nargs="+", default=None)
+    p.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
+    p.add_argument("--ratios", type=float, nargs="+", default=None, help="FLOPs fractions kept")
+    p.add_argument("--seeds", type=int, nargs="+", default=None)
+    p.add_argument("--limit", type=int, default=None, help="training (and test) images")
+    p.add_argument("--img-size", type=int, default=None)
+    p.add_argument("--teacher-epochs", type=int, default=None)
+    p.add_argument("--budget", type=int, default=None, help="post-teacher epochs per method")
+    p.add_argument("--search-epochs", type=int, default=None, help="of the budget, TAS's search epochs")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--lr", type=float, default=0.05, help="distillation learning rate")
+    p.add_argument("--latency-repeats", type=int, default=None)
+    p.add_argument("--threads", type=int, default=1, help="torch and ONNX Runtime threads (default 1: shared machine)")
+    p.add_argument("--data-dir", default=None)
+    p.add_argument("--output", default=None, help="run directories + results.json (default runs/compare/<mode>)")
+    p.add_argument("--doc", default=str(REPO / "docs" / "benchmarks_compare.md"), help="markdown to write ('-': none)")
+    p.add_argument("--fresh", action="store_true", help="discard cached results and runs in --output")
+    p.add_argument("--retime", action="store_true", help="measure ORT latency again even when nothing is new")
+    p.add_argument("--no-install", action="store_true", help="never pip install matplotlib for the plot")
+    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--verbose", action="store_true", help="show the library's own output instead of logging it per cell")
+    args = p.parse_args(argv)
+    args.mode = "quick" if args.quick else "full" if args.full else "default"
+    for key, value in MODES[args.mode].items():
+        if getattr(args, key, None) is None:
+            setattr(args, key, value)
+    if not 1 <= args.search_epochs < args.budget:
+        sys.exit("error: need 1 <= --search-epochs < --budget (TAS must distil at least one epoch)")
+    args.output = args.output or str(REPO / "runs" / "compare" / args.mode)
+    args.load = [os.getloadavg()[0]]
+    torch.set_num_threads(max(1, args.threads))
+    ensure_dataset(args.data_dir)
+    start = time.perf_counter()
+    bench = Bench(args)
+    cells = [(m, r, s, meth) for m in args.models for r in args.ratios for s in args.seeds for meth in args.methods]
+    log(f"{args.mode}: {len(cells)} cells ({len(args.models)} model(s) x {len(args.ratios)} ratio(s) x "
+        f"{len(args.seeds)} seed(s) x {len(args.methods)} methods), budget {args.budget} epochs, "
+        f"{args.limit} images at {args.img_size}px -> {args.output}")
+    for model in args.models:
+        bench.teacher(model)
+        todo = [c for c in cells if c[0] == model]
+        for i, (m, r, s, meth) in enumerate(todo):
+            key = f"{m}/r{r}/s{s}/{meth}"
+            if key in bench.results["cells"] and Path(bench.results["cells"][key]["onnx"]).is_file():
+                log(f"[{i + 1}/{len(todo)}] {key}: cached (top-1 {bench.results['cells'][key]['top1']:.2f}%)")
+                continue
+            t0 = time.perf_counter()
+            res = bench.cell(m, r, s, meth)
+            bench.results["cells"][key] = res
+            bench.save()
+            done = time.perf_counter() - start
+            log(f"[{i + 1}/{len(todo)}] {key}: top-1 {res['top1']:.2f}%, FLOPs {res['flops_ratio']:.3f}, "
+                f"params {res['params_ratio']:.3f}, prune {res['prune_s']:.0f}s + distil {res['distill_s']:.0f}s "
+                f"({time.perf_counter() - t0:.0f}s; {done / 60:.1f} min so far)")
+        bench.latency(model)
+    results = bench.results
+    rows, rd_rows = summarize(results, args.models, args.ratios, args.methods)
+    log("\n" + format_table(rows, HEADER))
+    per_model = [[c["model"], c["method"], f"{c['ratio']:.2f}", c["seed"], f"{c['top1']:.2f}",
+                  f"{c['recall']['teacher_accuracy']:.2f}", f"{c['recall']['slim_accuracy']:.2f}",
+                  f"{100 * c['recall']['mean_change_below']:+.2f}" if c["recall"]["mean_change_below"] is not None else "–",
+                  f"{100 * c['recall']['mean_change_above']:+.2f}" if c["recall"]["mean_change_above"] is not None else "–",
+                  "yes" if c["recall"]["intensified"] else "no"]
+                 for c in sorted(results["cells"].values(), key=lambda c: (c["model"], -c["ratio"], c["method"], c["seed"]))
+                 if c["model"] in args.models and c["ratio"] in args.ratios and c["method"] in args.methods]
+    log("\nrecall distortion per slim network (teacher vs slim on the test images):")
+    log(format_table(per_model, ["model", "method", "FLOPs target", "seed", "top-1", "teacher acc.",
+                                 "slim acc.", "mean Δrecall below %", "mean Δrecall above %", "intensified"]))
+    png = None
+    why = None
+    if args.doc != "-":
+        png = Path(args.doc).with_suffix(".png")
+        why = plot(results, args.models, args.methods, png, install=not args.no_install)
+        if why:
+            log(f"no plot: {why}")
+            png = None
+        text = render(args, results, rows, rd_rows, png, why, time.perf_counter() - start)
+        atomic_write_bytes(args.doc, text.encode())
+        log(f"wrote {args.doc}" + (f" and {png}" if png else ""))
+    log(f"done in {(time.perf_counter() - start) / 60:.1f} min")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

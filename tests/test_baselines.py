@@ -1,0 +1,226 @@
+"""Baseline pruners: L1 keeps the largest norms, SynFlow matches hand-computed scores without data,
+every baseline meets its budget within the space's rounding, and search.py --method end to end."""
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn as nn
+
+import tas
+import tas.data
+from tas.arch import Arch
+from tas.baselines import create_baseline_arch, list_baselines, max_step_cost, synflow_scores
+from tas.baselines.magnitude import l1_channel_scores, top_channels
+from tas.baselines.synflow import synflow_channel_scores
+from tas.cli import run_main
+from tas.errors import TasError
+from tas.flops import count_flops, count_params
+from tas.supernet import create_supernet
+
+REPO = Path(__file__).resolve().parents[1]
+SIZE = (1, 16, 16)
+
+
+def _model(seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
+    model = tas.create_model("cifar_resnet20", num_classes=10, in_chans=1)
+    with torch.no_grad():  # trained-looking BN statistics, so BN is not the identity
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.weight.uniform_(0.5, 1.5)
+                m.bias.uniform_(-0.2, 0.2)
+                m.running_mean.normal_()
+                m.running_var.uniform_(0.5, 2.0)
+    return model.eval()
+
+
+@pytest.fixture(scope="module")
+def model():
+    return _model()
+
+
+@pytest.fixture(scope="module")
+def supernet(model):
+    return create_supernet(model, input_size=SIZE, model_name="cifar_resnet20")
+
+
+@pytest.fixture
+def no_data(monkeypatch):
+    """Any attempt to read a dataset fails the test."""
+    def refuse(*a, **k):
+        raise AssertionError("a data-free baseline read data")
+    for name in ("create_loaders", "create_dataset"):
+        monkeypatch.setattr(tas.data, name, refuse)
+
+
+def _arch(method, model, ratio, **kw):
+    return create_baseline_arch(method, model, ratio, input_size=SIZE, model_name="cifar_resnet20", **kw)
+
+
+# ---- the budget ------------------------------------------------------------------------------
+@pytest.mark.parametrize("method", ["uniform", "l1", "random", "synflow"])
+def test_every_baseline_meets_its_target_within_rounding(method, model, supernet, no_data):
+    step = max_step_cost(supernet, "flops")
+    for ratio in (0.7, 0.5, 0.3):
+        arch = _arch(method, model, ratio)
+        target = ratio * arch.full_flops
+        assert arch.method == method and arch.meta["target_ratio"] == ratio
+        assert target - step <= arch.flops <= target, (ratio, arch.flops_ratio, step / arch.full_flops)
+        assert arch.depths == {n: s.num_blocks for n, s in supernet.graph.stages.items()}
+        for n, g in supernet.groups().items():
+            assert arch.groups[n]["width"] in g.widths
+            assert len(arch.groups[n]["indices"]) == arch.groups[n]["width"]
+        slim = tas.materialize(model, arch)
+        assert count_flops(slim, SIZE) == arch.flops and count_params(slim) == arch.params
+        Arch.from_json(arch.to_json())  # a valid spec
+
+
+def test_params_budget_and_refusals(model, supernet):
+    step = max_step_cost(supernet, "params")
+    for method in ("uniform", "synflow"):
+        arch = _arch(method, model, 0.5, metric="params")
+        assert 0.5 * arch.full_params - step <= arch.params <= 0.5 * arch.full_params
+    with pytest.raises(TasError, match="unreachable"):
+        _arch("l1", model, 0.01)
+    with pytest.raises(TasError, match="unknown baseline"):
+        _arch("magnitude", model, 0.5)
+    assert list_baselines() == ["l1", "random", "synflow", "uniform"]
+
+
+def test_uniform_is_uniform_and_random_is_seeded(model, supernet):
+    arch = _arch("uniform", model, 0.5)
+    r = arch.meta["uniform_ratio"]
+    for n, g in supernet.groups().items():  # each width is a closest candidate to r*C (ties allowed)
+        best = min(abs(w - r * g.channels) for w in g.widths)
+        assert abs(arch.groups[n]["width"] - r * g.channels) == pytest.approx(best)
+        assert arch.groups[n]["indices"] == list(range(arch.groups[n]["width"]))  # prefix
+    a, b, c = (_arch("random", model, 0.5, seed=s) for s in (0, 0, 1))
+    assert a.widths == arch.widths == c.widths
+    assert a.groups == b.groups and a.groups != c.groups
+
+
+# ---- L1 --------------------------------------------------------------------------------------
+def _set_filter_norms(conv: nn.Conv2d, norms: torch.Tensor) -> None:
+    """Give filter ``o`` of ``conv`` an L1 norm of exactly ``norms[o]`` (random signs)."""
+    with torch.no_grad():
+        w = torch.randn_like(conv.weight).sign()
+        conv.weight.copy_(w * (norms.view(-1, 1, 1, 1) / w[0].numel()))
+
+
+def test_l1_keeps_exactly_the_largest_norm_channels():
+    model = _model(1)
+    gen = torch.Generator().manual_seed(3)
+    # an inner group has one producer; its norms are a known permutation
+    perm = torch.randperm(64, generator=gen).double() + 1
+    _set_filter_norms(model.layer3[1].conv1, perm)
+    # the layer3 stream has four producers: the sum decides, not any single one
+    producers = [model.layer3[0].downsample[0], model.layer3[0].conv2, model.layer3[1].conv2, model.layer3[2].conv2]
+    parts = [torch.rand(64, generator=gen, dtype=torch.float64) for _ in producers]
+    parts[0] = parts[0] + 10 * torch.arange(64, dtype=torch.float64) / 64  # alone it would favour high ids
+    parts[1] = parts[1] + 12 * torch.arange(63, -1, -1, dtype=torch.float64) / 64  # ... and this one low ids
+    for conv, p in zip(producers, parts):
+        _set_filter_norms(conv, p)
+    total = sum(parts)
+    arch = _arch("l1", model, 0.5)
+    w_inner, w_stream = arch.groups["layer3.1.conv1"]["width"], arch.groups["layer3"]["width"]
+    assert w_inner < 64 and w_stream < 64
+    assert arch.groups["layer3.1.conv1"]["indices"] == sorted(perm.argsort(descending=True)[:w_inner].tolist())
+    assert arch.groups["layer3"]["indices"] == sorted(total.argsort(descending=True)[:w_stream].tolist())
+    scores = l1_channel_scores(model, create_supernet(model, input_size=SIZE).graph)
+    assert torch.allclose(scores["layer3"], total, rtol=1e-5)
+
+
+def test_top_channels_grouped_keeps_same_local_positions():
+    # 2 conv groups of 4 channels: local sums [1+3, 5+0, 2+4, 0+1] = [4, 5, 6, 1]
+    scores = torch.tensor([1.0, 5, 2, 0, 3, 0, 4, 1])
+    assert top_channels(scores, 4, conv_groups=2) == [1, 2, 5, 6]
+    assert top_channels(scores, 4) == [1, 2, 4, 6]
+    assert top_channels(torch.zeros(4), 2) == [0, 1]  # ties: lower index first
+
+
+# ---- SynFlow ---------------------------------------------------------------------------------
+def test_synflow_scores_two_linear_layers_by_hand(no_data):
+    net = nn.Sequential(nn.Linear(3, 2, bias=False), nn.ReLU(), nn.Linear(2, 1, bias=False))
+    with torch.no_grad():
+        net[0].weight.copy_(torch.tensor([[1.0, -2.0, 3.0], [-0.5, 0.25, 1.0]]))
+        net[2].weight.copy_(torch.tensor([[-2.0, 3.0]]))
+    s = synflow_scores(net, (3,))
+    # R = Σ_j |v_j| Σ_i |W_ji|;  ∂R/∂|W_ji| = |v_j|;  ∂R/∂|v_j| = Σ_i |W_ji|
+    assert torch.allclose(s["0.weight"], torch.tensor([[2.0, 4.0, 6.0], [1.5, 0.75, 3.0]], dtype=torch.float64))
+    assert torch.allclose(s["2.weight"], torch.tensor([[12.0, 5.25]], dtype=torch.float64))
+    assert net[0].weight[0, 1] == -2.0  # the model is untouched
+
+
+def test_synflow_scores_conv_bn_linear_by_hand():
+    # 1x1 conv (1 -> 2 channels) on a 2x2 all-ones image, BN in eval mode, flatten, linear 8 -> 1
+    net = nn.Sequential(nn.Conv2d(1, 2, 1, bias=False), nn.BatchNorm2d(2), nn.Flatten(), nn.Linear(8, 1, bias=False))
+    a, gamma, beta, var = torch.tensor([-1.5, 2.0]), torch.tensor([0.5, -2.0]), torch.tensor([-0.1, 0.3]), torch.tensor([4.0, 0.25])
+    v = torch.arange(1.0, 9.0) * torch.tensor([1, -1] * 4)
+    with torch.no_grad():
+        net[0].weight.copy_(a.view(2, 1, 1, 1))
+        net[1].weight.copy_(gamma)
+        net[1].bias.copy_(beta)
+        net[1].running_var.copy_(var)
+        net[1].running_mean.copy_(torch.tensor([5.0, -7.0]))  # ignored: the linearised BN has mean 0
+        net[3].weight.copy_(v.view(1, 8))
+    s = synflow_scores(net, (1, 2, 2))
+    scale = gamma.abs().double() / torch.sqrt(var.double() + net[1].eps)
+    vsum = v.abs().double().view(2, 4).sum(1)  # flatten is channel-major: features 0..3 are channel 0
+    assert torch.allclose(s["0.weight"].flatten(), a.abs().double() * scale * vsum)
+    assert torch.allclose(s["1.bias"], beta.abs().double() * vsum)
+    h = a.abs().double() * scale + beta.abs().double()  # each channel's (constant) BN output
+    assert torch.allclose(s["3.weight"].view(2, 4), v.abs().double().view(2, 4) * h.view(2, 1))
+
+
+def test_synflow_single_round_keeps_top_scored_channels(model, supernet, no_data):
+    arch = _arch("synflow", model, 0.5, rounds=1)
+    scores = synflow_channel_scores(synflow_scores(model, SIZE), supernet.graph)
+    for n, g in supernet.groups().items():
+        w = arch.groups[n]["width"]
+        assert arch.groups[n]["indices"] == top_channels(scores[n], w, g.conv_groups), n
+    iterative = _arch("synflow", model, 0.5)
+    assert iterative.meta["rounds"] == 20 and len(iterative.meta["round_ratios"]) == 20
+    assert iterative.meta["round_ratios"] == sorted(iterative.meta["round_ratios"], reverse=True)
+
+
+# ---- search.py --method ----------------------------------------------------------------------
+def test_search_py_method_uniform_end_to_end(tmp_path, teacher_run, capsys):
+    out = tmp_path / "uniform"
+    cmd = [sys.executable, "search.py", "--method", "uniform", "--teacher", str(teacher_run), "--dataset", "digits",
+           "--limit", "64", "--flops-ratio", "0.5", "--device", "cpu", "--no-progress", "--output", str(out)]
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert "test top-1, pruned" in proc.stdout
+    arch = Arch.from_json(out / "arch.json")
+    assert arch.method == "uniform" and arch.flops_ratio <= 0.5
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["method"] == "uniform" and metrics["flops"] == arch.flops
+    assert metrics["flops_ratio"] == pytest.approx(arch.flops_ratio) and "params_ratio" in metrics
+    config = json.loads((out / "config.json").read_text())
+    assert config["stage"] == "search" and config["search"]["method"] == "uniform"
+    slim = tas.load_slim(out)
+    assert count_flops(slim, arch.input_size) == arch.flops
+    assert slim(torch.randn(2, *arch.input_size)).shape == (2, 10)
+    # in process (faster): an existing run is not overwritten; an infeasible target names the minimum
+    spec = importlib.util.spec_from_file_location("search_script_baselines", REPO / "search.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    assert run_main(script.main, cmd[2:]) == 2
+    assert "already holds" in capsys.readouterr().err
+    assert run_main(script.main, [*cmd[2:-1], str(tmp_path / "low"), "--flops-ratio", "0.01"]) == 2
+    assert "unreachable" in capsys.readouterr().err
+
+
+def test_run_baseline_synflow_in_process(tmp_path, teacher_run):
+    from tas.baselines import run_baseline
+
+    out = tmp_path / "synflow"
+    result = run_baseline({"method": "synflow", "teacher": str(teacher_run), "dataset": "digits", "limit": 64,
+                           "flops_ratio": 0.6, "device": "cpu", "output": str(out), "synflow_rounds": 5})
+    assert result["method"] == "synflow" and result["flops_ratio"] <= 0.6
+    assert Arch.from_json(out / "arch.json").meta["rounds"] == 5
+    assert tas.load_slim(out) is not None
