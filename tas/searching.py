@@ -137,8 +137,8 @@ class ArchStepper:
         self.supernet, self.metric, self.tolerance, self.cost_weight = supernet, metric, tolerance, cost_weight
         self.full = supernet.full[metric]
         self.target = ratio * self.full
-        self.optimizer = torch.optim.Adam(list(supernet.arch_parameters()), lr=lr, betas=(0.5, 0.999),
-                                          weight_decay=weight_decay)
+        self.params = list(supernet.arch_parameters())
+        self.optimizer = torch.optim.Adam(self.params, lr=lr, betas=(0.5, 0.999), weight_decay=weight_decay)
 
     def current_cost(self) -> int:
         """Exact cost of the current argmax architecture (cheap: no Arch object is built)."""
@@ -158,7 +158,8 @@ class ArchStepper:
             bad = [n for n, v in (("arch CE", ce), ("cost loss", lc)) if not math.isfinite(v.item())]
             raise DivergedError(f"architecture loss is {loss.item()} (non-finite: {', '.join(bad) or 'sum'})")
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        # Only α and β: the weight gradients of this val batch would be discarded anyway.
+        loss.backward(inputs=self.params)
         self.optimizer.step()
         return {"arch_loss": loss.item(), "arch_ce": ce.item(), "cost_loss": lc.item(),
                 "expected_ratio": expected.item() / self.full, "derived_ratio": current / self.full}
