@@ -7,15 +7,16 @@ stderr and exit code 2.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import yaml
 
 from .errors import EXIT_DIVERGED, EXIT_USAGE, DivergedError, TasError
 
-__all__ = ["parse_args", "run_main", "format_table"]
+__all__ = ["parse_args", "run_main", "format_table", "config_from_args"]
 
 
 def _load_config(path: str) -> dict:
@@ -48,6 +49,24 @@ def parse_args(parser: argparse.ArgumentParser, argv: Sequence[str] | None = Non
             raise TasError(f"--config {pre.config}: unknown keys {unknown}")
         parser.set_defaults(**{k.replace("-", "_"): v for k, v in cfg.items()})
     return parser.parse_args(argv)
+
+
+def config_from_args(cls, args: Any):
+    """An instance of the settings dataclass ``cls`` from an argparse ``Namespace`` or a mapping.
+
+    Unknown keys are ignored (a namespace carries every script flag), missing ones take the
+    defaults, ``no_progress`` maps to ``progress``; the result is validated.
+    """
+    if isinstance(args, cls):
+        cfg = dataclasses.replace(args)
+    else:
+        values = dict(args) if isinstance(args, Mapping) else dict(vars(args))
+        if "no_progress" in values and "progress" not in values:
+            values["progress"] = not values["no_progress"]
+        names = {f.name for f in dataclasses.fields(cls)}
+        cfg = cls(**{k: v for k, v in values.items() if k in names})
+    cfg.validate()
+    return cfg
 
 
 def run_main(main: Callable[[Sequence[str] | None], int | None], argv: Sequence[str] | None = None) -> int:

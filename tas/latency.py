@@ -15,12 +15,16 @@ Everything else the network does (residual adds, pooling, activations between la
 start) is one fixed **overhead**, measured once: the whole original model's latency minus the sum
 of its layers' full-width entries (clamped at 0 when the layers sum to more; the table says so).
 
-Measurement (:func:`measure`): every timed call is preceded by one untimed call of the same model
-(so its thread pool and caches are warm, as they are inside a whole network: measured here, one
-cold call among hundreds of other sessions costs ORT ~20 µs more on a 10-40 µs conv), and every
-repeat visits *all* micro-models round-robin, starting one further along each time, so whatever
-else the machine does slows every grid point alike; the entry is the median over repeats, minus the
-median of an empty model's call (the per-call cost a layer inside a network does not pay).
+Measurement (:func:`measure`): every repeat visits *all* micro-models round-robin, starting one
+further along each time, so whatever else the machine does slows every grid point alike; an entry
+is the median over repeats minus the median of an empty model's call (the per-call cost a layer
+inside a network does not pay). Each timed call comes straight after other models' calls
+(``warm_calls=0``): its weights are not in cache, as inside a network bigger than the cache.
+Measured here (ORT, 2 cores shared with other jobs): warm calls (``warm_calls=1``) make resnet18's
+layers at 64 px sum to 2.2 ms against 7.3 ms for the whole network, leaving a 5 ms "fixed" overhead
+that then dominates every small architecture's prediction (the smallest predicted at 0.71 of the
+full latency, measured at 0.02-0.1); cold calls give 3.1 vs 3.7 ms and the smallest at 0.21. For
+cifar_resnet20 (1 MB of weights) both work (rank correlation with measured latency 0.98-1.0).
 
 Runtimes: ``ort-cpu`` (ONNX Runtime with the session settings of :func:`tas.export.ort_latency`;
 each micro-model is written as the ONNX nodes the TorchScript exporter produces for it in eval mode,
@@ -289,7 +293,7 @@ class _Runtime:
 
 
 def measure(runnables: Sequence[Runnable], inputs: Sequence[Any], repeats: int, warmup: int,
-            timer: Timer | None = None, pre: int = 1, progress: Any = None) -> list[float]:
+            timer: Timer | None = None, pre: int = 0, progress: Any = None) -> list[float]:
     """Median seconds of each runnable, measured interleaved.
 
     Every repeat visits all runnables once, round-robin, starting one further along each time;
@@ -371,7 +375,7 @@ with open(job["result"], "w") as f:
 
 
 def _measure_ort_subprocess(paths: list[list[Path]], shapes: list[list[tuple[int, ...]]], threads: int,
-                            repeats: int, warmup: int, workdir: Path, bar: Any, pre: int = 1) -> tuple[list[list[float]], bool]:
+                            repeats: int, warmup: int, workdir: Path, bar: Any, pre: int = 0) -> tuple[list[list[float]], bool]:
     """Median seconds per ONNX file, chunk by chunk, measured by :data:`_ORT_WORKER` in a fresh process."""
     import subprocess
 
@@ -382,23 +386,24 @@ def _measure_ort_subprocess(paths: list[list[Path]], shapes: list[list[tuple[int
            "chunks": [[{"path": str(p), "shape": list(sh)} for p, sh in zip(pc, sc)] for pc, sc in zip(paths, shapes)]}
     (workdir / "job.json").write_text(json.dumps(job))
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen([sys.executable, "-c", _ORT_WORKER, str(workdir / "job.json")], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=env)
     notes = []
-    try:
-        for line in proc.stdout:
-            if line.startswith("repeat") and bar is not None:
-                bar.update(1)
-            elif line.startswith("note"):
-                notes.append(line[5:].strip())
-        err = proc.stderr.read()
-        rc = proc.wait()
-    except BaseException:
-        proc.kill()
-        proc.wait()
-        raise
+    with open(workdir / "worker.err", "w+") as err:
+        proc = subprocess.Popen([sys.executable, "-c", _ORT_WORKER, str(workdir / "job.json")],
+                                stdout=subprocess.PIPE, stderr=err, text=True, env=env)
+        try:
+            for line in proc.stdout:
+                if line.startswith("repeat") and bar is not None:
+                    bar.update(1)
+                elif line.startswith("note"):
+                    notes.append(line[5:].strip())
+            rc = proc.wait()
+        except BaseException:
+            proc.kill()
+            proc.wait()
+            raise
+        err.seek(0)
+        last = [l for l in err.read().strip().splitlines() if l.strip()]
     if rc != 0:
-        last = [l for l in err.strip().splitlines() if l.strip()]
         raise TasError(f"the ONNX Runtime latency worker failed (exit {rc}): {last[-1] if last else 'no message'}")
     result = json.loads((workdir / "result.json").read_text())
     for n in notes:
@@ -407,17 +412,17 @@ def _measure_ort_subprocess(paths: list[list[Path]], shapes: list[list[tuple[int
 
 
 def measure_onnx(paths: Sequence[str | os.PathLike], input_size: Sequence[int], batch: int = 1, threads: int = 2,
-                 repeats: int = 30, warmup: int = 5) -> list[float]:
+                 repeats: int = 30, warmup: int = 5, warm_calls: int = 0) -> list[float]:
     """Median latency (ms) of whole ONNX models measured the way the tables are (fresh process, one
-    global thread pool, a warm-up call before each timed one, interleaved), so a prediction and a
-    measurement can be compared like for like. (:func:`tas.export.ort_latency` gives every model its
-    own, cold, thread pool: on a 2-core machine its numbers for cifar_resnet20 at 32 px come out
-    1.25-2x these, a per-run constant of ~0.1 ms.)"""
+    global thread pool, interleaved, ``warm_calls`` untimed calls before each timed one), so a
+    prediction and a measurement can be compared like for like. (:func:`tas.export.ort_latency`
+    gives every model its own thread pool; with ``warm_calls=0`` its numbers for cifar_resnet20 at
+    32 px came out within 15% of these here, with ``warm_calls=1`` these were 1.25-2x lower.)"""
     _check_args("ort-cpu", batch, threads, repeats, warmup)
     shape = (int(batch), *[int(s) for s in input_size])
     with tempfile.TemporaryDirectory(prefix="tas-latency-") as tmp:
         med, _ = _measure_ort_subprocess([[Path(p) for p in paths]], [[shape] * len(paths)], threads, repeats, warmup,
-                                         Path(tmp), None)
+                                         Path(tmp), None, pre=warm_calls)
     return [m * 1e3 for m in med[0]]
 
 
@@ -773,14 +778,14 @@ def _graph_fingerprint(graph: Any) -> str:
 
 
 def cache_key(supernet: Any, runtime: str = "ort-cpu", batch: int = 1, threads: int = 2,
-              hardware: str | None = None) -> dict[str, Any]:
+              hardware: str | None = None, warm_calls: int = 0) -> dict[str, Any]:
     """What a cached table must match: model (name, kwargs, graph fingerprint), input size, runtime,
-    batch, threads and the hardware string."""
+    batch, threads, the hardware string (and the measurement's ``warm_calls``)."""
     return {"format": FORMAT_VERSION, "model": supernet.model_name,
             "model_kwargs": json.loads(json.dumps(dict(supernet.model_kwargs), default=str)),
             "graph": _graph_fingerprint(supernet.graph), "input_size": [int(s) for s in supernet.input_size],
             "runtime": runtime, "batch": int(batch), "threads": int(threads),
-            "hardware": hardware if hardware is not None else hardware_string(runtime)}
+            "hardware": hardware if hardware is not None else hardware_string(runtime), "warm_calls": int(warm_calls)}
 
 
 def cache_path(key: Mapping[str, Any], cache_dir: str | os.PathLike | None = None) -> Path:
@@ -874,7 +879,7 @@ def build_latency_table(supernet: Any, runtime: str = "ort-cpu", batch: int = 1,
                         repeats: int = 30, warmup: int = 5, timer: Timer | None = None,
                         cache_dir: str | os.PathLike | None = None, progress: bool = True,
                         hardware: str | None = None, save: bool = True, exporter: str = "auto",
-                        extra_widths: Mapping[str, Iterable[int]] | None = None, pre: int = 1) -> LatencyTable:
+                        extra_widths: Mapping[str, Iterable[int]] | None = None, warm_calls: int = 0) -> LatencyTable:
     """Measure a :class:`LatencyTable` for ``supernet``'s model and search space (see the module doc).
 
     Args:
@@ -889,10 +894,15 @@ def build_latency_table(supernet: Any, runtime: str = "ort-cpu", batch: int = 1,
         hardware: the hardware string in the key (default :func:`hardware_string`).
         exporter: ONNX exporter for the whole model (``auto`` = dynamo like :func:`tas.export.export_onnx`).
         extra_widths: more grid widths per group beyond the supernet's candidates.
+        warm_calls: untimed calls of the same model before each timed one. 0 (default): every
+            timed call finds caches holding other models, as a layer's weights are inside a network
+            bigger than the cache; 1 measures each layer with its weights hot (see the module doc).
     """
     _check_args(runtime, batch, threads, repeats, warmup)
+    if not isinstance(warm_calls, int) or warm_calls < 0:
+        raise TasError(f"warm_calls must be an integer >= 0, got {warm_calls!r}")
     t_start = time.perf_counter()
-    key = cache_key(supernet, runtime, batch, threads, hardware)
+    key = cache_key(supernet, runtime, batch, threads, hardware, warm_calls)
     grid = {}
     for n, g in supernet.groups().items():
         ws = set(int(w) for w in g.widths) | set(int(w) for w in (extra_widths or {}).get(n, ())) | {g.channels}
@@ -933,7 +943,7 @@ def build_latency_table(supernet: Any, runtime: str = "ort-cpu", batch: int = 1,
             with _progress(len(chunks) * (warmup + repeats), f"latency: timing {total} models", progress) as bar:
                 medians, shared_pool = _measure_ort_subprocess(
                     paths, [[spec.input_shape for _, _, spec in c] for c in chunks], threads, repeats, warmup,
-                    Path(rt._tmp.name), bar, pre=pre)
+                    Path(rt._tmp.name), bar, pre=warm_calls)
         else:
             medians, t_measure = [], time.perf_counter()
             for ci, chunk in enumerate(chunks):
@@ -946,7 +956,7 @@ def build_latency_table(supernet: Any, runtime: str = "ort-cpu", batch: int = 1,
                         bar.update(1)
                 with _progress(warmup + repeats, f"latency: timing {len(chunk)} models{tag}", progress) as bar:
                     with torch.inference_mode():
-                        medians.append(measure(runnables, inputs, repeats, warmup, timer, pre=pre, progress=bar))
+                        medians.append(measure(runnables, inputs, repeats, warmup, timer, pre=warm_calls, progress=bar))
                 del runnables, inputs
         measure_s = time.perf_counter() - t_measure
     finally:
@@ -966,7 +976,7 @@ def build_latency_table(supernet: Any, runtime: str = "ort-cpu", batch: int = 1,
     groups = {n: {"channels": g.channels, "widths": grid[n]} for n, g in supernet.graph.groups.items()}
     stages = {n: {"num_blocks": s.num_blocks, "depths": list(supernet.stage_depths[n])}
               for n, s in supernet.graph.stages.items()}
-    meta = {"repeats": repeats, "warmup": warmup, "micro_models": len(items), "chunks": len(chunks),
+    meta = {"repeats": repeats, "warmup": warmup, "warm_calls": warm_calls, "micro_models": len(items), "chunks": len(chunks),
             "build_s": round(build_s, 3),
             "measure_s": round(measure_s, 3), "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
             "timer": "perf_counter" if timer is None else getattr(timer, "__name__", type(timer).__name__),
@@ -987,7 +997,7 @@ def build_latency_table(supernet: Any, runtime: str = "ort-cpu", batch: int = 1,
 def load_or_build(supernet: Any, runtime: str = "ort-cpu", batch: int = 1, threads: int = 2, repeats: int = 30,
                   warmup: int = 5, timer: Timer | None = None, cache_dir: str | os.PathLike | None = None,
                   progress: bool = True, hardware: str | None = None, rebuild: bool = False,
-                  exporter: str = "auto") -> LatencyTable:
+                  exporter: str = "auto", warm_calls: int = 0) -> LatencyTable:
     """The cached table for this supernet and setting, else a new one (measured and cached).
 
     A cached table whose grid misses some of the supernet's candidate widths is rebuilt over the
@@ -995,7 +1005,7 @@ def load_or_build(supernet: Any, runtime: str = "ort-cpu", batch: int = 1, threa
     says ``cache`` or ``built``; ``table.path`` where it lives.
     """
     _check_args(runtime, batch, threads, repeats, warmup)
-    key = cache_key(supernet, runtime, batch, threads, hardware)
+    key = cache_key(supernet, runtime, batch, threads, hardware, warm_calls)
     path = cache_path(key, cache_dir)
     extra: dict[str, list[int]] = {}
     if path.is_file() and not rebuild:
@@ -1011,7 +1021,7 @@ def load_or_build(supernet: Any, runtime: str = "ort-cpu", batch: int = 1, threa
                     return table
                 extra = {n: table.groups[n]["widths"] for n in table.groups}
     return build_latency_table(supernet, runtime, batch, threads, repeats, warmup, timer, cache_dir, progress,
-                               hardware, save=True, exporter=exporter, extra_widths=extra)
+                               hardware, save=True, exporter=exporter, extra_widths=extra, warm_calls=warm_calls)
 
 
 def aligned_candidates(table: LatencyTable, candidates: Mapping[str, Sequence[int]] | None = None,
@@ -1056,6 +1066,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--threads", type=int, default=2, help="ORT intra-op / torch CPU threads (default 2)")
     b.add_argument("--repeats", type=int, default=30)
     b.add_argument("--warmup", type=int, default=5)
+    b.add_argument("--warm-calls", type=int, default=0,
+                   help="untimed calls before each timed one (0: cold caches, as in a network bigger than them)")
     b.add_argument("--cache-dir", default=None, help=f"default {DEFAULT_CACHE_DIR}")
     b.add_argument("--rebuild", action="store_true", help="measure again even when a cached table exists")
     b.add_argument("--json", default=None, help="also write the table to this JSON file")
@@ -1078,7 +1090,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                                model_kwargs={"num_classes": args.num_classes, "in_chans": size[0]})
     t0 = time.perf_counter()
     table = load_or_build(supernet, args.runtime, args.batch, args.threads, args.repeats, args.warmup,
-                          cache_dir=args.cache_dir, progress=not args.no_progress, rebuild=args.rebuild)
+                          cache_dir=args.cache_dir, progress=not args.no_progress, rebuild=args.rebuild,
+                          warm_calls=args.warm_calls)
     took = time.perf_counter() - t0
     print(table.summary())
     for note in table.meta.get("notes", []):

@@ -22,14 +22,14 @@ import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 
 from . import engine
 from .checkpoint import atomic_write_json, has_state, load_state, rng_state, save_state, save_weights, set_rng_state
-from .cli import format_table
+from .cli import config_from_args, format_table
 from .cost import cost_loss
 from .errors import CheckpointError, DivergedError, TasError
 from .rundir import is_finished_run, load_run, save_run
@@ -90,13 +90,7 @@ class SearchConfig:
 
     @classmethod
     def from_args(cls, args: Any) -> "SearchConfig":
-        values = dict(args) if isinstance(args, Mapping) else dict(vars(args))
-        if "no_progress" in values and "progress" not in values:
-            values["progress"] = not values["no_progress"]
-        names = {f.name for f in dataclasses.fields(cls)}
-        cfg = cls(**{k: v for k, v in values.items() if k in names})
-        cfg.validate()
-        return cfg
+        return config_from_args(cls, args)
 
     def validate(self) -> None:
         if self.flops_ratio is None and self.params_ratio is None:
@@ -252,7 +246,8 @@ class SappController:
         return name, (sum(sparsities) / len(sparsities) if sparsities else 0.0)
 
 
-def _load_teacher(cfg: SearchConfig):
+def load_teacher(cfg: Any) -> tuple[torch.nn.Module, dict]:
+    """The trained network of ``cfg.teacher`` and its config; refuses pruned or mismatching runs."""
     if not cfg.teacher:
         raise TasError("--teacher: give the run directory of the trained network to prune (train.py --output)")
     model, config = load_run(cfg.teacher)
@@ -277,7 +272,7 @@ def search(args: Any) -> dict[str, Any]:
         raise CheckpointError(f"--resume: no resumable state in {out}")
     if not cfg.resume and not cfg.overwrite and (is_finished_run(out) or has_state(out)):
         raise TasError(f"{out} already holds a search; pass --resume, --overwrite or another --output")
-    teacher, tconfig = _load_teacher(cfg)
+    teacher, tconfig = load_teacher(cfg)
     device = resolve_device(cfg.device)
     seed_everything(cfg.seed)
     img_size = cfg.img_size or tconfig["input_size"][1]

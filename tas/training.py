@@ -18,7 +18,6 @@ augmentation) is saved with the weights and optimizer after every epoch.
 """
 from __future__ import annotations
 
-import dataclasses
 import random
 import time
 from dataclasses import dataclass, field
@@ -31,7 +30,7 @@ import torch.nn as nn
 
 from . import engine
 from .checkpoint import has_state, load_state, rng_state, save_state, set_rng_state
-from .cli import format_table
+from .cli import config_from_args, format_table
 from .errors import CheckpointError, TasError
 from .flops import count_flops, count_params
 from .rundir import WEIGHTS_NAME, is_finished_run, save_run
@@ -95,15 +94,7 @@ class TrainConfig:
     def from_args(cls, args: Any) -> "TrainConfig":
         """From an argparse ``Namespace``, a mapping or a ``TrainConfig``; unknown keys are ignored,
         missing ones take the defaults, and ``no_progress`` maps to ``progress``."""
-        if isinstance(args, cls):
-            return dataclasses.replace(args)
-        values = dict(args) if isinstance(args, Mapping) else dict(vars(args))
-        if "no_progress" in values and "progress" not in values:
-            values["progress"] = not values["no_progress"]
-        names = {f.name for f in dataclasses.fields(cls)}
-        cfg = cls(**{k: v for k, v in values.items() if k in names})
-        cfg.validate()
-        return cfg
+        return config_from_args(cls, args)
 
     def validate(self) -> None:
         """Raise :class:`TasError` naming the first flag with an impossible value."""

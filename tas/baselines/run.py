@@ -20,7 +20,7 @@ from typing import Any, Mapping
 from ..checkpoint import has_state
 from ..cli import format_table
 from ..errors import TasError
-from ..rundir import is_finished_run, load_run, save_run
+from ..rundir import is_finished_run, save_run
 from . import BASELINES, create_baseline_arch, list_baselines
 
 __all__ = ["run_baseline"]
@@ -38,7 +38,7 @@ def run_baseline(args: Any) -> dict[str, Any]:
     from .. import engine
     from ..data import create_loaders, dataset_info
     from ..materialize import materialize
-    from ..searching import SearchConfig
+    from ..searching import SearchConfig, load_teacher
     from ..training import resolve_device, seed_everything
 
     values = dict(args) if isinstance(args, Mapping) else dict(vars(args))
@@ -52,13 +52,7 @@ def run_baseline(args: Any) -> dict[str, Any]:
                        "pass --overwrite to run it again")
     if not cfg.overwrite and (is_finished_run(out) or has_state(out)):
         raise TasError(f"{out} already holds a search; pass --overwrite or another --output")
-    if not cfg.teacher:
-        raise TasError("--teacher: give the run directory of the trained network to prune (train.py --output)")
-    teacher, tconfig = load_run(cfg.teacher)
-    if "arch" in tconfig:
-        raise TasError(f"--teacher {cfg.teacher} is already a pruned network; give the original's run")
-    if cfg.model and cfg.model != tconfig["model"]:
-        raise TasError(f"--model {cfg.model} does not match the teacher in {cfg.teacher} ({tconfig['model']})")
+    teacher, tconfig = load_teacher(cfg)
     device = resolve_device(cfg.device)
     seed_everything(cfg.seed)
     img_size = cfg.img_size or tconfig["input_size"][1]
