@@ -26,10 +26,10 @@ def _args(train_script, argv):
     return parse_args(train_script.build_parser(), argv)
 
 
-def _one_line_error(capsys, train_script, argv, *needles):
+def _one_line_error(capsys, train_script, argv, *needles, code=2):
     rc = run_main(train_script.main, argv)
     err = capsys.readouterr().err
-    assert rc == 2, err
+    assert rc == code, err
     assert err.startswith("error: ") and err.count("\n") == 1 and "Traceback" not in err, err
     for needle in needles:
         assert needle in err, err
@@ -165,7 +165,7 @@ def test_good_run_is_not_overwritten(tmp_path, capsys, train_script, tiny_flags,
     # failing runs asked to overwrite: before training starts, and mid-training (diverging)
     _one_line_error(capsys, train_script, base + ["--overwrite", "--model", "nope_net"], "unknown model")
     _one_line_error(capsys, train_script, base + ["--overwrite", "--lr", "1e30", "--warmup-epochs", "0"],
-                    "diverged", "epoch 1")
+                    "diverged", "epoch 1", code=3)  # exit code 3: a diverged run
     after = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()}
     assert {k: after[k] for k in before} == before
     load_run(run)
