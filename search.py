@@ -48,6 +48,12 @@ def build_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("budget")
     g.add_argument("--flops-ratio", type=float, default=d.flops_ratio, help="fraction of FLOPs to keep (default 0.5)")
     g.add_argument("--params-ratio", type=float, default=d.params_ratio, help="fraction of params to keep")
+    g.add_argument("--latency-ratio", type=float, default=d.latency_ratio,
+                   help="fraction of the original's measured latency to keep (a FLOPs/params ratio given "
+                        "beside it becomes a ceiling)")
+    g.add_argument("--runtime", default=d.runtime, choices=("ort-cpu", "torch-cpu", "torch-cuda"),
+                   help="where latency is measured (tables cached under ~/.cache/tas/latency)")
+    g.add_argument("--latency-batch", type=int, default=d.latency_batch, help="batch size latency is measured at")
     g.add_argument("--tolerance", type=float, default=d.tolerance, help="accepted shortfall below the target, as a fraction of the full cost")
     g.add_argument("--cost-weight", type=float, default=d.cost_weight, help="weight of the cost loss in the architecture step")
     g = p.add_argument_group("data")

@@ -54,6 +54,9 @@ class SearchConfig:
     space: str | None = None
     flops_ratio: float | None = None
     params_ratio: float | None = None
+    latency_ratio: float | None = None
+    runtime: str = "ort-cpu"
+    latency_batch: int = 1
     tolerance: float = 0.05
     cost_weight: float = 2.0
     epochs: int = 2
@@ -93,10 +96,10 @@ class SearchConfig:
         return config_from_args(cls, args)
 
     def validate(self) -> None:
-        if self.flops_ratio is None and self.params_ratio is None:
+        if self.flops_ratio is None and self.params_ratio is None and self.latency_ratio is None:
             self.flops_ratio = 0.5
         if self.flops_ratio is not None and self.params_ratio is not None:
-            raise TasError("give one budget: --flops-ratio or --params-ratio")
+            raise TasError("give one of --flops-ratio and --params-ratio (a latency target may add one as a ceiling)")
         for flag in ("epochs", "batch_size"):
             v = getattr(self, flag)
             if not isinstance(v, int) or v < 1:
@@ -116,37 +119,78 @@ class SearchConfig:
 
     @property
     def metric(self) -> str:
+        if self.latency_ratio is not None:
+            return "latency"
         return "flops" if self.flops_ratio is not None else "params"
 
     @property
     def ratio(self) -> float:
+        if self.latency_ratio is not None:
+            return float(self.latency_ratio)
         return float(self.flops_ratio if self.flops_ratio is not None else self.params_ratio)
+
+    @property
+    def ceiling(self) -> tuple[str, float] | None:
+        """A FLOPs or params ceiling given beside a latency target."""
+        if self.latency_ratio is None:
+            return None
+        if self.flops_ratio is not None:
+            return ("flops", float(self.flops_ratio))
+        return ("params", float(self.params_ratio)) if self.params_ratio is not None else None
 
 
 class ArchStepper:
-    """The architecture step: CE on a val batch + ``cost_weight`` × TAS cost loss, Adam on α and β."""
+    """The architecture step: CE on a val batch + ``cost_weight`` × TAS cost loss, Adam on α and β.
+
+    The budget is FLOPs or params (exact, from the cost model) or latency (predicted from a
+    :class:`~tas.latency.LatencyTable` passed as ``latency``). ``ceiling=(metric, ratio)`` adds an
+    upper bound on FLOPs or params next to a latency target: ``+log E[metric]`` while the argmax
+    architecture exceeds it.
+    """
 
     def __init__(self, supernet: Supernet, metric: str, ratio: float, tolerance: float, cost_weight: float,
-                 lr: float, weight_decay: float) -> None:
+                 lr: float, weight_decay: float, latency: Any = None,
+                 ceiling: tuple[str, float] | None = None) -> None:
         self.supernet, self.metric, self.tolerance, self.cost_weight = supernet, metric, tolerance, cost_weight
-        self.full = supernet.full[metric]
+        self.latency, self.ceiling = latency, ceiling
+        self.full = latency.full() if metric == "latency" else supernet.full[metric]
         self.target = ratio * self.full
         self.params = list(supernet.arch_parameters())
         self.optimizer = torch.optim.Adam(self.params, lr=lr, betas=(0.5, 0.999), weight_decay=weight_decay)
 
-    def current_cost(self) -> int:
-        """Exact cost of the current argmax architecture (cheap: no Arch object is built)."""
+    def _argmax(self) -> tuple[dict[str, int], dict[str, int]]:
         s = self.supernet
         widths = {n: g.widths[int(g.probs().argmax())] for n, g in s.groups().items()}
         depths = {n: s.stage_depths[n][int(s.depth_probs(n).argmax())] for n in s.graph.stages}
-        return s.cost.exact(self.metric, widths, depths)
+        return widths, depths
+
+    def current_cost(self) -> float:
+        """Cost of the current argmax architecture (cheap: no Arch object is built)."""
+        if self.metric == "latency":
+            return self.latency.current(self.supernet)
+        return self.supernet.cost.exact(self.metric, *self._argmax())
+
+    def expected_cost(self) -> torch.Tensor:
+        if self.metric == "latency":
+            return self.latency.expected(self.supernet)
+        return self.supernet.expected_cost(self.metric)
+
+    def _ceiling_loss(self) -> torch.Tensor | None:
+        if self.ceiling is None:
+            return None
+        metric, ratio = self.ceiling
+        over = self.supernet.cost.exact(metric, *self._argmax()) > ratio * self.supernet.full[metric]
+        return torch.log(self.supernet.expected_cost(metric)) if over else None
+
+    def _cost_loss(self) -> tuple[torch.Tensor, torch.Tensor, float]:
+        expected, current = self.expected_cost(), self.current_cost()
+        lc = cost_loss(expected, current, self.target, self.tolerance, self.full)
+        extra = self._ceiling_loss()
+        return (lc if extra is None else lc + extra), expected, current
 
     def step(self, images: torch.Tensor, targets: torch.Tensor) -> dict[str, float]:
-        s = self.supernet
-        ce = F.cross_entropy(s(images), targets)
-        expected = s.expected_cost(self.metric)
-        current = self.current_cost()
-        lc = cost_loss(expected, current, self.target, self.tolerance, self.full)
+        ce = F.cross_entropy(self.supernet(images), targets)
+        lc, expected, current = self._cost_loss()
         loss = ce + self.cost_weight * lc.to(ce.device)
         if not math.isfinite(loss.item()):
             bad = [n for n, v in (("arch CE", ce), ("cost loss", lc)) if not math.isfinite(v.item())]
@@ -160,7 +204,8 @@ class ArchStepper:
 
     def within(self) -> bool:
         current = self.current_cost()
-        return self.target - self.tolerance * self.full <= current <= self.target
+        return (self.target - self.tolerance * self.full <= current <= self.target
+                and self._ceiling_loss() is None)
 
     def project(self, max_steps: int = 2000) -> int:
         """Cost-loss-only steps on α and β until the argmax architecture meets the budget.
@@ -173,10 +218,11 @@ class ArchStepper:
         for n in range(max_steps):
             if self.within():
                 return n
-            lc = cost_loss(self.supernet.expected_cost(self.metric), self.current_cost(), self.target,
-                           self.tolerance, self.full)
+            lc = self._cost_loss()[0]
+            if not lc.requires_grad:  # inside the band but over a ceiling that has no gradient: stop
+                return n
             self.optimizer.zero_grad(set_to_none=True)
-            lc.backward()
+            lc.backward(inputs=self.params)
             self.optimizer.step()
         return max_steps
 
@@ -246,6 +292,33 @@ class SappController:
         return name, (sum(sparsities) / len(sparsities) if sparsities else 0.0)
 
 
+def _ratio(arch: Any, metric: str, latency: Any) -> float:
+    """The architecture's cost as a fraction of the original, in the search's budget metric."""
+    if metric == "latency":
+        return latency.exact_arch(arch) / latency.full()
+    return getattr(arch, f"{metric}_ratio")
+
+
+def _latency_check(latency: Any, slim: torch.nn.Module, teacher: torch.nn.Module, arch: Any,
+                   cfg: SearchConfig) -> dict[str, float]:
+    """Export the slim and original networks and measure them the way the table was measured."""
+    import tempfile
+
+    from .export import export_onnx
+    from .latency import measure_onnx
+
+    with tempfile.TemporaryDirectory(prefix="tas-latency-check-") as tmp:
+        paths = [Path(tmp) / "original.onnx", Path(tmp) / "slim.onnx"]
+        export_onnx(teacher.cpu().eval(), paths[0], arch.input_size)
+        export_onnx(slim.cpu().eval(), paths[1], arch.input_size)
+        full_ms, slim_ms = measure_onnx(paths, arch.input_size, batch=cfg.latency_batch,
+                                        threads=torch.get_num_threads())
+    predicted = latency.exact_arch(arch)
+    return {"predicted_latency_ms": predicted, "measured_latency_ms": slim_ms, "full_latency_ms": full_ms,
+            "predicted_latency_ratio": predicted / latency.full(), "measured_latency_ratio": slim_ms / full_ms,
+            "prediction_error": predicted / slim_ms - 1, "latency_runtime": cfg.runtime}
+
+
 def load_teacher(cfg: Any) -> tuple[torch.nn.Module, dict]:
     """The trained network of ``cfg.teacher`` and its config; refuses pruned or mismatching runs."""
     if not cfg.teacher:
@@ -286,7 +359,17 @@ def search(args: Any) -> dict[str, Any]:
                                block_size=cfg.block_size)
     if cfg.k is not None:
         supernet.k = cfg.k
-    supernet.check_target(cfg.metric, cfg.ratio)
+    latency = None
+    if cfg.metric == "latency":
+        from .latency import load_or_build
+
+        latency = load_or_build(supernet, runtime=cfg.runtime, batch=cfg.latency_batch,
+                                threads=torch.get_num_threads(), progress=cfg.progress)
+        latency.check_target(supernet, cfg.ratio)
+        if cfg.ceiling:
+            supernet.check_target(*cfg.ceiling)
+    else:
+        supernet.check_target(cfg.metric, cfg.ratio)
     supernet.to(device)
     loaders = create_loaders(cfg.dataset, data_dir=cfg.data_dir, batch_size=cfg.batch_size, workers=cfg.workers,
                              seed=cfg.seed, download=cfg.download, img_size=info.img_size, search_split=True,
@@ -297,7 +380,7 @@ def search(args: Any) -> dict[str, Any]:
     total_steps = cfg.epochs * steps_per_epoch
     w_sched = torch.optim.lr_scheduler.LambdaLR(w_opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, total_steps) / total_steps)))
     stepper = ArchStepper(supernet, cfg.metric, cfg.ratio, cfg.tolerance, cfg.cost_weight, cfg.arch_lr,
-                          cfg.arch_weight_decay)
+                          cfg.arch_weight_decay, latency=latency, ceiling=cfg.ceiling)
     sapp = None
     attn_params = list(supernet.attention_parameters())
     attn_opt = torch.optim.Adam(attn_params, lr=cfg.attn_lr, weight_decay=cfg.attn_weight_decay) if attn_params else None
@@ -421,7 +504,7 @@ def search(args: Any) -> dict[str, Any]:
             wall += time.perf_counter() - t0
             history.append({"epoch": epoch + 1, "flops_ratio": arch.flops_ratio, "params_ratio": arch.params_ratio,
                             "top1": val["top1"], "tau": supernet.tau, "widths": arch.widths, "depths": arch.depths})
-            print(f"epoch {epoch + 1}/{cfg.epochs}  derived {cfg.metric} ratio {getattr(arch, cfg.metric + '_ratio'):.3f}"
+            print(f"epoch {epoch + 1}/{cfg.epochs}  derived {cfg.metric} ratio {_ratio(arch, cfg.metric, latency):.3f}"
                   f"  hard-mode test top-1 {val['top1']:.2f}%  tau {supernet.tau:.2f}", flush=True)
             snapshot(epoch + 1, 0, wall)
     finally:
@@ -431,8 +514,7 @@ def search(args: Any) -> dict[str, Any]:
     arch = supernet.derive_arch(epochs=cfg.epochs, projection_steps=projection_steps, metric=cfg.metric, target_ratio=cfg.ratio,
                                 tolerance=cfg.tolerance, seed=cfg.seed, dataset=cfg.dataset,
                                 teacher=str(cfg.teacher), space=supernet.space.to_dict())
-    achieved = getattr(arch, f"{cfg.metric}_ratio")
-    within = cfg.ratio - cfg.tolerance <= achieved <= cfg.ratio
+    within = stepper.within()
     supernet.set_arch(arch)
     recalibrate_bn(supernet, loaders["train"], device)
     val = engine.evaluate(supernet, loaders["test"], device)
@@ -443,6 +525,8 @@ def search(args: Any) -> dict[str, Any]:
                "target_ratio": cfg.ratio, "within_tolerance": within, "wall_time_s": round(wall, 3),
                "epochs": cfg.epochs, "steps": step, "projection_steps": projection_steps,
                "skipped_steps": skipped}
+    if latency is not None:
+        metrics.update(_latency_check(latency, slim, teacher, arch, cfg))
     arch.to_json(out / "arch.json")
     atomic_write_json(out / "arch_history.json", history)
     save_weights(out / "supernet.safetensors", supernet.state_dict())
@@ -457,6 +541,10 @@ def search(args: Any) -> dict[str, Any]:
         ["FLOPs (MACs)", f"{arch.full_flops:,}", f"{arch.flops:,} ({arch.flops_ratio:.3f})"],
         ["params", f"{arch.full_params:,}", f"{arch.params:,} ({arch.params_ratio:.3f})"],
         [f"target {cfg.metric} ratio", "", f"{cfg.ratio} (tolerance {cfg.tolerance}): {'met' if within else 'MISSED'}"],
+        *([["latency (ms, predicted / measured)", f"{metrics['full_latency_ms']:.3f}",
+            f"{metrics['predicted_latency_ms']:.3f} / {metrics['measured_latency_ms']:.3f} "
+            f"(ratio {metrics['measured_latency_ratio']:.3f}, prediction error {metrics['prediction_error']:+.1%})"]]
+          if latency is not None else []),
         ["hard-mode test top-1", "", f"{val['top1']:.2f}%"],
         ["wall time", "", f"{wall:.1f} s"],
         ["arch", "", str(out / "arch.json")],

@@ -77,6 +77,7 @@ def _run(args, cwd=REPO):
     (["--flops-ratio", "0.001"], "unreachable: the smallest architecture"),
     (["--space", "__SPACE__"], "unknown keys"),
     (["--model", "resnet18"], "does not match the teacher"),
+    (["--latency-ratio", "0.01"], "latency target 0.010 is unreachable"),
 ])
 def test_search_bad_input(tmp_path, teacher_run, extra, message):
     space = tmp_path / "space.yaml"
