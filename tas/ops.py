@@ -38,7 +38,8 @@ def _take(t: torch.Tensor, idx: torch.Tensor | None, dim: int) -> torch.Tensor:
     n = idx.numel()
     # Selections are ascending and distinct, so first 0 and last n-1 means channels 0..n-1: a view
     # (prefix selection, every TAS search step) whose backward is cheaper than index_select's scatter.
-    if n and int(idx[0]) == 0 and int(idx[-1]) == n - 1:
+    # (Checked on CPU only: on an accelerator the two reads would synchronise every layer.)
+    if n and idx.device.type == "cpu" and int(idx[0]) == 0 and int(idx[-1]) == n - 1:
         return t.narrow(dim, 0, n)
     return t.index_select(dim, idx)
 
