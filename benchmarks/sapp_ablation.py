@@ -44,7 +44,6 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # see train.py: spin-waitin
 import argparse  # noqa: E402
 import contextlib  # noqa: E402
 import json  # noqa: E402
-import math  # noqa: E402
 import platform  # noqa: E402
 import shlex  # noqa: E402
 import statistics  # noqa: E402
@@ -525,7 +524,7 @@ def write_report(args: argparse.Namespace, variants: list[tuple[str, dict]], tea
               "search's hard-mode network (supernet weights, BN recalibrated) without and with the learned "
               "attention folded into the BN affine parameters (search mode multiplies every channel by it; "
               "hard mode and the materialised network do not), and how the attention ranked blocks.", "",
-              "| FLOPs target | selection | seed | inherited: own / prefix / top-|γ| | hard-mode: unfolded → folded | "
+              "| FLOPs target | selection | seed | inherited: own / prefix / largest-Σ\\|γ\\| | hard-mode: unfolded → folded | "
               "groups not prefix | masked blocks kept | median max/min attention |",
               "|---|---|---|---|---|---|---|---|"]
         for (ratio, name), rs in groups.items():
