@@ -45,3 +45,16 @@ def teacher_run(tmp_path_factory, train_script) -> Path:
     out = tmp_path_factory.mktemp("teacher") / "run"
     assert train_script.main(TINY_FLAGS + ["--output", str(out)]) == 0
     return out
+
+
+def perturb_bn(module: torch.nn.Module, seed: int = 0) -> None:
+    """Make every BN (per candidate too) distinct, so using the wrong one shows in the logits."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in module.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                n = m.num_features
+                m.running_mean.copy_(0.1 * torch.randn(n, generator=g))
+                m.running_var.copy_(0.5 + torch.rand(n, generator=g))
+                m.weight.copy_(1 + 0.1 * torch.randn(n, generator=g))
+                m.bias.copy_(0.1 * torch.randn(n, generator=g))

@@ -2,6 +2,7 @@
 import pytest
 import timm
 import torch
+from conftest import perturb_bn
 from timm.layers import BatchNormAct2d
 
 import tas  # noqa: F401
@@ -17,26 +18,13 @@ SIZE = (3, 64, 64)
 MODELS = ["mobilenetv2_100", "efficientnet_b0", "mobilenetv3_large_100", "efficientnet_lite0"]
 
 
-def _perturb_bn(module: torch.nn.Module, seed: int = 0) -> None:
-    """Make every BN (per candidate too) distinct, so using the wrong one shows in the logits."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for m in module.modules():
-            if isinstance(m, torch.nn.BatchNorm2d):
-                n = m.num_features
-                m.running_mean.copy_(0.1 * torch.randn(n, generator=g))
-                m.running_var.copy_(0.5 + torch.rand(n, generator=g))
-                m.weight.copy_(1 + 0.1 * torch.randn(n, generator=g))
-                m.bias.copy_(0.1 * torch.randn(n, generator=g))
-
-
 @pytest.fixture(scope="module", params=MODELS)
 def supernet(request):
     name = request.param
     model = timm.create_model(name, num_classes=10, pretrained=False).eval()
-    _perturb_bn(model, seed=1)
+    perturb_bn(model, seed=1)
     s = create_supernet(model, input_size=SIZE, model_name=name)
-    _perturb_bn(s)
+    perturb_bn(s)
     return s.eval(), model
 
 
@@ -169,7 +157,7 @@ def test_stages_with_a_width_change_are_not_depth_searched():
     assert g.groups["blocks.4.1"].kind == "stream"  # a mid-stage width change starts a new group
     assert all(l.block is None for l in g.layers if l.name.startswith("blocks.4."))
     s = create_supernet(model, input_size=(3, 32, 32))
-    _perturb_bn(s)
+    perturb_bn(s)
     s.eval()
     arch = s.random_arch(torch.Generator().manual_seed(5))
     s.set_arch(arch)
@@ -184,14 +172,14 @@ def test_stages_with_a_width_change_are_not_depth_searched():
 
 def test_slice_bn_keeps_fused_activation():
     bn = BatchNormAct2d(16, act_layer=torch.nn.SiLU).eval()
-    _perturb_bn(bn)
+    perturb_bn(bn)
     idx = torch.tensor([1, 4, 5, 9])
     sl = slice_bn(bn, idx)
     assert type(sl) is BatchNormAct2d and isinstance(sl.act, torch.nn.SiLU) and sl.num_features == 4
     x = torch.randn(2, 16, 3, 3)
     assert torch.allclose(sl(x[:, idx]), bn(x)[:, idx], atol=1e-6)
     plain = torch.nn.BatchNorm2d(16).eval()
-    _perturb_bn(plain)
+    perturb_bn(plain)
     sl = slice_bn(plain, idx)
     assert type(sl) is torch.nn.BatchNorm2d and sl.running_var.shape == (4,)
     assert torch.allclose(sl(x[:, idx]), plain(x)[:, idx], atol=1e-6)

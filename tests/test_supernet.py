@@ -2,6 +2,7 @@
 import pytest
 import timm
 import torch
+from conftest import perturb_bn
 
 import tas  # noqa: F401
 from tas.arch import Arch
@@ -20,25 +21,12 @@ MODELS = [
 ]
 
 
-def _perturb_bn(module: torch.nn.Module, seed: int = 0) -> None:
-    """Make every BN (per candidate too) distinct, so using the wrong one shows in the logits."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for m in module.modules():
-            if isinstance(m, torch.nn.BatchNorm2d):
-                n = m.num_features
-                m.running_mean.copy_(0.1 * torch.randn(n, generator=g))
-                m.running_var.copy_(0.5 + torch.rand(n, generator=g))
-                m.weight.copy_(1 + 0.1 * torch.randn(n, generator=g))
-                m.bias.copy_(0.1 * torch.randn(n, generator=g))
-
-
 @pytest.fixture(scope="module", params=MODELS, ids=[m for m, _ in MODELS])
 def supernet(request):
     name, size = request.param
     model = timm.create_model(name, num_classes=7, in_chans=size[0]).eval()
     s = create_supernet(model, input_size=size, model_name=name)
-    _perturb_bn(s)
+    perturb_bn(s)
     return s.eval(), model, size
 
 
