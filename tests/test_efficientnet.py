@@ -8,7 +8,6 @@ from timm.layers import BatchNormAct2d
 import tas  # noqa: F401
 from tas.errors import ModelError
 from tas.families import describe_model
-from tas.families.efficientnet import sync_head_attributes
 from tas.flops import count_flops, count_params
 from tas.materialize import materialize
 from tas.ops import SearchBN, SearchConv, slice_bn
