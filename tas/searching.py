@@ -319,6 +319,20 @@ def _latency_check(latency: Any, slim: torch.nn.Module, teacher: torch.nn.Module
             "prediction_error": predicted / slim_ms - 1, "latency_runtime": cfg.runtime}
 
 
+def load_teacher_and_data(cfg: Any) -> tuple[torch.nn.Module, dict, Any]:
+    """The teacher, its config, and the dataset info at its input size; refuses a dataset whose
+    classes or channels do not fit the teacher."""
+    from .data import dataset_info
+
+    teacher, tconfig = load_teacher(cfg)
+    info = dataset_info(cfg.dataset, cfg.data_dir, cfg.img_size or tconfig["input_size"][1])
+    kwargs = tconfig["model_kwargs"]
+    if info.num_classes != kwargs["num_classes"] or info.in_chans != kwargs["in_chans"]:
+        raise TasError(f"the teacher in {cfg.teacher} has {kwargs['num_classes']} classes and {kwargs['in_chans']} "
+                       f"input channels; {cfg.dataset} has {info.num_classes} and {info.in_chans}")
+    return teacher, tconfig, info
+
+
 def load_teacher(cfg: Any) -> tuple[torch.nn.Module, dict]:
     """The trained network of ``cfg.teacher`` and its config; refuses pruned or mismatching runs."""
     if not cfg.teacher:
@@ -335,7 +349,7 @@ def search(args: Any) -> dict[str, Any]:
     """Run the search search.py's flags describe; returns the final metrics and the arch."""
     from torch.utils.tensorboard import SummaryWriter
 
-    from .data import create_loaders, dataset_info
+    from .data import create_loaders
     from .materialize import materialize
     from .training import resolve_device, seed_everything
 
@@ -345,14 +359,9 @@ def search(args: Any) -> dict[str, Any]:
         raise CheckpointError(f"--resume: no resumable state in {out}")
     if not cfg.resume and not cfg.overwrite and (is_finished_run(out) or has_state(out)):
         raise TasError(f"{out} already holds a search; pass --resume, --overwrite or another --output")
-    teacher, tconfig = load_teacher(cfg)
+    teacher, tconfig, info = load_teacher_and_data(cfg)
     device = resolve_device(cfg.device)
     seed_everything(cfg.seed)
-    img_size = cfg.img_size or tconfig["input_size"][1]
-    info = dataset_info(cfg.dataset, cfg.data_dir, img_size)
-    if info.num_classes != tconfig["model_kwargs"]["num_classes"] or info.in_chans != tconfig["model_kwargs"]["in_chans"]:
-        raise TasError(f"the teacher in {cfg.teacher} has {tconfig['model_kwargs']['num_classes']} classes and "
-                       f"{tconfig['model_kwargs']['in_chans']} input channels; {cfg.dataset} has {info.num_classes} and {info.in_chans}")
     input_size = (info.in_chans, info.img_size, info.img_size)
     supernet = create_supernet(teacher, cfg.space, input_size=input_size, model_name=tconfig["model"],
                                model_kwargs=tconfig["model_kwargs"], selection=cfg.selection,

@@ -20,8 +20,9 @@ TINY_FLAGS = ["--model", "cifar_resnet20", "--dataset", "digits", "--img-size", 
 torch.set_num_threads(1)
 
 
-def _load_train_script():
-    spec = importlib.util.spec_from_file_location("train_script", REPO / "train.py")
+def load_script(name: str):
+    """A top-level script (``train.py``, ``search.py``) imported as a module (``main``, ``build_parser``)."""
+    spec = importlib.util.spec_from_file_location(f"{name}_script", REPO / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -30,7 +31,13 @@ def _load_train_script():
 @pytest.fixture(scope="session")
 def train_script():
     """train.py imported as a module (``main``, ``build_parser``)."""
-    return _load_train_script()
+    return load_script("train")
+
+
+@pytest.fixture(scope="session")
+def search_script():
+    """search.py imported as a module."""
+    return load_script("search")
 
 
 @pytest.fixture(scope="session")

@@ -130,19 +130,14 @@ def test_sapp_architectures_materialise_exactly(name, size):
     assert arch.meta["selection"] == "sapp"
 
 
-def test_sapp_search_end_to_end(tmp_path, teacher_run):
-    import importlib.util
+def test_sapp_search_end_to_end(tmp_path, teacher_run, search_script):
     import json
-    from pathlib import Path
 
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     from tas.arch import Arch
 
-    repo = Path(__file__).resolve().parents[1]
-    spec = importlib.util.spec_from_file_location("search_script", repo / "search.py")
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
+    script = search_script
     out = tmp_path / "sapp"
     assert script.main(["--teacher", str(teacher_run), "--dataset", "digits", "--limit", "256", "--batch-size", "32",
                         "--epochs", "2", "--log-every", "1", "--no-progress", "--device", "cpu",

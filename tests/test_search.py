@@ -1,5 +1,4 @@
 """search.py end to end on a tiny teacher: budget met, run directory, TensorBoard tags, bad input."""
-import importlib.util
 import json
 import subprocess
 import sys
@@ -16,14 +15,6 @@ from tas.flops import count_flops
 REPO = Path(__file__).resolve().parents[1]
 FLAGS = ["--dataset", "digits", "--limit", "256", "--batch-size", "32", "--epochs", "2", "--log-every", "2",
          "--no-progress", "--device", "cpu"]
-
-
-@pytest.fixture(scope="module")
-def search_script():
-    spec = importlib.util.spec_from_file_location("search_script", REPO / "search.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture(scope="module")

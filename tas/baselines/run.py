@@ -36,9 +36,9 @@ def run_baseline(args: Any) -> dict[str, Any]:
     without data; the test split is read only to report ``top1_pruned``.
     """
     from .. import engine
-    from ..data import create_loaders, dataset_info
+    from ..data import create_loaders
     from ..materialize import materialize
-    from ..searching import SearchConfig, load_teacher
+    from ..searching import SearchConfig, load_teacher_and_data
     from ..training import resolve_device, seed_everything
 
     values = dict(args) if isinstance(args, Mapping) else dict(vars(args))
@@ -52,22 +52,16 @@ def run_baseline(args: Any) -> dict[str, Any]:
                        "pass --overwrite to run it again")
     if not cfg.overwrite and (is_finished_run(out) or has_state(out)):
         raise TasError(f"{out} already holds a search; pass --overwrite or another --output")
-    teacher, tconfig = load_teacher(cfg)
+    teacher, tconfig, info = load_teacher_and_data(cfg)
     device = resolve_device(cfg.device)
     seed_everything(cfg.seed)
-    img_size = cfg.img_size or tconfig["input_size"][1]
-    info = dataset_info(cfg.dataset, cfg.data_dir, img_size)
-    kwargs = tconfig["model_kwargs"]
-    if info.num_classes != kwargs["num_classes"] or info.in_chans != kwargs["in_chans"]:
-        raise TasError(f"the teacher in {cfg.teacher} has {kwargs['num_classes']} classes and {kwargs['in_chans']} "
-                       f"input channels; {cfg.dataset} has {info.num_classes} and {info.in_chans}")
     input_size = (info.in_chans, info.img_size, info.img_size)
     options = {"rounds": int(values["synflow_rounds"])} if method == "synflow" and values.get("synflow_rounds") else {}
 
     print(f"pruning {tconfig['model']} with the {method} baseline: target {cfg.metric} ratio {cfg.ratio}")
     t0 = time.perf_counter()
     arch = create_baseline_arch(method, teacher, cfg.ratio, cfg.metric, space=cfg.space, input_size=input_size,
-                                model_name=tconfig["model"], model_kwargs=kwargs, seed=cfg.seed,
+                                model_name=tconfig["model"], model_kwargs=tconfig["model_kwargs"], seed=cfg.seed,
                                 meta={"dataset": cfg.dataset, "teacher": str(cfg.teacher)}, **options)
     slim = materialize(teacher, arch).cpu()
     wall = time.perf_counter() - t0
