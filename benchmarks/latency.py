@@ -4,7 +4,8 @@ For ``cifar_resnet20`` (3x28x28) and ``resnet50`` (3x160x160) this builds slim n
 70 %, 50 % and 30 % of the FLOPs by scaling every channel group's width by the same multiplier
 (depth untouched), in two variants:
 
-* ``div8`` -- widths rounded to multiples of 8, the search spaces' divisor;
+* ``div32`` / ``div16`` / ``div8`` -- widths rounded to multiples of 32, 16 or 8 (8 is the search
+  spaces' default divisor);
 * ``odd``  -- widths ``round(r * C)`` with no rounding (e.g. 45 or 179 channels).
 
 The multiplier starts at ``sqrt(ratio)`` and is refined by bisection on the exact FLOPs ratio of
@@ -52,7 +53,7 @@ MODELS = [
     ("resnet50", {"num_classes": 1000, "in_chans": 3}, (3, 160, 160), 8, (60, 20)),
 ]
 RATIOS = (0.7, 0.5, 0.3)
-VARIANTS = {"div8": 8, "odd": 1}
+VARIANTS = {"div32": 32, "div16": 16, "div8": 8, "odd": 1}
 
 
 def scaled_widths(supernet, r: float, divisor: int) -> dict[str, int]:
@@ -86,13 +87,14 @@ def uniform_arch(supernet, target: float, divisor: int, iters: int = 40):
     return best, best_r
 
 
-def bench_model(name, kwargs, input_size, big_batch, repeats, ratios, threads, workdir: Path, log) -> list[dict]:
+def bench_model(name, kwargs, input_size, big_batch, repeats, ratios, variants, threads, workdir: Path, log) -> list[dict]:
     torch.manual_seed(0)
     model = timm.create_model(name, **kwargs).eval()
     supernet = create_supernet(model, input_size=input_size, model_name=name, model_kwargs=kwargs)
     entries = [{"variant": "original", "target": 1.0, "arch": None, "net": model, "r": 1.0}]
     for target in ratios:
-        for variant, divisor in VARIANTS.items():
+        for variant in variants:
+            divisor = VARIANTS[variant]
             arch, r = uniform_arch(supernet, target, divisor)
             entries.append({"variant": variant, "target": target, "arch": arch, "r": r,
                             "net": materialize(model, arch).eval()})
@@ -124,7 +126,7 @@ def bench_model(name, kwargs, input_size, big_batch, repeats, ratios, threads, w
 def render(rows: list[dict], args, elapsed: float, exporters: set[str]) -> str:
     header = ["model", "batch", "target", "variant", "width mult", "FLOPs ratio", "orig ms", "slim ms",
               "speed-up", "realised"]
-    order = {"div8": 0, "odd": 1}
+    order = {v: i for i, v in enumerate(VARIANTS)}
     rows = sorted(rows, key=lambda r: ([m[0] for m in MODELS].index(r["model"]), r["batch"], -r["target"],
                                        order[r["variant"]]))
     table = format_table([[r["model"], r["batch"], f"{r['target']:.0%}", r["variant"], f"{r['r']:.3f}",
@@ -143,7 +145,7 @@ def render(rows: list[dict], args, elapsed: float, exporters: set[str]) -> str:
         "other processes compete for the cores, which interleaving spreads over all models alike).",
         "",
         f"Models: {sizes}; random weights; every channel group scaled by the same width multiplier, "
-        "depth untouched. `div8`: widths rounded to multiples of 8 (the search spaces' divisor); `odd`: "
+        "depth untouched. `divN`: widths rounded to multiples of N (8 is the search spaces' default); `odd`: "
         "`round(r * C)`. *FLOPs ratio* is the exact multiply-accumulate ratio; latency is the median over "
         "interleaved repeats (original and all slim variants of a model round-robin); "
         "*speed-up* = orig ms / slim ms; *realised* = speed-up / (1 / FLOPs ratio), 1.00 meaning latency "
@@ -161,6 +163,8 @@ def main(argv=None) -> int:
     p.add_argument("--models", nargs="+", default=None, choices=[m[0] for m in MODELS],
                    help="default: all (--quick: cifar_resnet20)")
     p.add_argument("--ratios", type=float, nargs="+", default=None, help="FLOPs ratios to keep (default 0.7 0.5 0.3)")
+    p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS),
+                   help="width roundings to compare (default: all)")
     p.add_argument("--repeat-scale", type=float, default=1.0, help="multiply every model's repeat counts")
     p.add_argument("--threads", type=int, default=2, help="ONNX Runtime intra-op threads (default 2)")
     p.add_argument("--output", default=str(REPO / "docs" / "benchmarks_latency.md"),
@@ -181,7 +185,7 @@ def main(argv=None) -> int:
             reps = (max(3, reps[0] // 8), max(3, reps[1] // 4)) if args.quick else reps
             reps = tuple(max(1, int(round(r * args.repeat_scale))) for r in reps)
             log(f"{name} at {size}: ratios {list(ratios)}, repeats {reps}")
-            rows += bench_model(name, kwargs, size, big, reps, ratios, args.threads, Path(tmp), log)
+            rows += bench_model(name, kwargs, size, big, reps, ratios, args.variants, args.threads, Path(tmp), log)
     elapsed = time.perf_counter() - start
     args.load.append(os.getloadavg()[0])
     text = render(rows, args, elapsed, {r["exporter"] for r in rows})
