@@ -61,6 +61,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--data-dir", default=d.data_dir)
     g.add_argument("--download", action="store_true")
     g.add_argument("--img-size", type=int, default=d.img_size, help="default: the teacher's input size")
+    g.add_argument("--no-augment", dest="augment", action="store_false",
+                   help="no random training augmentation (a distributed search then equals a single-process one)")
     g.add_argument("--limit", type=int, default=d.limit, help="at most this many samples per split (smoke tests)")
     g.add_argument("--workers", type=int, default=d.workers)
     g = p.add_argument_group("optimisation")

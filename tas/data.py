@@ -26,12 +26,12 @@ from __future__ import annotations
 import gzip
 import os
 from dataclasses import dataclass, replace
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader, Dataset, Subset
+from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, SequentialSampler, Subset
 
 from .errors import DataError
 
@@ -408,6 +408,7 @@ def create_loaders(
         search_split: bool = False,
         limit: int | None = None,
         distributed: bool = False,
+        augment: bool = True,
 ) -> dict[str, DataLoader]:
     """Training and test loaders for dataset ``name``.
 
@@ -422,9 +423,13 @@ def create_loaders(
             data and so both are augmented.
         limit: at most this many samples per split, chosen class-balanced and deterministically
             (for smoke tests).
-        distributed: when ``torch.distributed`` is initialised, shard the training loaders with
-            a seeded :class:`~torch.utils.data.distributed.DistributedSampler` (call its
-            ``set_epoch`` each epoch); the test loader is not sharded.
+        distributed: in a distributed run (:mod:`tas.distributed`), give this rank its share of
+            every batch: ``batch_size`` stays the global batch, all ranks walk the same seeded
+            order and each takes the samples ``rank::world_size`` of each batch (the test loader
+            too; :func:`tas.engine.evaluate` totals over ranks). Ignored in a single process.
+            Augmentation draws from each process's own RNG, so only without it does a
+            distributed run see exactly the images a single process would.
+        augment: random training augmentation (the dataset's default crop/flip); ``False`` for none.
 
     Returns:
         ``{"train", "test"}`` loaders, plus ``"val"`` with ``search_split``. Each loader's
@@ -432,25 +437,27 @@ def create_loaders(
     """
     if limit is not None and limit < 1:
         raise DataError(f"limit must be a positive integer, got {limit}")
-    train_set = create_dataset(name, "train", data_dir, download, img_size)
+    train_set = create_dataset(name, "train", data_dir, download, img_size, augment=augment)
     test_set = create_dataset(name, "test", data_dir, download, img_size)
     halves = (dict(zip(("train", "val"), split_train_val(train_set.targets, seed)))
               if search_split else {"train": range(len(train_set))})
-    dist = torch.distributed
-    sharded = distributed and dist.is_available() and dist.is_initialized()
-    common = dict(batch_size=batch_size, num_workers=workers, persistent_workers=workers > 0,
-                  pin_memory=torch.cuda.is_available(), drop_last=False)
+    from . import distributed as dist
+
+    rank, world = (dist.rank(), dist.world_size()) if distributed else (0, 1)
+    common = dict(num_workers=workers, persistent_workers=workers > 0, pin_memory=torch.cuda.is_available())
+
+    def batches(sampler: Any, drop_small: bool) -> Any:
+        per_batch = BatchSampler(sampler, batch_size, drop_last=False)
+        return per_batch if world == 1 else dist.ShardedBatchSampler(per_batch, rank, world, drop_small)
+
     loaders = {}
     for offset, (key, index) in enumerate(halves.items()):
         subset = _Subset(train_set, _balanced_head(index, train_set.targets, limit))
-        if sharded:
-            sampler = torch.utils.data.DistributedSampler(subset, shuffle=True, seed=seed + offset)
-            loaders[key] = DataLoader(subset, sampler=sampler, **common)
-        else:
-            # Its own generator makes the order (and the worker seeds) a function of `seed`
-            # alone; the val half gets a different stream than the train half.
-            gen = torch.Generator().manual_seed(seed + offset)
-            loaders[key] = DataLoader(subset, shuffle=True, generator=gen, **common)
-    test_index = _balanced_head(range(len(test_set)), test_set.targets, limit)
-    loaders["test"] = DataLoader(_Subset(test_set, test_index), shuffle=False, **common)
+        # Its own generator makes the order (and the worker seeds) a function of `seed` alone,
+        # the same on every rank; the val half gets a different stream than the train half.
+        gen = torch.Generator().manual_seed(seed + offset)
+        loaders[key] = DataLoader(subset, batch_sampler=batches(RandomSampler(subset, generator=gen), True),
+                                  generator=gen, **common)
+    test = _Subset(test_set, _balanced_head(range(len(test_set)), test_set.targets, limit))
+    loaders["test"] = DataLoader(test, batch_sampler=batches(SequentialSampler(test), False), **common)
     return loaders

@@ -15,6 +15,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from . import distributed
 from .errors import DivergedError, TasError
 
 __all__ = ["LossFn", "accuracy", "cross_entropy_loss", "evaluate", "train_one_epoch", "current_lr"]
@@ -96,7 +97,8 @@ def evaluate(
             c1, c5 = _topk_correct(logits, targets, (1, 5))
             top1 += c1
             top5 += c5
-            loss_sum += float(loss_fn(logits, targets)) * targets.size(0)
+            if targets.numel():  # a distributed shard can be empty
+                loss_sum += float(loss_fn(logits, targets)) * targets.size(0)
             n += targets.size(0)
             if per_class:
                 k = logits.size(1)
@@ -108,6 +110,13 @@ def evaluate(
                 per_hit += torch.bincount(targets[hit], minlength=k)[:k]
     finally:
         model.train(was_training)
+    if getattr(getattr(loader, "batch_sampler", None), "world_size", 1) > 1:  # a rank's shard: total them
+        n, top1, top5, loss_sum, *per = distributed.all_reduce_sum(
+            [n, top1, top5, loss_sum, *(per_hit.tolist() + per_total.tolist() if per_class else [])], device)
+        if per_class:
+            k = len(per) // 2
+            per_hit, per_total = torch.tensor(per[:k]).long(), torch.tensor(per[k:]).long()
+        n, top1, top5 = int(n), int(top1), int(top5)
     if n == 0:
         raise TasError("cannot evaluate: the evaluation set is empty")
     out: dict[str, Any] = {"top1": 100.0 * top1 / n, "top5": 100.0 * top5 / n, "loss": loss_sum / n,
@@ -196,7 +205,9 @@ def train_one_epoch(
         images, targets = _to_device(batch, device)
         loss, terms = loss_fn(model, images, targets)
         value = float(loss.detach())
-        if not math.isfinite(value):
+        # Distributed, the ranks decide together: one rank skipping a step DDP waits for would hang.
+        if distributed.all_reduce_max(0.0 if math.isfinite(value) else 1.0) > 0:
+            value = value if not math.isfinite(value) else float("nan")
             bad = [n for n, t in (terms or {}).items() if not math.isfinite(float(t))]
             where = f"epoch {epoch + 1}, step {step + 1}"
             if nan_policy == "skip":
@@ -230,4 +241,5 @@ def train_one_epoch(
             on_step(step + 1, num_updates, total, count)
     if hasattr(bar, "close"):
         bar.close()
+    total, count = distributed.all_reduce_sum([total, count], device)
     return (total / count if count else float("nan")), num_updates

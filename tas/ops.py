@@ -23,6 +23,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from . import distributed
 from .interp import channel_interp
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -149,35 +150,37 @@ def batch_norm_at(bn: nn.BatchNorm2d, x: torch.Tensor, channels: Any) -> torch.T
 
     Running statistics are updated in place at those channels in training mode, so any subset of a
     full-width BN can be trained, recalibrated and later sliced out. A fused activation
-    (timm's ``BatchNormAct2d``) is applied after.
+    (timm's ``BatchNormAct2d``) is applied after. In a distributed run, training mode normalises
+    with the global batch's statistics (:func:`tas.distributed.sync_batch_norm`).
     """
+    sync = bn.training and distributed.is_active()
     if channels is None:
-        return bn(x)
+        if not sync:
+            return bn(x)
+        channels = bn.num_features
     training = bn.training or not bn.track_running_stats
     factor = 0.0
     if bn.training and bn.track_running_stats:
         bn.num_batches_tracked.add_(1)
         factor = 1.0 / float(bn.num_batches_tracked) if bn.momentum is None else bn.momentum
-    if isinstance(channels, int):  # views: F.batch_norm updates the running stats in place
-        y = F.batch_norm(x, bn.running_mean[:channels] if bn.running_mean is not None else None,
-                         bn.running_var[:channels] if bn.running_var is not None else None,
-                         bn.weight[:channels] if bn.affine else None, bn.bias[:channels] if bn.affine else None,
-                         training, factor, bn.eps)
+    if isinstance(channels, int):  # views: the running stats are updated in place
+        rm = bn.running_mean[:channels] if bn.running_mean is not None else None
+        rv = bn.running_var[:channels] if bn.running_var is not None else None
+        weight = bn.weight[:channels] if bn.affine else None
+        bias = bn.bias[:channels] if bn.affine else None
     else:
+        rm = bn.running_mean.index_select(0, channels) if bn.running_mean is not None else None
+        rv = bn.running_var.index_select(0, channels) if bn.running_var is not None else None
         weight = bn.weight.index_select(0, channels) if bn.affine else None
         bias = bn.bias.index_select(0, channels) if bn.affine else None
-        if training:
-            y = F.batch_norm(x, None, None, weight, bias, True, 0.0, bn.eps)
-            if bn.track_running_stats and bn.training:
-                with torch.no_grad():
-                    mean = x.mean((0, 2, 3))
-                    var = x.var((0, 2, 3), unbiased=True)
-                    rm, rv = bn.running_mean, bn.running_var
-                    rm.index_copy_(0, channels, (1 - factor) * rm.index_select(0, channels) + factor * mean)
-                    rv.index_copy_(0, channels, (1 - factor) * rv.index_select(0, channels) + factor * var)
-        else:
-            y = F.batch_norm(x, bn.running_mean.index_select(0, channels), bn.running_var.index_select(0, channels),
-                             weight, bias, False, 0.0, bn.eps)
+    if training and distributed.is_active():
+        y = distributed.sync_batch_norm(x, rm, rv, weight, bias, factor, bn.eps)
+    else:
+        y = F.batch_norm(x, rm, rv, weight, bias, training, factor, bn.eps)
+    if not isinstance(channels, int) and bn.training and bn.track_running_stats:
+        with torch.no_grad():  # the gathered copies were updated; write them back
+            bn.running_mean.index_copy_(0, channels, rm)
+            bn.running_var.index_copy_(0, channels, rv)
     if hasattr(bn, "act"):  # timm BatchNormAct2d: norm, then dropout and activation
         y = bn.act(bn.drop(y))
     return y

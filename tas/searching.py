@@ -27,7 +27,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from . import engine
+from . import distributed, engine
 from .checkpoint import atomic_write_json, has_state, load_state, rng_state, save_state, save_weights, set_rng_state
 from .cli import config_from_args, format_table
 from .cost import cost_loss
@@ -51,6 +51,7 @@ class SearchConfig:
     data_dir: str | None = None
     download: bool = False
     img_size: int | None = None
+    augment: bool = True
     space: str | None = None
     flops_ratio: float | None = None
     params_ratio: float | None = None
@@ -189,17 +190,21 @@ class ArchStepper:
         return (lc if extra is None else lc + extra), expected, current
 
     def step(self, images: torch.Tensor, targets: torch.Tensor) -> dict[str, float]:
+        """One Adam step on α and β; in a distributed run the CE is the global batch's (all ranks)."""
         ce = F.cross_entropy(self.supernet(images), targets)
         lc, expected, current = self._cost_loss()
         loss = ce + self.cost_weight * lc.to(ce.device)
-        if not math.isfinite(loss.item()):
-            bad = [n for n, v in (("arch CE", ce), ("cost loss", lc)) if not math.isfinite(v.item())]
-            raise DivergedError(f"architecture loss is {loss.item()} (non-finite: {', '.join(bad) or 'sum'})")
         self.optimizer.zero_grad(set_to_none=True)
         # Only α and β: the weight gradients of this val batch would be discarded anyway.
-        loss.backward(inputs=self.params)
+        (loss * distributed.loss_scale(targets.numel())).backward(inputs=self.params)
+        n, (ce_sum,) = distributed.reduce_gradients(self.params, targets.numel(), [ce.item() * targets.numel()])
+        ce_value, lc_value = ce_sum / max(n, 1), lc.item()
+        loss_value = ce_value + self.cost_weight * lc_value
+        if not math.isfinite(loss_value):
+            bad = [n for n, v in (("arch CE", ce_value), ("cost loss", lc_value)) if not math.isfinite(v)]
+            raise DivergedError(f"architecture loss is {loss_value} (non-finite: {', '.join(bad) or 'sum'})")
         self.optimizer.step()
-        return {"arch_loss": loss.item(), "arch_ce": ce.item(), "cost_loss": lc.item(),
+        return {"arch_loss": loss_value, "arch_ce": ce_value, "cost_loss": lc_value,
                 "expected_ratio": expected.item() / self.full, "derived_ratio": current / self.full}
 
     def within(self) -> bool:
@@ -319,6 +324,19 @@ def _latency_check(latency: Any, slim: torch.nn.Module, teacher: torch.nn.Module
             "prediction_error": predicted / slim_ms - 1, "latency_runtime": cfg.runtime}
 
 
+def _shared_latency_table(supernet: Supernet, cfg: SearchConfig) -> Any:
+    """The supernet's latency table (cached or measured), measured by rank 0 alone (ranks timing
+    side by side would disturb each other) and sent to the others."""
+    from .latency import LatencyTable, load_or_build
+
+    main = distributed.is_main()
+    table = load_or_build(supernet, runtime=cfg.runtime, batch=cfg.latency_batch,
+                          threads=torch.get_num_threads(), progress=cfg.progress) if main else None
+    if distributed.is_active():
+        table = LatencyTable.from_dict(distributed.broadcast_object(table.to_dict() if main else None))
+    return table
+
+
 def load_teacher_and_data(cfg: Any) -> tuple[torch.nn.Module, dict, Any]:
     """The teacher, its config, and the dataset info at its input size; refuses a dataset whose
     classes or channels do not fit the teacher."""
@@ -346,43 +364,64 @@ def load_teacher(cfg: Any) -> tuple[torch.nn.Module, dict]:
 
 
 def search(args: Any) -> dict[str, Any]:
-    """Run the search search.py's flags describe; returns the final metrics and the arch."""
-    from torch.utils.tensorboard import SummaryWriter
+    """Run the search search.py's flags describe; returns the final metrics and the arch.
 
+    Under ``torchrun`` every rank runs this; see :mod:`tas.distributed` for what is shared.
+    Only rank 0 writes the run directory.
+    """
+    cfg = SearchConfig.from_args(args)
+    with distributed.session(cfg.device) as device:
+        return _search(cfg, device)
+
+
+def _search(cfg: SearchConfig, device: torch.device) -> dict[str, Any]:
     from .data import create_loaders
     from .materialize import materialize
-    from .training import resolve_device, seed_everything
+    from .tb import create_writer
+    from .training import seed_everything
 
-    cfg = SearchConfig.from_args(args)
     out = Path(cfg.output)
     if cfg.resume and not has_state(out):
         raise CheckpointError(f"--resume: no resumable state in {out}")
     if not cfg.resume and not cfg.overwrite and (is_finished_run(out) or has_state(out)):
         raise TasError(f"{out} already holds a search; pass --resume, --overwrite or another --output")
     teacher, tconfig, info = load_teacher_and_data(cfg)
-    device = resolve_device(cfg.device)
     seed_everything(cfg.seed)
+    main = distributed.is_main()
     input_size = (info.in_chans, info.img_size, info.img_size)
-    supernet = create_supernet(teacher, cfg.space, input_size=input_size, model_name=tconfig["model"],
-                               model_kwargs=tconfig["model_kwargs"], selection=cfg.selection,
-                               block_size=cfg.block_size)
-    if cfg.k is not None:
-        supernet.k = cfg.k
-    latency = None
-    if cfg.metric == "latency":
-        from .latency import load_or_build
+    def build(space: Any) -> Supernet:
+        seed_everything(cfg.seed)  # the same α/β initialisation however often it is built
+        net = create_supernet(teacher, space, input_size=input_size, model_name=tconfig["model"],
+                              model_kwargs=tconfig["model_kwargs"], selection=cfg.selection,
+                              block_size=cfg.block_size)
+        if cfg.k is not None:
+            net.k = cfg.k
+        return net
 
-        latency = load_or_build(supernet, runtime=cfg.runtime, batch=cfg.latency_batch,
-                                threads=torch.get_num_threads(), progress=cfg.progress)
+    supernet = build(cfg.space)
+    latency = None
+    if cfg.metric == "latency" or supernet.space.divisor == "auto":
+        latency = _shared_latency_table(supernet, cfg)
+        if supernet.space.divisor == "auto":
+            from .latency import aligned_candidates
+
+            widths = aligned_candidates(latency, {n: g.widths for n, g in supernet.groups().items()})
+            dropped = sum(len(g.widths) - len(widths[n]) for n, g in supernet.groups().items())
+            print(f"divisor auto: the latency table drops {dropped} candidate widths no faster than a wider one")
+            supernet = build(dataclasses.replace(supernet.space, widths=widths))
+    if cfg.metric == "latency":
         latency.check_target(supernet, cfg.ratio)
         if cfg.ceiling:
             supernet.check_target(*cfg.ceiling)
     else:
         supernet.check_target(cfg.metric, cfg.ratio)
     supernet.to(device)
+    # The Gumbel draws: a stream of their own, seeded alike on every rank, so all ranks sample the
+    # same fragments whatever else consumes random numbers (augmentation, dropout).
+    supernet.generator = torch.Generator(device=device).manual_seed(cfg.seed)
     loaders = create_loaders(cfg.dataset, data_dir=cfg.data_dir, batch_size=cfg.batch_size, workers=cfg.workers,
                              seed=cfg.seed, download=cfg.download, img_size=info.img_size, search_split=True,
-                             limit=cfg.limit)
+                             limit=cfg.limit, distributed=True, augment=cfg.augment)
     w_opt = torch.optim.SGD(list(supernet.weight_parameters()), lr=cfg.lr, momentum=cfg.momentum,
                             nesterov=True, weight_decay=cfg.weight_decay)
     steps_per_epoch = len(loaders["train"])
@@ -392,6 +431,7 @@ def search(args: Any) -> dict[str, Any]:
                           cfg.arch_weight_decay, latency=latency, ceiling=cfg.ceiling)
     sapp = None
     attn_params = list(supernet.attention_parameters())
+    step_params = [p for group in w_opt.param_groups for p in group["params"]] + attn_params
     attn_opt = torch.optim.Adam(attn_params, lr=cfg.attn_lr, weight_decay=cfg.attn_weight_decay) if attn_params else None
     if attn_opt is not None:
         try:
@@ -416,17 +456,21 @@ def search(args: Any) -> dict[str, Any]:
             start_in_epoch, skipped = int(state.get("step_in_epoch", 0)), int(state.get("skipped_steps", 0))
             history = json.loads(state["history"])
             rng = state["rng"]
+            supernet.generator.set_state(state["gumbel_rng"].cpu())
         except (KeyError, RuntimeError, ValueError) as e:
             raise CheckpointError(f"--resume: the state in {out} does not fit this search ({e})") from None
         print(f"resuming {out} at epoch {start_epoch + 1}/{cfg.epochs}, step {start_in_epoch + 1}")
 
     def snapshot(epoch_done: int, step_in_epoch: int, seconds: float) -> None:
+        if not main:
+            return
         save_state(out, {"supernet": supernet.state_dict(), "w_opt": w_opt.state_dict(),
                          "a_opt": stepper.optimizer.state_dict(), "w_sched": w_sched.state_dict(),
                          **({"attn_opt": attn_opt.state_dict()} if attn_opt is not None else {}),
                          "epoch": epoch_done, "step": step, "step_in_epoch": step_in_epoch,
                          "skipped_steps": skipped, "wall_time_s": seconds,
-                         "history": json.dumps(history), "rng": rng_state()})
+                         "history": json.dumps(history), "rng": rng_state(),
+                         "gumbel_rng": supernet.generator.get_state()})
 
     def check_finite(epoch: int, in_epoch: int) -> None:
         for name, p in [*((f"width logits of {n}", g.alpha) for n, g in supernet.groups().items()),
@@ -435,8 +479,8 @@ def search(args: Any) -> dict[str, Any]:
                 raise DivergedError(f"{name} became non-finite at epoch {epoch + 1}, step {in_epoch + 1}; "
                                     "the last good checkpoint is kept")
 
-    out.mkdir(parents=True, exist_ok=True)
-    writer = SummaryWriter(log_dir=str(out), purge_step=step + 1 if cfg.resume else None)
+    distributed.barrier()  # every rank has checked --output before rank 0 writes to it
+    writer = create_writer(out, purge_step=step + 1 if cfg.resume else None)
     print(f"searching {tconfig['model']} on {cfg.dataset}: target {cfg.metric} ratio {cfg.ratio} "
           f"(±{cfg.tolerance} below), {sum(p.numel() for p in supernet.arch_parameters())} architecture logits")
     try:
@@ -461,14 +505,15 @@ def search(args: Any) -> dict[str, Any]:
                 if sapp is not None:
                     phase, sparsity = sapp.step(step)
                 w_loss = F.cross_entropy(supernet(xt), yt)
-                w_value = w_loss.item()
+                w_opt.zero_grad(set_to_none=True)
+                if attn_opt is not None:
+                    attn_opt.zero_grad(set_to_none=True)
+                (w_loss * distributed.loss_scale(yt.numel())).backward()
+                n, (w_sum,) = distributed.reduce_gradients(step_params, yt.numel(), [w_loss.item() * yt.numel()])
+                w_value = w_sum / max(n, 1)
                 try:
                     if not math.isfinite(w_value):
                         raise DivergedError(f"weight loss (CE of the sampled supernet) is {w_value}")
-                    w_opt.zero_grad(set_to_none=True)
-                    if attn_opt is not None:
-                        attn_opt.zero_grad(set_to_none=True)
-                    w_loss.backward()
                     w_opt.step()
                     if attn_opt is not None:
                         attn_opt.step()
@@ -534,7 +579,13 @@ def search(args: Any) -> dict[str, Any]:
                "target_ratio": cfg.ratio, "within_tolerance": within, "wall_time_s": round(wall, 3),
                "epochs": cfg.epochs, "steps": step, "projection_steps": projection_steps,
                "skipped_steps": skipped}
-    if latency is not None:
+    if distributed.is_active():
+        # Checked, not assumed: every rank must end with rank 0's architecture (and SA++) logits.
+        metrics.update(world_size=distributed.world_size(), rank_divergence=distributed.max_divergence(
+            [*supernet.arch_parameters(), *supernet.attention_parameters()]))
+    if not main:
+        return {**metrics, "arch": arch, "run_dir": str(out)}
+    if cfg.metric == "latency":
         metrics.update(_latency_check(latency, slim, teacher, arch, cfg))
     arch.to_json(out / "arch.json")
     atomic_write_json(out / "arch_history.json", history)
@@ -553,7 +604,7 @@ def search(args: Any) -> dict[str, Any]:
         *([["latency (ms, predicted / measured)", f"{metrics['full_latency_ms']:.3f}",
             f"{metrics['predicted_latency_ms']:.3f} / {metrics['measured_latency_ms']:.3f} "
             f"(ratio {metrics['measured_latency_ratio']:.3f}, prediction error {metrics['prediction_error']:+.1%})"]]
-          if latency is not None else []),
+          if cfg.metric == "latency" else []),
         ["hard-mode test top-1", "", f"{val['top1']:.2f}%"],
         ["wall time", "", f"{wall:.1f} s"],
         ["arch", "", str(out / "arch.json")],

@@ -1,11 +1,13 @@
 """TensorBoard helpers for inspecting a search: distributions as heat-map images and text."""
 from __future__ import annotations
 
-from typing import Sequence
+import os
+from pathlib import Path
+from typing import Any, Sequence
 
 import torch
 
-__all__ = ["heatmap_image", "log_distributions"]
+__all__ = ["heatmap_image", "log_distributions", "log_attention", "create_writer"]
 
 # A short viridis-like ramp, so the image needs no plotting library.
 _RAMP = torch.tensor([[68, 1, 84], [59, 82, 139], [33, 145, 140], [94, 201, 98], [253, 231, 37]],
@@ -84,3 +86,22 @@ def log_attention(writer, supernet, step: int) -> None:
         rows.append(torch.where(g.mask.cpu(), a / a.max(), torch.zeros_like(a)))
     if rows:
         writer.add_image("sapp_mask", heatmap_image(_padded(rows), cell=(12, 6)), step)
+
+
+class _NullWriter:
+    """Stands in for a ``SummaryWriter`` on ranks other than 0: every call does nothing."""
+
+    def __getattr__(self, name: str):
+        return lambda *args, **kwargs: None
+
+
+def create_writer(log_dir: str | os.PathLike, purge_step: int | None = None) -> Any:
+    """A TensorBoard ``SummaryWriter`` on rank 0 (creating ``log_dir``), a no-op writer elsewhere."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    from . import distributed
+
+    if not distributed.is_main():
+        return _NullWriter()
+    Path(log_dir).mkdir(parents=True, exist_ok=True)
+    return SummaryWriter(log_dir=str(log_dir), purge_step=purge_step)

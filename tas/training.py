@@ -28,7 +28,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from . import engine
+from . import distributed, engine
 from .checkpoint import has_state, load_state, rng_state, save_state, set_rng_state
 from .cli import config_from_args, format_table
 from .errors import CheckpointError, TasError
@@ -200,12 +200,12 @@ def prepare(cfg: TrainConfig, mode: str = "teacher") -> Context:
     from .data import create_loaders, dataset_info
 
     out = _check_output(cfg)
-    device = resolve_device(cfg.device)
+    device = distributed.rank_device(resolve_device(cfg.device))
     seed_everything(cfg.seed)
     info = dataset_info(cfg.dataset, cfg.data_dir, cfg.img_size)
     loaders = create_loaders(cfg.dataset, data_dir=cfg.data_dir, batch_size=cfg.batch_size,
                              workers=cfg.workers, seed=cfg.seed, download=cfg.download,
-                             img_size=cfg.img_size, limit=cfg.limit)
+                             img_size=cfg.img_size, limit=cfg.limit, distributed=True)
     return Context(output=out, device=device, info=info, loaders=loaders, mode=mode)
 
 
@@ -284,11 +284,8 @@ def create_scheduler(cfg: TrainConfig, optimizer: torch.optim.Optimizer, updates
 
 
 def _reseed_loader(loader: Any, seed: int, epoch: int) -> None:
-    """Make the epoch's shuffling a function of ``(seed, epoch)`` only."""
-    sampler = getattr(loader, "sampler", None)
-    if hasattr(sampler, "set_epoch"):  # DistributedSampler
-        sampler.set_epoch(epoch)
-    gen = getattr(loader, "generator", None) or getattr(sampler, "generator", None)
+    """Make the epoch's shuffling a function of ``(seed, epoch)`` only (the same on every rank)."""
+    gen = getattr(loader, "generator", None)
     if gen is not None:
         gen.manual_seed(seed * 1000 + epoch)
 
@@ -331,17 +328,21 @@ def fit(
     Returns:
         The metrics written to ``metrics.json`` plus ``run_dir``.
     """
-    from torch.utils.tensorboard import SummaryWriter
+    from .tb import create_writer
 
     out, device = ctx.output, ctx.device
     train_loader, test_loader = ctx.loaders["train"], ctx.loaders["test"]
     model.to(device)
+    main = distributed.is_main()
+    # Under torchrun, DDP averages gradients over the ranks (each rank's BN keeps its own batch
+    # statistics, as is usual); evaluation, checkpoints and the run use the bare model.
+    trained = distributed.data_parallel(model, device)
     optimizer = create_optimizer(cfg, model)
     scheduler = create_scheduler(cfg, optimizer, len(train_loader))
     identity = _resume_identity(cfg, ctx)
     start_epoch, num_updates, wall_time, history = 0, 0, 0.0, []
     start_step, totals, nan_stats = 0, (0.0, 0), {"skipped": 0}
-    stale_events = [] if cfg.resume else sorted(out.glob("events.out.tfevents.*"))
+    stale_events = [] if cfg.resume or not main else sorted(out.glob("events.out.tfevents.*"))
 
     if cfg.resume:
         from .models.factory import load_state_dict_strict
@@ -375,8 +376,8 @@ def fit(
         else:
             print(f"resuming {out} at epoch {start_epoch + 1}/{cfg.epochs}")
 
-    out.mkdir(parents=True, exist_ok=True)
-    writer = SummaryWriter(log_dir=str(out), purge_step=num_updates + 1 if cfg.resume else None)
+    distributed.barrier()  # every rank has checked --output before rank 0 writes to it
+    writer = create_writer(out, purge_step=num_updates + 1 if cfg.resume else None)
     result: dict[str, Any] | None = None
     try:
         def state_at(epoch_done: int, step_in_epoch: int, loss_sum: float, loss_count: int) -> dict[str, Any]:
@@ -395,11 +396,12 @@ def fit(
             def on_step(step_in_epoch: int, updates: int, loss_sum: float, loss_count: int) -> None:
                 nonlocal num_updates
                 num_updates = updates
-                if cfg.checkpoint_every and updates % cfg.checkpoint_every == 0 and step_in_epoch < len(train_loader):
+                if (main and cfg.checkpoint_every and updates % cfg.checkpoint_every == 0
+                        and step_in_epoch < len(train_loader)):
                     save_state(out, state_at(epoch, step_in_epoch, loss_sum, loss_count))
 
             train_loss, num_updates = engine.train_one_epoch(
-                model, train_loader, optimizer, loss_fn=loss_fn, device=device, scheduler=scheduler,
+                trained, train_loader, optimizer, loss_fn=loss_fn, device=device, scheduler=scheduler,
                 epoch=epoch, num_updates=num_updates, writer=writer, progress=cfg.progress,
                 log_every=cfg.log_every, start_step=start_step if epoch == start_epoch else 0,
                 totals=totals if epoch == start_epoch else (0.0, 0), on_step=on_step,
@@ -420,10 +422,11 @@ def fit(
             print(f"epoch {epoch + 1}/{cfg.epochs}  train loss {train_loss:.4f}  test top-1 {result['top1']:.2f}%"
                   f"  top-5 {result['top5']:.2f}%  loss {result['loss']:.4f}  lr {lr:.4g}  {seconds:.1f}s",
                   flush=True)
-            save_state(out, {"identity": identity, "epoch": epoch + 1, "num_updates": num_updates,
-                             "step_in_epoch": 0, "skipped_steps": nan_stats["skipped"],
-                             "wall_time_s": wall_time, "history": history, "model": model.state_dict(),
-                             "optimizer": optimizer.state_dict(), "rng": rng_state()})
+            if main:
+                save_state(out, {"identity": identity, "epoch": epoch + 1, "num_updates": num_updates,
+                                 "step_in_epoch": 0, "skipped_steps": nan_stats["skipped"],
+                                 "wall_time_s": wall_time, "history": history, "model": model.state_dict(),
+                                 "optimizer": optimizer.state_dict(), "rng": rng_state()})
     finally:
         writer.close()
     if result is None:  # nothing left to train (resumed a finished run)
@@ -441,6 +444,8 @@ def fit(
     extra = {"stage": ctx.mode, "dataset": cfg.dataset,
              "data": {"img_size": ctx.info.img_size, "mean": list(ctx.info.mean), "std": list(ctx.info.std)},
              "train": _train_settings(cfg), **spec.extra_config}
+    if not main:
+        return {**metrics, "run_dir": str(out)}
     paths = save_run(out, model, model_name=spec.model_name, model_kwargs=spec.model_kwargs,
                      input_size=spec.input_size, metrics=metrics, extra_config=extra)
     for old in stale_events:  # a replaced run's TensorBoard logs go only once the new run is written
@@ -482,9 +487,14 @@ def train(args: Any, mode: str = "teacher") -> dict[str, Any]:
     """
     if mode not in ("teacher", "distill"):
         raise TasError(f"unknown training mode {mode!r}")
+    cfg = TrainConfig.from_args(args)
+    with distributed.session(cfg.device):
+        return _train(cfg, mode)
+
+
+def _train(cfg: TrainConfig, mode: str) -> dict[str, Any]:
     from .models.factory import check_model_name
 
-    cfg = TrainConfig.from_args(args)
     if mode == "teacher":
         check_model_name(cfg.model)  # before any data is read
         ctx = prepare(cfg, mode=mode)

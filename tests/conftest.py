@@ -2,6 +2,11 @@
 from __future__ import annotations
 
 import importlib.util
+import json
+import os
+import signal
+import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -65,3 +70,33 @@ def perturb_bn(module: torch.nn.Module, seed: int = 0) -> None:
                 m.running_var.copy_(0.5 + torch.rand(n, generator=g))
                 m.weight.copy_(1 + 0.1 * torch.randn(n, generator=g))
                 m.bias.copy_(0.1 * torch.randn(n, generator=g))
+
+
+def state_step(run: Path) -> int:
+    """``100 × epoch + step-in-epoch`` of the run's saved state (-1 when there is none)."""
+    path = run / "state" / "state.json"
+    try:
+        items = dict((k, v) for k, v in json.loads(path.read_text())["state"]["__dict__"])
+    except (OSError, ValueError, KeyError):
+        return -1
+    return 100 * int(items.get("epoch", 0)) + int(items.get("step_in_epoch", 0))
+
+
+def kill_mid_run(cmd: list[str], run: Path, at_least: int) -> None:
+    """Start ``cmd`` and kill -9 it (and every process it started, e.g. torchrun's workers) as soon
+    as a mid-epoch checkpoint past ``at_least`` exists."""
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env,
+                            start_new_session=True)
+    deadline = time.time() + 240
+    killed = False
+    while time.time() < deadline and proc.poll() is None:
+        s = state_step(run)
+        if s >= at_least and s % 100:
+            os.killpg(proc.pid, signal.SIGKILL)
+            killed = True
+            break
+        time.sleep(0.02)
+    proc.wait()
+    assert killed, "the run ended before it could be killed"
+    assert not (run / "model.safetensors").exists()

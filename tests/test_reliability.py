@@ -2,48 +2,21 @@
 import json
 import os
 import pickle
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
+from conftest import kill_mid_run as _kill_mid_run
 from tas.cli import run_main
 from tas.errors import DivergedError
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = ["--dataset", "digits", "--img-size", "16", "--limit", "256", "--batch-size", "16", "--no-progress",
         "--device", "cpu", "--checkpoint-every", "3"]
-
-
-def _state_step(run: Path) -> int:
-    """The step-in-epoch of the saved state (0 at an epoch boundary, -1 when there is none)."""
-    path = run / "state" / "state.json"
-    try:
-        items = dict((k, v) for k, v in json.loads(path.read_text())["state"]["__dict__"])
-    except (OSError, ValueError, KeyError):
-        return -1
-    return 100 * int(items.get("epoch", 0)) + int(items.get("step_in_epoch", 0))
-
-
-def _kill_mid_run(cmd: list[str], run: Path, at_least: int) -> None:
-    """Start ``cmd`` and kill -9 it as soon as a mid-epoch checkpoint past ``at_least`` exists."""
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
-    deadline = time.time() + 240
-    while time.time() < deadline and proc.poll() is None:
-        s = _state_step(run)
-        if s >= at_least and s % 100:
-            proc.send_signal(signal.SIGKILL)
-            break
-        time.sleep(0.02)
-    proc.wait()
-    assert proc.returncode == -signal.SIGKILL, "the run ended before it could be killed"
-    assert not (run / "model.safetensors").exists()
 
 
 def _same_weights(a: Path, b: Path) -> bool:

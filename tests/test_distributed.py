@@ -1,0 +1,158 @@
+"""Data-parallel runs: torchrun (gloo, CPU) against single-process runs, and the pieces they use."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file
+from torch.utils.data import BatchSampler, SequentialSampler
+
+from conftest import kill_mid_run
+from tas import distributed
+
+REPO = Path(__file__).resolve().parents[1]
+
+#: a search short enough to stay on the same trajectory in one and two processes (see the README:
+#: the runs agree up to float rounding, which long searches can amplify)
+SEARCH = ["--dataset", "digits", "--limit", "64", "--batch-size", "32", "--epochs", "1", "--seed", "3",
+          "--no-augment", "--device", "cpu", "--no-progress", "--checkpoint-every", "0"]
+
+
+def torchrun(script: str, args: list[str], nproc: int = 2) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+           str(REPO / script), *args]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env, cwd=REPO)
+
+
+def arch_logits(run: Path) -> dict[str, torch.Tensor]:
+    state = load_file(run / "supernet.safetensors")
+    return {k: v for k, v in state.items() if k.endswith(".alpha") or k.startswith("betas.")}
+
+
+def test_two_process_search_equals_single_process(tmp_path, teacher_run, search_script):
+    single, ddp = tmp_path / "single", tmp_path / "ddp"
+    args = ["--teacher", str(teacher_run), *SEARCH]
+    assert search_script.main(args + ["--output", str(single)]) == 0
+    r = torchrun("search.py", args + ["--output", str(ddp)])
+    assert r.returncode == 0, r.stderr[-3000:]
+
+    metrics = json.loads((ddp / "metrics.json").read_text())
+    assert metrics["world_size"] == 2
+    assert metrics["rank_divergence"] == 0.0  # both ranks end with identical α, β
+    assert json.loads((ddp / "arch.json").read_text()) == json.loads((single / "arch.json").read_text())
+    a, b = arch_logits(single), arch_logits(ddp)
+    assert a.keys() == b.keys() and len(a) > 5
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], atol=1e-3, rtol=0, msg=k)
+    # only rank 0 wrote and printed
+    assert r.stdout.count("TensorBoard:") == 1
+    assert len(list(ddp.glob("events.out.tfevents.*"))) == 1
+
+
+def test_two_process_training_writes_one_run(tmp_path, tiny_flags):
+    out = tmp_path / "teacher"
+    r = torchrun("train.py", tiny_flags + ["--output", str(out), "--epochs", "2"])
+    assert r.returncode == 0, r.stderr[-3000:]
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["epochs"] == 2 and 0 <= metrics["top1"] <= 100
+    assert r.stdout.count("TensorBoard:") == 1
+    assert len(list(out.glob("events.out.tfevents.*"))) == 1
+    # the saved weights load like any run's
+    from tas.rundir import load_run
+
+    model, config = load_run(out)
+    assert config["model"] == "cifar_resnet20"
+
+
+def test_two_process_search_killed_and_resumed(tmp_path, teacher_run):
+    """kill -9 of torchrun and its workers mid-epoch; --resume under torchrun ends with the same arch."""
+    args = ["--teacher", str(teacher_run), "--dataset", "digits", "--limit", "256", "--batch-size", "16",
+            "--epochs", "2", "--seed", "3", "--no-augment", "--device", "cpu", "--no-progress",
+            "--checkpoint-every", "2"]
+    straight, killed = tmp_path / "straight", tmp_path / "killed"
+    assert torchrun("search.py", args + ["--output", str(straight)]).returncode == 0
+    kill_mid_run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                  str(REPO / "search.py"), *args, "--output", str(killed)], killed, 103)
+    r = torchrun("search.py", args + ["--output", str(killed), "--resume"])
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "resuming" in r.stdout
+    assert json.loads((killed / "arch.json").read_text()) == json.loads((straight / "arch.json").read_text())
+
+
+def test_sharded_batches_partition_the_global_batches():
+    base = BatchSampler(SequentialSampler(range(23)), 8, drop_last=False)  # 8, 8, 7
+    shards = [list(distributed.ShardedBatchSampler(base, r, 3)) for r in range(3)]
+    for i, batch in enumerate(base):
+        assert sorted(sum((s[i] for s in shards), [])) == batch
+    assert [len(distributed.ShardedBatchSampler(base, r, 3)) for r in range(3)] == [3, 3, 3]
+    small = BatchSampler(SequentialSampler(range(17)), 8, drop_last=False)  # 8, 8, 1
+    dropped = distributed.ShardedBatchSampler(small, 0, 2)
+    assert len(dropped) == len(list(dropped)) == 2  # a batch smaller than the world is skipped
+    assert len(distributed.ShardedBatchSampler(small, 0, 2, drop_small=False)) == 3
+
+
+def test_collectives_are_identities_in_one_process():
+    p = torch.nn.Parameter(torch.ones(3))
+    p.grad = torch.full((3,), 2.0)
+    assert distributed.reduce_gradients([p], 5, [7.0]) == (5, [7.0])
+    assert torch.equal(p.grad, torch.full((3,), 2.0))
+    assert distributed.loss_scale(5) == 1.0 and distributed.world_size() == 1 and distributed.is_main()
+    x = torch.randn(4, 3, 2, 2)
+    torch.testing.assert_close(distributed.sync_batch_norm(x, None, None, None, None, 0.1, 1e-5),
+                               F.batch_norm(x, None, None, None, None, True, 0.1, 1e-5))
+
+
+def _sync_bn_worker(rank: int, world: int, port: int, out: str) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world))
+    torch.distributed.init_process_group("gloo")
+    try:
+        g = torch.Generator().manual_seed(0)
+        x = torch.randn(7, 4, 3, 3, generator=g, dtype=torch.float64) * 3 + 1
+        w = torch.randn(4, generator=g, dtype=torch.float64)
+        b = torch.randn(4, generator=g, dtype=torch.float64)
+        up = torch.randn(7, 4, 3, 3, generator=g, dtype=torch.float64)
+        xr = x[rank::world].clone().requires_grad_()
+        wr, br = w.clone().requires_grad_(), b.clone().requires_grad_()
+        rm, rv = torch.zeros(4, dtype=torch.float64), torch.ones(4, dtype=torch.float64)
+        y = distributed.sync_batch_norm(xr, rm, rv, wr, br, 0.1, 1e-5)
+        (y * up[rank::world]).sum().backward()
+        torch.save({"y": y.detach(), "dx": xr.grad, "dw": wr.grad, "db": br.grad, "rm": rm, "rv": rv},
+                   f"{out}/{rank}.pt")
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+def test_sync_batch_norm_equals_full_batch_norm(tmp_path):
+    """Two ranks with uneven shards (4 + 3 samples) normalise, and back-propagate, like one batch of 7."""
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.spawn(_sync_bn_worker, args=(2, port, str(tmp_path)), nprocs=2)
+    g = torch.Generator().manual_seed(0)
+    x = (torch.randn(7, 4, 3, 3, generator=g, dtype=torch.float64) * 3 + 1).requires_grad_()
+    w = torch.randn(4, generator=g, dtype=torch.float64).requires_grad_()
+    b = torch.randn(4, generator=g, dtype=torch.float64).requires_grad_()
+    up = torch.randn(7, 4, 3, 3, generator=g, dtype=torch.float64)
+    rm, rv = torch.zeros(4, dtype=torch.float64), torch.ones(4, dtype=torch.float64)
+    y = F.batch_norm(x, rm, rv, w, b, True, 0.1, 1e-5)
+    (y * up).sum().backward()
+    ranks = [torch.load(tmp_path / f"{r}.pt", weights_only=True) for r in range(2)]
+    for r, got in enumerate(ranks):
+        torch.testing.assert_close(got["y"], y.detach()[r::2])
+        torch.testing.assert_close(got["dx"], x.grad[r::2])
+        torch.testing.assert_close(got["rm"], rm)
+        torch.testing.assert_close(got["rv"], rv)
+    # parameter gradients are per-rank partial sums; the gradient all-reduce adds them
+    torch.testing.assert_close(ranks[0]["dw"] + ranks[1]["dw"], w.grad)
+    torch.testing.assert_close(ranks[0]["db"] + ranks[1]["db"], b.grad)
