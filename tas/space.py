@@ -21,6 +21,8 @@ __all__ = ["SearchSpace", "load_space", "list_spaces", "default_space_for", "SPA
 SPACES_DIR = Path(__file__).resolve().parent.parent / "search_spaces"
 _SEARCH_KEYS = ("stem", "stream", "inner", "depth")
 DEPTH_RULES = ("cifar", "imagenet", "none")
+#: the rounding multiple ``divisor: auto`` starts from before the latency table thins the widths
+AUTO_BASE = 8
 
 
 @dataclass
@@ -30,7 +32,12 @@ class SearchSpace:
     Attributes:
         family: the family adapter it is meant for (checked against the model).
         ratios: width candidates as fractions of each group's full width, each in (0, 1].
-        divisor: widths are rounded to a multiple of this (and of a grouped conv's group count).
+        divisor: widths are rounded to a multiple of this (and of a grouped conv's group count), or
+            ``"auto"``: rounded to multiples of 8, then thinned by the measured latency table so
+            that no kept width is as slow as a wider one (:func:`tas.latency.aligned_candidates`;
+            the search does this before it builds the supernet).
+        widths: explicit candidate widths per group name, overriding ``ratios`` for those groups
+            (``divisor: auto`` records its choice here).
         k: fragments sampled per group in every forward pass.
         depth: depth-candidate rule, one of ``cifar``, ``imagenet``, ``none``.
         search: which group kinds (``stem``, ``stream``, ``inner``) and whether ``depth`` are searched.
@@ -38,17 +45,24 @@ class SearchSpace:
 
     family: str = "resnet"
     ratios: list[float] = field(default_factory=lambda: [0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0])
-    divisor: int = 8
+    divisor: int | str = 8
     k: int = 2
     depth: str = "imagenet"
     search: dict[str, bool] = field(default_factory=lambda: {k: True for k in _SEARCH_KEYS})
+    widths: dict[str, list[int]] | None = None
     name: str = "custom"
 
     def __post_init__(self) -> None:
         if not self.ratios or any(not isinstance(r, (int, float)) or not 0 < r <= 1 for r in self.ratios):
             raise TasError(f"search space {self.name}: every width ratio must be in (0, 1], got {self.ratios}")
-        if not isinstance(self.divisor, int) or self.divisor < 1:
-            raise TasError(f"search space {self.name}: divisor must be a positive integer, got {self.divisor!r}")
+        if self.divisor != "auto" and (not isinstance(self.divisor, int) or self.divisor < 1):
+            raise TasError(f"search space {self.name}: divisor must be a positive integer or 'auto', "
+                           f"got {self.divisor!r}")
+        if self.widths is not None and (not isinstance(self.widths, dict) or not all(
+                isinstance(v, list) and v and all(isinstance(w, int) and w > 0 for w in v)
+                for v in self.widths.values())):
+            raise TasError(f"search space {self.name}: 'widths' must map group names to lists of positive "
+                           "integers")
         if not isinstance(self.k, int) or self.k < 1:
             raise TasError(f"search space {self.name}: k must be a positive integer, got {self.k!r}")
         if self.depth not in DEPTH_RULES:
@@ -58,11 +72,25 @@ class SearchSpace:
             raise TasError(f"search space {self.name}: unknown keys under 'search': {unknown}")
         self.search = {k: bool(self.search.get(k, True)) for k in _SEARCH_KEYS}
 
+    @property
+    def step(self) -> int:
+        """The rounding multiple of widths (8 under ``divisor: auto``, before latency alignment)."""
+        return AUTO_BASE if self.divisor == "auto" else int(self.divisor)
+
     def width_candidates(self, group: Group) -> list[int]:
-        """Sorted distinct widths of ``group``: each ratio × width rounded to the step, full width included."""
+        """Sorted distinct widths of ``group``: each ratio × width rounded to the step, full width included.
+
+        Explicit ``widths`` for the group take precedence (the full width is always a candidate).
+        """
         if not self.search.get(group.kind, True):
             return [group.channels]
-        step = math.lcm(self.divisor, group.conv_groups)
+        if self.widths and group.name in self.widths:
+            bad = [w for w in self.widths[group.name] if w > group.channels or w % group.conv_groups]
+            if bad:
+                raise TasError(f"search space {self.name}: widths {bad} of {group.name} exceed its "
+                               f"{group.channels} channels or are not multiples of its {group.conv_groups} groups")
+            return sorted(set(self.widths[group.name]) | {group.channels})
+        step = math.lcm(self.step, group.conv_groups)
         out = {group.channels}
         for r in self.ratios:
             w = max(step, int(round(r * group.channels / step)) * step)

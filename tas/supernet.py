@@ -196,7 +196,7 @@ class Supernet(nn.Module):
                                         {n: s.num_blocks for n, s in graph.stages.items()}) for m in ("flops", "params")}
 
         net = copy.deepcopy(model)
-        block = block_size or space.divisor
+        block = block_size or space.step
         self.group_states = nn.ModuleDict({_key(n): GroupState(g, width_cands[n], selection, block)
                                            for n, g in graph.groups.items()})
         gs = {n: self.group_states[_key(n)] for n in graph.groups}

@@ -405,3 +405,45 @@ def test_timer_calls_per_visit():
         lat.build_latency_table(supernet, runtime="torch-cpu", timer=timer, repeats=3, warmup=1, progress=False,
                                 save=False, hardware="test", warm_calls=warm)
         assert timer.calls == (n + 2) * (3 + 1) * (1 + warm)  # + the whole model and the empty one
+
+
+def test_divisor_auto_searches_only_aligned_widths(tmp_path, teacher_run, search_script, monkeypatch):
+    """``divisor: auto``: the search measures the table, drops widths no faster than a wider one and
+    records the kept candidates in the space of ``arch.json``."""
+    from tas.space import load_space
+
+    space = tmp_path / "auto.yaml"
+    space.write_text("family: resnet\nratios: [0.25, 0.5, 0.75, 1.0]\ndivisor: auto\nk: 2\ndepth: cifar\n")
+    assert load_space(str(space)).step == 8
+    penalised = ("layer2.0.downsample.0", "layer2.0.conv2", "layer2.1.conv2", "layer2.2.conv2")
+    built = []
+
+    def fake_table(supernet, **kwargs):
+        built.append([*supernet.groups()["layer2"].widths])
+        return lat.build_latency_table(supernet, runtime="torch-cpu", repeats=1, warmup=0, progress=False,
+                                       save=False, hardware="test",
+                                       timer=FakeTimer(penalty={(n, 16): 1e-3 for n in penalised}))
+
+    monkeypatch.setattr(lat, "load_or_build", fake_table)
+    out = tmp_path / "s"
+    assert search_script.main(["--teacher", str(teacher_run), "--space", str(space), "--flops-ratio", "0.6",
+                               "--dataset", "digits", "--limit", "64", "--batch-size", "32", "--epochs", "1",
+                               "--device", "cpu", "--no-progress", "--output", str(out)]) == 0
+    assert built == [[8, 16, 24, 32]]  # the table covers the 8-step grid
+    arch = json.loads((out / "arch.json").read_text())
+    widths = arch["meta"]["space"]["widths"]
+    assert widths["layer2"] == [8, 24, 32]  # 16 was slower than 24
+    assert arch["groups"]["layer2"]["width"] in (8, 24, 32)
+    assert widths["layer3"] == [16, 32, 48, 64]  # monotone groups keep every candidate
+
+
+def test_space_widths_override_and_bad_divisor():
+    from tas.space import SearchSpace
+
+    s = _supernet({"ratios": [0.5, 1.0], "widths": {"layer3": [40, 48]}})
+    assert s.groups()["layer3"].widths == [40, 48, 64]
+    assert s.groups()["layer2"].widths == [16, 32]
+    with pytest.raises(TasError, match="exceed"):
+        _supernet({"widths": {"layer3": [72]}})
+    with pytest.raises(TasError, match="positive integer or 'auto'"):
+        SearchSpace(divisor="eight")
