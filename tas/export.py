@@ -23,10 +23,8 @@ import copy
 import json
 import os
 import shutil
-import statistics
 import sys
 import tempfile
-import time
 import warnings
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -248,32 +246,26 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, input_size: Sequence[
 # latency
 # ---------------------------------------------------------------------------------------------
 def ort_latency(paths: Sequence[str | os.PathLike], input_size: Sequence[int], batch: int, repeats: int = 30,
-                warmup: int = 5, threads: int = 2, seed: int = 0) -> list[float]:
+                warmup: int = 5, threads: int = 2) -> list[float]:
     """Median ONNX Runtime CPU latency (ms) of each model, measured interleaved.
 
-    One session per model (``intra_op_num_threads=threads``). Every repeat runs each model once,
-    round-robin, starting one model further along each time, so slow-downs of the machine are
-    shared by all models rather than landing on whichever was timed during them.
+    Every repeat runs each model once, round-robin, starting one model further along each time, so
+    slow-downs of the machine are shared by all models rather than landing on whichever was timed
+    during them. The models run in a fresh process sharing one ONNX Runtime thread pool
+    (:func:`tas.latency.measure_onnx`, also how latency tables and predictions are measured): with
+    a pool per session, each session's threads keep spinning after its run and slow down the next
+    model, which made interleaved timings of near-identical models differ by up to 2x here.
     """
+    from .latency import measure_onnx
+
     if not paths:
         return []
     if repeats < 1 or warmup < 0 or batch < 1 or threads < 1:
         raise TasError(f"need repeats >= 1, warmup >= 0, batch >= 1, threads >= 1 "
                        f"(got {repeats}, {warmup}, {batch}, {threads})")
-    sessions = [_session(p, threads) for p in paths]
-    x = np.random.default_rng(seed).standard_normal((int(batch), *[int(s) for s in input_size]), dtype=np.float32)
-    feed = {INPUT_NAME: x}
-    n = len(sessions)
-    times: list[list[float]] = [[] for _ in sessions]
-    for r in range(warmup + repeats):
-        for k in range(n):
-            i = (r + k) % n
-            t0 = time.perf_counter()
-            sessions[i].run([OUTPUT_NAME], feed)
-            dt = time.perf_counter() - t0
-            if r >= warmup:
-                times[i].append(dt * 1e3)
-    return [float(statistics.median(t)) for t in times]
+    for p in paths:
+        _session(p, 1)  # a clear error for a file ONNX Runtime cannot load, before the worker starts
+    return measure_onnx(paths, input_size, batch=batch, threads=threads, repeats=repeats, warmup=warmup)
 
 
 # ---------------------------------------------------------------------------------------------

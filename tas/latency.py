@@ -415,9 +415,8 @@ def measure_onnx(paths: Sequence[str | os.PathLike], input_size: Sequence[int], 
                  repeats: int = 30, warmup: int = 5, warm_calls: int = 0) -> list[float]:
     """Median latency (ms) of whole ONNX models measured the way the tables are (fresh process, one
     global thread pool, interleaved, ``warm_calls`` untimed calls before each timed one), so a
-    prediction and a measurement can be compared like for like. (:func:`tas.export.ort_latency`
-    gives every model its own thread pool; with ``warm_calls=0`` its numbers for cifar_resnet20 at
-    32 px came out within 15% of these here, with ``warm_calls=1`` these were 1.25-2x lower.)"""
+    prediction and a measurement can be compared like for like (:func:`tas.export.ort_latency` is
+    this). With ``warm_calls=1`` cifar_resnet20 at 32 px measured 1.25-2x lower than with 0.)"""
     _check_args("ort-cpu", batch, threads, repeats, warmup)
     shape = (int(batch), *[int(s) for s in input_size])
     with tempfile.TemporaryDirectory(prefix="tas-latency-") as tmp:
