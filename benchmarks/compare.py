@@ -56,6 +56,9 @@ from tas.data import FASHION_MNIST_DIR  # noqa: E402
 from tas.rundir import is_finished_run, load_run  # noqa: E402
 
 METHODS = ("tas", "uniform", "l1", "synflow", "random")
+#: TAS with a measured-latency budget (``ratio`` is then the latency fraction kept, ORT CPU at batch
+#: 32); benchmarks/latency_search.py adds these cells
+LATENCY_METHOD = "tas-latency"
 DATASET = "fashion-mnist"
 
 #: settings per mode; flags override them
@@ -180,7 +183,7 @@ class Bench:
         timing_path = cdir / "timing.json"
         timing = json.loads(timing_path.read_text()) if timing_path.is_file() else {}
         search_dir, slim_dir = cdir / "search", cdir / "slim"
-        search_epochs = a.search_epochs if method == "tas" else 0
+        search_epochs = a.search_epochs if method.startswith("tas") else 0
         distill_epochs = a.budget - search_epochs
         cdir.mkdir(parents=True, exist_ok=True)
         with open(cdir / "log.txt", "a") as logf, contextlib.redirect_stdout(logf if not a.verbose else sys.stdout):
@@ -188,7 +191,10 @@ class Bench:
                 t0 = time.perf_counter()
                 common = {**self.common(seed), "teacher": str(teacher), "flops_ratio": ratio,
                           "output": str(search_dir), "overwrite": True, "batch_size": a.batch_size}
-                if method == "tas":
+                if method == LATENCY_METHOD:
+                    common.pop("flops_ratio")
+                    common.update(latency_ratio=ratio, runtime="ort-cpu", latency_batch=32)
+                if method.startswith("tas"):
                     # one search epoch = one pass over the subset (half weights, half architecture)
                     searching.search({**common, "epochs": search_epochs, "limit": a.limit // 2})
                 else:
@@ -403,13 +409,14 @@ def results_model(results: dict) -> str:
     return next(iter(results["teachers"]))
 
 
-def main(argv=None) -> int:
+def parse_args(argv=None) -> argparse.Namespace:
+    """The flags below, with the mode's settings filled in."""
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     g = p.add_mutually_exclusive_group()
     g.add_argument("--quick", action="store_true", help="~10 min: 50%% only, 2 seeds, 4000 images")
     g.add_argument("--full", action="store_true", help="also cifar_resnet56")
     p.add_argument("--models", nargs="+", default=None)
-    p.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
+    p.add_argument("--methods", nargs="+", default=list(METHODS), choices=(*METHODS, LATENCY_METHOD))
     p.add_argument("--ratios", type=float, nargs="+", default=None, help="FLOPs fractions kept")
     p.add_argument("--seeds", type=int, nargs="+", default=None)
     p.add_argument("--limit", type=int, default=None, help="training (and test) images")
@@ -437,6 +444,11 @@ def main(argv=None) -> int:
     if not 1 <= args.search_epochs < args.budget:
         sys.exit("error: need 1 <= --search-epochs < --budget (TAS must distil at least one epoch)")
     args.output = args.output or str(REPO / "runs" / "compare" / args.mode)
+    return args
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
     args.load = [os.getloadavg()[0]]
     torch.set_num_threads(max(1, args.threads))
     ensure_dataset(args.data_dir)

@@ -447,3 +447,29 @@ def test_space_widths_override_and_bad_divisor():
         _supernet({"widths": {"layer3": [72]}})
     with pytest.raises(TasError, match="positive integer or 'auto'"):
         SearchSpace(divisor="eight")
+
+
+def test_latency_search_reports_prediction_against_measurement(tmp_path, teacher_run, search_script, monkeypatch):
+    """--latency-ratio: metrics.json holds predicted and measured latency, and both error figures."""
+    monkeypatch.setitem(globals(), "WHOLE", 0.0)  # no fixed overhead: the layers make the latency
+    monkeypatch.setattr(lat, "load_or_build", lambda supernet, **kw: lat.build_latency_table(
+        supernet, runtime="torch-cpu", repeats=1, warmup=0, progress=False, save=False, hardware="test",
+        timer=FakeTimer()))
+    measured = []
+
+    def fake_measure(paths, input_size, batch=1, threads=2, **kw):
+        measured.append((len(paths), batch))
+        return [4.0, 2.0]  # original 4 ms, slim 2 ms
+
+    monkeypatch.setattr(lat, "measure_onnx", fake_measure)
+    out = tmp_path / "s"
+    assert search_script.main(["--teacher", str(teacher_run), "--latency-ratio", "0.6", "--latency-batch", "2",
+                               "--dataset", "digits", "--limit", "64", "--batch-size", "32", "--epochs", "1",
+                               "--device", "cpu", "--no-progress", "--output", str(out)]) == 0
+    m = json.loads((out / "metrics.json").read_text())
+    assert measured == [(2, 2)]
+    assert m["target_metric"] == "latency" and m["measured_latency_ms"] == 2.0 and m["full_latency_ms"] == 4.0
+    assert m["measured_latency_ratio"] == 0.5
+    assert m["prediction_error"] == pytest.approx(m["predicted_latency_ms"] / 2.0 - 1)
+    assert m["ratio_prediction_error"] == pytest.approx(m["predicted_latency_ratio"] / 0.5 - 1)
+    assert 0.6 - 0.05 - 1e-9 <= m["predicted_latency_ratio"] <= 0.6 + 1e-9  # the band, in predicted latency
