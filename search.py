@@ -96,6 +96,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.method != "tas":
         from tas.baselines import run_baseline
 
+        if os.environ.get("RANK", "0") != "0":
+            return 0  # a baseline prunes without training: under torchrun, rank 0 runs it alone
+
         run_baseline(args)
         return 0
     from tas.searching import search

@@ -131,7 +131,7 @@ def render(rows: list[dict], args, elapsed: float, exporters: set[str]) -> str:
                                        order[r["variant"]]))
     table = format_table([[r["model"], r["batch"], f"{r['target']:.0%}", r["variant"], f"{r['r']:.3f}",
                            f"{r['flops_ratio']:.3f}", f"{r['orig_ms']:.3f}", f"{r['slim_ms']:.3f}",
-                           f"{r['speedup']:.2f}x", f"{r['realised']:.2f}"] for r in rows], header)
+                           f"{r['speedup']:.2f}x", f"{r['realised']:.3f}"] for r in rows], header)
     cpu = platform.processor() or platform.machine()
     sizes = ", ".join(f"{m[0]} {m[2][1]}px (bs 1 / {m[3]})" for m in MODELS if m[0] in args.models)
     return "\n".join([
