@@ -306,25 +306,34 @@ def _ratio(arch: Any, metric: str, latency: Any) -> float:
 
 def _latency_check(latency: Any, slim: torch.nn.Module, teacher: torch.nn.Module, arch: Any,
                    cfg: SearchConfig) -> dict[str, float]:
-    """Export the slim and original networks and measure them the way the table was measured."""
+    """Export the slim and original networks and measure them the way the table predicts them.
+
+    With a steady-state calibration in the table (:attr:`~tas.latency.LatencyTable.steady_scale`)
+    both networks are timed warm, each call right after an untimed one, and predictions are scaled
+    to that state; otherwise they are timed as the table's layers were.
+    """
     import tempfile
 
     from .export import export_onnx
     from .latency import measure_onnx
 
+    scale = latency.steady_scale
+    warm_calls = 1 if scale is not None else int(latency.meta.get("warm_calls", 0))
     with tempfile.TemporaryDirectory(prefix="tas-latency-check-") as tmp:
         paths = [Path(tmp) / "original.onnx", Path(tmp) / "slim.onnx"]
         export_onnx(teacher.cpu().eval(), paths[0], arch.input_size)
         export_onnx(slim.cpu().eval(), paths[1], arch.input_size)
         full_ms, slim_ms = measure_onnx(paths, arch.input_size, batch=cfg.latency_batch,
-                                        threads=torch.get_num_threads())
-    predicted = latency.exact_arch(arch)
+                                        threads=torch.get_num_threads(), warm_calls=warm_calls)
+    predicted = latency.exact_arch(arch) * (scale or 1.0)
+    predicted_ratio = latency.exact_arch(arch) / latency.full()
     return {"predicted_latency_ms": predicted, "measured_latency_ms": slim_ms, "full_latency_ms": full_ms,
-            "predicted_latency_ratio": predicted / latency.full(), "measured_latency_ratio": slim_ms / full_ms,
+            "predicted_latency_ratio": predicted_ratio, "measured_latency_ratio": slim_ms / full_ms,
             "prediction_error": predicted / slim_ms - 1,
             # Both ratios' parts are timed side by side, so this one is immune to the machine's
             # load drifting between the table's measurement and this check.
-            "ratio_prediction_error": (predicted / latency.full()) / (slim_ms / full_ms) - 1,
+            "ratio_prediction_error": predicted_ratio / (slim_ms / full_ms) - 1,
+            "latency_measured": "steady state (warm)" if scale is not None else f"warm_calls={warm_calls}",
             "latency_runtime": cfg.runtime}
 
 

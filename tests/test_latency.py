@@ -473,3 +473,11 @@ def test_latency_search_reports_prediction_against_measurement(tmp_path, teacher
     assert m["prediction_error"] == pytest.approx(m["predicted_latency_ms"] / 2.0 - 1)
     assert m["ratio_prediction_error"] == pytest.approx(m["predicted_latency_ratio"] / 0.5 - 1)
     assert 0.6 - 0.05 - 1e-9 <= m["predicted_latency_ratio"] <= 0.6 + 1e-9  # the band, in predicted latency
+
+
+def test_steady_scale_maps_predictions_to_the_measured_steady_state(table):
+    assert table.steady_scale is None  # a fake timer measures no steady state
+    calibrated = lat.LatencyTable.from_dict({**table.to_dict(), "meta": {**table.meta, "steady_ms": table.full() / 2}})
+    assert calibrated.steady_scale == pytest.approx(0.5)
+    # a uniform factor: ratios to the original, and so every latency target, are unchanged
+    assert calibrated.full() == table.full() and calibrated.smallest() == table.smallest()
