@@ -54,6 +54,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--runtime", default=d.runtime, choices=("ort-cpu", "torch-cpu", "torch-cuda"),
                    help="where latency is measured (tables cached under ~/.cache/tas/latency)")
     g.add_argument("--latency-batch", type=int, default=d.latency_batch, help="batch size latency is measured at")
+    g.add_argument("--latency-threads", type=int, default=d.latency_threads,
+                   help="threads latency is measured with (default: torch's; under torchrun, which sets "
+                        "OMP_NUM_THREADS=1, give the deployment's)")
     g.add_argument("--tolerance", type=float, default=d.tolerance, help="accepted shortfall below the target, as a fraction of the full cost")
     g.add_argument("--cost-weight", type=float, default=d.cost_weight, help="weight of the cost loss in the architecture step")
     g = p.add_argument_group("data")

@@ -437,12 +437,16 @@ def create_loaders(
     """
     if limit is not None and limit < 1:
         raise DataError(f"limit must be a positive integer, got {limit}")
-    train_set = create_dataset(name, "train", data_dir, download, img_size, augment=augment)
-    test_set = create_dataset(name, "test", data_dir, download, img_size)
-    halves = (dict(zip(("train", "val"), split_train_val(train_set.targets, seed)))
-              if search_split else {"train": range(len(train_set))})
     from . import distributed as dist
 
+    if download and distributed and dist.rank() != 0:
+        dist.barrier()  # rank 0 downloads first; the others then find the files
+    train_set = create_dataset(name, "train", data_dir, download, img_size, augment=augment)
+    test_set = create_dataset(name, "test", data_dir, download, img_size)
+    if download and distributed and dist.rank() == 0:
+        dist.barrier()
+    halves = (dict(zip(("train", "val"), split_train_val(train_set.targets, seed)))
+              if search_split else {"train": range(len(train_set))})
     rank, world = (dist.rank(), dist.world_size()) if distributed else (0, 1)
     common = dict(num_workers=workers, persistent_workers=workers > 0, pin_memory=torch.cuda.is_available())
 

@@ -167,8 +167,9 @@ def reduce_gradients(params: Iterable[torch.nn.Parameter], count: int,
     if not is_active():
         return count, [float(e) for e in extras]
     grads = [p.grad for p in params if p.grad is not None]
-    device = grads[0].device if grads else torch.device("cpu")
-    head = torch.tensor([float(count), *map(float, extras)], dtype=torch.float32, device=device)
+    device = grads[0].device if grads else _comm_device("cuda" if dist.get_backend() == "nccl" else "cpu")
+    dtype = grads[0].dtype if grads else torch.float32
+    head = torch.tensor([float(count), *map(float, extras)], dtype=dtype, device=device)
     flat = torch.cat([head, *(g.reshape(-1) for g in grads)]).to(_comm_device(device))
     dist.all_reduce(flat)
     flat = flat.to(device)
@@ -319,8 +320,10 @@ class ShardedBatchSampler(Sampler[list[int]]):
 
     All ranks hold the same seeded ``batch_sampler`` and so walk the same global batches; the
     union of the shards of a batch is the batch a single process would take. With ``drop_small``
-    a global batch smaller than the number of ranks is skipped on every rank (a training step
-    with an empty shard would average over nothing). In one process this is ``batch_sampler``.
+    (training) a global batch smaller than the number of ranks is skipped on every rank, so every
+    rank takes the same number of steps; without it (evaluation) a rank whose shard would be empty
+    skips it, so ranks may see different numbers of batches (evaluation totals over ranks only
+    after its loop). In one process this is ``batch_sampler``.
     """
 
     def __init__(self, batch_sampler: Any, rank: int | None = None, world_size: int | None = None,
@@ -331,6 +334,9 @@ class ShardedBatchSampler(Sampler[list[int]]):
         self.drop_small = drop_small
         if not 0 <= self.rank < self.world_size:
             raise ValueError(f"rank {self.rank} outside world size {self.world_size}")
+        if batch_sampler.batch_size < self.world_size:
+            raise TasError(f"--batch-size {batch_sampler.batch_size} is the global batch and must be at least the "
+                           f"number of processes ({self.world_size})")
 
     @property
     def sampler(self) -> Any:
@@ -340,12 +346,15 @@ class ShardedBatchSampler(Sampler[list[int]]):
         for batch in self.batch_sampler:
             if self.drop_small and len(batch) < self.world_size:
                 continue
-            yield list(batch)[self.rank::self.world_size]
+            shard = list(batch)[self.rank::self.world_size]
+            if shard:
+                yield shard
 
     def __len__(self) -> int:
         n = len(self.batch_sampler)
-        if not self.drop_small or self.world_size == 1 or n == 0:
+        if self.world_size == 1 or n == 0:
             return n
         bs, total = self.batch_sampler.batch_size, len(self.batch_sampler.sampler)
         last = total - (n - 1) * bs
-        return n - (1 if last < self.world_size else 0)
+        small = last < self.world_size if self.drop_small else last <= self.rank
+        return n - (1 if small else 0)

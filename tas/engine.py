@@ -97,8 +97,7 @@ def evaluate(
             c1, c5 = _topk_correct(logits, targets, (1, 5))
             top1 += c1
             top5 += c5
-            if targets.numel():  # a distributed shard can be empty
-                loss_sum += float(loss_fn(logits, targets)) * targets.size(0)
+            loss_sum += float(loss_fn(logits, targets)) * targets.size(0)
             n += targets.size(0)
             if per_class:
                 k = logits.size(1)
@@ -111,10 +110,11 @@ def evaluate(
     finally:
         model.train(was_training)
     if getattr(getattr(loader, "batch_sampler", None), "world_size", 1) > 1:  # a rank's shard: total them
-        n, top1, top5, loss_sum, *per = distributed.all_reduce_sum(
-            [n, top1, top5, loss_sum, *(per_hit.tolist() + per_total.tolist() if per_class else [])], device)
+        k = int(distributed.all_reduce_max(0 if per_hit is None else per_hit.numel())) if per_class else 0
+        hits = per_hit.tolist() if per_hit is not None else [0] * k
+        totals = per_total.tolist() if per_total is not None else [0] * k
+        n, top1, top5, loss_sum, *per = distributed.all_reduce_sum([n, top1, top5, loss_sum, *hits, *totals], device)
         if per_class:
-            k = len(per) // 2
             per_hit, per_total = torch.tensor(per[:k]).long(), torch.tensor(per[k:]).long()
         n, top1, top5 = int(n), int(top1), int(top5)
     if n == 0:

@@ -58,6 +58,7 @@ class SearchConfig:
     latency_ratio: float | None = None
     runtime: str = "ort-cpu"
     latency_batch: int = 1
+    latency_threads: int | None = None
     tolerance: float = 0.05
     cost_weight: float = 2.0
     epochs: int = 2
@@ -305,36 +306,42 @@ def _ratio(arch: Any, metric: str, latency: Any) -> float:
 
 
 def _latency_check(latency: Any, slim: torch.nn.Module, teacher: torch.nn.Module, arch: Any,
-                   cfg: SearchConfig) -> dict[str, float]:
-    """Export the slim and original networks and measure them the way the table predicts them.
+                   cfg: SearchConfig) -> dict[str, Any]:
+    """Export the slim and original networks and measure them end to end, twice.
 
-    With a steady-state calibration in the table (:attr:`~tas.latency.LatencyTable.steady_scale`)
-    both networks are timed warm, each call right after an untimed one, and predictions are scaled
-    to that state; otherwise they are timed as the table's layers were.
+    First the way the table's layers were timed (``warm_calls`` of the table: cold by default),
+    which the prediction and the budget refer to; then in the steady state (each timed call right
+    after an untimed one, as when a network is served back to back), reported beside it. A network
+    whose weights fit in the cache runs relatively faster in the steady state than its cold layers
+    predict; the table's ``steady_scale`` (when measured) maps absolute predictions there.
     """
     import tempfile
 
     from .export import export_onnx
     from .latency import measure_onnx
 
-    scale = latency.steady_scale
-    warm_calls = 1 if scale is not None else int(latency.meta.get("warm_calls", 0))
+    threads = cfg.latency_threads or torch.get_num_threads()
     with tempfile.TemporaryDirectory(prefix="tas-latency-check-") as tmp:
         paths = [Path(tmp) / "original.onnx", Path(tmp) / "slim.onnx"]
         export_onnx(teacher.cpu().eval(), paths[0], arch.input_size)
         export_onnx(slim.cpu().eval(), paths[1], arch.input_size)
-        full_ms, slim_ms = measure_onnx(paths, arch.input_size, batch=cfg.latency_batch,
-                                        threads=torch.get_num_threads(), warm_calls=warm_calls)
-    predicted = latency.exact_arch(arch) * (scale or 1.0)
-    predicted_ratio = latency.exact_arch(arch) / latency.full()
-    return {"predicted_latency_ms": predicted, "measured_latency_ms": slim_ms, "full_latency_ms": full_ms,
-            "predicted_latency_ratio": predicted_ratio, "measured_latency_ratio": slim_ms / full_ms,
-            "prediction_error": predicted / slim_ms - 1,
-            # Both ratios' parts are timed side by side, so this one is immune to the machine's
-            # load drifting between the table's measurement and this check.
-            "ratio_prediction_error": predicted_ratio / (slim_ms / full_ms) - 1,
-            "latency_measured": "steady state (warm)" if scale is not None else f"warm_calls={warm_calls}",
-            "latency_runtime": cfg.runtime}
+        full_ms, slim_ms = measure_onnx(paths, arch.input_size, batch=cfg.latency_batch, threads=threads,
+                                        warm_calls=int(latency.meta.get("warm_calls", 0)))
+        steady_full_ms, steady_ms = measure_onnx(paths, arch.input_size, batch=cfg.latency_batch,
+                                                 threads=threads, warm_calls=1)
+    predicted = latency.exact_arch(arch)
+    predicted_ratio = predicted / latency.full()
+    out = {"predicted_latency_ms": predicted, "measured_latency_ms": slim_ms, "full_latency_ms": full_ms,
+           "predicted_latency_ratio": predicted_ratio, "measured_latency_ratio": slim_ms / full_ms,
+           "prediction_error": predicted / slim_ms - 1,
+           # Both ratios' parts are timed side by side, so this one is immune to the machine's
+           # load drifting between the table's measurement and this check.
+           "ratio_prediction_error": predicted_ratio / (slim_ms / full_ms) - 1,
+           "steady_latency_ms": steady_ms, "steady_full_latency_ms": steady_full_ms,
+           "steady_latency_ratio": steady_ms / steady_full_ms, "latency_runtime": cfg.runtime}
+    if latency.steady_scale is not None:
+        out["steady_prediction_error"] = predicted * latency.steady_scale / steady_ms - 1
+    return out
 
 
 def _shared_latency_table(supernet: Supernet, cfg: SearchConfig) -> Any:
@@ -344,7 +351,7 @@ def _shared_latency_table(supernet: Supernet, cfg: SearchConfig) -> Any:
 
     main = distributed.is_main()
     table = load_or_build(supernet, runtime=cfg.runtime, batch=cfg.latency_batch,
-                          threads=torch.get_num_threads(), progress=cfg.progress) if main else None
+                          threads=cfg.latency_threads or torch.get_num_threads(), progress=cfg.progress) if main else None
     if distributed.is_active():
         table = LatencyTable.from_dict(distributed.broadcast_object(table.to_dict() if main else None))
     return table
@@ -398,6 +405,7 @@ def _search(cfg: SearchConfig, device: torch.device) -> dict[str, Any]:
         raise CheckpointError(f"--resume: no resumable state in {out}")
     if not cfg.resume and not cfg.overwrite and (is_finished_run(out) or has_state(out)):
         raise TasError(f"{out} already holds a search; pass --resume, --overwrite or another --output")
+    state = load_state(out) if cfg.resume else None
     teacher, tconfig, info = load_teacher_and_data(cfg)
     seed_everything(cfg.seed)
     main = distributed.is_main()
@@ -418,7 +426,10 @@ def _search(cfg: SearchConfig, device: torch.device) -> dict[str, Any]:
         if supernet.space.divisor == "auto":
             from .latency import aligned_candidates
 
-            widths = aligned_candidates(latency, {n: g.widths for n, g in supernet.groups().items()})
+            if state is not None and "aligned_widths" in state:  # a re-measured table must not change them
+                widths = json.loads(state["aligned_widths"])
+            else:
+                widths = aligned_candidates(latency, {n: g.widths for n, g in supernet.groups().items()})
             dropped = sum(len(g.widths) - len(widths[n]) for n, g in supernet.groups().items())
             print(f"divisor auto: the latency table drops {dropped} candidate widths no faster than a wider one")
             supernet = build(dataclasses.replace(supernet.space, widths=widths))
@@ -455,8 +466,7 @@ def _search(cfg: SearchConfig, device: torch.device) -> dict[str, Any]:
         sapp = SappController(supernet, schedule, [w_opt, attn_opt])
 
     start_epoch, step, wall, history, start_in_epoch, skipped = 0, 0, 0.0, [], 0, 0
-    if cfg.resume:
-        state = load_state(out)
+    if state is not None:
         try:
             supernet.load_state_dict(state["supernet"])
             w_opt.load_state_dict(state["w_opt"])
@@ -469,7 +479,8 @@ def _search(cfg: SearchConfig, device: torch.device) -> dict[str, Any]:
             start_in_epoch, skipped = int(state.get("step_in_epoch", 0)), int(state.get("skipped_steps", 0))
             history = json.loads(state["history"])
             rng = state["rng"]
-            supernet.generator.set_state(state["gumbel_rng"].cpu())
+            if "gumbel_rng" in state:  # states written before the Gumbel draws had their own stream
+                supernet.generator.set_state(state["gumbel_rng"].cpu())
         except (KeyError, RuntimeError, ValueError) as e:
             raise CheckpointError(f"--resume: the state in {out} does not fit this search ({e})") from None
         print(f"resuming {out} at epoch {start_epoch + 1}/{cfg.epochs}, step {start_in_epoch + 1}")
@@ -483,7 +494,9 @@ def _search(cfg: SearchConfig, device: torch.device) -> dict[str, Any]:
                          "epoch": epoch_done, "step": step, "step_in_epoch": step_in_epoch,
                          "skipped_steps": skipped, "wall_time_s": seconds,
                          "history": json.dumps(history), "rng": rng_state(),
-                         "gumbel_rng": supernet.generator.get_state()})
+                         "gumbel_rng": supernet.generator.get_state(),
+                         **({"aligned_widths": json.dumps(supernet.space.widths)}
+                            if supernet.space.divisor == "auto" else {})})
 
     def check_finite(epoch: int, in_epoch: int) -> None:
         for name, p in [*((f"width logits of {n}", g.alpha) for n, g in supernet.groups().items()),
@@ -617,7 +630,9 @@ def _search(cfg: SearchConfig, device: torch.device) -> dict[str, Any]:
         *([["latency (ms, predicted / measured)", f"{metrics['full_latency_ms']:.3f}",
             f"{metrics['predicted_latency_ms']:.3f} / {metrics['measured_latency_ms']:.3f} "
             f"(ratio {metrics['measured_latency_ratio']:.3f}, predicted {metrics['predicted_latency_ratio']:.3f}; "
-            f"error {metrics['prediction_error']:+.1%} in ms, {metrics['ratio_prediction_error']:+.1%} as a ratio)"]]
+            f"error {metrics['prediction_error']:+.1%} in ms, {metrics['ratio_prediction_error']:+.1%} as a ratio)"],
+           ["latency, steady state (ms)", f"{metrics['steady_full_latency_ms']:.3f}",
+            f"{metrics['steady_latency_ms']:.3f} (ratio {metrics['steady_latency_ratio']:.3f})"]]
           if cfg.metric == "latency" else []),
         ["hard-mode test top-1", "", f"{val['top1']:.2f}%"],
         ["wall time", "", f"{wall:.1f} s"],

@@ -112,6 +112,9 @@ class SearchSpace:
         """Width candidates per group and depth candidates per stage of ``graph``."""
         if graph.family != self.family:
             raise TasError(f"search space {self.name} is for the {self.family} family, the model is {graph.family}")
+        unknown = sorted(set(self.widths or {}) - set(graph.groups))
+        if unknown:
+            raise TasError(f"search space {self.name}: 'widths' names groups the model does not have: {unknown}")
         stages = list(graph.stages.values())
         return ({n: self.width_candidates(g) for n, g in graph.groups.items()},
                 {n: self.depth_candidates(s, stages) for n, s in graph.stages.items()})

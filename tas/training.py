@@ -406,6 +406,9 @@ def fit(
                 log_every=cfg.log_every, start_step=start_step if epoch == start_epoch else 0,
                 totals=totals if epoch == start_epoch else (0.0, 0), on_step=on_step,
                 nan_policy=cfg.nan_policy, stats=nan_stats)
+            # DDP syncs buffers at the start of a forward: after the last step each rank's BN
+            # statistics differ, and evaluation and the saved run must describe rank 0's model.
+            distributed.broadcast_([b for b in model.buffers() if b.is_floating_point()])
             result = engine.evaluate(model, test_loader, device, per_class=True)
             if scheduler is not None:
                 scheduler.step(epoch + 1, result["top1"])

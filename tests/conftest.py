@@ -82,21 +82,43 @@ def state_step(run: Path) -> int:
     return 100 * int(items.get("epoch", 0)) + int(items.get("step_in_epoch", 0))
 
 
+def _descendants(pid: int) -> list[int]:
+    """Every process below ``pid`` (torchrun starts its workers in sessions of their own, so a
+    process-group kill would miss them)."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    out, todo = [], [pid]
+    while todo:
+        kids = children.get(todo.pop(), [])
+        out += kids
+        todo += kids
+    return out
+
+
 def kill_mid_run(cmd: list[str], run: Path, at_least: int) -> None:
-    """Start ``cmd`` and kill -9 it (and every process it started, e.g. torchrun's workers) as soon
+    """Start ``cmd`` and kill -9 it and every process it started (e.g. torchrun's workers) as soon
     as a mid-epoch checkpoint past ``at_least`` exists."""
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env,
-                            start_new_session=True)
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
     deadline = time.time() + 240
     killed = False
     while time.time() < deadline and proc.poll() is None:
         s = state_step(run)
         if s >= at_least and s % 100:
-            os.killpg(proc.pid, signal.SIGKILL)
+            for pid in [proc.pid, *_descendants(proc.pid)]:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
             killed = True
             break
         time.sleep(0.02)
     proc.wait()
     assert killed, "the run ended before it could be killed"
+    assert not _descendants(proc.pid)
     assert not (run / "model.safetensors").exists()

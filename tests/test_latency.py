@@ -457,9 +457,9 @@ def test_latency_search_reports_prediction_against_measurement(tmp_path, teacher
         timer=FakeTimer()))
     measured = []
 
-    def fake_measure(paths, input_size, batch=1, threads=2, **kw):
-        measured.append((len(paths), batch))
-        return [4.0, 2.0]  # original 4 ms, slim 2 ms
+    def fake_measure(paths, input_size, batch=1, threads=2, warm_calls=0, **kw):
+        measured.append((len(paths), batch, warm_calls))
+        return [4.0, 2.0] if warm_calls == 0 else [3.0, 1.2]  # original / slim ms, cold and steady state
 
     monkeypatch.setattr(lat, "measure_onnx", fake_measure)
     out = tmp_path / "s"
@@ -467,12 +467,13 @@ def test_latency_search_reports_prediction_against_measurement(tmp_path, teacher
                                "--dataset", "digits", "--limit", "64", "--batch-size", "32", "--epochs", "1",
                                "--device", "cpu", "--no-progress", "--output", str(out)]) == 0
     m = json.loads((out / "metrics.json").read_text())
-    assert measured == [(2, 2)]
+    assert measured == [(2, 2, 0), (2, 2, 1)]  # like the table (cold), then the steady state
     assert m["target_metric"] == "latency" and m["measured_latency_ms"] == 2.0 and m["full_latency_ms"] == 4.0
     assert m["measured_latency_ratio"] == 0.5
     assert m["prediction_error"] == pytest.approx(m["predicted_latency_ms"] / 2.0 - 1)
     assert m["ratio_prediction_error"] == pytest.approx(m["predicted_latency_ratio"] / 0.5 - 1)
     assert 0.6 - 0.05 - 1e-9 <= m["predicted_latency_ratio"] <= 0.6 + 1e-9  # the band, in predicted latency
+    assert m["steady_latency_ratio"] == pytest.approx(0.4) and "steady_prediction_error" not in m
 
 
 def test_steady_scale_maps_predictions_to_the_measured_steady_state(table):
