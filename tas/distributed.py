@@ -124,7 +124,7 @@ def barrier() -> None:
         dist.barrier()
 
 
-def all_reduce_sum(values: Sequence[float], device: torch.device | str = "cpu") -> list[float]:
+def all_reduce_sum(values: Sequence[float], device: torch.device | str | None = None) -> list[float]:
     """Element-wise sums of ``values`` over all ranks (float64; the values themselves alone)."""
     if not is_active():
         return [float(v) for v in values]
@@ -133,9 +133,12 @@ def all_reduce_sum(values: Sequence[float], device: torch.device | str = "cpu") 
     return t.tolist()
 
 
-def _comm_device(device: torch.device | str) -> torch.device:
-    # NCCL only moves CUDA tensors; gloo takes CPU ones.
-    return torch.device(device) if dist.get_backend() == "nccl" else torch.device("cpu")
+def _comm_device(device: torch.device | str | None = None) -> torch.device:
+    """Where a collective's tensor must live: NCCL moves CUDA tensors only (``device``, else the
+    current CUDA device), gloo CPU ones."""
+    if dist.get_backend() != "nccl":
+        return torch.device("cpu")
+    return torch.device(device) if device is not None else torch.device("cuda", torch.cuda.current_device())
 
 
 def loss_scale(count: int) -> float:
@@ -167,7 +170,7 @@ def reduce_gradients(params: Iterable[torch.nn.Parameter], count: int,
     if not is_active():
         return count, [float(e) for e in extras]
     grads = [p.grad for p in params if p.grad is not None]
-    device = grads[0].device if grads else _comm_device("cuda" if dist.get_backend() == "nccl" else "cpu")
+    device = grads[0].device if grads else _comm_device()
     dtype = grads[0].dtype if grads else torch.float32
     head = torch.tensor([float(count), *map(float, extras)], dtype=dtype, device=device)
     flat = torch.cat([head, *(g.reshape(-1) for g in grads)]).to(_comm_device(device))
@@ -215,7 +218,7 @@ def all_reduce_max(value: float) -> float:
     """The largest ``value`` over all ranks."""
     if not is_active():
         return float(value)
-    t = torch.tensor([float(value)], dtype=torch.float64, device=_comm_device("cuda" if dist.get_backend() == "nccl" else "cpu"))
+    t = torch.tensor([float(value)], dtype=torch.float64, device=_comm_device())
     dist.all_reduce(t, op=dist.ReduceOp.MAX)
     return float(t)
 
@@ -229,7 +232,7 @@ def broadcast_object(obj: Any, src: int = 0) -> Any:
     text = json.dumps(obj) if dist.get_rank() == src else ""
     data = torch.tensor(list(text.encode()), dtype=torch.uint8)
     size = torch.tensor([data.numel()], dtype=torch.int64)
-    dev = _comm_device("cuda" if dist.get_backend() == "nccl" else "cpu")
+    dev = _comm_device()
     size = size.to(dev)
     dist.broadcast(size, src)
     buf = torch.zeros(int(size), dtype=torch.uint8, device=dev)
