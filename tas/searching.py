@@ -180,9 +180,8 @@ class ArchStepper:
     def _ceiling_loss(self) -> torch.Tensor | None:
         if self.ceiling is None:
             return None
-        metric, ratio = self.ceiling
-        over = self.supernet.cost.exact(metric, *self._argmax()) > ratio * self.supernet.full[metric]
-        return torch.log(self.supernet.expected_cost(metric)) if over else None
+        over = self._over_ceiling(*self._argmax())
+        return torch.log(self.supernet.expected_cost(self.ceiling[0])) if over else None
 
     def _cost_loss(self) -> tuple[torch.Tensor, torch.Tensor, float]:
         expected, current = self.expected_cost(), self.current_cost()
@@ -208,29 +207,83 @@ class ArchStepper:
         return {"arch_loss": loss_value, "arch_ce": ce_value, "cost_loss": lc_value,
                 "expected_ratio": expected.item() / self.full, "derived_ratio": current / self.full}
 
-    def within(self) -> bool:
-        current = self.current_cost()
-        return (self.target - self.tolerance * self.full <= current <= self.target
-                and self._ceiling_loss() is None)
+    def _cost_of(self, widths: dict[str, int], depths: dict[str, int]) -> float:
+        if self.metric == "latency":
+            return self.latency.exact(widths, depths)
+        return self.supernet.cost.exact(self.metric, widths, depths)
 
-    def project(self, max_steps: int = 2000) -> int:
-        """Cost-loss-only steps on α and β until the argmax architecture meets the budget.
+    def _over_ceiling(self, widths: dict[str, int], depths: dict[str, int]) -> bool:
+        if self.ceiling is None:
+            return False
+        metric, ratio = self.ceiling
+        return self.supernet.cost.exact(metric, widths, depths) > ratio * self.supernet.full[metric]
 
-        The search's last steps can leave the argmax just outside the tolerance band (the cost
-        loss is zero inside it while cross-entropy favours width). This continues the same
-        gradient on the cost term alone, touching no weights, and returns the steps it took
-        (0 when the search already met the budget).
+    @torch.no_grad()
+    def decode(self) -> tuple[dict[str, int], dict[str, int], int]:
+        """The final architecture: the argmax, moved into the budget at the least loss of probability.
+
+        A search can end with its argmax outside the tolerance band (the cost loss is a nudge, and
+        short searches take few architecture steps). From the argmax, while the cost is over the
+        target (or a ceiling), one group's width or one stage's depth steps down to its next
+        candidate: the step that gives up the least log-probability per unit of cost saved; while
+        it is under the band, the step up that gains the most log-probability per unit of cost and
+        stays within the budget. The choice respects what the distributions learned, where
+        gradient steps on the cost alone would move every group alike.
+
+        Returns:
+            ``(widths, depths, moves)``; ``moves`` is 0 when the argmax already met the budget.
         """
-        for n in range(max_steps):
-            if self.within():
-                return n
-            lc = self._cost_loss()[0]
-            if not lc.requires_grad:  # inside the band but over a ceiling that has no gradient: stop
-                return n
-            self.optimizer.zero_grad(set_to_none=True)
-            lc.backward(inputs=self.params)
-            self.optimizer.step()
-        return max_steps
+        s = self.supernet
+        options = {("w", n): (list(g.widths), torch.log(g.probs().double()).tolist()) for n, g in s.groups().items()}
+        options.update({("d", n): (list(s.stage_depths[n]), torch.log(s.depth_probs(n).double()).tolist())
+                        for n in s.graph.stages})
+        idx = {k: max(range(len(lp)), key=lp.__getitem__) for k, (_, lp) in options.items()}
+
+        def arch(i: dict) -> tuple[dict[str, int], dict[str, int]]:
+            return ({n: options[("w", n)][0][i[("w", n)]] for (kind, n) in options if kind == "w"},
+                    {n: options[("d", n)][0][i[("d", n)]] for (kind, n) in options if kind == "d"})
+
+        low = self.target - self.tolerance * self.full
+        cost, moves = self._cost_of(*arch(idx)), 0
+        while cost > self.target or self._over_ceiling(*arch(idx)):
+            best = None
+            for k, (_, lp) in options.items():
+                if idx[k] == 0:
+                    continue
+                trial = {**idx, k: idx[k] - 1}
+                saved = cost - self._cost_of(*arch(trial))
+                score = (lp[idx[k] - 1] - lp[idx[k]]) / max(saved, 1e-12 * self.full)
+                if best is None or score > best[0]:
+                    best = (score, trial)
+            if best is None:  # everything at its smallest: check_target said this cannot happen
+                break
+            idx, moves = best[1], moves + 1
+            cost = self._cost_of(*arch(idx))
+        while cost < low:
+            best = None
+            for k, (vals, lp) in options.items():
+                if idx[k] + 1 >= len(vals):
+                    continue
+                trial = {**idx, k: idx[k] + 1}
+                trial_cost = self._cost_of(*arch(trial))
+                if trial_cost > self.target or self._over_ceiling(*arch(trial)):
+                    continue
+                score = (lp[idx[k] + 1] - lp[idx[k]]) / max(trial_cost - cost, 1e-12 * self.full)
+                if best is None or score > best[0]:
+                    best = (score, trial, trial_cost)
+            if best is None:
+                break
+            idx, cost, moves = best[1], best[2], moves + 1
+        widths, depths = arch(idx)
+        return widths, depths, moves
+
+    def within(self, widths: dict[str, int] | None = None, depths: dict[str, int] | None = None) -> bool:
+        """Whether an architecture (default: the current argmax) meets the budget band and the ceiling."""
+        if widths is None or depths is None:
+            widths, depths = self._argmax()
+        cost = self._cost_of(widths, depths)
+        return (self.target - self.tolerance * self.full <= cost <= self.target
+                and not self._over_ceiling(widths, depths))
 
 
 @torch.no_grad()
@@ -590,11 +643,12 @@ def _search(cfg: SearchConfig, device: torch.device) -> dict[str, Any]:
     finally:
         writer.close()
 
-    projection_steps = stepper.project()
-    arch = supernet.derive_arch(epochs=cfg.epochs, projection_steps=projection_steps, metric=cfg.metric, target_ratio=cfg.ratio,
-                                tolerance=cfg.tolerance, seed=cfg.seed, dataset=cfg.dataset,
-                                teacher=str(cfg.teacher), space=supernet.space.to_dict())
-    within = stepper.within()
+    widths, depths, projection_steps = stepper.decode()
+    arch = supernet.make_arch(widths, depths, meta=dict(
+        epochs=cfg.epochs, projection_steps=projection_steps, metric=cfg.metric, target_ratio=cfg.ratio,
+        tolerance=cfg.tolerance, seed=cfg.seed, dataset=cfg.dataset, teacher=str(cfg.teacher),
+        space=supernet.space.to_dict()))
+    within = stepper.within(widths, depths)
     supernet.set_arch(arch)
     recalibrate_bn(supernet, loaders["train"], device)
     val = engine.evaluate(supernet, loaders["test"], device)

@@ -100,3 +100,39 @@ def test_search_refuses_unsupported_model(tmp_path):
              model_kwargs={"num_classes": 10, "in_chans": 1, "img_size": 16, "patch_size": 8}, input_size=(1, 16, 16))
     r = _run(FLAGS + ["--teacher", str(tmp_path / "vit"), "--output", str(tmp_path / "o")])
     assert r.returncode == 2 and "supported families are" in r.stderr
+
+
+def test_budget_decode_gives_up_the_least_probable_width_first():
+    """An argmax over budget moves into the band by shrinking what the logits care least about."""
+    import timm
+
+    from tas.searching import ArchStepper
+    from tas.supernet import create_supernet
+
+    torch.manual_seed(0)
+    s = create_supernet(timm.create_model("cifar_resnet20", num_classes=10), input_size=(3, 32, 32))
+    with torch.no_grad():
+        for n, g in s.groups().items():
+            if g.alpha is not None:
+                g.alpha.zero_()
+                g.alpha[-1] = 0.0 if n == "layer3" else 5.0  # layer3 indifferent, the rest want full width
+        for b in s.betas.values():
+            b.zero_()
+            b[-1] = 5.0
+    stepper = ArchStepper(s, "flops", 0.6, 0.05, 2.0, 0.05, 0.0)
+    assert not stepper.within()  # the argmax is the full network
+    widths, depths, moves = stepper.decode()
+    assert moves > 0 and stepper.within(widths, depths)
+    cands = s.groups()["layer3"].widths
+    assert widths["layer3"] == cands[0] or all(widths[n] == g.channels for n, g in s.groups().items() if n != "layer3")
+    assert widths["layer3"] < s.groups()["layer3"].channels
+    # already within: nothing moves
+    with torch.no_grad():
+        for n, g in s.groups().items():
+            if g.alpha is not None:
+                g.alpha.zero_()
+                g.alpha[g.widths.index(widths[n])] = 10.0
+        for n, b in s.betas.items():
+            b.zero_()
+            b[s.stage_depths[n.replace("__", ".")].index(depths[n.replace("__", ".")])] = 10.0
+    assert stepper.decode() == (widths, depths, 0)
