@@ -227,7 +227,7 @@ class ArchStepper:
         target (or a ceiling), one group's width or one stage's depth steps down to its next
         candidate: the step that gives up the least log-probability per unit of cost saved; while
         it is under the band, the step up that gains the most log-probability per unit of cost and
-        stays within the budget. The choice respects what the distributions learned, where
+        stays within the budget; then any step up that gains log-probability and still fits. The choice respects what the distributions learned, where
         gradient steps on the cost alone would move every group alike.
 
         Returns:
@@ -272,6 +272,24 @@ class ArchStepper:
                 if best is None or score > best[0]:
                     best = (score, trial, trial_cost)
             if best is None:
+                break
+            idx, cost, moves = best[1], best[2], moves + 1
+        # Spend what is left of the budget where the logits want it: steps up that gain
+        # log-probability and keep the cost within the target (a shrink step can overshoot deep
+        # into the band, e.g. a whole block).
+        while True:
+            best = None
+            for k, (vals, lp) in options.items():
+                if idx[k] + 1 >= len(vals) or lp[idx[k] + 1] <= lp[idx[k]]:
+                    continue
+                trial = {**idx, k: idx[k] + 1}
+                trial_cost = self._cost_of(*arch(trial))
+                if trial_cost > self.target or self._over_ceiling(*arch(trial)):
+                    continue
+                gain = lp[idx[k] + 1] - lp[idx[k]]
+                if best is None or gain > best[0]:
+                    best = (gain, trial, trial_cost)
+            if best is None or moves == 0:
                 break
             idx, cost, moves = best[1], best[2], moves + 1
         widths, depths = arch(idx)

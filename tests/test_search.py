@@ -126,6 +126,11 @@ def test_budget_decode_gives_up_the_least_probable_width_first():
     cands = s.groups()["layer3"].widths
     assert widths["layer3"] == cands[0] or all(widths[n] == g.channels for n, g in s.groups().items() if n != "layer3")
     assert widths["layer3"] < s.groups()["layer3"].channels
+    # nothing the logits prefer still fits: every wider candidate of a shrunk group breaks the budget
+    for n, g in s.groups().items():
+        i = g.widths.index(widths[n])
+        if i + 1 < len(g.widths) and n != "layer3":
+            assert stepper._cost_of({**widths, n: g.widths[i + 1]}, depths) > stepper.target
     # already within: nothing moves
     with torch.no_grad():
         for n, g in s.groups().items():
