@@ -1,0 +1,183 @@
+"""The architecture step of a TAS search and the budget it keeps: α/β by Adam on CE + cost loss.
+
+:class:`ArchStepper` owns the budget (FLOPs, params or measured latency, with an optional FLOPs
+or params ceiling): the differentiable cost loss each step, and :meth:`ArchStepper.decode`, which
+moves the final argmax into the budget band when a search ends outside it.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from . import distributed
+from .cost import cost_loss
+from .errors import DivergedError
+from .supernet import Supernet
+
+__all__ = ["ArchStepper"]
+
+
+class ArchStepper:
+    """The architecture step: CE on a val batch + ``cost_weight`` × TAS cost loss, Adam on α and β.
+
+    The budget is FLOPs or params (exact, from the cost model) or latency (predicted from a
+    :class:`~tas.latency.LatencyTable` passed as ``latency``). ``ceiling=(metric, ratio)`` adds an
+    upper bound on FLOPs or params next to a latency target: ``+log E[metric]`` while the argmax
+    architecture exceeds it.
+    """
+
+    def __init__(self, supernet: Supernet, metric: str, ratio: float, tolerance: float, cost_weight: float,
+                 lr: float, weight_decay: float, latency: Any = None,
+                 ceiling: tuple[str, float] | None = None) -> None:
+        self.supernet, self.metric, self.tolerance, self.cost_weight = supernet, metric, tolerance, cost_weight
+        self.latency, self.ceiling = latency, ceiling
+        self.full = latency.full() if metric == "latency" else supernet.full[metric]
+        self.target = ratio * self.full
+        self.params = list(supernet.arch_parameters())
+        self.optimizer = torch.optim.Adam(self.params, lr=lr, betas=(0.5, 0.999), weight_decay=weight_decay)
+
+    def _argmax(self) -> tuple[dict[str, int], dict[str, int]]:
+        s = self.supernet
+        widths = {n: g.widths[int(g.probs().argmax())] for n, g in s.groups().items()}
+        depths = {n: s.stage_depths[n][int(s.depth_probs(n).argmax())] for n in s.graph.stages}
+        return widths, depths
+
+    def current_cost(self) -> float:
+        """Cost of the current argmax architecture (cheap: no Arch object is built)."""
+        if self.metric == "latency":
+            return self.latency.current(self.supernet)
+        return self.supernet.cost.exact(self.metric, *self._argmax())
+
+    def expected_cost(self) -> torch.Tensor:
+        if self.metric == "latency":
+            return self.latency.expected(self.supernet)
+        return self.supernet.expected_cost(self.metric)
+
+    def _ceiling_loss(self) -> torch.Tensor | None:
+        if self.ceiling is None:
+            return None
+        over = self._over_ceiling(*self._argmax())
+        return torch.log(self.supernet.expected_cost(self.ceiling[0])) if over else None
+
+    def _cost_loss(self) -> tuple[torch.Tensor, torch.Tensor, float]:
+        expected, current = self.expected_cost(), self.current_cost()
+        lc = cost_loss(expected, current, self.target, self.tolerance, self.full)
+        extra = self._ceiling_loss()
+        return (lc if extra is None else lc + extra), expected, current
+
+    def step(self, images: torch.Tensor, targets: torch.Tensor) -> dict[str, float]:
+        """One Adam step on α and β; in a distributed run the CE is the global batch's (all ranks)."""
+        ce = F.cross_entropy(self.supernet(images), targets)
+        lc, expected, current = self._cost_loss()
+        loss = ce + self.cost_weight * lc.to(ce.device)
+        self.optimizer.zero_grad(set_to_none=True)
+        # Only α and β: the weight gradients of this val batch would be discarded anyway.
+        (loss * distributed.loss_scale(targets.numel())).backward(inputs=self.params)
+        n, (ce_sum,) = distributed.reduce_gradients(self.params, targets.numel(), [ce.item() * targets.numel()])
+        ce_value, lc_value = ce_sum / max(n, 1), lc.item()
+        loss_value = ce_value + self.cost_weight * lc_value
+        if not math.isfinite(loss_value):
+            bad = [n for n, v in (("arch CE", ce_value), ("cost loss", lc_value)) if not math.isfinite(v)]
+            raise DivergedError(f"architecture loss is {loss_value} (non-finite: {', '.join(bad) or 'sum'})")
+        self.optimizer.step()
+        return {"arch_loss": loss_value, "arch_ce": ce_value, "cost_loss": lc_value,
+                "expected_ratio": expected.item() / self.full, "derived_ratio": current / self.full}
+
+    def _cost_of(self, widths: dict[str, int], depths: dict[str, int]) -> float:
+        if self.metric == "latency":
+            return self.latency.exact(widths, depths)
+        return self.supernet.cost.exact(self.metric, widths, depths)
+
+    def _over_ceiling(self, widths: dict[str, int], depths: dict[str, int]) -> bool:
+        if self.ceiling is None:
+            return False
+        metric, ratio = self.ceiling
+        return self.supernet.cost.exact(metric, widths, depths) > ratio * self.supernet.full[metric]
+
+    @torch.no_grad()
+    def decode(self) -> tuple[dict[str, int], dict[str, int], int]:
+        """The final architecture: the argmax, moved into the budget at the least loss of probability.
+
+        A search can end with its argmax outside the tolerance band (the cost loss is a nudge, and
+        short searches take few architecture steps). From the argmax, while the cost is over the
+        target (or a ceiling), one group's width or one stage's depth steps down to its next
+        candidate: the step that gives up the least log-probability per unit of cost saved; while
+        it is under the band, the step up that gains the most log-probability per unit of cost and
+        stays within the budget; then any step up that gains log-probability and still fits. The choice respects what the distributions learned, where
+        gradient steps on the cost alone would move every group alike.
+
+        Returns:
+            ``(widths, depths, moves)``; ``moves`` is 0 when the argmax already met the budget.
+        """
+        s = self.supernet
+        options = {("w", n): (list(g.widths), torch.log(g.probs().double()).tolist()) for n, g in s.groups().items()}
+        options.update({("d", n): (list(s.stage_depths[n]), torch.log(s.depth_probs(n).double()).tolist())
+                        for n in s.graph.stages})
+        idx = {k: max(range(len(lp)), key=lp.__getitem__) for k, (_, lp) in options.items()}
+
+        def arch(i: dict) -> tuple[dict[str, int], dict[str, int]]:
+            return ({n: options[("w", n)][0][i[("w", n)]] for (kind, n) in options if kind == "w"},
+                    {n: options[("d", n)][0][i[("d", n)]] for (kind, n) in options if kind == "d"})
+
+        low = self.target - self.tolerance * self.full
+        cost, moves = self._cost_of(*arch(idx)), 0
+        while cost > self.target or self._over_ceiling(*arch(idx)):
+            best = None
+            for k, (_, lp) in options.items():
+                if idx[k] == 0:
+                    continue
+                trial = {**idx, k: idx[k] - 1}
+                saved = cost - self._cost_of(*arch(trial))
+                score = (lp[idx[k] - 1] - lp[idx[k]]) / max(saved, 1e-12 * self.full)
+                if best is None or score > best[0]:
+                    best = (score, trial)
+            if best is None:  # everything at its smallest: check_target said this cannot happen
+                break
+            idx, moves = best[1], moves + 1
+            cost = self._cost_of(*arch(idx))
+        while cost < low:
+            best = None
+            for k, (vals, lp) in options.items():
+                if idx[k] + 1 >= len(vals):
+                    continue
+                trial = {**idx, k: idx[k] + 1}
+                trial_cost = self._cost_of(*arch(trial))
+                if trial_cost > self.target or self._over_ceiling(*arch(trial)):
+                    continue
+                score = (lp[idx[k] + 1] - lp[idx[k]]) / max(trial_cost - cost, 1e-12 * self.full)
+                if best is None or score > best[0]:
+                    best = (score, trial, trial_cost)
+            if best is None:
+                break
+            idx, cost, moves = best[1], best[2], moves + 1
+        # Spend what is left of the budget where the logits want it: steps up that gain
+        # log-probability and keep the cost within the target (a shrink step can overshoot deep
+        # into the band, e.g. a whole block).
+        while True:
+            best = None
+            for k, (vals, lp) in options.items():
+                if idx[k] + 1 >= len(vals) or lp[idx[k] + 1] <= lp[idx[k]]:
+                    continue
+                trial = {**idx, k: idx[k] + 1}
+                trial_cost = self._cost_of(*arch(trial))
+                if trial_cost > self.target or self._over_ceiling(*arch(trial)):
+                    continue
+                gain = lp[idx[k] + 1] - lp[idx[k]]
+                if best is None or gain > best[0]:
+                    best = (gain, trial, trial_cost)
+            if best is None or moves == 0:
+                break
+            idx, cost, moves = best[1], best[2], moves + 1
+        widths, depths = arch(idx)
+        return widths, depths, moves
+
+    def within(self, widths: dict[str, int] | None = None, depths: dict[str, int] | None = None) -> bool:
+        """Whether an architecture (default: the current argmax) meets the budget band and the ceiling."""
+        if widths is None or depths is None:
+            widths, depths = self._argmax()
+        cost = self._cost_of(widths, depths)
+        return (self.target - self.tolerance * self.full <= cost <= self.target
+                and not self._over_ceiling(widths, depths))
