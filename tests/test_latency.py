@@ -101,11 +101,12 @@ def test_grid_values_follow_the_fake_timer(supernet, table):
     # whole model, overhead
     assert table.whole_ms == pytest.approx(WHOLE * 1e3)
     assert table.overhead_ms == pytest.approx(WHOLE * 1e3 - table.sum_full_ms) and not table.clamped
+    assert table.layer_scale == 1.0
     assert table.full() == pytest.approx(WHOLE * 1e3)
     assert len(table.layers) == sum(l.kind in ("conv", "linear") for l in supernet.graph.layers)
 
 
-def test_per_call_cost_is_subtracted_and_overhead_clamped():
+def test_per_call_cost_is_subtracted_and_layers_scaled_to_the_whole():
     supernet = _supernet(SMALL_SPACE)
     t = lat.build_latency_table(supernet, runtime="torch-cpu", timer=FakeTimer(null=1e-4), repeats=1, warmup=0,
                                 progress=False, save=False, hardware="test")
@@ -121,7 +122,18 @@ def test_per_call_cost_is_subtracted_and_overhead_clamped():
                                 save=False, hardware="test")
     assert t.clamped and t.overhead_ms == 0 and t.overhead_raw_ms < 0
     assert "clamped" in t.meta["notes"][0]
-    assert t.full() == pytest.approx(t.sum_full_ms)
+    # layers summing to more than the whole model are scaled together: the full model is predicted
+    # at its measured latency, and every architecture's ratio to it is the layers' ratio
+    assert t.layer_scale == pytest.approx(0.1 / t.sum_full_ms) and t.full() == pytest.approx(0.1)
+    gen = torch.Generator().manual_seed(0)
+    arch = supernet.random_arch(gen)
+    widths = {n: g["width"] for n, g in arch.groups.items()}
+    depths = {n: s["depth"] for n, s in arch.stages.items()}
+    unscaled = t.exact(widths, depths) / t.layer_scale
+    assert t.exact(widths, depths) / t.full() == pytest.approx(unscaled / t.sum_full_ms)
+    _set_one_hot(supernet, widths, depths)
+    assert t.expected(supernet).item() == pytest.approx(t.exact(widths, depths), rel=1e-6)
+    assert lat.LatencyTable.from_dict(t.to_dict()).exact(widths, depths) == pytest.approx(t.exact(widths, depths))
 
 
 def test_expected_equals_exact_at_one_hot(supernet, table):
@@ -451,7 +463,8 @@ def test_space_widths_override_and_bad_divisor():
 
 def test_latency_search_reports_prediction_against_measurement(tmp_path, teacher_run, search_script, monkeypatch):
     """--latency-ratio: metrics.json holds predicted and measured latency, and both error figures."""
-    monkeypatch.setitem(globals(), "WHOLE", 0.0)  # no fixed overhead: the layers make the latency
+    # no fixed overhead: the layers (scaled to the whole model's 1 µs) make the latency
+    monkeypatch.setitem(globals(), "WHOLE", 1e-6)
     monkeypatch.setattr(lat, "load_or_build", lambda supernet, **kw: lat.build_latency_table(
         supernet, runtime="torch-cpu", repeats=1, warmup=0, progress=False, save=False, hardware="test",
         timer=FakeTimer()))

@@ -13,7 +13,9 @@ width grid:
 
 Everything else the network does (residual adds, pooling, activations between layers, session
 start) is one fixed **overhead**, measured once: the whole original model's latency minus the sum
-of its layers' full-width entries (clamped at 0 when the layers sum to more; the table says so).
+of its layers' full-width entries. When the layers sum to more (each timed alone reads its input
+cold), the overhead is 0 and every entry is scaled by ``whole / Σ layers`` instead
+(``layer_scale``), so the full model is always predicted at its measured latency.
 
 Measurement (:func:`measure`): every repeat visits *all* micro-models round-robin, starting one
 further along each time, so whatever else the machine does slows every grid point alike; an entry

@@ -235,8 +235,8 @@ def build_latency_table(supernet: Any, runtime: str = "ort-cpu", batch: int = 1,
     if table.clamped:
         table.meta["notes"].append(
             f"the layers at full width sum to {table.sum_full_ms:.4g} ms, more than the whole model's "
-            f"{table.whole_ms:.4g} ms; the fixed overhead is clamped to 0, so predictions run up to "
-            f"{-table.overhead_raw_ms:.4g} ms high")
+            f"{table.whole_ms:.4g} ms; the fixed overhead is clamped to 0 and every layer scaled by "
+            f"{table.layer_scale:.4g}")
     if save:
         table.save(cache_path(key, cache_dir))
     return table
