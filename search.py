@@ -58,6 +58,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="threads latency is measured with (default: torch's; under torchrun, which sets "
                         "OMP_NUM_THREADS=1, give the deployment's)")
     g.add_argument("--tolerance", type=float, default=d.tolerance, help="accepted shortfall below the target, as a fraction of the full cost")
+    g.add_argument("--fill-budget", action=argparse.BooleanOptionalAction, default=d.fill_budget,
+                   help="decode the final architecture up to the target rather than anywhere in the tolerance "
+                        "band (default: on for --latency-ratio, off for FLOPs/params)")
     g.add_argument("--cost-weight", type=float, default=d.cost_weight, help="weight of the cost loss in the architecture step")
     g = p.add_argument_group("data")
     g.add_argument("--dataset", default=d.dataset)

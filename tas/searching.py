@@ -60,6 +60,7 @@ class SearchConfig:
     latency_batch: int = 1
     latency_threads: int | None = None
     tolerance: float = 0.05
+    fill_budget: bool | None = None
     cost_weight: float = 2.0
     epochs: int = 2
     batch_size: int = 64
@@ -130,6 +131,12 @@ class SearchConfig:
         if self.latency_ratio is not None:
             return float(self.latency_ratio)
         return float(self.flops_ratio if self.flops_ratio is not None else self.params_ratio)
+
+    @property
+    def fill(self) -> bool:
+        """Whether the final decode spends the budget up to the target: by default for a latency
+        target (a number to hit), not for FLOPs or params (TAS's band: anywhere within tolerance)."""
+        return self.metric == "latency" if self.fill_budget is None else bool(self.fill_budget)
 
     @property
     def ceiling(self) -> tuple[str, float] | None:
@@ -360,7 +367,7 @@ def _search(cfg: SearchConfig, device: torch.device) -> dict[str, Any]:
     total_steps = cfg.epochs * steps_per_epoch
     w_sched = torch.optim.lr_scheduler.LambdaLR(w_opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, total_steps) / total_steps)))
     stepper = ArchStepper(supernet, cfg.metric, cfg.ratio, cfg.tolerance, cfg.cost_weight, cfg.arch_lr,
-                          cfg.arch_weight_decay, latency=latency, ceiling=cfg.ceiling)
+                          cfg.arch_weight_decay, latency=latency, ceiling=cfg.ceiling, fill=cfg.fill)
     sapp = None
     attn_params = list(supernet.attention_parameters())
     step_params = [p for group in w_opt.param_groups for p in group["params"]] + attn_params
@@ -501,7 +508,7 @@ def _search(cfg: SearchConfig, device: torch.device) -> dict[str, Any]:
     widths, depths, projection_steps = stepper.decode()
     arch = supernet.make_arch(widths, depths, meta=dict(
         epochs=cfg.epochs, projection_steps=projection_steps, metric=cfg.metric, target_ratio=cfg.ratio,
-        tolerance=cfg.tolerance, seed=cfg.seed, dataset=cfg.dataset, teacher=str(cfg.teacher),
+        tolerance=cfg.tolerance, fill_budget=cfg.fill, seed=cfg.seed, dataset=cfg.dataset, teacher=str(cfg.teacher),
         space=supernet.space.to_dict()))
     within = stepper.within(widths, depths)
     supernet.set_arch(arch)

@@ -141,3 +141,40 @@ def test_budget_decode_gives_up_the_least_probable_width_first():
             b.zero_()
             b[s.stage_depths[n.replace("__", ".")].index(depths[n.replace("__", ".")])] = 10.0
     assert stepper.decode() == (widths, depths, 0)
+
+
+def test_fill_decode_spends_the_budget_up_to_the_target():
+    """fill: an argmax inside the band still grows until no single step up fits under the target."""
+    import timm
+
+    from tas.searching import ArchStepper, SearchConfig
+    from tas.supernet import create_supernet
+
+    torch.manual_seed(0)
+    s = create_supernet(timm.create_model("cifar_resnet20", num_classes=10), input_size=(3, 32, 32))
+    band = ArchStepper(s, "flops", 0.6, 0.2, 2.0, 0.05, 0.0)
+    with torch.no_grad():  # put the argmax at a uniform width that lands in the wide band, low in it
+        for b in s.betas.values():
+            b.zero_()
+            b[-1] = 3.0
+        for ratio in (0.45, 0.5, 0.55, 0.6, 0.65, 0.7, 0.75, 0.8):
+            for g in s.groups().values():
+                if g.alpha is not None:
+                    g.alpha.zero_()
+                    g.alpha[min(range(len(g.widths)), key=lambda i: abs(g.widths[i] - ratio * g.channels))] = 3.0
+            if band.within() and band.current_cost() < band.target - 0.05 * band.full:
+                break
+    assert band.within()
+    start = band.current_cost()
+    assert band.decode()[2] == 0  # without fill: already in the band, nothing moves
+    fill = ArchStepper(s, "flops", 0.6, 0.2, 2.0, 0.05, 0.0, fill=True)
+    widths, depths, moves = fill.decode()
+    cost = fill._cost_of(widths, depths)
+    assert moves > 0 and start < cost <= fill.target and fill.within(widths, depths)
+    for n, g in s.groups().items():
+        i = g.widths.index(widths[n])
+        if i + 1 < len(g.widths):
+            assert fill._cost_of({**widths, n: g.widths[i + 1]}, depths) > fill.target
+    # the default: filled for a latency target, TAS's band for FLOPs and params
+    assert SearchConfig(latency_ratio=0.5).fill and not SearchConfig(flops_ratio=0.5).fill
+    assert SearchConfig(flops_ratio=0.5, fill_budget=True).fill
