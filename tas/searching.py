@@ -423,7 +423,7 @@ def _search(cfg: SearchConfig, device: torch.device) -> dict[str, Any]:
     distributed.barrier()  # every rank has checked --output before rank 0 writes to it
     writer = create_writer(out, purge_step=step + 1 if cfg.resume else None)
     print(f"searching {tconfig['model']} on {cfg.dataset}: target {cfg.metric} ratio {cfg.ratio} "
-          f"(±{cfg.tolerance} below), {sum(p.numel() for p in supernet.arch_parameters())} architecture logits")
+          f"(±{cfg.tolerance} below{', decoded up to the target' if cfg.fill else ''}), {sum(p.numel() for p in supernet.arch_parameters())} architecture logits")
     try:
         for epoch in range(start_epoch, cfg.epochs):
             t0 = time.perf_counter()
@@ -542,7 +542,8 @@ def _search(cfg: SearchConfig, device: torch.device) -> dict[str, Any]:
     summary = [
         ["FLOPs (MACs)", f"{arch.full_flops:,}", f"{arch.flops:,} ({arch.flops_ratio:.3f})"],
         ["params", f"{arch.full_params:,}", f"{arch.params:,} ({arch.params_ratio:.3f})"],
-        [f"target {cfg.metric} ratio", "", f"{cfg.ratio} (tolerance {cfg.tolerance}): {'met' if within else 'MISSED'}"],
+        [f"target {cfg.metric} ratio", "", f"{cfg.ratio} (tolerance {cfg.tolerance}{', filled' if cfg.fill else ''}): "
+                                            f"{'met' if within else 'MISSED'}"],
         *([["latency (ms, predicted / measured)", f"{metrics['full_latency_ms']:.3f}",
             f"{metrics['predicted_latency_ms']:.3f} / {metrics['measured_latency_ms']:.3f} "
             f"(ratio {metrics['measured_latency_ratio']:.3f}, predicted {metrics['predicted_latency_ratio']:.3f}; "
