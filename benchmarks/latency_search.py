@@ -131,6 +131,9 @@ def part_a(args) -> list[dict]:
                          "predicted_ratio": m["predicted_latency_ratio"], "check_ratio": m["measured_latency_ratio"],
                          "final_ratio": slim_ms / ms[0], "final_full_ms": ms[0], "final_slim_ms": slim_ms,
                          "abs_error": m["prediction_error"], "steady_ratio": m.get("steady_latency_ratio"),
+                         # the table's whole-model time: how much the machine's speed moved by the check
+                         "table_full_ms": m["predicted_latency_ms"] / m["predicted_latency_ratio"],
+                         "drift": m["predicted_latency_ms"] / m["predicted_latency_ratio"] / m["full_latency_ms"] - 1,
                          "steady_error": m.get("steady_prediction_error"),
                          "ratio_error": m["predicted_latency_ratio"] / m["measured_latency_ratio"] - 1,
                          "search_s": round(secs, 1)})
@@ -242,18 +245,21 @@ def render(args, a_rows: list[dict], b: tuple[list[dict], dict] | None, png: str
                   "just before each timed call); *final*: all slim networks of the model timed again beside the "
                   f"original in one run ({args.threads} ORT threads), also cold; *steady*: the search's check "
                   "in the steady state (each timed call right after an untimed one of the same model). *abs. "
-                  "error* = predicted ms / check ms − 1, sensitive to the load changing between table and check; "
-                  "*ratio error* = predicted ratio / check ratio − 1 (both timed in the same run); *steady "
-                  "error* = predicted ms × the table's steady-state factor / steady ms − 1.", "",
+                  "error* = predicted ms / check ms − 1; *original drift* = the table's time of the whole "
+                  "original / the check's − 1, how much the machine's speed moved between the two (abs. error "
+                  "≈ drift and ratio error combined); *ratio error* = predicted ratio / check ratio − 1 (both "
+                  "timed in the same run, so free of drift); *steady error* = predicted ms × the table's "
+                  "steady-state factor / steady ms − 1.", "",
                   format_table([[r["model"], r["batch"], f"{r['target']:.2f}", f"{r['flops_ratio']:.3f}",
                                  f"{r['predicted_ratio']:.3f}", f"{r['check_ratio']:.3f}", f"{r['final_ratio']:.3f}",
                                  "yes" if abs(r["final_ratio"] / r["target"] - 1) <= 0.10 else "NO",
                                  f"{r['predicted_ms']:.2f} / {r['check_ms']:.2f}", f"{r['abs_error']:+.1%}",
-                                 f"{r['ratio_error']:+.1%}", _fmt(r.get("steady_ratio"), ".3f"),
+                                 f"{r['table_full_ms']:.2f} / {r['check_full_ms']:.2f} / {r['final_full_ms']:.2f}",
+                                 f"{r['drift']:+.1%}", f"{r['ratio_error']:+.1%}", _fmt(r.get("steady_ratio"), ".3f"),
                                  _fmt(r.get("steady_error"), "+.1%")] for r in a_rows],
                                ["model", "batch", "target", "FLOPs ratio", "predicted ratio", "check ratio",
                                 "final ratio", "within ±10 %", "predicted / check ms", "abs. error",
-                                "ratio error", "steady ratio", "steady error"]), "",
+                                "original ms: table / check / final", "original drift", "ratio error", "steady ratio", "steady error"]), "",
                   "Cold is what the table and the budget model: a layer's weights are not in cache, as inside "
                   "a network bigger than the cache. Served back to back, a network whose weights fit in the "
                   "cache (cifar_resnet20: 1 MB; resnet18 at 11 MB fits this machine's 32 MB L3) runs "

@@ -484,6 +484,8 @@ def test_latency_search_reports_prediction_against_measurement(tmp_path, teacher
     assert m["target_metric"] == "latency" and m["measured_latency_ms"] == 2.0 and m["full_latency_ms"] == 4.0
     assert m["measured_latency_ratio"] == 0.5
     assert m["prediction_error"] == pytest.approx(m["predicted_latency_ms"] / 2.0 - 1)
+    assert m["full_prediction_error"] == pytest.approx(m["predicted_full_latency_ms"] / 4.0 - 1)
+    assert m["predicted_full_latency_ms"] == pytest.approx(WHOLE * 1e3)  # the table's whole model
     assert m["ratio_prediction_error"] == pytest.approx(m["predicted_latency_ratio"] / 0.5 - 1)
     assert 0.6 - 0.05 - 1e-9 <= m["predicted_latency_ratio"] <= 0.6 + 1e-9  # the band, in predicted latency
     assert m["steady_latency_ratio"] == pytest.approx(0.4) and "steady_prediction_error" not in m
