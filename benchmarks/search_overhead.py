@@ -67,6 +67,7 @@ from tas.checkpoint import atomic_write_bytes  # noqa: E402
 from tas.cli import format_table  # noqa: E402
 from tas.cost import cost_loss  # noqa: E402
 from tas.interp import channel_interp, interp_matrix  # noqa: E402
+from tas import searching  # noqa: E402
 from tas.searching import ArchStepper, SearchConfig  # noqa: E402
 from tas.supernet import create_supernet  # noqa: E402
 
@@ -150,7 +151,7 @@ class Bench:
         loss = F.cross_entropy(self.supernet(x), y)
         check(loss.item(), "weight loss")
         self.w_opt.zero_grad(set_to_none=True)
-        if inputs_only:  # candidate optimisation: no gradients for the Gumbel mixing weights / alpha
+        if inputs_only or WEIGHT_INPUTS_IN_TAS:  # no gradients for the Gumbel mixing weights / alpha
             loss.backward(inputs=self.w_params)
         else:
             loss.backward()
@@ -577,6 +578,10 @@ def _source_has(fn: Callable, text: str) -> bool:
         return False
 
 
+#: whether tas's own weight step back-propagates into the weights only (then "as is" does too)
+WEIGHT_INPUTS_IN_TAS = _source_has(searching._search, ".backward(inputs=")
+
+
 def ablations(bench: Bench, repeats: int, max_seconds: float, log: Callable[[str], None]) -> list[dict]:
     """Paired, interleaved timings of the weight and arch steps with candidate optimisations."""
     s = bench.supernet
@@ -620,12 +625,14 @@ def ablations(bench: Bench, repeats: int, max_seconds: float, log: Callable[[str
     tag = " [already in tas]"
     arch_inputs = tag if _source_has(ArchStepper.step, "backward(inputs=") else ""
     prefix = tag if _source_has(tas_ops._take, "narrow") else ""
+    w_inputs = tag if WEIGHT_INPUTS_IN_TAS else ""
+    gather = tag if _source_has(channel_interp, "index_select") else ""
     variants = [
         ("dense step (a)", "", bench.dense_step),
         ("weight step, as is", "W", weight()),
-        ("weight step, backward(inputs=weights)", "W", weight(inputs_only=True)),
+        ("weight step, backward(inputs=weights)" + w_inputs, "W", weight(inputs_only=True)),
         ("weight step, Gumbel weight folded into BN affine", "W", weight({"fold"})),
-        ("weight step, CWI by gather instead of einsum", "W", weight({"gather"})),
+        ("weight step, CWI by gather instead of einsum" + gather, "W", weight({"gather"})),
         ("weight step, prefix slices instead of index_select" + prefix, "W", weight({"prefix"})),
         ("weight step, fragments fused: 1 BN + 1 conv1x1", "W", weight({"fused"})),
         ("weight step, inputs= + fold + gather + prefix", "W", weight({"fold", "gather", "prefix"}, inputs_only=True)),

@@ -376,6 +376,7 @@ def _search(cfg: SearchConfig, device: torch.device) -> dict[str, Any]:
     sapp = None
     attn_params = list(supernet.attention_parameters())
     step_params = [p for group in w_opt.param_groups for p in group["params"]] + attn_params
+    grad_params = [p for p in step_params if p.requires_grad]
     attn_opt = torch.optim.Adam(attn_params, lr=cfg.attn_lr, weight_decay=cfg.attn_weight_decay) if attn_params else None
     if attn_opt is not None:
         try:
@@ -454,7 +455,10 @@ def _search(cfg: SearchConfig, device: torch.device) -> dict[str, Any]:
                 w_opt.zero_grad(set_to_none=True)
                 if attn_opt is not None:
                     attn_opt.zero_grad(set_to_none=True)
-                (w_loss * distributed.loss_scale(yt.numel())).backward()
+                # Only what this step updates: the Gumbel weights' and α/β's gradients would be
+                # thrown away by the arch step's zero_grad (4-5 % of a weight step, see
+                # docs/benchmarks_search_overhead.md).
+                (w_loss * distributed.loss_scale(yt.numel())).backward(inputs=grad_params)
                 n, (w_sum,) = distributed.reduce_gradients(step_params, yt.numel(), [w_loss.item() * yt.numel()])
                 w_value = w_sum / max(n, 1)
                 try:

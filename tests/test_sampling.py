@@ -53,11 +53,23 @@ def test_tau_schedules():
         tau_at(0.5, schedule="step")
 
 
-@pytest.mark.parametrize("c_in,c_out", [(5, 2), (5, 3), (4, 8), (7, 7), (3, 10), (16, 12)])
+@pytest.mark.parametrize("c_in,c_out", [(5, 2), (5, 3), (4, 8), (7, 7), (3, 10), (16, 12), (5, 8), (24, 32), (40, 64)])
 def test_cwi_matches_adaptive_avg_pool3d(c_in, c_out):
     x = torch.randn(2, c_in, 3, 4)
     ref = F.adaptive_avg_pool3d(x.unsqueeze(1), (c_out, 3, 4)).squeeze(1)
     assert torch.allclose(channel_interp(x, c_out), ref, atol=1e-6)
+
+
+@pytest.mark.parametrize("c_in,c_out", [(5, 8), (24, 32), (3, 10)])
+def test_cwi_widening_gather_equals_the_averaging_matrix_with_gradients(c_in, c_out):
+    x = torch.randn(2, c_in, 3, 4, dtype=torch.float64, requires_grad=True)
+    g = torch.randn(2, c_out, 3, 4, dtype=torch.float64)
+    (channel_interp(x, c_out) * g).sum().backward()
+    x2 = x.detach().clone().requires_grad_()
+    ref = torch.einsum("oc,bchw->bohw", interp_matrix(c_in, c_out, dtype=torch.float64), x2)
+    (ref * g).sum().backward()
+    assert torch.allclose(channel_interp(x, c_out), ref, atol=1e-12)
+    assert torch.allclose(x.grad, x2.grad, atol=1e-12)
 
 
 def test_cwi_formula_ranges():
