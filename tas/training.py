@@ -360,7 +360,9 @@ def fit(
             start_epoch, num_updates = int(state["epoch"]), int(state["num_updates"])
             wall_time, history = float(state["wall_time_s"]), list(state["history"])
             start_step = int(state.get("step_in_epoch", 0))
-            totals = (float(state.get("loss_sum", 0.0)), int(state.get("loss_count", 0)))
+            # Rank 0 saved its own running sum: restored on every rank, the epoch's mean would
+            # count it once per rank. The other ranks' pre-resume samples drop out of the mean.
+            totals = (float(state.get("loss_sum", 0.0)), int(state.get("loss_count", 0))) if main else (0.0, 0)
             nan_stats["skipped"] = int(state.get("skipped_steps", 0))
             rng = state["rng"]
         except (KeyError, TypeError, ValueError) as e:
