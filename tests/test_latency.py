@@ -129,8 +129,12 @@ def test_per_call_cost_is_subtracted_and_layers_scaled_to_the_whole():
     arch = supernet.random_arch(gen)
     widths = {n: g["width"] for n, g in arch.groups.items()}
     depths = {n: s["depth"] for n, s in arch.stages.items()}
-    unscaled = t.exact(widths, depths) / t.layer_scale
-    assert t.exact(widths, depths) / t.full() == pytest.approx(unscaled / t.sum_full_ms)
+    # the same layers under a whole-model time above their sum: unscaled, plus an overhead
+    roomy = lat.LatencyTable.from_dict({**t.to_dict(), "whole_ms": 2 * t.sum_full_ms})
+    layers_only = roomy.exact(widths, depths) - roomy.overhead_ms
+    assert roomy.layer_scale == 1.0 and roomy.overhead_ms == pytest.approx(t.sum_full_ms)
+    assert t.exact(widths, depths) == pytest.approx(t.layer_scale * layers_only)
+    assert t.exact(widths, depths) / t.full() == pytest.approx(layers_only / t.sum_full_ms)
     _set_one_hot(supernet, widths, depths)
     assert t.expected(supernet).item() == pytest.approx(t.exact(widths, depths), rel=1e-6)
     assert lat.LatencyTable.from_dict(t.to_dict()).exact(widths, depths) == pytest.approx(t.exact(widths, depths))
