@@ -220,50 +220,6 @@ def _ratio(arch: Any, metric: str, latency: Any) -> float:
     return getattr(arch, f"{metric}_ratio")
 
 
-def _latency_check(latency: Any, slim: torch.nn.Module, teacher: torch.nn.Module, arch: Any,
-                   cfg: SearchConfig) -> dict[str, Any]:
-    """Export the slim and original networks and measure them end to end, twice.
-
-    First the way the table's layers were timed (``warm_calls`` of the table: cold by default),
-    which the prediction and the budget refer to; then in the steady state (each timed call right
-    after an untimed one, as when a network is served back to back), reported beside it. A network
-    whose weights fit in the cache runs relatively faster in the steady state than its cold layers
-    predict; the table's ``steady_scale`` (when measured) maps absolute predictions there.
-    """
-    import tempfile
-
-    from .export import export_onnx
-    from .latency import measure_onnx
-
-    threads = cfg.latency_threads or torch.get_num_threads()
-    with tempfile.TemporaryDirectory(prefix="tas-latency-check-") as tmp:
-        paths = [Path(tmp) / "original.onnx", Path(tmp) / "slim.onnx"]
-        export_onnx(teacher.cpu().eval(), paths[0], arch.input_size)
-        export_onnx(slim.cpu().eval(), paths[1], arch.input_size)
-        full_ms, slim_ms = measure_onnx(paths, arch.input_size, batch=cfg.latency_batch, threads=threads,
-                                        warm_calls=int(latency.meta.get("warm_calls", 0)))
-        steady_full_ms, steady_ms = measure_onnx(paths, arch.input_size, batch=cfg.latency_batch,
-                                                 threads=threads, warm_calls=1)
-    predicted = latency.exact_arch(arch)
-    predicted_ratio = predicted / latency.full()
-    out = {"predicted_latency_ms": predicted, "measured_latency_ms": slim_ms, "full_latency_ms": full_ms,
-           "predicted_full_latency_ms": latency.full(),
-           # How far the machine's speed moved between the table and this check, measured on the
-           # original network, which the table timed whole: the part of prediction_error that is
-           # drift, not the table's model (prediction_error ~ this and ratio_prediction_error combined).
-           "full_prediction_error": latency.full() / full_ms - 1,
-           "predicted_latency_ratio": predicted_ratio, "measured_latency_ratio": slim_ms / full_ms,
-           "prediction_error": predicted / slim_ms - 1,
-           # Both ratios' parts are timed side by side, so this one is immune to the machine's
-           # load drifting between the table's measurement and this check.
-           "ratio_prediction_error": predicted_ratio / (slim_ms / full_ms) - 1,
-           "steady_latency_ms": steady_ms, "steady_full_latency_ms": steady_full_ms,
-           "steady_latency_ratio": steady_ms / steady_full_ms, "latency_runtime": cfg.runtime}
-    if latency.steady_scale is not None:
-        out["steady_prediction_error"] = predicted * latency.steady_scale / steady_ms - 1
-    return out
-
-
 def _shared_latency_table(supernet: Supernet, cfg: SearchConfig) -> Any:
     """The supernet's latency table (cached or measured), measured by rank 0 alone (ranks timing
     side by side would disturb each other) and sent to the others."""
@@ -456,8 +412,7 @@ def _search(cfg: SearchConfig, device: torch.device) -> dict[str, Any]:
                 if attn_opt is not None:
                     attn_opt.zero_grad(set_to_none=True)
                 # Only what this step updates: the Gumbel weights' and α/β's gradients would be
-                # thrown away by the arch step's zero_grad (4-5 % of a weight step, see
-                # docs/benchmarks_search_overhead.md).
+                # thrown away by the arch step's zero_grad.
                 (w_loss * distributed.loss_scale(yt.numel())).backward(inputs=grad_params)
                 n, (w_sum,) = distributed.reduce_gradients(step_params, yt.numel(), [w_loss.item() * yt.numel()])
                 w_value = w_sum / max(n, 1)
@@ -537,7 +492,10 @@ def _search(cfg: SearchConfig, device: torch.device) -> dict[str, Any]:
     if not main:
         return {**metrics, "arch": arch, "run_dir": str(out)}
     if cfg.metric == "latency":
-        metrics.update(_latency_check(latency, slim, teacher, arch, cfg))
+        from .latency import check_prediction
+
+        metrics.update(check_prediction(latency, slim, teacher, arch, cfg.latency_batch,
+                                        cfg.latency_threads or torch.get_num_threads()))
     arch.to_json(out / "arch.json")
     atomic_write_json(out / "arch_history.json", history)
     save_weights(out / "supernet.safetensors", supernet.state_dict())

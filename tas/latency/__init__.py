@@ -56,11 +56,13 @@ Command line::
 from __future__ import annotations
 
 # One module per job: micro (what is timed), measure (timing), table (the table and its costs),
-# build (measuring a table, and its cache), cli (the command line). Code outside the package
+# build (measuring a table, and its cache), check (a prediction against the exported networks),
+# cli (the command line). Code outside the package
 # imports from here, inside the function that needs it (``from .latency import load_or_build``),
 # so a name replaced here (``monkeypatch.setattr(tas.latency, "load_or_build", ...)``) is the one
 # it calls.
 from .build import DEFAULT_CACHE_DIR, build_latency_table, cache_key, cache_path, load_or_build
+from .check import check_prediction
 from .cli import main
 from .measure import RUNTIMES, hardware_string, measure, measure_onnx, perf_timer
 from .micro import MicroSpec, Runnable
@@ -75,4 +77,4 @@ from .table import FORMAT_VERSION, _interp  # noqa: F401
 
 __all__ = ["RUNTIMES", "DEFAULT_CACHE_DIR", "MicroSpec", "Runnable", "LayerEntry", "LatencyTable",
            "build_latency_table", "load_or_build", "cache_key", "cache_path", "hardware_string",
-           "aligned_candidates", "measure", "measure_onnx", "perf_timer", "main"]
+           "aligned_candidates", "check_prediction", "measure", "measure_onnx", "perf_timer", "main"]
