@@ -124,61 +124,49 @@ class ArchStepper:
         options.update({("d", n): (list(s.stage_depths[n]), torch.log(s.depth_probs(n).double()).tolist())
                         for n in s.graph.stages})
         idx = {k: max(range(len(lp)), key=lp.__getitem__) for k, (_, lp) in options.items()}
+        eps = 1e-12 * self.full
 
         def arch(i: dict) -> tuple[dict[str, int], dict[str, int]]:
             return ({n: options[("w", n)][0][i[("w", n)]] for (kind, n) in options if kind == "w"},
                     {n: options[("d", n)][0][i[("d", n)]] for (kind, n) in options if kind == "d"})
 
+        def fits(trial: dict, trial_cost: float) -> bool:
+            return trial_cost <= self.target and not self._over_ceiling(*arch(trial))
+
+        def best_step(direction: int, score) -> tuple[dict, float] | None:
+            """The one-candidate step (``direction`` -1 down, +1 up) that ``score(gain in
+            log-probability, new cost, trial)`` rates highest; a None score rules a step out."""
+            best = None
+            for k, (vals, lp) in options.items():
+                j = idx[k] + direction
+                if not 0 <= j < len(vals):
+                    continue
+                trial = {**idx, k: j}
+                trial_cost = self._cost_of(*arch(trial))
+                value = score(lp[j] - lp[idx[k]], trial_cost, trial)
+                if value is not None and (best is None or value > best[0]):
+                    best = (value, trial, trial_cost)
+            return None if best is None else best[1:]
+
         low = self.target if self.fill else self.target - self.tolerance * self.full
         cost, moves = self._cost_of(*arch(idx)), 0
-        while cost > self.target or self._over_ceiling(*arch(idx)):
-            best = None
-            for k, (_, lp) in options.items():
-                if idx[k] == 0:
-                    continue
-                trial = {**idx, k: idx[k] - 1}
-                saved = cost - self._cost_of(*arch(trial))
-                score = (lp[idx[k] - 1] - lp[idx[k]]) / max(saved, 1e-12 * self.full)
-                if best is None or score > best[0]:
-                    best = (score, trial)
-            if best is None:  # everything at its smallest: check_target said this cannot happen
-                break
-            idx, moves = best[1], moves + 1
-            cost = self._cost_of(*arch(idx))
-        while cost < low:
-            best = None
-            for k, (vals, lp) in options.items():
-                if idx[k] + 1 >= len(vals):
-                    continue
-                trial = {**idx, k: idx[k] + 1}
-                trial_cost = self._cost_of(*arch(trial))
-                # a step that adds no cost (a group only dropped blocks use) brings nothing closer
-                if trial_cost <= cost or trial_cost > self.target or self._over_ceiling(*arch(trial)):
-                    continue
-                score = (lp[idx[k] + 1] - lp[idx[k]]) / (trial_cost - cost)
-                if best is None or score > best[0]:
-                    best = (score, trial, trial_cost)
-            if best is None:
-                break
-            idx, cost, moves = best[1], best[2], moves + 1
-        # Spend what is left of the budget where the logits want it: steps up that gain
-        # log-probability and keep the cost within the target (a shrink step can overshoot deep
-        # into the band, e.g. a whole block).
-        while True:
-            best = None
-            for k, (vals, lp) in options.items():
-                if idx[k] + 1 >= len(vals) or lp[idx[k] + 1] <= lp[idx[k]]:
-                    continue
-                trial = {**idx, k: idx[k] + 1}
-                trial_cost = self._cost_of(*arch(trial))
-                if trial_cost > self.target or self._over_ceiling(*arch(trial)):
-                    continue
-                gain = lp[idx[k] + 1] - lp[idx[k]]
-                if best is None or gain > best[0]:
-                    best = (gain, trial, trial_cost)
-            if best is None or moves == 0:
-                break
-            idx, cost, moves = best[1], best[2], moves + 1
+        steps = [
+            # over budget: down, least log-probability given up per unit of cost saved
+            (lambda: cost > self.target or self._over_ceiling(*arch(idx)),
+             -1, lambda gain, c, t: gain / max(cost - c, eps)),
+            # under the band: up, most log-probability per unit of cost added, within the budget (a
+            # step that adds no cost, e.g. a width only dropped blocks use, brings nothing closer)
+            (lambda: cost < low, +1, lambda gain, c, t: gain / (c - cost) if cost < c and fits(t, c) else None),
+            # once moved: spend what is left where the logits want it (a shrink step can overshoot
+            # deep into the band, e.g. a whole block)
+            (lambda: moves > 0, +1, lambda gain, c, t: gain if gain > 0 and fits(t, c) else None),
+        ]
+        for needed, direction, score in steps:
+            while needed():
+                step = best_step(direction, score)
+                if step is None:  # nothing left to move (check_target rules this out when shrinking)
+                    break
+                (idx, cost), moves = step, moves + 1
         widths, depths = arch(idx)
         return widths, depths, moves
 
