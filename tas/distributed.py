@@ -30,7 +30,7 @@ from torch.utils.data import Sampler
 
 from .errors import TasError
 
-__all__ = ["session", "rank_device", "data_parallel", "is_active", "rank", "world_size", "is_main", "barrier", "all_reduce_sum",
+__all__ = ["session", "resolve_device", "rank_device", "data_parallel", "is_active", "rank", "world_size", "is_main", "barrier", "all_reduce_sum",
            "loss_scale", "reduce_gradients", "broadcast_", "broadcast_object", "max_divergence", "all_reduce_max", "sync_batch_norm", "ShardedBatchSampler"]
 
 
@@ -59,6 +59,15 @@ def _launched_world_size() -> int:
         raise TasError(f"WORLD_SIZE={os.environ['WORLD_SIZE']!r} is not an integer") from None
 
 
+def resolve_device(name: str) -> torch.device:
+    """``auto`` -> CUDA when available, else CPU; asking for CUDA without one is a :class:`TasError`."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise TasError(f"--device {name}: CUDA is not available on this machine (use --device cpu)")
+    return torch.device(name)
+
+
 @contextlib.contextmanager
 def session(device: str = "auto", timeout_s: float = 1800.0) -> Iterator[torch.device]:
     """Join the process group ``torchrun`` describes (if any) and yield this rank's device.
@@ -68,8 +77,6 @@ def session(device: str = "auto", timeout_s: float = 1800.0) -> Iterator[torch.d
     stdout of ranks other than 0 is silenced so summaries print once. A process group that was
     already initialised by the caller is used as it is and left open.
     """
-    from .training import resolve_device
-
     world = _launched_world_size()
     if world <= 1 or (dist.is_available() and dist.is_initialized()):
         yield rank_device(resolve_device(device))

@@ -29,6 +29,7 @@ import torch
 import torch.nn as nn
 
 from . import distributed, engine
+from .distributed import resolve_device
 from .checkpoint import has_state, load_state, rng_state, save_state, set_rng_state
 from .cli import config_from_args, format_table
 from .errors import CheckpointError, TasError
@@ -163,15 +164,6 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
-
-
-def resolve_device(name: str) -> torch.device:
-    """``auto`` -> CUDA when available, else CPU; asking for CUDA without one is a :class:`TasError`."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise TasError(f"--device {name}: CUDA is not available on this machine (use --device cpu)")
-    return torch.device(name)
 
 
 def _check_output(cfg: TrainConfig) -> Path:

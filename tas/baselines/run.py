@@ -39,7 +39,8 @@ def run_baseline(args: Any) -> dict[str, Any]:
     from ..data import create_loaders
     from ..materialize import materialize
     from ..searching import SearchConfig, load_teacher_and_data
-    from ..training import resolve_device, seed_everything
+    from ..distributed import resolve_device
+    from ..training import seed_everything
 
     values = dict(args) if isinstance(args, Mapping) else dict(vars(args))
     method = values.get("method")
