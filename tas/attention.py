@@ -19,11 +19,11 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Any, Sequence
 
 import torch
 
-__all__ = ["constrained_attention", "sparsity_ramp", "SappSchedule", "block_size_for", "PHASES"]
+__all__ = ["constrained_attention", "sparsity_ramp", "SappSchedule", "SappController", "block_size_for", "PHASES"]
 
 PHASES = ("warmup", "sparsify", "sparse", "dense")
 
@@ -112,3 +112,44 @@ class SappSchedule:
     def phases(self) -> list[tuple[str, int, int]]:
         """``(name, first step, end step)`` of every phase."""
         return list(self._phases)
+
+
+class SappController:
+    """Drives a :class:`~tas.supernet.Supernet`'s SA++ masks through a :class:`SappSchedule`, one call per step.
+
+    Dense phases (warm-up included) lift the masks; sparsification ramps each group's pruned
+    fraction towards ``1 − derived TAS width / channels``; sparse phases keep the mask. Channels
+    are re-ranked by attention every step. At every phase boundary the given optimisers (the
+    weight SGD and the attention Adam, not TAS's architecture Adam) lose their state.
+    """
+
+    def __init__(self, supernet: Any, schedule: SappSchedule, optimizers: list[torch.optim.Optimizer]) -> None:
+        self.supernet, self.schedule, self.optimizers = supernet, schedule, optimizers
+        self.phase_index: int | None = None
+        self.resets = 0
+
+    def step(self, step: int) -> tuple[str, float]:
+        """Set masks and rankings for ``step``; returns the phase name and mean scheduled sparsity."""
+        index, name, t = self.schedule.phase(step)
+        if self.phase_index is not None and index != self.phase_index:
+            for opt in self.optimizers:
+                opt.state.clear()
+            self.resets += 1
+        self.phase_index = index
+        sparsities = []
+        for g in self.supernet.groups().values():
+            if g.attn_logits is None:
+                continue
+            if name in ("warmup", "dense"):
+                g.mask.fill_(True)
+                g.rank_by_attention()
+                sparsities.append(0.0)
+            elif name == "sparsify":
+                derived = g.widths[int(g.probs().argmax())]
+                target = sparsity_ramp(t, 1 - derived / g.channels)
+                g.prune_lowest(int(round(target * g.mask.numel())))
+                sparsities.append(target)
+            else:
+                g.rank_by_attention()
+                sparsities.append(1 - float(g.mask.float().mean()))
+        return name, (sum(sparsities) / len(sparsities) if sparsities else 0.0)

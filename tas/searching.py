@@ -33,7 +33,7 @@ from .cli import config_from_args, format_table
 from .errors import CheckpointError, DivergedError, TasError
 from .arch_step import ArchStepper
 from .rundir import is_finished_run, load_run, save_run
-from .attention import PHASES, SappSchedule, sparsity_ramp
+from .attention import PHASES, SappController, SappSchedule
 from .sampling import tau_at
 from .supernet import Supernet, create_supernet
 from .tb import log_attention, log_distributions
@@ -170,47 +170,6 @@ def recalibrate_bn(model: torch.nn.Module, loader: Any, device: torch.device | s
     model.train(was_training)
     for m, (momentum, _) in zip(bns, saved):
         m.momentum = momentum
-
-
-class SappController:
-    """Drives SA++ masks through the :class:`~tas.attention.SappSchedule`, one call per step.
-
-    Dense phases (warm-up included) lift the masks; sparsification ramps each group's pruned
-    fraction towards ``1 − derived TAS width / channels``; sparse phases keep the mask. Channels
-    are re-ranked by attention every step. At every phase boundary the given optimisers (the
-    weight SGD and the attention Adam, not TAS's architecture Adam) lose their state.
-    """
-
-    def __init__(self, supernet: Supernet, schedule: SappSchedule, optimizers: list[torch.optim.Optimizer]) -> None:
-        self.supernet, self.schedule, self.optimizers = supernet, schedule, optimizers
-        self.phase_index: int | None = None
-        self.resets = 0
-
-    def step(self, step: int) -> tuple[str, float]:
-        """Set masks and rankings for ``step``; returns the phase name and mean scheduled sparsity."""
-        index, name, t = self.schedule.phase(step)
-        if self.phase_index is not None and index != self.phase_index:
-            for opt in self.optimizers:
-                opt.state.clear()
-            self.resets += 1
-        self.phase_index = index
-        sparsities = []
-        for g in self.supernet.groups().values():
-            if g.attn_logits is None:
-                continue
-            if name in ("warmup", "dense"):
-                g.mask.fill_(True)
-                g.rank_by_attention()
-                sparsities.append(0.0)
-            elif name == "sparsify":
-                derived = g.widths[int(g.probs().argmax())]
-                target = sparsity_ramp(t, 1 - derived / g.channels)
-                g.prune_lowest(int(round(target * g.mask.numel())))
-                sparsities.append(target)
-            else:
-                g.rank_by_attention()
-                sparsities.append(1 - float(g.mask.float().mean()))
-        return name, (sum(sparsities) / len(sparsities) if sparsities else 0.0)
 
 
 def _ratio(arch: Any, metric: str, latency: Any) -> float:
