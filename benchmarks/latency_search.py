@@ -240,7 +240,7 @@ def render(args, a_rows: list[dict], b: tuple[list[dict], dict] | None, png: str
     if a_rows:
         lines += ["## A. Does the slim network hit the latency target?", "",
                   "`search.py --latency-ratio r --runtime ort-cpu` on Fashion-MNIST after a short teacher run "
-                  "(1 search epoch; the widths come mostly from the cost loss and its projection). *check*: the "
+                  "(1 search epoch; the widths come mostly from the cost loss and the final decode, filled up to the target). *check*: the "
                   "search's own end-of-run measurement, timed like the table's layers (cold: other models ran "
                   "just before each timed call); *final*: all slim networks of the model timed again beside the "
                   f"original in one run ({args.threads} ORT threads), also cold; *steady*: the search's check "
