@@ -363,7 +363,10 @@ def test_real_build_end_to_end(runtime, tmp_path):
                                 progress=False, exporter="torchscript")
     assert t.path.is_file() and t.path.parent == tmp_path
     assert t.whole_ms > 0 and t.call_ms > 0 and all(np.isfinite(e.times).all() and (e.times >= 0).all() for e in t.layers)
-    assert t.full() > 0 and t.smallest(s) <= t.full() + 1e-9
+    # invariants only: on a model this small, timing noise can make the narrowest, shallowest
+    # architecture predict slower than the full one (CI saw 0.187 vs 0.181 ms)
+    assert t.full() == pytest.approx(t.whole_ms, rel=1e-9)
+    assert 0 <= t.fastest(s)[0] <= t.smallest(s) and np.isfinite(t.smallest(s))
     assert t.key["runtime"] == runtime and t.key["threads"] == 1
     if runtime == "ort-cpu":
         assert t.meta["ort_thread_pool"] == "global"
