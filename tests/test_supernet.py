@@ -98,7 +98,7 @@ def test_expected_cost_equals_exact_at_one_hot():
             beta.fill_(-1e4)
             beta[s.stage_depths[stage].index(arch.stages[stage]["depth"])] = 0
     for metric in ("flops", "params"):
-        assert float(s.expected_cost(metric)) == pytest.approx(getattr(arch, metric), rel=1e-5)
+        assert s.expected_cost(metric).item() == pytest.approx(getattr(arch, metric), rel=1e-5)
     assert s.derive_arch().flops == arch.flops
 
 
