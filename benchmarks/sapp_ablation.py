@@ -242,21 +242,14 @@ def run_cell(args: argparse.Namespace, teacher: Path, ratio: float, variant: str
 def distill_from_search(cfg_dict: dict[str, Any], search_dir: Path) -> dict[str, Any]:
     """``train(mode="distill")`` with the student initialised from the search's materialised network
     (supernet weights: ``tas.load_slim(search_dir)``) instead of the teacher's kept channels."""
-    from tas import engine
-    from tas.distill import distillation_loss
+    from tas.distill import distill, prepare_distillation
     from tas.materialize import load_slim
 
     cfg = training.TrainConfig.from_args(cfg_dict)
-    arch = training.load_arch(cfg.arch)
-    cfg.model, cfg.img_size = arch.model, arch.input_size[1]
-    ctx = training.prepare(cfg, mode="distill")
-    _, spec, teacher = training.build_student(cfg, ctx)
+    ctx, _, spec, teacher = prepare_distillation(cfg)
     student = load_slim(search_dir).train()
     spec.extra_config["init"] = f"search weights ({search_dir})"
-    teacher.to(ctx.device)
-    reference = {"val/teacher_top1": engine.evaluate(teacher, ctx.loaders["test"], ctx.device)["top1"]}
-    return training.fit(cfg, ctx, student, spec, loss_fn=distillation_loss(teacher, cfg.kd_alpha, cfg.kd_temperature),
-                        reference=reference)
+    return distill(cfg, ctx, student, spec, teacher)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -2,16 +2,29 @@
 
 ``L = (1 − α)·CE(z_s, y) + α·T²·KL(softmax(z_t/T) ‖ softmax(z_s/T))`` with the teacher frozen in
 eval mode; α = 0.9 and T = 4 as in the TAS code.
+
+The stage itself is train.py's ``distill`` mode, :mod:`tas.training`'s loop with a different model
+and loss::
+
+    ctx, student, spec, teacher = prepare_distillation(cfg)   # --arch, --teacher, --init
+    distill(cfg, ctx, student, spec, teacher)                  # fit() with the KD loss
+
+A caller may swap the student between the two (a benchmark starting from the search's weights).
 """
 from __future__ import annotations
 
-from typing import Callable
+from pathlib import Path
+from typing import Any, Callable
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-__all__ = ["kd_loss", "distillation_loss"]
+from . import engine
+from .errors import ArchError, TasError
+from .training import Context, RunSpec, TrainConfig, fit, prepare
+
+__all__ = ["kd_loss", "distillation_loss", "load_arch", "build_student", "prepare_distillation", "distill"]
 
 
 def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, targets: torch.Tensor,
@@ -39,3 +52,68 @@ def distillation_loss(teacher: nn.Module, alpha: float = 0.9, temperature: float
         return total, {"ce": ce.detach(), "kd": kd.detach()}
 
     return loss_fn
+
+
+def load_arch(path: str) -> Any:
+    """An :class:`~tas.arch.Arch` from ``arch.json`` or from a search run directory holding one."""
+    from .arch import Arch
+
+    p = Path(path)
+    return Arch.from_json(p / "arch.json" if p.is_dir() else p)
+
+
+def build_student(cfg: TrainConfig, ctx: Context) -> tuple[nn.Module, RunSpec, nn.Module]:
+    """The slim network of ``--arch`` and its ``--teacher``: ``(student, spec, teacher)``.
+
+    ``--init inherit`` gathers the teacher's kept channels (the cheap practical path);
+    ``--init scratch`` builds the same shape with fresh random weights (the paper's recipe).
+    """
+    from .materialize import build_slim, materialize
+    from .rundir import load_run
+
+    if not cfg.teacher:
+        raise TasError("--arch needs --teacher: the run directory of the network the arch was searched from")
+    arch = load_arch(cfg.arch)
+    teacher, tconfig = load_run(cfg.teacher)
+    if "arch" in tconfig:
+        raise TasError(f"--teacher {cfg.teacher} is itself a pruned network; give the original's run")
+    if tconfig["model"] != arch.model or any(tconfig["model_kwargs"].get(k) != arch.model_kwargs.get(k)
+                                             for k in ("num_classes", "in_chans")):
+        raise ArchError(f"the architecture in {cfg.arch} was searched on {arch.model} {arch.model_kwargs}; "
+                        f"the teacher in {cfg.teacher} is {tconfig['model']} {tconfig['model_kwargs']}")
+    info = ctx.info
+    if (info.in_chans, info.img_size, info.img_size) != tuple(arch.input_size):
+        raise TasError(f"the architecture's costs are for inputs {arch.input_size}, the data is "
+                       f"{[info.in_chans, info.img_size, info.img_size]}; pass --img-size {arch.input_size[1]}")
+    student = materialize(teacher, arch) if cfg.init == "inherit" else build_slim(arch)
+    extra = {"arch": arch.to_dict(), "teacher": str(cfg.teacher), "init": cfg.init,
+             "kd": None if cfg.no_kd else {"alpha": cfg.kd_alpha, "temperature": cfg.kd_temperature}}
+    return student.train(), RunSpec(arch.model, dict(arch.model_kwargs), tuple(arch.input_size), extra), teacher
+
+
+def prepare_distillation(cfg: TrainConfig) -> tuple[Context, nn.Module, RunSpec, nn.Module]:
+    """Everything but the training of a distillation run: ``(ctx, student, spec, teacher)``.
+
+    Takes the model name and (unless ``--img-size`` is given) the input size from ``--arch``, then
+    :func:`tas.training.prepare` (output checks, device, seeds, data) and :func:`build_student`.
+    """
+    if not cfg.arch:
+        raise TasError("distillation needs --arch (an arch.json or a search run directory)")
+    arch = load_arch(cfg.arch)
+    cfg.model = arch.model
+    if cfg.img_size is None:
+        cfg.img_size = arch.input_size[1]
+    ctx = prepare(cfg, mode="distill")
+    student, spec, teacher = build_student(cfg, ctx)
+    return ctx, student, spec, teacher
+
+
+def distill(cfg: TrainConfig, ctx: Context, student: nn.Module, spec: RunSpec, teacher: nn.Module
+            ) -> dict[str, Any]:
+    """Train ``student`` from the frozen ``teacher`` (:func:`tas.training.fit`, KD loss, or plain CE
+    with ``--no-kd``); the teacher's test top-1 is logged beside the student's for reference."""
+    teacher.to(ctx.device)
+    reference = {"val/teacher_top1": engine.evaluate(teacher, ctx.loaders["test"], ctx.device)["top1"]}
+    loss_fn = (engine.cross_entropy_loss(cfg.label_smoothing) if cfg.no_kd
+               else distillation_loss(teacher, cfg.kd_alpha, cfg.kd_temperature))
+    return fit(cfg, ctx, student, spec, loss_fn=loss_fn, reference=reference)

@@ -8,9 +8,10 @@ so that other modes reuse everything but the model and the loss::
     model, spec = build_teacher(cfg, ctx)     # <- distillation builds the slim student here
     fit(cfg, ctx, model, spec, loss_fn=cross_entropy_loss())   # <- ... and passes a KD loss
 
-:func:`fit` owns the loop, TensorBoard, the resumable state and the final artefacts. Nothing is
-written under the final names (``model.safetensors``, ``config.json``, ``metrics.json``) until the
-run has finished, so a failing run never replaces a good earlier one.
+(:mod:`tas.distill` is that mode.) :func:`fit` owns the loop, TensorBoard, the resumable state and
+the final artefacts. Nothing is written under the final names (``model.safetensors``,
+``config.json``, ``metrics.json``) until the run has finished, so a failing run never replaces a
+good earlier one.
 
 Resuming is bit-identical on the CPU with ``--workers 0``: the train loader's shuffling is
 reseeded from ``(seed, epoch)`` at the start of every epoch and the RNG state (which drives the
@@ -37,7 +38,7 @@ from .flops import count_flops, count_params
 from .rundir import WEIGHTS_NAME, is_finished_run, save_run
 
 __all__ = ["TrainConfig", "RunSpec", "Context", "SCHEDULERS", "train", "prepare", "build_teacher", "fit",
-           "seed_everything", "resolve_device", "create_optimizer", "create_scheduler"]
+           "seed_everything", "create_optimizer", "create_scheduler"]
 
 #: learning-rate schedules accepted by ``--sched`` (all stepped per update, with linear warmup)
 SCHEDULERS = ("cosine", "tanh", "poly", "multistep", "none")
@@ -208,44 +209,6 @@ def build_teacher(cfg: TrainConfig, ctx: Context) -> tuple[nn.Module, RunSpec]:
     kwargs = {"num_classes": ctx.info.num_classes, "in_chans": ctx.info.in_chans}
     model = create_model(cfg.model, pretrained=cfg.pretrained, pretrained_path=cfg.pretrained_path, **kwargs)
     return model, RunSpec(model_name=cfg.model, model_kwargs=kwargs, input_size=ctx.input_size)
-
-
-def load_arch(path: str) -> Any:
-    """An :class:`~tas.arch.Arch` from ``arch.json`` or from a search run directory holding one."""
-    from .arch import Arch
-
-    p = Path(path)
-    return Arch.from_json(p / "arch.json" if p.is_dir() else p)
-
-
-def build_student(cfg: TrainConfig, ctx: Context) -> tuple[nn.Module, RunSpec, nn.Module]:
-    """The slim network of ``--arch`` and its ``--teacher``: ``(student, spec, teacher)``.
-
-    ``--init inherit`` gathers the teacher's kept channels (the cheap practical path);
-    ``--init scratch`` builds the same shape with fresh random weights (the paper's recipe).
-    """
-    from .errors import ArchError
-    from .materialize import build_slim, materialize
-    from .rundir import load_run
-
-    if not cfg.teacher:
-        raise TasError("--arch needs --teacher: the run directory of the network the arch was searched from")
-    arch = load_arch(cfg.arch)
-    teacher, tconfig = load_run(cfg.teacher)
-    if "arch" in tconfig:
-        raise TasError(f"--teacher {cfg.teacher} is itself a pruned network; give the original's run")
-    if tconfig["model"] != arch.model or any(tconfig["model_kwargs"].get(k) != arch.model_kwargs.get(k)
-                                             for k in ("num_classes", "in_chans")):
-        raise ArchError(f"the architecture in {cfg.arch} was searched on {arch.model} {arch.model_kwargs}; "
-                        f"the teacher in {cfg.teacher} is {tconfig['model']} {tconfig['model_kwargs']}")
-    info = ctx.info
-    if (info.in_chans, info.img_size, info.img_size) != tuple(arch.input_size):
-        raise TasError(f"the architecture's costs are for inputs {arch.input_size}, the data is "
-                       f"{[info.in_chans, info.img_size, info.img_size]}; pass --img-size {arch.input_size[1]}")
-    student = materialize(teacher, arch) if cfg.init == "inherit" else build_slim(arch)
-    extra = {"arch": arch.to_dict(), "teacher": str(cfg.teacher), "init": cfg.init,
-             "kd": None if cfg.no_kd else {"alpha": cfg.kd_alpha, "temperature": cfg.kd_temperature}}
-    return student.train(), RunSpec(arch.model, dict(arch.model_kwargs), tuple(arch.input_size), extra), teacher
 
 
 def create_optimizer(cfg: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
@@ -497,18 +460,7 @@ def _train(cfg: TrainConfig, mode: str) -> dict[str, Any]:
         ctx = prepare(cfg, mode=mode)
         model, spec = build_teacher(cfg, ctx)
         return fit(cfg, ctx, model, spec, loss_fn=engine.cross_entropy_loss(cfg.label_smoothing))
-    from .distill import distillation_loss
+    from .distill import distill, prepare_distillation
 
-    if not cfg.arch:
-        raise TasError("distillation needs --arch (an arch.json or a search run directory)")
-    arch = load_arch(cfg.arch)
-    cfg.model = arch.model
-    if cfg.img_size is None:
-        cfg.img_size = arch.input_size[1]
-    ctx = prepare(cfg, mode=mode)
-    student, spec, teacher = build_student(cfg, ctx)
-    teacher.to(ctx.device)
-    reference = {"val/teacher_top1": engine.evaluate(teacher, ctx.loaders["test"], ctx.device)["top1"]}
-    loss_fn = (engine.cross_entropy_loss(cfg.label_smoothing) if cfg.no_kd
-               else distillation_loss(teacher, cfg.kd_alpha, cfg.kd_temperature))
-    return fit(cfg, ctx, student, spec, loss_fn=loss_fn, reference=reference)
+    ctx, student, spec, teacher = prepare_distillation(cfg)
+    return distill(cfg, ctx, student, spec, teacher)

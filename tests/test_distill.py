@@ -96,7 +96,7 @@ def test_distillation_tensorboard_terms(pipeline):
 
 
 def test_init_inherit_starts_from_teacher_weights_and_scratch_does_not(pipeline, monkeypatch):
-    from tas import training
+    from tas import distill, training
 
     root, teacher_dir, _ = pipeline
     teacher, _ = load_run(teacher_dir)
@@ -104,14 +104,14 @@ def test_init_inherit_starts_from_teacher_weights_and_scratch_does_not(pipeline,
     cfg = training.TrainConfig(arch=str(root / "search" / "arch.json"), teacher=str(teacher_dir), dataset="digits",
                                img_size=arch.input_size[1], limit=64, output=str(root / "unused"))
     ctx = training.prepare(cfg, mode="distill")
-    inherit, _, _ = training.build_student(cfg, ctx)
+    inherit, _, _ = distill.build_student(cfg, ctx)
     expected = tas.materialize(teacher, arch).state_dict()
     assert all(torch.equal(v, expected[k]) for k, v in inherit.state_dict().items())
     conv = inherit.conv1.weight
     idx = arch.groups["stem"]["indices"]
     assert torch.equal(conv, teacher.conv1.weight[idx])
     cfg.init = "scratch"
-    scratch, _, _ = training.build_student(cfg, ctx)
+    scratch, _, _ = distill.build_student(cfg, ctx)
     assert not torch.equal(scratch.conv1.weight, conv)
     assert scratch.conv1.weight.shape == conv.shape
 
