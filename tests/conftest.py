@@ -1,4 +1,5 @@
-"""Shared fixtures: the train.py module, tiny-run flags, and one trained teacher run per session."""
+"""Shared fixtures: the train.py module, tiny-run flags, one trained teacher run per session, and a
+fake latency timer."""
 from __future__ import annotations
 
 import importlib.util
@@ -122,3 +123,27 @@ def kill_mid_run(cmd: list[str], run: Path, at_least: int) -> None:
     assert killed, "the run ended before it could be killed"
     assert not _descendants(proc.pid)
     assert not (run / "model.safetensors").exists()
+
+
+class FakeTimer:
+    """A latency-table timer without a clock: ``A·c_in·c_out + B`` seconds per layer (plus
+    ``penalty[(layer, c_out)]``), ``whole`` for the whole model, ``null`` for the empty one; counts calls."""
+
+    A, B, WHOLE = 1e-6, 2e-5, 0.5
+
+    def __init__(self, null: float = 0.0, penalty: dict | None = None, whole: float = WHOLE) -> None:
+        self.calls, self.null, self.penalty, self.whole = 0, null, penalty or {}, whole
+        self.__name__ = "fake"
+
+    def __call__(self, runnable, x) -> float:
+        self.calls += 1
+        s = runnable.spec
+        if s.kind == "null":
+            return self.null
+        if s.kind == "model":
+            return self.whole
+        t = self.A * s.c_in * s.c_out + self.B + self.null
+        for (layer, c_out), extra in self.penalty.items():
+            if s.layer == layer and s.c_out == c_out:
+                t += extra
+        return t

@@ -12,6 +12,7 @@ import timm
 import torch
 
 import tas  # noqa: F401  (registers cifar_resnet* with timm)
+from conftest import FakeTimer
 from tas import latency as lat
 from tas.cli import run_main
 from tas.errors import TasError
@@ -22,28 +23,7 @@ INPUT = (1, 8, 8)
 KWARGS = {"num_classes": 10, "in_chans": 1}
 #: two widths per group, depth candidates {1, 2, 3}: few micro-models for the real builds
 SMALL_SPACE = {"ratios": [0.5, 1.0], "divisor": 8, "depth": "cifar"}
-A, B, WHOLE = 1e-6, 2e-5, 0.5  # fake timer: a·c_in·c_out + b seconds per layer, whole model 0.5 s
-
-
-class FakeTimer:
-    """``a·c_in·c_out + b`` seconds, the whole model ``WHOLE``, the empty model ``null``; counts calls."""
-
-    def __init__(self, null: float = 0.0, penalty: dict | None = None) -> None:
-        self.calls, self.null, self.penalty = 0, null, penalty or {}
-        self.__name__ = "fake"
-
-    def __call__(self, runnable, x) -> float:
-        self.calls += 1
-        s = runnable.spec
-        if s.kind == "null":
-            return self.null
-        if s.kind == "model":
-            return WHOLE
-        t = A * s.c_in * s.c_out + B + self.null
-        for (layer, c_out), extra in self.penalty.items():
-            if s.layer == layer and s.c_out == c_out:
-                t += extra
-        return t
+A, B, WHOLE = FakeTimer.A, FakeTimer.B, FakeTimer.WHOLE  # seconds: per layer a·c_in·c_out + b; whole model
 
 
 def _supernet(space=None, size=INPUT):
@@ -426,36 +406,6 @@ def test_timer_calls_per_visit():
         assert timer.calls == (n + 2) * (3 + 1) * (1 + warm)  # + the whole model and the empty one
 
 
-def test_divisor_auto_searches_only_aligned_widths(tmp_path, teacher_run, search_script, monkeypatch):
-    """``divisor: auto``: the search measures the table, drops widths no faster than a wider one and
-    records the kept candidates in the space of ``arch.json``."""
-    from tas.space import load_space
-
-    space = tmp_path / "auto.yaml"
-    space.write_text("family: resnet\nratios: [0.25, 0.5, 0.75, 1.0]\ndivisor: auto\nk: 2\ndepth: cifar\n")
-    assert load_space(str(space)).step == 8
-    penalised = ("layer2.0.downsample.0", "layer2.0.conv2", "layer2.1.conv2", "layer2.2.conv2")
-    built = []
-
-    def fake_table(supernet, **kwargs):
-        built.append([*supernet.groups()["layer2"].widths])
-        return lat.build_latency_table(supernet, runtime="torch-cpu", repeats=1, warmup=0, progress=False,
-                                       save=False, hardware="test",
-                                       timer=FakeTimer(penalty={(n, 16): 1e-3 for n in penalised}))
-
-    monkeypatch.setattr(lat, "load_or_build", fake_table)
-    out = tmp_path / "s"
-    assert search_script.main(["--teacher", str(teacher_run), "--space", str(space), "--flops-ratio", "0.6",
-                               "--dataset", "digits", "--limit", "64", "--batch-size", "32", "--epochs", "1",
-                               "--device", "cpu", "--no-progress", "--output", str(out)]) == 0
-    assert built == [[8, 16, 24, 32]]  # the table covers the 8-step grid
-    arch = json.loads((out / "arch.json").read_text())
-    widths = arch["meta"]["space"]["widths"]
-    assert widths["layer2"] == [8, 24, 32]  # 16 was slower than 24
-    assert arch["groups"]["layer2"]["width"] in (8, 24, 32)
-    assert widths["layer3"] == [16, 32, 48, 64]  # monotone groups keep every candidate
-
-
 def test_space_widths_override_and_bad_divisor():
     from tas.space import SearchSpace
 
@@ -466,36 +416,6 @@ def test_space_widths_override_and_bad_divisor():
         _supernet({"widths": {"layer3": [72]}})
     with pytest.raises(TasError, match="positive integer or 'auto'"):
         SearchSpace(divisor="eight")
-
-
-def test_latency_search_reports_prediction_against_measurement(tmp_path, teacher_run, search_script, monkeypatch):
-    """--latency-ratio: metrics.json holds predicted and measured latency, and both error figures."""
-    # no fixed overhead: the layers (scaled to the whole model's 1 µs) make the latency
-    monkeypatch.setitem(globals(), "WHOLE", 1e-6)
-    monkeypatch.setattr(lat, "load_or_build", lambda supernet, **kw: lat.build_latency_table(
-        supernet, runtime="torch-cpu", repeats=1, warmup=0, progress=False, save=False, hardware="test",
-        timer=FakeTimer()))
-    measured = []
-
-    def fake_measure(paths, input_size, batch=1, threads=2, warm_calls=0, **kw):
-        measured.append((len(paths), batch, warm_calls))
-        return [4.0, 2.0] if warm_calls == 0 else [3.0, 1.2]  # original / slim ms, cold and steady state
-
-    monkeypatch.setattr(lat, "measure_onnx", fake_measure)
-    out = tmp_path / "s"
-    assert search_script.main(["--teacher", str(teacher_run), "--latency-ratio", "0.6", "--latency-batch", "2",
-                               "--dataset", "digits", "--limit", "64", "--batch-size", "32", "--epochs", "1",
-                               "--device", "cpu", "--no-progress", "--output", str(out)]) == 0
-    m = json.loads((out / "metrics.json").read_text())
-    assert measured == [(2, 2, 0), (2, 2, 1)]  # like the table (cold), then the steady state
-    assert m["target_metric"] == "latency" and m["measured_latency_ms"] == 2.0 and m["full_latency_ms"] == 4.0
-    assert m["measured_latency_ratio"] == 0.5
-    assert m["prediction_error"] == pytest.approx(m["predicted_latency_ms"] / 2.0 - 1)
-    assert m["full_prediction_error"] == pytest.approx(m["predicted_full_latency_ms"] / 4.0 - 1)
-    assert m["predicted_full_latency_ms"] == pytest.approx(WHOLE * 1e3)  # the table's whole model
-    assert m["ratio_prediction_error"] == pytest.approx(m["predicted_latency_ratio"] / 0.5 - 1)
-    assert 0.6 - 0.05 - 1e-9 <= m["predicted_latency_ratio"] <= 0.6 + 1e-9  # the band, in predicted latency
-    assert m["steady_latency_ratio"] == pytest.approx(0.4) and "steady_prediction_error" not in m
 
 
 def test_steady_scale_maps_predictions_to_the_measured_steady_state(table):

@@ -1,0 +1,70 @@
+"""search.py with a latency table: ``divisor: auto`` and ``--latency-ratio``'s prediction check
+(fake timers and a fake end-to-end measurement, so the assertions are exact)."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from conftest import FakeTimer
+from tas import latency as lat
+
+
+def test_divisor_auto_searches_only_aligned_widths(tmp_path, teacher_run, search_script, monkeypatch):
+    """``divisor: auto``: the search measures the table, drops widths no faster than a wider one and
+    records the kept candidates in the space of ``arch.json``."""
+    from tas.space import load_space
+
+    space = tmp_path / "auto.yaml"
+    space.write_text("family: resnet\nratios: [0.25, 0.5, 0.75, 1.0]\ndivisor: auto\nk: 2\ndepth: cifar\n")
+    assert load_space(str(space)).step == 8
+    penalised = ("layer2.0.downsample.0", "layer2.0.conv2", "layer2.1.conv2", "layer2.2.conv2")
+    built = []
+
+    def fake_table(supernet, **kwargs):
+        built.append([*supernet.groups()["layer2"].widths])
+        return lat.build_latency_table(supernet, runtime="torch-cpu", repeats=1, warmup=0, progress=False,
+                                       save=False, hardware="test",
+                                       timer=FakeTimer(penalty={(n, 16): 1e-3 for n in penalised}))
+
+    monkeypatch.setattr(lat, "load_or_build", fake_table)
+    out = tmp_path / "s"
+    assert search_script.main(["--teacher", str(teacher_run), "--space", str(space), "--flops-ratio", "0.6",
+                               "--dataset", "digits", "--limit", "64", "--batch-size", "32", "--epochs", "1",
+                               "--device", "cpu", "--no-progress", "--output", str(out)]) == 0
+    assert built == [[8, 16, 24, 32]]  # the table covers the 8-step grid
+    arch = json.loads((out / "arch.json").read_text())
+    widths = arch["meta"]["space"]["widths"]
+    assert widths["layer2"] == [8, 24, 32]  # 16 was slower than 24
+    assert arch["groups"]["layer2"]["width"] in (8, 24, 32)
+    assert widths["layer3"] == [16, 32, 48, 64]  # monotone groups keep every candidate
+
+
+def test_latency_search_reports_prediction_against_measurement(tmp_path, teacher_run, search_script, monkeypatch):
+    """--latency-ratio: metrics.json holds predicted and measured latency, and both error figures."""
+    # no fixed overhead: the layers (scaled to the whole model's 1 µs) make the latency
+    whole = 1e-6
+    monkeypatch.setattr(lat, "load_or_build", lambda supernet, **kw: lat.build_latency_table(
+        supernet, runtime="torch-cpu", repeats=1, warmup=0, progress=False, save=False, hardware="test",
+        timer=FakeTimer(whole=whole)))
+    measured = []
+
+    def fake_measure(paths, input_size, batch=1, threads=2, warm_calls=0, **kw):
+        measured.append((len(paths), batch, warm_calls))
+        return [4.0, 2.0] if warm_calls == 0 else [3.0, 1.2]  # original / slim ms, cold and steady state
+
+    monkeypatch.setattr(lat, "measure_onnx", fake_measure)
+    out = tmp_path / "s"
+    assert search_script.main(["--teacher", str(teacher_run), "--latency-ratio", "0.6", "--latency-batch", "2",
+                               "--dataset", "digits", "--limit", "64", "--batch-size", "32", "--epochs", "1",
+                               "--device", "cpu", "--no-progress", "--output", str(out)]) == 0
+    m = json.loads((out / "metrics.json").read_text())
+    assert measured == [(2, 2, 0), (2, 2, 1)]  # like the table (cold), then the steady state
+    assert m["target_metric"] == "latency" and m["measured_latency_ms"] == 2.0 and m["full_latency_ms"] == 4.0
+    assert m["measured_latency_ratio"] == 0.5
+    assert m["prediction_error"] == pytest.approx(m["predicted_latency_ms"] / 2.0 - 1)
+    assert m["full_prediction_error"] == pytest.approx(m["predicted_full_latency_ms"] / 4.0 - 1)
+    assert m["predicted_full_latency_ms"] == pytest.approx(whole * 1e3)  # the table's whole model
+    assert m["ratio_prediction_error"] == pytest.approx(m["predicted_latency_ratio"] / 0.5 - 1)
+    assert 0.6 - 0.05 - 1e-9 <= m["predicted_latency_ratio"] <= 0.6 + 1e-9  # the band, in predicted latency
+    assert m["steady_latency_ratio"] == pytest.approx(0.4) and "steady_prediction_error" not in m
