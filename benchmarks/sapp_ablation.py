@@ -15,7 +15,8 @@ distillation's test split (the full 10k test set by default), the exact FLOPs ra
 against ``prefix``, and diagnostics (``--no-diagnose`` skips them) that separate *which channels*
 from *how many*: the teacher-inherited network before any training (BN recalibrated) of each
 architecture, of the same widths with prefix channels and with the teacher's largest-|γ| channels,
-and for SA++ the hard-mode top-1 with the learned attention folded into the BN affine parameters.
+and for SA++ the hard-mode top-1 with the learned attention folded into the BN affine parameters
+(``sapp_diagnosis.py``).
 
 Data: ``--limit`` caps every split of the teacher/distillation runs (class-balanced, deterministic;
 10000 = 1,000 training images per class, and the test split's 10,000 is the full test set). The
@@ -56,9 +57,10 @@ from typing import Any  # noqa: E402
 import torch  # noqa: E402
 
 from tas import searching, training  # noqa: E402
-from tas.arch import Arch  # noqa: E402
-from tas.checkpoint import atomic_write_json, has_state, load_weights, read_json  # noqa: E402
-from tas.rundir import is_finished_run, load_run  # noqa: E402
+from tas.checkpoint import atomic_write_json, has_state, read_json  # noqa: E402
+from tas.rundir import is_finished_run  # noqa: E402
+
+from sapp_diagnosis import Evaluator, diagnose  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 MODEL = "cifar_resnet20"
@@ -253,148 +255,6 @@ def distill_from_search(cfg_dict: dict[str, Any], search_dir: Path) -> dict[str,
 
 
 # ---------------------------------------------------------------------------------------------
-# evaluation helpers (the distillation's test split) and diagnostics
-# ---------------------------------------------------------------------------------------------
-_LOADERS: dict[str, Any] = {}
-
-
-def loaders(args: argparse.Namespace) -> dict[str, Any]:
-    """The distillation's splits: its test split (the full 10k test set at ``limit`` >= 10000) and
-    its training split for BN recalibration."""
-    if not _LOADERS:
-        from tas.data import create_loaders
-
-        lim = create_loaders(DATASET, data_dir=args.data_dir, batch_size=64, seed=0, limit=args.limit)
-        test = torch.utils.data.DataLoader(lim["test"].dataset, batch_size=256, shuffle=False)
-        _LOADERS.update(test=test, train=lim["train"])
-    return _LOADERS
-
-
-def top1(model: torch.nn.Module, args: argparse.Namespace) -> float:
-    from tas import engine
-
-    return round(engine.evaluate(model, loaders(args)["test"], "cpu")["top1"], 2)
-
-
-def recal_top1(model: torch.nn.Module, args: argparse.Namespace) -> float:
-    torch.manual_seed(0)  # the same calibration batches and augmentation for every network
-    loaders(args)["train"].generator.manual_seed(0)
-    searching.recalibrate_bn(model, loaders(args)["train"], "cpu", batches=20)
-    return top1(model, args)
-
-
-def with_indices(arch: Arch, indices: dict[str, list[int]], method: str) -> Arch:
-    d = arch.to_dict()
-    for n, g in d["groups"].items():
-        g["indices"] = sorted(int(i) for i in indices[n][: g["width"]])
-    d["method"] = method
-    return Arch.from_dict(d)
-
-
-def teacher_gamma_ranking(teacher: torch.nn.Module) -> dict[str, list[int]]:
-    """Per group, channels by descending Σ|γ| of the teacher's BNs writing the group."""
-    from tas.families import describe_model
-
-    graph = describe_model(teacher)
-    scores: dict[str, torch.Tensor] = {}
-    for layer in graph.layers:
-        if layer.kind == "bn" and layer.out_group is not None:
-            g = teacher.get_submodule(layer.name).weight.detach().abs()
-            scores[layer.out_group] = scores.get(layer.out_group, 0) + g
-    return {n: torch.argsort(scores[n], descending=True, stable=True).tolist() if n in scores else list(range(g.channels))
-            for n, g in graph.groups.items()}
-
-
-def fold_attention(supernet: Any) -> int:
-    """Multiply each SA++ group's BN affine at its active channels by attention × mask (in place).
-
-    In search mode a group's BN output is scaled by its block attention (``mix_fragments``); hard
-    mode and the materialised network drop that scale. Since every ResNet group is written by BNs
-    followed by ReLU / the residual sum / pooling (positively homogeneous), folding the scale into
-    γ and β reproduces the search-mode channel scaling exactly. Returns how many BNs were folded.
-    """
-    from tas.ops import SearchBN, SearchConv
-
-    folded = 0
-    with torch.no_grad():
-        for m in supernet.modules():
-            if isinstance(m, SearchConv) and m.mix and m.out_group[0].attn_logits is not None:
-                raise RuntimeError("a BN-less group (SearchConv mix) is not handled by this fold")
-            if not isinstance(m, SearchBN) or m.group[0].attn_logits is None:
-                continue
-            g = m.group[0]
-            bn, _ = m._hard()
-            scale = (g.attention() * g.mask)[g.block_of[g.active]]
-            bn.weight[g.active] = bn.weight[g.active] * scale
-            bn.bias[g.active] = bn.bias[g.active] * scale
-            folded += 1
-    return folded
-
-
-def sapp_stats(supernet: Any, arch: Arch) -> dict[str, Any]:
-    """How SA++ ranked blocks: differs from the prefix? attention spread, masked blocks kept by the arch."""
-    searched = differ = masked_kept = 0
-    spreads = []
-    per_group = {}
-    for n, g in supernet.groups().items():
-        if g.attn_logits is None:
-            continue
-        searched += 1
-        a = g.attention().detach()
-        kept = sorted(arch.groups[n]["indices"])
-        w = arch.groups[n]["width"]
-        if kept != list(range(w)):
-            differ += 1
-        kept_blocks = sorted({int(g.block_of[i]) for i in kept})
-        masked_kept += sum(1 for b in kept_blocks if not bool(g.mask[b]))
-        spreads.append(float(a.max() / a.min()))
-        per_group[n] = {"width": w, "channels": g.channels, "kept_blocks": kept_blocks,
-                        "attention": [round(float(x), 3) for x in a], "mask": [int(x) for x in g.mask]}
-    return {"groups_searched": searched, "groups_not_prefix": differ, "masked_blocks_kept": masked_kept,
-            "attn_max_over_min_median": round(statistics.median(spreads), 3) if spreads else None,
-            "groups": per_group}
-
-
-def diagnose(args: argparse.Namespace, teacher_dir: Path, cell: Path) -> dict[str, Any]:
-    """Selection diagnostics of one finished cell (cached in ``<cell>/diagnostics.json``)."""
-    out = cell / "diagnostics.json"
-    if out.is_file():
-        return read_json(out)
-    from tas.materialize import materialize
-    from tas.supernet import create_supernet
-
-    sdir = cell / "search"
-    arch = Arch.from_json(sdir / "arch.json")
-    teacher, _ = load_run(teacher_dir)
-    res: dict[str, Any] = {}
-    slim, _ = load_run(sdir)
-    res["hard_top1_test"] = top1(slim, args)
-    scfg = read_json(sdir / "config.json")["search"]
-    prefix = {n: list(range(g["channels"])) for n, g in arch.groups.items()}
-    for key, a in (("own", arch), ("prefix", with_indices(arch, prefix, "prefix")),
-                   ("gamma", with_indices(arch, teacher_gamma_ranking(teacher), "gamma"))):
-        if key == "prefix" and scfg["selection"] == "prefix":
-            res["inherit_top1_prefix"] = res["inherit_top1_own"]  # the same network
-            continue
-        res[f"inherit_top1_{key}"] = recal_top1(materialize(teacher, a), args)
-    if scfg["selection"] == "sapp":
-        sn = create_supernet(teacher, scfg["space"], input_size=arch.input_size, model_name=arch.model,
-                             model_kwargs=arch.model_kwargs, selection="sapp", block_size=scfg["block_size"])
-        sn.load_state_dict(load_weights(sdir / "supernet.safetensors"))
-        for g in sn.groups().values():
-            g._cache.clear()  # rankings were loaded into `order` behind the index cache
-        if scfg["k"] is not None:
-            sn.k = scfg["k"]
-        sn.set_arch(arch)
-        res["sapp"] = sapp_stats(sn, arch)
-        res["hard_top1_unfolded_recal"] = recal_top1(sn, args)
-        fold_attention(sn)
-        res["hard_top1_folded_recal"] = recal_top1(sn, args)
-    atomic_write_json(out, res)
-    return res
-
-
-# ---------------------------------------------------------------------------------------------
 # report
 # ---------------------------------------------------------------------------------------------
 def mean_sd(xs: list[float]) -> str:
@@ -407,6 +267,7 @@ def mean_sd(xs: list[float]) -> str:
 
 def collect(args: argparse.Namespace, variants: list[tuple[str, dict]], teacher: Path) -> list[dict[str, Any]]:
     rows = []
+    evaluator = Evaluator(DATASET, args.data_dir, args.limit)  # loads data only if a diagnosis needs it
     for ratio in args.ratios:
         for name, overrides in variants:
             for seed in args.seeds:
@@ -429,7 +290,7 @@ def collect(args: argparse.Namespace, variants: list[tuple[str, dict]], teacher:
                 if is_finished_run(f):
                     row["top1_from_search"] = read_json(f / "metrics.json")["top1"]
                 if not args.no_diagnose:
-                    row["diag"] = diagnose(args, teacher, cell)
+                    row["diag"] = diagnose(cell, teacher, evaluator)
                 rows.append(row)
     return rows
 
