@@ -5,20 +5,23 @@ Each patch is a prototype of a change to ``tas.ops`` or ``tas.supernet``: Gumbel
 the BN affine (``fold``), all candidate BNs of a layer fused into one BN + one 1x1 conv (``fused``),
 CWI as a gather (``gather``), weights sliced as views for prefix selections (``prefix``) and a
 vectorised expected cost (``vcost``). :func:`patched` applies a set of them for a ``with`` body;
-:func:`check_patches` measures how far each moves logits, gradients and BN statistics.
+:func:`check_patches` measures how far each moves logits, gradients and BN statistics;
+:func:`source_has` tells which of them tas already has.
 """
 from __future__ import annotations
 
 import contextlib
 import copy
+import inspect
 import sys
 from collections import Counter
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import torch
 import torch.nn.functional as F
 
 import tas.ops as tas_ops
+from tas import searching
 from tas.interp import channel_interp, interp_matrix
 
 _ORIG = {"SearchBN.forward": tas_ops.SearchBN.forward}
@@ -318,6 +321,18 @@ def check_patches(bench: Any) -> dict[str, float]:
     g_new = torch.autograd.grad(e_new, bench.a_params)
     out["vcost"] = max([rel(e_ref.detach(), e_new.detach())] + [rel(a, b) for a, b in zip(g_ref, g_new)])
     return out
+
+
+def source_has(fn: Callable, text: str) -> bool:
+    """Whether ``fn``'s source contains ``text``: is a candidate optimisation already in tas?"""
+    try:
+        return text in inspect.getsource(fn)
+    except (OSError, TypeError):
+        return False
+
+
+#: whether tas's own weight step back-propagates into the weights only (then "as is" does too)
+WEIGHT_INPUTS_IN_TAS = source_has(searching._search, ".backward(inputs=")
 
 
 # ------------------------------------------------------------------------------------------------
