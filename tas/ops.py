@@ -12,7 +12,9 @@ forward code runs unchanged in every mode:
   what the materialised dense layer computes.
 
 :func:`slice_conv`, :func:`slice_bn` and :func:`slice_linear` build those dense layers; the wrappers
-and the materialiser share them, which is what makes hard mode and the slim network equal.
+and the materialiser share them, which is what makes hard mode and the slim network equal. A conv
+runs through its class's own forward in both (:func:`conv_view`), so its padding rule (a
+``padding_mode``, timm's dynamic TF "same" padding) is kept.
 """
 from __future__ import annotations
 
@@ -22,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from timm.layers import Conv2dSame
 
 from . import distributed
 from .interp import channel_interp
@@ -29,8 +32,14 @@ from .interp import channel_interp
 if TYPE_CHECKING:  # pragma: no cover
     from .supernet import GroupState
 
-__all__ = ["mix_fragments", "batch_norm_at", "SearchConv", "SearchBN", "SearchLinear", "SearchStage", "slice_conv", "slice_bn", "slice_linear",
-           "conv_weight"]
+__all__ = ["SLICEABLE_CONVS", "mix_fragments", "batch_norm_at", "SearchConv", "SearchBN", "SearchLinear", "SearchStage", "slice_conv", "slice_bn", "slice_linear",
+           "conv_weight", "conv_view"]
+
+
+#: Conv classes :func:`conv_view` (so the wrappers and :func:`slice_conv`) slice exactly: their
+#: forward convolves the input with their own weight, after a padding rule that depends only on the
+#: input's size (a static ``padding``/``padding_mode``, or timm's dynamic TF "same" padding).
+SLICEABLE_CONVS = (nn.Conv2d, Conv2dSame)
 
 
 def _take(t: torch.Tensor, idx: torch.Tensor | None, dim: int) -> torch.Tensor:
@@ -70,17 +79,37 @@ def conv_weight(conv: nn.Conv2d, in_idx: torch.Tensor | None, out_idx: torch.Ten
     return w, b, groups
 
 
+def conv_view(conv: nn.Conv2d, weight: torch.Tensor, bias: torch.Tensor | None, groups: int) -> nn.Conv2d:
+    """``conv`` seen with other weights: an object of its class holding ``weight``, ``bias`` and
+    ``groups`` and sharing everything else with ``conv`` (no tensor is copied).
+
+    Its ``forward`` is the class's own, so it keeps the conv's padding rule whatever it is: a
+    ``padding_mode``, or the dynamic TF "same" padding of timm's ``Conv2dSame``, which pads each
+    input by an amount computed from its size, the kernel and the stride. That rule depends on
+    neither the channel count nor the weights' values, so slicing channels commutes with it; the
+    search wrappers and the slim layers both run through here, which keeps them equal. Only the
+    classes of :data:`SLICEABLE_CONVS` are known to behave so (a conv whose forward transforms its
+    weight, e.g. weight standardisation, would not slice exactly).
+    """
+    view = object.__new__(type(conv))
+    view.__dict__.update(conv.__dict__)
+    view.__dict__.update(_parameters={"weight": weight, "bias": bias}, groups=groups,
+                         in_channels=weight.shape[1] * groups, out_channels=weight.shape[0])
+    return view
+
+
 def slice_conv(conv: nn.Conv2d, in_idx: torch.Tensor | None, out_idx: torch.Tensor | None) -> nn.Conv2d:
-    """A dense copy of ``conv`` keeping only the given input and output channels."""
+    """A dense copy of ``conv`` keeping only the given input and output channels.
+
+    The copy is of the same class with the same configuration (a ``Conv2dSame`` stays a
+    ``Conv2dSame``), and owns its parameters, hooks and submodules.
+    """
     w, b, groups = conv_weight(conv, in_idx, out_idx)
-    new = copy.copy(conv)  # keeps stride/padding/dilation/padding_mode and the class (e.g. Conv2dSame)
-    new._parameters = {}
-    new._buffers = dict(conv._buffers)
-    new._modules = {}
-    new.in_channels, new.out_channels, new.groups = w.shape[1] * groups, w.shape[0], groups
-    new.weight = nn.Parameter(w.detach().clone())
-    new.bias = nn.Parameter(b.detach().clone()) if b is not None else None
-    return new
+    w = nn.Parameter(w.detach().clone())
+    b = nn.Parameter(b.detach().clone()) if b is not None else None
+    # The memo hands the fresh parameters through as they are; everything else is copied.
+    memo = {id(p): p for p in (w, b) if p is not None}
+    return copy.deepcopy(conv_view(conv, w, b, groups), memo)
 
 
 def slice_bn(bn: nn.BatchNorm2d, idx: torch.Tensor | None) -> nn.BatchNorm2d:
@@ -130,12 +159,8 @@ class SearchConv(nn.Module):
         return (ig.active if ig is not None else None), (og.active if og is not None else None)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        w, b, groups = conv_weight(self.conv, *self.indices())
-        c = self.conv
-        if groups == c.groups:
-            y = c._conv_forward(x, w, b)  # honours the conv's padding mode
-        else:
-            y = F.conv2d(x, w, b, c.stride, c.padding, c.dilation, groups)
+        # The conv's own forward on the active channels' weights: its padding rule, as in the slim layer.
+        y = conv_view(self.conv, *conv_weight(self.conv, *self.indices())).forward(x)
         g = self.out_group[0]
         if self.mix and g.fragments is not None:
             y = mix_fragments(y, g, lambda j, t, chans: t)

@@ -185,8 +185,8 @@ def test_slice_bn_keeps_fused_activation():
 
 
 @pytest.mark.parametrize("name, what", [
-    ("tf_efficientnet_b0", "Conv2dSame"),
     ("mixnet_s", "MixedConv2d"),
+    ("efficientnet_cc_b0_4e", "CondConvResidual"),
     ("mobilenetv4_conv_small", "UniversalInvertedResidual"),
 ])
 def test_unsupported_variants_are_refused(name, what):

@@ -3,9 +3,11 @@
 Covers the models timm builds on them from DepthwiseSeparable, InvertedResidual, EdgeResidual and
 ConvBnAct blocks with SqueezeExcite: EfficientNet(-Lite), MobileNet-V2, MNASNet, FBNet, TinyNet
 (family ``efficientnet``, the ``EfficientNet`` class) and MobileNet-V3, LCNet, HardCoReNAS,
-FBNet-V3 (family ``mobilenet``, the ``MobileNetV3`` class). Anything else in those classes (mixed or
-CondConv kernels, space-to-depth, anti-aliasing, MobileNet-V4 UIR/attention blocks, dynamic "same"
-padding of the ``tf_*`` ports, non-BN norms) is refused with :class:`ModelError`.
+FBNet-V3 (family ``mobilenet``, the ``MobileNetV3`` class), the TF ports (``tf_*``) included: their
+strided convs are timm's ``Conv2dSame`` (TF's dynamic "same" padding), which the search wrappers and
+the slim layers run with the padding rule kept (:func:`tas.ops.conv_view`). Anything else in those
+classes (mixed or CondConv kernels, space-to-depth, anti-aliasing, MobileNet-V4 UIR/attention
+blocks, non-BN norms) is refused with :class:`ModelError`.
 
 Groups it declares:
 
@@ -31,7 +33,7 @@ and they do not appear in an :class:`~tas.arch.Arch`'s ``stages``.
 from __future__ import annotations
 
 import torch.nn as nn
-from timm.layers import Conv2dSame, EcaModule, SEModule
+from timm.layers import EcaModule, SEModule
 from timm.models._efficientnet_blocks import (ConvBnAct, DepthwiseSeparableConv, EdgeResidual,
                                               InvertedResidual, SqueezeExcite)
 from timm.models.efficientnet import EfficientNet
@@ -39,6 +41,7 @@ from timm.models.mobilenetv3 import MobileNetV3
 
 from ..errors import ModelError
 from ..graph import ModelGraph, Stage
+from ..ops import SLICEABLE_CONVS
 from . import register_family, register_finalizer
 from .resnet import _attention as _resnet_attention
 
@@ -54,9 +57,8 @@ def _check(cond: bool, what: str) -> None:
 
 def _conv(model: nn.Module, name: str) -> nn.Conv2d:
     m = model.get_submodule(name)
-    _check(isinstance(m, nn.Conv2d), f"{name} is a {type(m).__name__} (mixed/CondConv kernels are not supported)")
-    _check(not isinstance(m, Conv2dSame),
-           f"{name} uses dynamic 'same' padding (Conv2dSame, the tf_* ports); use the non-tf_ model")
+    _check(type(m) in SLICEABLE_CONVS, f"{name} is a {type(m).__name__}, not one of the conv classes that slice "
+           f"exactly ({', '.join(c.__name__ for c in SLICEABLE_CONVS)}; mixed/CondConv kernels are not supported)")
     return m
 
 
