@@ -17,7 +17,7 @@ from timm.layers import Conv2dSame
 
 import tas  # noqa: F401
 from tas.flops import count_flops, count_params
-from tas.materialize import materialize
+from tas.materialize import build_slim, materialize
 from tas.supernet import create_supernet
 
 SIZE = (3, 32, 32)
@@ -65,9 +65,13 @@ def test_hard_mode_equals_the_slim_network(tf_supernet):
         g["indices"] = sorted(torch.randperm(g["channels"], generator=gen)[: g["width"]].tolist())
     s.set_arch(arch)
     slim = materialize(s, arch).eval()
+    rebuilt = build_slim(arch.to_dict()).eval()  # what load_slim does with arch.json + the weights
+    rebuilt.load_state_dict(slim.state_dict())
     with torch.no_grad():
         for x in _inputs(1):
-            assert (s(x) - slim(x)).abs().max() <= 1e-4
+            hard = s(x)
+            assert (hard - slim(x)).abs().max() <= 1e-4
+            assert (hard - rebuilt(x)).abs().max() <= 1e-4
     assert count_flops(slim, SIZE) == arch.flops < arch.full_flops
     assert count_params(slim) == arch.params
 
