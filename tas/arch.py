@@ -10,10 +10,13 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .checkpoint import atomic_write_json
 from .errors import ArchError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .graph import ModelGraph
 
 __all__ = ["Arch", "ARCH_VERSION"]
 
@@ -128,8 +131,53 @@ class Arch:
             raise ArchError(f"{source} is not valid JSON: {e}") from None
         return cls.from_dict(d, source)
 
+    def check_fits(self, graph: "ModelGraph", model: str) -> None:
+        """Raise :class:`ArchError` unless this spec describes a network of ``graph`` (a ``model``).
+
+        The one check every consumer of a spec runs (the supernet's hard mode, the materialiser):
+        the same groups and stages with the same full sizes, and in a group that feeds a grouped
+        conv the same count of kept channels at the same local positions in every conv group, the
+        only selections a dense grouped conv can compute. :meth:`from_dict` has already checked
+        the spec on its own (types, ranges, distinct indices).
+        """
+        if set(self.groups) != set(graph.groups) or set(self.stages) != set(graph.stages):
+            missing = sorted((set(graph.groups) | set(graph.stages)) - set(self.groups) - set(self.stages))
+            extra = sorted((set(self.groups) | set(self.stages)) - set(graph.groups) - set(graph.stages))
+            raise ArchError(f"the architecture (of {self.model}) does not fit this {model}: its groups or stages "
+                            f"differ (missing {missing[:3]}, unknown {extra[:3]})")
+        for name, g in graph.groups.items():
+            a = self.groups[name]
+            if a["channels"] != g.channels:
+                raise ArchError(f"the architecture's group {name} has {a['channels']} channels, the model's "
+                                f"has {g.channels}")
+            if g.conv_groups > 1:
+                _check_conv_grouped(name, a["indices"], g.channels, g.conv_groups)
+        for name, s in graph.stages.items():
+            if self.stages[name]["blocks"] != s.num_blocks:
+                raise ArchError(f"the architecture's stage {name} has {self.stages[name]['blocks']} blocks, the "
+                                f"model's has {s.num_blocks}")
+
     def summary_rows(self) -> list[list[str]]:
         """Rows ``[name, original, kept]`` for every group and stage, for a printed table."""
         rows = [[n, str(g["channels"]), str(g["width"])] for n, g in self.groups.items()]
         rows += [[f"{n} (depth)", str(s["blocks"]), str(s["depth"])] for n, s in self.stages.items()]
         return rows
+
+
+def _check_conv_grouped(name: str, indices: list[int], channels: int, conv_groups: int) -> None:
+    """Every conv group of ``name`` must keep the same local positions (hence as many channels)."""
+    per = channels // conv_groups
+    local: list[set[int]] = [set() for _ in range(conv_groups)]
+    for i in indices:
+        local[i // per].add(i % per)
+    for q, positions in enumerate(local):
+        if positions != local[0]:
+            raise ArchError(
+                f"group {name} feeds a conv with {conv_groups} groups of {per} channels: every conv group must keep "
+                f"the same local channels, but conv group 0 keeps {_fmt(local[0])} and conv group {q} keeps "
+                f"{_fmt(positions)} (channel c is local position c % {per} of conv group c // {per})")
+
+
+def _fmt(positions: set[int], n: int = 8) -> str:
+    items = sorted(positions)
+    return str(items) if len(items) <= n else f"[{', '.join(map(str, items[:n]))}, ...] ({len(items)})"

@@ -22,18 +22,15 @@ from .ops import SearchBN, SearchConv, SearchLinear, slice_bn, slice_conv, slice
 __all__ = ["materialize", "build_slim", "load_slim"]
 
 
-def _check_fits(model: nn.Module, arch: Arch) -> None:
-    graph = describe_model(model)
-    if set(arch.groups) != set(graph.groups) or set(arch.stages) != set(graph.stages):
-        raise ArchError(f"the architecture (of {arch.model}) does not fit this {type(model).__name__}: "
-                        f"its groups or stages differ")
-    for n, g in graph.groups.items():
-        if arch.groups[n]["channels"] != g.channels:
-            raise ArchError(f"the architecture's group {n} has {arch.groups[n]['channels']} channels, "
-                            f"the model's has {g.channels}")
-    for n, s in graph.stages.items():
-        if arch.stages[n]["blocks"] != s.num_blocks:
-            raise ArchError(f"the architecture's stage {n} has {arch.stages[n]['blocks']} blocks, the model's has {s.num_blocks}")
+def _copy_unsliced(searched: nn.Module, slim: nn.Module, sliced: tuple[str, ...]) -> None:
+    """Copy every tensor of ``slim`` outside the ``sliced`` layers from the supernet's ``searched``
+    network: ECA's channel conv, an SE's fixed-width BN, whatever the adapter does not list. The
+    search trained them too; the template holds the teacher's values."""
+    source = searched.state_dict()
+    with torch.no_grad():
+        for key, t in slim.state_dict(keep_vars=True).items():
+            if not key.startswith(sliced):
+                t.copy_(source[key])
 
 
 def materialize(source: nn.Module, arch: Arch) -> nn.Module:
@@ -53,19 +50,20 @@ def materialize(source: nn.Module, arch: Arch) -> nn.Module:
         source.set_arch(arch)  # the wrappers now hold exactly arch's selection
         slim = copy.deepcopy(source.template)
         graph = source.graph
+        sliced = []
         for layer in graph.layers:
             m = source.model.get_submodule(layer.name)
             if isinstance(m, (SearchConv, SearchBN, SearchLinear)):
                 slim.set_submodule(layer.name, m.sliced())
-            elif layer.kind != "channel_conv":
-                slim.set_submodule(layer.name, copy.deepcopy(m))
+                sliced.append(f"{layer.name}.")
         slim.to(next(source.parameters()).device)
+        _copy_unsliced(source.model, slim, tuple(sliced))
         if mode == "search":
             source.search()
     else:
-        _check_fits(source, arch)
-        slim = copy.deepcopy(source)
         graph = describe_model(source)
+        arch.check_fits(graph, type(source).__name__)
+        slim = copy.deepcopy(source)
         device = next(source.parameters()).device
         idx = {n: torch.tensor(g["indices"], dtype=torch.long, device=device) for n, g in arch.groups.items()}
         for layer in graph.layers:

@@ -23,7 +23,7 @@ import torch.nn as nn
 from .arch import Arch
 from .attention import block_size_for, constrained_attention
 from .cost import build_cost_model
-from .errors import ArchError, TasError
+from .errors import TasError
 from .families import describe_model
 from .graph import Group, ModelGraph
 from .ops import SearchBN, SearchConv, SearchLinear, SearchStage
@@ -283,20 +283,8 @@ class Supernet(nn.Module):
 
     # -- architectures ----------------------------------------------------------------------
     def check_arch(self, arch: Arch) -> None:
-        """Raise :class:`ArchError` unless ``arch`` belongs to this supernet's model."""
-        graph = self.graph
-        if set(arch.groups) != set(graph.groups) or set(arch.stages) != set(graph.stages):
-            raise ArchError(f"architecture of {arch.model} does not match this {self.model_name} model "
-                            f"(groups/stages differ)")
-        for n, g in graph.groups.items():
-            a = arch.groups[n]
-            if a["channels"] != g.channels:
-                raise ArchError(f"architecture group {n} has {a['channels']} channels, the model has {g.channels}")
-            if a["width"] % g.conv_groups:
-                raise ArchError(f"group {n} width {a['width']} must be a multiple of its {g.conv_groups} conv groups")
-        for n, s in graph.stages.items():
-            if arch.stages[n]["blocks"] != s.num_blocks:
-                raise ArchError(f"architecture stage {n} has {arch.stages[n]['blocks']} blocks, the model has {s.num_blocks}")
+        """Raise :class:`ArchError` unless ``arch`` belongs to this supernet's model (:meth:`Arch.check_fits`)."""
+        arch.check_fits(self.graph, self.model_name)
 
     def make_arch(self, widths: Mapping[str, int], depths: Mapping[str, int],
                   indices: Mapping[str, Sequence[int]] | None = None, method: str = "tas",

@@ -13,7 +13,8 @@ import torch.nn as nn
 from ..errors import ModelError
 from ..graph import ModelGraph
 
-__all__ = ["register_family", "register_finalizer", "describe_model", "finalize_slim", "supported_families"]
+__all__ = ["register_family", "register_finalizer", "describe_model", "finalize_slim", "sync_feature_info",
+           "supported_families"]
 
 _FAMILIES: dict[str, tuple[Callable[[nn.Module], bool], Callable[[nn.Module], ModelGraph]]] = {}
 
@@ -42,6 +43,19 @@ def finalize_slim(family: str, slim: nn.Module) -> nn.Module:
     """Apply the family's finalizer to a materialised model (no-op when it has none)."""
     fix = _FINALIZERS.get(family)
     return fix(slim) if fix is not None else slim
+
+
+def sync_feature_info(model: nn.Module, width_of: Callable[[str], int]) -> nn.Module:
+    """Set ``num_chs`` of each entry of timm's ``feature_info`` to ``width_of(entry's module)``.
+
+    timm's feature wrappers (``FeatureListNet``, ``features_only``) and the necks built on a
+    backbone read the widths there, not from the layers; a finalizer calls this with the family's
+    rule for the output width of a feature module of the slim network.
+    """
+    for entry in getattr(model, "feature_info", None) or []:
+        if isinstance(entry, dict) and "module" in entry:
+            entry["num_chs"] = int(width_of(entry["module"]))
+    return model
 
 
 def supported_families() -> list[str]:

@@ -42,7 +42,7 @@ from timm.models.mobilenetv3 import MobileNetV3
 from ..errors import ModelError
 from ..graph import ModelGraph, Stage
 from ..ops import SLICEABLE_CONVS
-from . import register_family, register_finalizer
+from . import register_family, register_finalizer, sync_feature_info
 from .resnet import _attention as _resnet_attention
 
 __all__ = ["describe_efficientnet", "sync_head_attributes"]
@@ -202,7 +202,8 @@ register_family("mobilenet", _is_mobilenet)(describe_efficientnet)
 @register_finalizer("efficientnet")
 @register_finalizer("mobilenet")
 def sync_head_attributes(model: nn.Module) -> nn.Module:
-    """Set ``num_features`` / ``head_hidden_size`` of a (slim) model from its actual layers.
+    """Set ``num_features`` / ``head_hidden_size`` and ``feature_info``'s widths of a (slim) model
+    from its actual layers.
 
     Materialising shrinks ``conv_head`` and the classifier; timm's ``reset_classifier`` and feature
     code read these attributes. ``EfficientNet``: ``num_features`` = ``head_hidden_size`` = the
@@ -216,7 +217,15 @@ def sync_head_attributes(model: nn.Module) -> nn.Module:
         model.num_features, model.head_hidden_size = last_stream, head_out
     elif isinstance(model, EfficientNet):
         model.num_features = model.head_hidden_size = head_out
-    return model
+    return sync_feature_info(model, lambda name: _output_width(model.get_submodule(name)))
+
+
+def _output_width(module: nn.Module) -> int:
+    """Output channels of a feature module (``bn1``, a stage, a block): a BN's features, else its last
+    conv's outputs (a block's projection comes after its SE)."""
+    if isinstance(module, nn.BatchNorm2d):
+        return module.num_features
+    return [m for m in module.modules() if isinstance(m, nn.Conv2d)][-1].out_channels
 
 
 def _last_stream(model: nn.Module) -> int:

@@ -19,7 +19,7 @@ from timm.models.resnet import BasicBlock, Bottleneck, ResNet
 from ..errors import ModelError
 from ..graph import ModelGraph, Stage
 from ..models.cifar_resnet import CifarResNet
-from . import register_family
+from . import register_family, register_finalizer, sync_feature_info
 
 
 def _is_resnet(model: nn.Module) -> bool:
@@ -122,3 +122,16 @@ def describe_resnet(model: nn.Module) -> ModelGraph:
     elif isinstance(fc, nn.Conv2d):
         g.add_layer("fc", "conv", stream, None)
     return g
+
+
+@register_finalizer("resnet")
+def sync_feature_widths(model: nn.Module) -> nn.Module:
+    """Set ``feature_info``'s widths from a (slim) model's layers: the stem's (``act1``) is ``bn1``'s,
+    a stage's is its last block's last conv's output."""
+    def width_of(module: str) -> int:
+        if module not in _stages(model):
+            return model.bn1.num_features
+        last = model.get_submodule(module)[-1]
+        return (last.conv3 if isinstance(last, Bottleneck) else last.conv2).out_channels
+
+    return sync_feature_info(model, width_of)
