@@ -122,3 +122,27 @@ def test_load_run_errors(tmp_path, teacher_run):
     (run / "model.safetensors").write_bytes(data[: len(data) // 2])
     with pytest.raises(CheckpointError, match="model.safetensors"):
         load_run(run)
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:FutureWarning")
+def test_cifar_resnet_scripts_like_timm_resnets_and_keeps_its_state_dict_keys():
+    from conftest import perturb_bn
+
+    from tas.materialize import materialize
+    from tas.models.cifar_resnet import CifarResNet
+    from tas.supernet import create_supernet
+
+    model = create_model("cifar_resnet20", num_classes=10, in_chans=3).eval()
+    perturb_bn(model)
+    keys = list(model.state_dict())
+    # timm ResNet's names, which saved weights and the ResNet adapter rely on
+    assert keys[:2] == ["conv1.weight", "bn1.weight"] and "layer3.2.bn2.running_var" in keys and keys[-1] == "fc.bias"
+    assert {k.split(".")[0] for k in keys} == {"conv1", "bn1", "layer1", "layer2", "layer3", "fc"}
+    slim = materialize(model, create_supernet(model, input_size=(3, 32, 32)).random_arch(torch.Generator().manual_seed(0)))
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        for net in (model, slim.eval()):
+            scripted = torch.jit.script(net)
+            assert torch.allclose(scripted(x), net(x), atol=1e-6)
+    with pytest.raises(TypeError, match="three stages"):
+        CifarResNet(layers=(3, 3, 3, 3), widths=(16, 32, 64, 128))

@@ -28,8 +28,12 @@ CIFAR_DEPTHS = {20: 3, 32: 5, 44: 7, 56: 9, 110: 18}
 class CifarResNet(nn.Module):
     """Three-stage ResNet with a 3x3 stem and no max-pool, for 32x32-class inputs.
 
+    The forward names ``layer1..3`` one by one, as timm's ResNet names its four, which keeps it
+    ``torch.jit.script``-able (TorchScript reads attributes by literal name only) and keeps working
+    on a slim copy whose stages the materialiser replaced.
+
     Args:
-        layers: blocks per stage.
+        layers: blocks of each of the three stages.
         widths: output channels of the three stages (also the stem width = ``widths[0]``).
         num_classes: classifier outputs; 0 gives a feature extractor.
         in_chans: input image channels.
@@ -52,6 +56,8 @@ class CifarResNet(nn.Module):
             kwargs.pop(key, None)
         if kwargs:
             raise TypeError(f"CifarResNet got unexpected arguments: {sorted(kwargs)}")
+        if len(layers) != 3 or len(widths) != 3:
+            raise TypeError(f"CifarResNet has three stages: got layers={list(layers)}, widths={list(widths)}")
         self.num_classes = num_classes
         self.drop_rate = drop_rate
         self.grad_checkpointing = False
@@ -95,9 +101,9 @@ class CifarResNet(nn.Module):
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         x = self.maxpool(self.act1(self.bn1(self.conv1(x))))
-        for i in range(self.num_stages):
-            x = getattr(self, f"layer{i + 1}")(x)
-        return x
+        x = self.layer1(x)
+        x = self.layer2(x)
+        return self.layer3(x)
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         x = self.global_pool(x)
