@@ -1,8 +1,11 @@
 """The EfficientNet / MobileNetV3 family: hard mode == the materialised slim network, exact costs."""
+import copy
+
 import pytest
 import timm
 import torch
 from conftest import perturb_bn
+from oracle import search_weights, zeroing_oracle
 from timm.layers import BatchNormAct2d
 
 import tas  # noqa: F401
@@ -38,8 +41,6 @@ def test_hard_mode_equals_materialised(supernet):
     s, model = supernet
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(2, *SIZE)
-    with torch.no_grad():
-        full_out = model(x)
     for _ in range(2):
         arch = s.random_arch(gen)
         s.set_arch(arch)
@@ -48,7 +49,12 @@ def test_hard_mode_equals_materialised(supernet):
             slim = materialize(s, arch).eval()
             out = slim(x)
         assert (hard - out).abs().max() <= 1e-4
-        assert not torch.allclose(hard, full_out, atol=1e-3)  # it really is another network
+        # it really is another network, because of the pruning: the same weights unpruned differ
+        unpruned = zeroing_oracle(s, s.full_arch())
+        unpruned.load_state_dict(search_weights(s, arch))
+        with torch.no_grad():
+            assert not torch.allclose(unpruned(x), out, atol=1e-3)
+            assert (zeroing_oracle(s, arch)(x) - out).abs().max() <= 1e-4
         assert count_flops(slim, SIZE) == arch.flops < arch.full_flops
         assert count_params(slim) == arch.params
         assert type(slim) is type(model)
@@ -71,9 +77,19 @@ def test_arbitrary_indices_equivalence(supernet):
 
 
 def test_full_arch_reproduces_the_original(supernet):
+    """The full architecture is the original network: same costs, same outputs (from the teacher's
+    weights, and in hard mode from the supernet's, whose BNs were changed apart from the teacher's)."""
     s, model = supernet
     arch = s.full_arch()
     assert arch.flops == count_flops(model, SIZE) and arch.params == count_params(model)
+    x = torch.randn(2, *SIZE)
+    with torch.no_grad():
+        assert (materialize(model, arch).eval()(x) - model(x)).abs().max() <= 1e-5
+        original_with_search_weights = copy.deepcopy(model)
+        original_with_search_weights.load_state_dict(search_weights(s, arch))
+        expected = original_with_search_weights(x)
+        assert (s.set_arch(arch)(x) - expected).abs().max() <= 1e-5
+        assert not torch.allclose(expected, model(x), atol=1e-3)  # the two checks differ
 
 
 def test_materialise_from_plain_model(supernet):
@@ -107,11 +123,43 @@ def test_search_mode_forward_backward_reaches_arch_parameters(name):
     assert all(g.alpha.grad is not None for g in s.groups().values() if g.alpha is not None)
 
 
-def test_search_mode_reaches_bnless_head_width():
-    s = create_supernet(timm.create_model("mobilenetv3_large_100", num_classes=10), input_size=SIZE)
+def _finite_difference(f, p: torch.Tensor, eps: float = 1e-4) -> torch.Tensor:
+    """Central differences of the scalar ``f()`` with respect to each entry of ``p``."""
+    grad = torch.zeros_like(p)
+    with torch.no_grad():
+        for i in range(p.numel()):
+            old = float(p.view(-1)[i])
+            p.view(-1)[i] = old + eps
+            up = float(f())
+            p.view(-1)[i] = old - eps
+            down = float(f())
+            p.view(-1)[i] = old
+            grad.view(-1)[i] = (up - down) / (2 * eps)
+    return grad
+
+
+def test_search_mode_gradient_of_bnless_head_width_is_the_task_loss_derivative():
+    """MobileNetV3's head conv has no BN; its fragments are mixed at the conv. The width logits'
+    gradient is the derivative of the loss (fixed Gumbel draws) and of the expected cost."""
+    size = (3, 32, 32)
+    s = create_supernet(timm.create_model("mobilenetv3_small_050", num_classes=10), input_size=size).double()
     s.train()
-    s(torch.randn(4, *SIZE)).logsumexp(1).sum().backward()
-    assert s.groups()["head"].alpha.grad is not None
+    s.tau = 1.0  # sharper mixing weights than the initial 5: larger, easily measured derivatives
+    x = torch.randn(4, *size, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    alpha = s.groups()["head"].alpha
+
+    def loss() -> torch.Tensor:
+        s.generator = torch.Generator().manual_seed(1)  # the same Gumbel draws every time
+        return s(x).logsumexp(1).sum()
+
+    loss().backward()
+    expected = _finite_difference(loss, alpha)
+    assert expected.abs().max() > 1e-3  # the head width matters to the loss
+    assert torch.allclose(alpha.grad, expected, rtol=1e-4, atol=1e-7)
+    alpha.grad = None
+    s.expected_cost("flops").backward()
+    cost = _finite_difference(lambda: s.expected_cost("flops"), alpha, eps=1e-3)
+    assert cost.abs().max() > 0 and torch.allclose(alpha.grad.double(), cost, rtol=1e-3)
 
 
 def test_graph_structure():
