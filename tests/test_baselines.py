@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn as nn
+from oracle import zeroing_oracle
 
 import tas
 import tas.data
@@ -19,6 +20,7 @@ from tas.baselines.synflow import synflow_channel_scores
 from tas.cli import run_main
 from tas.errors import TasError
 from tas.flops import count_flops, count_params
+from tas.rundir import load_run
 from tas.supernet import create_supernet
 
 REPO = Path(__file__).resolve().parents[1]
@@ -222,5 +224,14 @@ def test_run_baseline_synflow_in_process(tmp_path, teacher_run):
     result = run_baseline({"method": "synflow", "teacher": str(teacher_run), "dataset": "digits", "limit": 64,
                            "flops_ratio": 0.6, "device": "cpu", "output": str(out), "synflow_rounds": 5})
     assert result["method"] == "synflow" and result["flops_ratio"] <= 0.6
-    assert Arch.from_json(out / "arch.json").meta["rounds"] == 5
-    assert tas.load_slim(out) is not None
+    arch = Arch.from_json(out / "arch.json")
+    assert arch.meta["rounds"] == 5
+    # the saved network is the teacher pruned to the arch: its costs, and the teacher's function with
+    # the pruned channels zeroed (an independent computation of the same network)
+    slim = tas.load_slim(out)
+    assert count_flops(slim, arch.input_size) == arch.flops and count_params(slim) == arch.params
+    teacher, _ = load_run(teacher_run)
+    x = torch.randn(4, *arch.input_size, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        expected = zeroing_oracle(teacher, arch)(x)
+        assert (slim(x) - expected).abs().max() <= 1e-4 * expected.abs().max()
