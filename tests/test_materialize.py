@@ -11,8 +11,6 @@ from oracle import grouped_random_indices, perturb_like_search, search_weights, 
 from timm.layers import EcaModule
 from timm.models import FeatureListNet
 
-import tas
-from tas.arch import Arch
 from tas.cli import run_main
 from tas.errors import ArchError
 from tas.materialize import materialize
@@ -104,19 +102,15 @@ def test_eca_against_the_zeroing_oracle(eca):
 
 
 # ---- one check of a spec against a model -----------------------------------------------------
-def _grouped_arch(model: nn.Module, size=SIZE) -> Arch:
-    arch = create_supernet(model, input_size=size, model_name="seresnext26d_32x4d").full_arch()
-    g = arch.groups["layer1.0.conv1"]  # 128 channels feeding a 32-group conv: 4 per conv group
-    g["width"], g["indices"] = 96, list(range(96))  # all 4 of the first 24 conv groups, none of the last 8
-    return arch
-
-
 def test_grouped_conv_spec_must_keep_the_same_local_channels_in_every_conv_group():
     model = timm.create_model("seresnext26d_32x4d", num_classes=7).eval()
     s = create_supernet(model, input_size=SIZE, model_name="seresnext26d_32x4d")
-    arch = _grouped_arch(model)
+    arch = s.full_arch()
+    # 128 channels feeding a 32-group conv, 4 per conv group: keep all 4 of the first 24, none of the last 8
+    arch.groups["layer1.0.conv1"].update(width=96, indices=list(range(96)))
+    message = r"group layer1\.0\.conv1 feeds a conv with 32 groups.*conv group 24 keeps \[\]"
     for build in (lambda: materialize(model, arch), lambda: materialize(s, arch), lambda: s.set_arch(arch)):
-        with pytest.raises(ArchError, match=r"group layer1\.0\.conv1 feeds a conv with 32 groups.*conv group 24 keeps \[\]"):
+        with pytest.raises(ArchError, match=message):
             build()
     # three of four at the same local positions in every conv group is a valid spec
     arch.groups["layer1.0.conv1"]["indices"] = [c for c in range(128) if c % 4 != 2]

@@ -138,7 +138,8 @@ def test_cifar_resnet_scripts_like_timm_resnets_and_keeps_its_state_dict_keys():
     # timm ResNet's names, which saved weights and the ResNet adapter rely on
     assert keys[:2] == ["conv1.weight", "bn1.weight"] and "layer3.2.bn2.running_var" in keys and keys[-1] == "fc.bias"
     assert {k.split(".")[0] for k in keys} == {"conv1", "bn1", "layer1", "layer2", "layer3", "fc"}
-    slim = materialize(model, create_supernet(model, input_size=(3, 32, 32)).random_arch(torch.Generator().manual_seed(0)))
+    arch = create_supernet(model, input_size=(3, 32, 32)).random_arch(torch.Generator().manual_seed(0))
+    slim = materialize(model, arch)
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
         for net in (model, slim.eval()):
