@@ -134,7 +134,8 @@ def slice_bn(bn: nn.BatchNorm2d, idx: torch.Tensor | None) -> nn.BatchNorm2d:
 def slice_linear(fc: nn.Linear, in_idx: torch.Tensor | None) -> nn.Linear:
     """A copy of the classifier ``fc`` reading only input features ``in_idx``."""
     w = _take(fc.weight, in_idx, 1)
-    new = nn.Linear(w.shape[1], w.shape[0], bias=fc.bias is not None).to(w.device).train(fc.training)
+    new = nn.Linear(w.shape[1], w.shape[0], bias=fc.bias is not None, device=w.device, dtype=w.dtype)
+    new.train(fc.training)
     with torch.no_grad():
         new.weight.copy_(w)
         if fc.bias is not None:

@@ -168,3 +168,12 @@ def test_slim_backbone_reports_its_own_feature_widths(name, streams, expected):
         logits, inter = slim.forward_intermediates(x)
         assert [f.shape[1] for f in inter] == expected
         assert torch.allclose(slim.forward_head(logits), slim(x), atol=1e-5)
+
+
+def test_slim_network_keeps_the_source_dtype():
+    model = timm.create_model("resnet18", num_classes=7).double().eval()
+    arch = create_supernet(model, input_size=SIZE).random_arch(torch.Generator().manual_seed(0))
+    slim = materialize(model, arch)
+    assert {p.dtype for p in slim.parameters()} == {torch.float64}
+    with torch.no_grad():
+        assert slim(torch.randn(1, *SIZE, dtype=torch.float64)).dtype == torch.float64
