@@ -70,19 +70,26 @@ def _export_torchscript(model: nn.Module, example: torch.Tensor, path: Path, ops
 
 def _export_to(model: nn.Module, example: torch.Tensor, path: Path, opset: int,
                exporter: str = "auto") -> tuple[str, str | None]:
-    """Write ``model`` to ``path``; returns ``(exporter used, why dynamo was not)``."""
+    """Write ``model`` to ``path``; returns ``(exporter used, why dynamo was not)``.
+
+    The dynamo exporter writes into a scratch directory of its own beside ``path``, so a failed
+    attempt is cleaned up by removing that directory alone: ``path``'s neighbours (other models
+    of a latency-table build, the user's files) are never touched.
+    """
     reason = None
     if exporter in ("auto", "dynamo"):
+        scratch = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".dynamo", dir=path.parent))
         try:
-            _export_dynamo(model, example, path, opset)
+            _export_dynamo(model, example, scratch / path.name, opset)
+            _make_self_contained(scratch / path.name)  # any external data lives in scratch, going below
+            os.replace(scratch / path.name, path)
             return "dynamo", None
         except Exception as e:  # noqa: BLE001  (any failure of torch.export / onnxscript: fall back)
             if exporter == "dynamo":
                 raise TasError(f"the dynamo ONNX exporter failed: {_one_line(e)}") from None
             reason = f"{type(e).__name__}: {_one_line(e)}"
-            for p in path.parent.iterdir():  # whatever the failed attempt left behind
-                if p.is_file():
-                    p.unlink()
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)  # whatever the attempt left, and only that
     try:
         _export_torchscript(model, example, path, opset)
     except Exception as e:  # noqa: BLE001

@@ -116,6 +116,27 @@ def test_fallback_to_torchscript(tmp_path, monkeypatch):
         ex.export_onnx(model, tmp_path / "d.onnx", INPUT, exporter="dynamo")
 
 
+def test_failed_dynamo_attempt_removes_only_its_own_files(tmp_path, monkeypatch):
+    """A latency-table build exports many micro-models into one directory: the fallback after a
+    failed dynamo attempt must clean up that attempt's partial files and nothing else."""
+    def half_written(model, example, path, opset):
+        Path(path).write_bytes(b"partial onnx")
+        Path(str(path) + ".data").write_bytes(b"partial external data")
+        raise RuntimeError("simulated failure after writing")
+
+    monkeypatch.setattr(ex, "_export_dynamo", half_written)
+    neighbours = {"1_conv.onnx": b"another micro-model", "notes.txt": b"the user's"}
+    for name, data in neighbours.items():
+        (tmp_path / name).write_bytes(data)
+    path = tmp_path / "2_model.onnx"
+    used, reason = ex._export_to(_tiny(), torch.randn(2, *INPUT), path, 17)
+    assert used == "torchscript" and "simulated failure" in reason
+    for name, data in neighbours.items():
+        assert (tmp_path / name).read_bytes() == data
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([*neighbours, path.name])
+    onnx.checker.check_model(str(path))  # the torchscript export, not the partial file
+
+
 def test_parity_failure_raises_and_writes_nothing(tmp_path, monkeypatch):
     model = _randomise_bn(_tiny(0))
     other = _randomise_bn(_tiny(1), seed=2)
