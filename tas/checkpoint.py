@@ -39,12 +39,23 @@ __all__ = [
 STATE_DIR = "state"
 
 
+def _umask() -> int:
+    """The process's umask (read by setting it and putting it back: POSIX has no getter)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def _atomic_replace(path: Path, write: Any) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
         write(tmp)
+        # mkstemp creates 0600 (and safetensors replaces the file with another 0600 one); the mode
+        # survives the rename. Give the file the mode a plain open() would, so a run on shared
+        # storage is as readable as any other file there.
+        os.chmod(tmp, 0o666 & ~_umask())
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
