@@ -2,19 +2,21 @@
 
 The scripts stay thin: they declare flags, call :func:`parse_args`, and hand the namespace to the
 library inside :func:`run_main`, which turns a :class:`~tas.errors.TasError` into ``error: ...`` on
-stderr and exit code 2.
+stderr and exit code 2 (3 for a diverged run, 74 for an I/O fault such as a full disk).
 """
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import errno
 import sys
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 import yaml
 
-from .errors import EXIT_DIVERGED, EXIT_USAGE, DivergedError, TasError
+from .errors import (EXIT_DIVERGED, EXIT_IO, EXIT_USAGE, IO_ERRNOS, DivergedError, RunIOError, TasError,
+                     io_error_message)
 
 __all__ = ["parse_args", "run_main", "format_table", "config_from_args"]
 
@@ -71,15 +73,25 @@ def config_from_args(cls, args: Any):
 
 def run_main(main: Callable[[Sequence[str] | None], int | None], argv: Sequence[str] | None = None) -> int:
     """Run a script's ``main``: user errors become one line on stderr and exit code 2, a diverged
-    run (NaN/inf) exit code 3."""
+    run (NaN/inf) exit code 3, and an I/O fault (disk full, read-only or forbidden path, wherever
+    it is raised) exit code 74."""
     try:
         return int(main(argv) or 0)
     except DivergedError as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_DIVERGED
+    except RunIOError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_IO
     except TasError as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_USAGE
+    except OSError as e:
+        if e.errno not in IO_ERRNOS:
+            raise  # anything else (a bad fd, a missing file we should have checked) is a bug
+        verb = "write" if e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG) else "access"
+        print(f"error: {io_error_message(e.filename or 'a file', e, verb)}", file=sys.stderr)
+        return EXIT_IO
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

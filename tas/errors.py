@@ -1,15 +1,23 @@
-"""Errors that reach the user as one line and exit code 2.
+"""Errors that reach the user as one line and a documented exit code.
 
 Every failure caused by what the user gave us (a name, a path, a file, a number) raises
 :class:`TasError` or a subclass. The CLIs catch it, print ``error: <message>`` and exit with
-:data:`EXIT_USAGE`; anything else is a bug and keeps its traceback.
+:data:`EXIT_USAGE`, or the subclass's own code (:class:`DivergedError`: 3, :class:`RunIOError`:
+74); anything else is a bug and keeps its traceback.
 """
 from __future__ import annotations
+
+import errno
 
 EXIT_OK = 0
 EXIT_FAILURE = 1  # an unexpected internal error (a bug): traceback printed
 EXIT_USAGE = 2  # bad input: unknown name, missing/corrupt file, infeasible target
 EXIT_DIVERGED = 3  # a loss or parameter became NaN/inf; the last good checkpoint is kept
+EXIT_IO = 74  # the system refused a read or write (disk full, read-only, permission): sysexits' EX_IOERR
+
+#: errnos that are the machine's fault, not ours nor the user's input: reported as :data:`EXIT_IO`
+IO_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EIO,
+                       errno.EFBIG})
 
 
 class TasError(Exception):
@@ -34,3 +42,17 @@ class CheckpointError(TasError):
 
 class DivergedError(TasError):
     """A loss or parameter became NaN or infinite (exit code 3); the last good checkpoint is kept."""
+
+
+class RunIOError(TasError):
+    """The file system refused a write or read (disk full, read-only, no permission): exit code 74.
+
+    Raised with the path and the cause; every file of the run is written atomically, so what was
+    complete before the fault (the last checkpoint, an earlier finished run) is still there.
+    """
+
+
+def io_error_message(path: object, e: BaseException, verb: str = "write") -> str:
+    """``cannot <verb> <path>: <cause>`` for an ``OSError`` (or a library error wrapping one)."""
+    cause = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
+    return f"cannot {verb} {path}: {cause}"

@@ -1,16 +1,24 @@
 """Run-directory I/O contract: file modes, I/O faults, and one writer per run directory."""
 from __future__ import annotations
 
+import errno
+import json
 import os
+import socket
 import stat
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
+import torch
 import torch.nn as nn
 
 from tas.checkpoint import atomic_write_json, save_state
-from tas.rundir import save_run
+from tas.errors import EXIT_IO, RunIOError, TasError
+from tas.rundir import LOCK_NAME, run_lock, save_run
 
+REPO = Path(__file__).resolve().parents[1]
 KWARGS = {"num_classes": 2, "in_chans": 1}
 
 
@@ -38,3 +46,195 @@ def test_written_files_honour_the_umask(tmp_path, umask):
     assert len(written) == 6
     for path in written:
         assert _mode(path) == _mode(plain), f"{path.name}: {oct(_mode(path))}"
+
+
+# ---------------------------------------------------------------------------------------------
+# I/O faults: one error line, exit 74, the last good checkpoint kept
+# ---------------------------------------------------------------------------------------------
+FAST = ["--model", "cifar_resnet20", "--dataset", "digits", "--img-size", "16", "--limit", "128",
+        "--batch-size", "16", "--epochs", "1", "--no-progress", "--device", "cpu", "--checkpoint-every", "3"]
+
+
+def _full_disk_after(monkeypatch, good_saves: int, only: str = ""):
+    """Make the safetensors writer fail with ENOSPC once ``good_saves`` saves (of files whose temp
+    name contains ``only``) have gone through."""
+    from tas import checkpoint
+
+    real, calls = checkpoint.save_file, {"n": 0}
+
+    def save_file(tensors, path, metadata=None):
+        if only in str(path):
+            calls["n"] += 1
+            if calls["n"] > good_saves:
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real(tensors, path, metadata=metadata)
+
+    monkeypatch.setattr(checkpoint, "save_file", save_file)
+
+
+def _one_error_line(err: str) -> str:
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert "Traceback" not in err
+    assert len(lines) == 1 and lines[0].startswith("error: "), err
+    return lines[0]
+
+
+def _temp_files(run: Path) -> list[Path]:
+    return [p for p in run.rglob("*") if p.name.endswith(".tmp")]
+
+
+def test_full_disk_mid_run_exits_74_and_keeps_the_last_checkpoint(tmp_path, monkeypatch, train_script, capsys):
+    from tas.checkpoint import load_state
+    from tas.cli import run_main
+
+    _full_disk_after(monkeypatch, good_saves=1)  # the step-3 state is saved, the step-6 one hits a full disk
+    out = tmp_path / "run"
+    assert run_main(train_script.main, [*FAST, "--output", str(out)]) == EXIT_IO == 74
+    line = _one_error_line(capsys.readouterr().err)
+    assert f"{out / 'state'}/state-" in line and "No space left on device" in line
+    assert load_state(out)["step_in_epoch"] == 3
+    assert not _temp_files(out) and not (out / "model.safetensors").exists()
+
+
+def test_full_disk_on_the_final_weights_keeps_the_previous_run(tmp_path, monkeypatch, train_script, capsys):
+    from tas.cli import run_main
+
+    out = tmp_path / "run"
+    assert train_script.main([*FAST, "--output", str(out)]) == 0
+    before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+    _full_disk_after(monkeypatch, good_saves=0, only=".model.safetensors.")
+    assert run_main(train_script.main, [*FAST, "--output", str(out), "--overwrite", "--seed", "1"]) == 74
+    line = _one_error_line(capsys.readouterr().err)
+    assert line == f"error: cannot write {out / 'model.safetensors'}: No space left on device"
+    after = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file() and not p.name.startswith("events.")}
+    assert after == {k: v for k, v in before.items() if not k.startswith("events.")}
+    assert not _temp_files(out)
+
+
+def test_safetensors_wrapped_io_error_is_an_io_fault(tmp_path, monkeypatch):
+    """safetensors reports a real full disk as ``SafetensorError(... I/O error: ...)``, not OSError."""
+    from safetensors import SafetensorError
+
+    from tas import checkpoint
+
+    def full(tensors, path, metadata=None):
+        Path(path).write_bytes(b"half")
+        raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
+
+    monkeypatch.setattr(checkpoint, "save_file", full)
+    with pytest.raises(RunIOError, match=r"cannot write .*w\.safetensors: No space left on device"):
+        checkpoint.save_weights(tmp_path / "w.safetensors", {"a": torch.ones(2)})
+    assert list(tmp_path.iterdir()) == []
+
+
+def _read_only(monkeypatch, root: Path) -> None:
+    """Simulate a read-only file system at ``root`` (tests run as root, where chmod blocks nothing)."""
+    real_open, real_mkdir = os.open, os.mkdir
+    writes = os.O_WRONLY | os.O_RDWR | os.O_CREAT
+
+    def refuse(path) -> None:
+        if str(Path(path).absolute()).startswith(str(root)):
+            raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(path))
+
+    def open_(path, flags, *args, **kwargs):
+        if flags & writes:
+            refuse(path)
+        return real_open(path, flags, *args, **kwargs)
+
+    def mkdir(path, *args, **kwargs):
+        refuse(path)
+        return real_mkdir(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", open_)
+    monkeypatch.setattr(os, "mkdir", mkdir)
+
+
+@pytest.mark.parametrize("existing", [False, True])
+def test_read_only_output_exits_74_naming_it(tmp_path, monkeypatch, train_script, search_script, teacher_run,
+                                             capsys, existing):
+    from tas.cli import run_main
+
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    out = ro / "run"
+    if existing:
+        out.mkdir()
+        (out / "model.safetensors").write_bytes(b"a finished run")
+    _read_only(monkeypatch, ro)
+    assert run_main(train_script.main, [*FAST, "--output", str(out), "--overwrite"]) == 74
+    line = _one_error_line(capsys.readouterr().err)
+    assert str(out) in line and "Read-only file system" in line
+    assert run_main(search_script.main, ["--teacher", str(teacher_run), "--output", str(out), "--overwrite",
+                                         "--no-progress", "--device", "cpu"]) == 74
+    assert "Read-only file system" in _one_error_line(capsys.readouterr().err)
+    monkeypatch.undo()
+    assert sorted(p.name for p in ro.rglob("*")) == (["model.safetensors", "run"] if existing else [])
+
+
+# ---------------------------------------------------------------------------------------------
+# one writer per run directory
+# ---------------------------------------------------------------------------------------------
+# Another process holding the lock as run_lock does (an flock on the lock file, which names the
+# holder); it imports nothing of tas, so it starts in milliseconds.
+_HOLDER = """
+import fcntl, json, os, socket, sys, time
+os.makedirs(sys.argv[1], exist_ok=True)
+fd = os.open(os.path.join(sys.argv[1], sys.argv[2]), os.O_RDWR | os.O_CREAT, 0o666)
+fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+os.write(fd, json.dumps({"pid": os.getpid(), "host": socket.gethostname()}).encode())
+print("held", flush=True)
+time.sleep(120)
+"""
+
+
+@pytest.fixture
+def held_lock(tmp_path):
+    """A second, real process holding the lock of ``tmp_path / "run"``: ``(run, process)``."""
+    run = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "-c", _HOLDER, str(run), LOCK_NAME], cwd=REPO, stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "held"
+        yield run, proc
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_second_writer_is_refused_naming_pid_and_host(held_lock, train_script, search_script, teacher_run, capsys):
+    from tas.cli import run_main
+    from tas.pipeline import main as pipeline_main
+
+    run, holder = held_lock
+    for main, flags in ((train_script.main, [*FAST, "--overwrite"]),
+                        (search_script.main, ["--teacher", str(teacher_run), "--overwrite", "--no-progress"]),
+                        (search_script.main, ["--teacher", str(teacher_run), "--method", "l1", "--overwrite"]),
+                        (pipeline_main, ["--no-progress"])):
+        assert run_main(main, [*flags, "--output", str(run)]) == 2
+        line = _one_error_line(capsys.readouterr().err)
+        assert f"{run} is being written by another run: PID {holder.pid} on host {socket.gethostname()}" in line
+    assert [p.name for p in run.iterdir()] == [LOCK_NAME]  # nothing written by the refused runs
+    assert holder.poll() is None
+
+
+def test_lock_of_a_killed_run_is_taken_over_and_released(held_lock, train_script, capsys):
+    run, holder = held_lock
+    holder.kill()  # like kill -9: the holder cannot release; the lock file still names it
+    holder.wait()
+    assert json.loads((run / LOCK_NAME).read_text())["pid"] == holder.pid
+    assert train_script.main([*FAST, "--output", str(run)]) == 0
+    err = capsys.readouterr().err
+    assert f"was locked by PID {holder.pid} on host {socket.gethostname()}" in err and "taking the lock over" in err
+    assert (run / "model.safetensors").is_file() and not (run / LOCK_NAME).exists()
+
+
+def test_lock_is_exclusive_within_one_process_and_reusable(tmp_path):
+    run = tmp_path / "run"
+    with run_lock(run) as path:
+        assert json.loads(path.read_text())["pid"] == os.getpid()
+        with pytest.raises(TasError, match=f"PID {os.getpid()}"):
+            with run_lock(run):
+                pass
+    assert not run.exists()  # created for a run that wrote nothing: removed again
+    with run_lock(run):
+        (run / "file").write_text("x")
+    assert [p.name for p in run.iterdir()] == ["file"]
