@@ -29,10 +29,19 @@ def run_pipeline(output: str | Path = "runs/demo", model: str = "cifar_resnet20"
                  limit: int | None = None, img_size: int | None = None, progress: bool = True,
                  latency_repeats: int = 30) -> dict[str, Any]:
     """Run every stage into ``output/{teacher,search,slim}`` + ``output/slim.onnx``; returns the summary."""
+    from .rundir import run_lock
+
+    with run_lock(output):  # the stages lock their own directories; this keeps two pipelines apart
+        return _run_pipeline(Path(output), model, dataset, data_dir, flops_ratio, teacher_epochs, search_epochs,
+                             distill_epochs, selection, seed, limit, img_size, progress, latency_repeats)
+
+
+def _run_pipeline(out: Path, model: str, dataset: str, data_dir: str | None, flops_ratio: float,
+                  teacher_epochs: int, search_epochs: int, distill_epochs: int, selection: str, seed: int,
+                  limit: int | None, img_size: int | None, progress: bool, latency_repeats: int) -> dict[str, Any]:
     from . import searching, training
     from .export import export_run
 
-    out = Path(output)
     common = {"dataset": dataset, "data_dir": data_dir, "seed": seed, "limit": limit, "progress": progress,
               "overwrite": True, "device": "auto"}
     t0 = time.perf_counter()

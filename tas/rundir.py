@@ -10,25 +10,40 @@ A finished run holds (see :mod:`tas.checkpoint` for the full layout)::
 :func:`save_run` writes those files (each atomically) and :func:`load_run` rebuilds the model from
 ``config.json`` alone -- no pickle, no code on disk. A config with an ``"arch"`` key describes a
 pruned (slim) network and is built by :func:`tas.materialize.build_slim` instead of timm.
+
+One writer at a time: a run holds :func:`run_lock` on its directory while it writes there (the
+file ``.tas-lock`` names its PID, host and command). A second run into the same directory is
+refused (exit 2) naming that PID and host. The lock is an ``flock`` on that file, which the kernel
+releases when its holder dies, so a run killed with ``kill -9`` never blocks the next one: the
+next run finds the lock free but still naming the dead run, says so, and takes it over (this is
+what lets ``--resume`` continue a crashed run).
 """
 from __future__ import annotations
 
+import contextlib
+import datetime
+import errno
+import fcntl
+import json
 import os
+import socket
+import sys
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 import torch.nn as nn
 
 from .checkpoint import atomic_write_json, load_weights, read_json, save_weights
-from .errors import CheckpointError, ModelError
+from .errors import IO_ERRNOS, CheckpointError, ModelError, RunIOError, TasError, io_error_message
 
 __all__ = ["CONFIG_NAME", "WEIGHTS_NAME", "METRICS_NAME", "RUN_VERSION", "save_run", "load_run",
-           "read_config", "build_model_from_config", "is_finished_run"]
+           "read_config", "build_model_from_config", "is_finished_run", "run_lock", "LOCK_NAME"]
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 METRICS_NAME = "metrics.json"
 RUN_VERSION = 1
+LOCK_NAME = ".tas-lock"
 
 
 def is_finished_run(run_dir: str | os.PathLike) -> bool:
@@ -142,3 +157,112 @@ def load_run(run_dir: str | os.PathLike) -> tuple[nn.Module, dict[str, Any]]:
     name = config.get("model") if "arch" not in config else f"{config.get('model', 'slim')} (pruned arch)"
     load_state_dict_strict(model, state_dict, model_name=str(name), source=weights)
     return model.eval(), config
+
+
+# ---------------------------------------------------------------------------------------------
+# one writer per run directory
+# ---------------------------------------------------------------------------------------------
+def _io_fault(path: Path, e: OSError, verb: str) -> BaseException:
+    return RunIOError(io_error_message(path, e, verb)) if e.errno in IO_ERRNOS else e
+
+
+def _read_owner(fd: int) -> dict[str, Any]:
+    """The holder a lock file names (``{}`` when it is empty or unreadable)."""
+    try:
+        owner = json.loads(os.pread(fd, 4096, 0).decode() or "{}")
+    except (ValueError, UnicodeDecodeError, OSError):
+        return {}
+    return owner if isinstance(owner, dict) else {}
+
+
+def _describe(owner: Mapping[str, Any]) -> str:
+    if not owner:
+        return "a process that has not written its PID yet (just starting)"
+    text = f"PID {owner.get('pid', '?')} on host {owner.get('host', '?')}"
+    if owner.get("started"):
+        text += f", started {owner['started']}"
+    return text + (f" ({owner['command']})" if owner.get("command") else "")
+
+
+def _pid_alive(pid: Any) -> bool:
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, TypeError, ValueError):
+        return True  # someone else's live process (or an unreadable lock): assume held
+    return True
+
+
+def _lock_fd(path: Path) -> int:
+    """An fd of ``path`` holding its exclusive ``flock``; refuses (exit 2) when another run holds it."""
+    while True:
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+        except OSError as e:
+            raise _io_fault(path.parent, e, "write to") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as e:
+            owner = _read_owner(fd)
+            unsupported = e.errno in (errno.ENOLCK, errno.EOPNOTSUPP, errno.EINVAL)
+            # Without flock (some network file systems) only a holder on this host can be checked.
+            held = (not unsupported or owner.get("host") != socket.gethostname() or _pid_alive(owner.get("pid")))
+            if held and (owner or not unsupported):
+                os.close(fd)
+                raise TasError(f"{path.parent} is being written by another run: {_describe(owner)}; wait for "
+                               f"it to end or choose another --output (lock file: {path})") from None
+        # A holder deletes the file on release: the file locked must still be the one at ``path``.
+        try:
+            if os.stat(path).st_ino == os.fstat(fd).st_ino:
+                return fd
+        except FileNotFoundError:
+            pass
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def run_lock(run_dir: str | os.PathLike, *, enabled: bool = True) -> Iterator[Path]:
+    """Hold ``run_dir``'s writer lock while the body runs (creating the directory); yields its path.
+
+    A second holder, in this process or another, gets :class:`~tas.errors.TasError` (exit 2)
+    naming the PID and host that hold it. A lock left by a run that died without releasing it
+    (killed, crashed, machine rebooted) is free but still names that run: it is taken over with a
+    note on stderr, and the dead run's files are left as they are (``--resume`` continues it). A
+    directory that cannot be created or written raises :class:`~tas.errors.RunIOError` (exit 74).
+    ``enabled=False`` (ranks other than 0 under torchrun, which do not write) does nothing.
+    """
+    run_dir = Path(run_dir)
+    if not enabled:
+        yield run_dir / LOCK_NAME
+        return
+    if run_dir.exists() and not run_dir.is_dir():
+        raise TasError(f"--output {run_dir} is a file, not a directory")
+    created = not run_dir.exists()
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise _io_fault(run_dir, e, "create") from None
+    path = run_dir / LOCK_NAME
+    fd = _lock_fd(path)
+    try:
+        previous = _read_owner(fd)
+        if previous.get("pid") not in (None, os.getpid()):
+            print(f"note: {run_dir} was locked by {_describe(previous)}, which ended without releasing it "
+                  "(killed or crashed); taking the lock over, its files are kept", file=sys.stderr)
+        owner = {"pid": os.getpid(), "host": socket.gethostname(),
+                 "started": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+                 "command": " ".join(sys.argv)[:300]}
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, json.dumps(owner).encode(), 0)
+    except OSError as e:
+        os.close(fd)
+        raise _io_fault(path, e, "write") from None
+    try:
+        yield path
+    finally:
+        path.unlink(missing_ok=True)  # still holding the flock: nobody can have taken it
+        os.close(fd)
+        if created:
+            with contextlib.suppress(OSError):
+                run_dir.rmdir()  # only succeeds when the run wrote nothing (refused before starting)

@@ -32,7 +32,7 @@ from .checkpoint import atomic_write_json, has_state, load_state, rng_state, sav
 from .cli import config_from_args, format_table
 from .errors import CheckpointError, DivergedError, TasError
 from .arch_step import ArchStepper
-from .rundir import is_finished_run, load_run, save_run
+from .rundir import is_finished_run, load_run, run_lock, save_run
 from .attention import PHASES, SappController, SappSchedule
 from .sampling import tau_at
 from .supernet import Supernet, create_supernet
@@ -225,7 +225,7 @@ def search(args: Any) -> dict[str, Any]:
     Only rank 0 writes the run directory.
     """
     cfg = SearchConfig.from_args(args)
-    with distributed.session(cfg.device) as device:
+    with distributed.session(cfg.device) as device, run_lock(cfg.output, enabled=distributed.is_main()):
         return _search(cfg, device)
 
 

@@ -35,7 +35,7 @@ from .checkpoint import has_state, load_state, rng_state, save_state, set_rng_st
 from .cli import config_from_args, format_table
 from .errors import CheckpointError, TasError
 from .flops import count_flops, count_params
-from .rundir import WEIGHTS_NAME, is_finished_run, save_run
+from .rundir import WEIGHTS_NAME, is_finished_run, run_lock, save_run
 
 __all__ = ["TrainConfig", "RunSpec", "Context", "SCHEDULERS", "train", "prepare", "build_teacher", "fit",
            "seed_everything", "create_optimizer", "create_scheduler"]
@@ -271,11 +271,13 @@ def fit(
     *,
     loss_fn: engine.LossFn,
     reference: Mapping[str, float] | None = None,
+    extra_metrics: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Train ``model`` for ``cfg.epochs`` (resuming if asked), then write the finished run.
 
     ``reference`` scalars (e.g. ``{"val/teacher_top1": 99.4}``) are logged beside the model's every
-    epoch and stored in ``metrics.json`` under their last path component.
+    epoch and stored in ``metrics.json`` under their last path component; ``extra_metrics`` go
+    into ``metrics.json`` as they are (distillation records both datasets there).
 
     Every epoch: train, evaluate on the test split (TensorBoard ``val/*``), save the resumable
     state. At the end: ``save_run`` with the final metrics, and a summary table on stdout.
@@ -400,6 +402,7 @@ def fit(
         "train_loss": history[-1]["train_loss"] if history else None,
         "skipped_steps": nan_stats["skipped"],
         **{k.split("/")[-1]: v for k, v in (reference or {}).items()},
+        **(extra_metrics or {}),
     }
     extra = {"stage": ctx.mode, "dataset": cfg.dataset,
              "data": {"img_size": ctx.info.img_size, "mean": list(ctx.info.mean), "std": list(ctx.info.std)},
@@ -448,7 +451,7 @@ def train(args: Any, mode: str = "teacher") -> dict[str, Any]:
     if mode not in ("teacher", "distill"):
         raise TasError(f"unknown training mode {mode!r}")
     cfg = TrainConfig.from_args(args)
-    with distributed.session(cfg.device):
+    with distributed.session(cfg.device), run_lock(cfg.output, enabled=distributed.is_main()):
         return _train(cfg, mode)
 
 

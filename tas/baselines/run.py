@@ -20,7 +20,7 @@ from typing import Any, Mapping
 from ..checkpoint import has_state
 from ..cli import format_table
 from ..errors import TasError
-from ..rundir import is_finished_run, save_run
+from ..rundir import is_finished_run, run_lock, save_run
 from . import BASELINES, create_baseline_arch, list_baselines
 
 __all__ = ["run_baseline"]
@@ -35,18 +35,25 @@ def run_baseline(args: Any) -> dict[str, Any]:
     flags are ignored. Library callers may add ``synflow_rounds``. The architecture is chosen
     without data; the test split is read only to report ``top1_pruned``.
     """
-    from .. import engine
-    from ..data import create_loaders
-    from ..materialize import materialize
-    from ..searching import SearchConfig, load_teacher_and_data
-    from ..distributed import resolve_device
-    from ..training import seed_everything
+    from ..searching import SearchConfig
 
     values = dict(args) if isinstance(args, Mapping) else dict(vars(args))
     method = values.get("method")
     if method not in BASELINES:
         raise TasError(f"unknown baseline method {method!r} (one of {', '.join(list_baselines())})")
     cfg = SearchConfig.from_args(values)
+    with run_lock(cfg.output):
+        return _run_baseline(cfg, method, values)
+
+
+def _run_baseline(cfg: Any, method: str, values: Mapping[str, Any]) -> dict[str, Any]:
+    from .. import engine
+    from ..data import create_loaders
+    from ..materialize import materialize
+    from ..searching import load_teacher_and_data
+    from ..distributed import resolve_device
+    from ..training import seed_everything
+
     out = Path(cfg.output)
     if cfg.resume:
         raise TasError(f"--resume: the {method} baseline runs in one go and keeps no state; "
