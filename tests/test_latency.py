@@ -387,13 +387,42 @@ def test_cli_build_and_cache(tmp_path, capsys):
     assert "unknown model" in capsys.readouterr().err
 
 
+def _ort_ms(path, shape, runs: int = 7) -> float:
+    """Median ms of one ONNX Runtime call, timed here in-process (the independent reference)."""
+    import statistics
+    import time
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads, options.inter_op_num_threads = 1, 1
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    x = {session.get_inputs()[0].name: np.random.default_rng(0).standard_normal(shape, dtype=np.float32)}
+    session.run(None, x)
+    times = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        session.run(None, x)
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times) * 1e3
+
+
 def test_measure_onnx_times_whole_models(tmp_path):
+    """measure_onnx gives, per path and in order, a model's latency in ms: within a factor of 10 of
+    an in-process timing of the same file (a unit slip is 1000x), and a network ~10^4 times heavier
+    comes out slower (a mixed-up order would not)."""
     from tas.export import export_onnx
 
-    model = timm.create_model("cifar_resnet20", **KWARGS).eval()
-    export_onnx(model, tmp_path / "m.onnx", INPUT, check=False, exporter="torchscript")
-    (ms,) = lat.measure_onnx([tmp_path / "m.onnx"], INPUT, threads=1, repeats=2, warmup=1)
-    assert 0 < ms < 1000
+    size = (1, 32, 32)
+    torch.manual_seed(0)
+    heavy = timm.create_model("cifar_resnet20", **KWARGS).eval()  # ~41M MACs
+    light = torch.nn.Sequential(torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(1, 10)).eval()
+    paths = [tmp_path / "heavy.onnx", tmp_path / "light.onnx"]
+    for model, path in zip((heavy, light), paths):
+        export_onnx(model, path, size, check=False, exporter="torchscript")
+    ms = lat.measure_onnx(paths, size, threads=1, repeats=3, warmup=1)
+    reference = [_ort_ms(p, (1, *size)) for p in paths]
+    assert len(ms) == 2 and ms[0] > 3 * ms[1], (ms, reference)
+    for got, ref in zip(ms, reference):
+        assert ref / 10 < got < ref * 10, (ms, reference)
 
 
 def test_timer_calls_per_visit():

@@ -52,15 +52,43 @@ def test_search_kill9_and_resume_is_identical(tmp_path, teacher_run):
     assert _same_weights(tmp_path / "straight" / "supernet.safetensors", tmp_path / "killed" / "supernet.safetensors")
 
 
-def test_half_written_state_is_never_taken(tmp_path):
+class _Crash(BaseException):
+    """Stands for the process dying at that instant (not an Exception: nothing may catch it)."""
+
+
+@pytest.mark.parametrize("crash_at", ["tensors", "json", "cleanup"])
+def test_half_written_state_is_never_taken(tmp_path, monkeypatch, crash_at):
+    """A crash at any point of save_state leaves a state load_state reads whole: the previous one
+    until the new JSON is in place, the new one after, never the skeleton of one with the tensors
+    of the other."""
+    from tas import checkpoint
     from tas.checkpoint import load_state, save_state
 
     save_state(tmp_path, {"epoch": 1, "w": torch.ones(3)})
-    good = json.loads((tmp_path / "state" / "state.json").read_text())
-    # a crash while writing the next state leaves only a temp file behind
-    (tmp_path / "state" / ".state.json.abc.tmp").write_text('{"tensors": "trunc')
-    assert load_state(tmp_path)["epoch"] == 1
-    assert json.loads((tmp_path / "state" / "state.json").read_text()) == good
+    real_replace, real_unlink = os.replace, Path.unlink
+
+    def replace(src, dst):
+        name = Path(dst).name
+        if (crash_at == "tensors" and name.endswith(".safetensors")) or (crash_at == "json" and name == "state.json"):
+            Path(src).write_bytes(Path(src).read_bytes()[:7])  # half a file, then death
+            raise _Crash
+        return real_replace(src, dst)
+
+    def unlink(self, *args, **kwargs):
+        if crash_at == "cleanup" and self.name.startswith("state-"):
+            raise _Crash
+        return real_unlink(self, *args, **kwargs)
+
+    monkeypatch.setattr(checkpoint.os, "replace", replace)
+    monkeypatch.setattr(Path, "unlink", unlink)
+    with pytest.raises(_Crash):
+        save_state(tmp_path, {"epoch": 2, "w": torch.full((3,), 2.0)})
+    monkeypatch.undo()
+    state = load_state(tmp_path)
+    expected = 2 if crash_at == "cleanup" else 1
+    assert state["epoch"] == expected and torch.equal(state["w"], torch.full((3,), float(expected)))
+    save_state(tmp_path, {"epoch": 3, "w": torch.zeros(3)})  # and the next save recovers fully
+    assert load_state(tmp_path)["epoch"] == 3 and len(list((tmp_path / "state").iterdir())) == 2
 
 
 def _nan_after(n):
