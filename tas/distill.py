@@ -13,6 +13,7 @@ A caller may swap the student between the two (a benchmark starting from the sea
 """
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any, Callable
 
@@ -62,6 +63,19 @@ def load_arch(path: str) -> Any:
     return Arch.from_json(p / "arch.json" if p.is_dir() else p)
 
 
+def _check_teacher_data(cfg: TrainConfig, tconfig: dict[str, Any], info: Any) -> None:
+    """Warn (stderr) when ``--dataset`` is not the dataset the teacher's ``config.json`` records.
+
+    A teacher's soft targets on a dataset it never saw carry little knowledge, and with the same
+    class count nothing else would fail: the run trains, only worse than it should.
+    """
+    trained_on = tconfig.get("dataset")
+    if trained_on is not None and trained_on != cfg.dataset:
+        print(f"warning: the teacher in {cfg.teacher} was trained on {trained_on}, but --dataset is {cfg.dataset}: "
+              f"it distils on data the teacher never saw (both have {info.num_classes} classes, so nothing "
+              "else would notice); recorded in metrics.json as teacher_dataset and dataset", file=sys.stderr)
+
+
 def build_student(cfg: TrainConfig, ctx: Context) -> tuple[nn.Module, RunSpec, nn.Module]:
     """The slim network of ``--arch`` and its ``--teacher``: ``(student, spec, teacher)``.
 
@@ -82,11 +96,13 @@ def build_student(cfg: TrainConfig, ctx: Context) -> tuple[nn.Module, RunSpec, n
         raise ArchError(f"the architecture in {cfg.arch} was searched on {arch.model} {arch.model_kwargs}; "
                         f"the teacher in {cfg.teacher} is {tconfig['model']} {tconfig['model_kwargs']}")
     info = ctx.info
+    _check_teacher_data(cfg, tconfig, info)
     if (info.in_chans, info.img_size, info.img_size) != tuple(arch.input_size):
         raise TasError(f"the architecture's costs are for inputs {arch.input_size}, the data is "
                        f"{[info.in_chans, info.img_size, info.img_size]}; pass --img-size {arch.input_size[1]}")
     student = materialize(teacher, arch) if cfg.init == "inherit" else build_slim(arch)
-    extra = {"arch": arch.to_dict(), "teacher": str(cfg.teacher), "init": cfg.init,
+    extra = {"arch": arch.to_dict(), "teacher": str(cfg.teacher), "teacher_dataset": tconfig.get("dataset"),
+             "init": cfg.init,
              "kd": None if cfg.no_kd else {"alpha": cfg.kd_alpha, "temperature": cfg.kd_temperature}}
     return student.train(), RunSpec(arch.model, dict(arch.model_kwargs), tuple(arch.input_size), extra), teacher
 
@@ -116,4 +132,5 @@ def distill(cfg: TrainConfig, ctx: Context, student: nn.Module, spec: RunSpec, t
     reference = {"val/teacher_top1": engine.evaluate(teacher, ctx.loaders["test"], ctx.device)["top1"]}
     loss_fn = (engine.cross_entropy_loss(cfg.label_smoothing) if cfg.no_kd
                else distillation_loss(teacher, cfg.kd_alpha, cfg.kd_temperature))
-    return fit(cfg, ctx, student, spec, loss_fn=loss_fn, reference=reference)
+    data = {"dataset": cfg.dataset, "teacher_dataset": spec.extra_config.get("teacher_dataset")}
+    return fit(cfg, ctx, student, spec, loss_fn=loss_fn, reference=reference, extra_metrics=data)

@@ -136,3 +136,33 @@ def test_distill_bad_inputs(tmp_path, pipeline):
     r = subprocess.run([sys.executable, "-m", "tas.export", str(tmp_path), "--output", str(tmp_path / "x.onnx")],
                        cwd=REPO, capture_output=True, text=True)
     assert r.returncode == 2 and not (tmp_path / "x.onnx").exists()
+
+
+@pytest.mark.parametrize("teacher_dataset", ["mnist", "digits"])
+def test_distilling_on_another_dataset_warns_and_records_both(tmp_path, teacher_run, train_script, capsys,
+                                                               teacher_dataset):
+    """A teacher trained on one dataset, distilled on another with the same class count, trains;
+    it must not pass silently."""
+    import shutil
+
+    from tas.supernet import create_supernet
+
+    teacher = tmp_path / "teacher"
+    shutil.copytree(teacher_run, teacher)
+    config = json.loads((teacher / "config.json").read_text())
+    assert config["dataset"] == "digits"
+    config["dataset"] = teacher_dataset  # as if trained on MNIST: 10 classes, 1 channel, like digits
+    (teacher / "config.json").write_text(json.dumps(config))
+    supernet = create_supernet(load_run(teacher)[0], input_size=config["input_size"])
+    widths = {n: g.widths[len(g.widths) // 2] for n, g in supernet.groups().items()}
+    supernet.make_arch(widths, {n: d[-1] for n, d in supernet.stage_depths.items()}).to_json(tmp_path / "arch.json")
+    out = tmp_path / "slim"
+    assert train_script.main([*TINY, "--limit", "64", "--epochs", "1", "--arch", str(tmp_path / "arch.json"),
+                              "--teacher", str(teacher), "--output", str(out)]) == 0
+    warnings = [line for line in capsys.readouterr().err.splitlines() if line.startswith("warning:")]
+    if teacher_dataset == "digits":
+        assert warnings == []
+    else:
+        assert len(warnings) == 1 and "was trained on mnist, but --dataset is digits" in warnings[0]
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert (metrics["dataset"], metrics["teacher_dataset"]) == ("digits", teacher_dataset)
