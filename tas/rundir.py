@@ -241,6 +241,9 @@ def run_lock(run_dir: str | os.PathLike, *, enabled: bool = True) -> Iterator[Pa
     created = not run_dir.exists()
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
+    except (NotADirectoryError, FileExistsError):  # a parent is a file: the path is wrong
+        blocker = next((p for p in run_dir.parents if p.exists() and not p.is_dir()), run_dir)
+        raise TasError(f"--output {run_dir} cannot be created: {blocker} is a file, not a directory") from None
     except OSError as e:
         raise _io_fault(run_dir, e, "create") from None
     path = run_dir / LOCK_NAME

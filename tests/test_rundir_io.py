@@ -238,3 +238,6 @@ def test_lock_is_exclusive_within_one_process_and_reusable(tmp_path):
     with run_lock(run):
         (run / "file").write_text("x")
     assert [p.name for p in run.iterdir()] == ["file"]
+    with pytest.raises(TasError, match=f"{run / 'file'} is a file, not a directory"):
+        with run_lock(run / "file" / "sub" / "run"):
+            pass
