@@ -259,6 +259,7 @@ def run_lock(run_dir: str | os.PathLike, *, enabled: bool = True) -> Iterator[Pa
         os.ftruncate(fd, 0)
         os.pwrite(fd, json.dumps(owner).encode(), 0)
     except OSError as e:
+        path.unlink(missing_ok=True)
         os.close(fd)
         raise _io_fault(path, e, "write") from None
     try:
