@@ -18,7 +18,7 @@ import torch.nn as nn
 
 from ..checkpoint import load_weights
 from ..errors import CheckpointError, ModelError
-from . import cifar_resnet  # noqa: F401  (registers cifar_resnet* with timm)
+from . import cifar_mobilenet, cifar_resnet  # noqa: F401  (register cifar_resnet*, cifar_mobilenetv2* with timm)
 
 __all__ = ["check_model_name", "create_model", "load_pretrained", "load_state_dict_strict", "read_state_dict", "suggest_models"]
 
@@ -49,7 +49,7 @@ def create_model(
     pretrained_path: str | os.PathLike | None = None,
     **kwargs: Any,
 ) -> nn.Module:
-    """A timm model (tas's ``cifar_resnet*`` included) with ``num_classes`` outputs and ``in_chans`` inputs.
+    """A timm model (tas's ``cifar_resnet*`` and ``cifar_mobilenetv2*`` included) with ``num_classes`` outputs and ``in_chans`` inputs.
 
     Args:
         name: a timm model name (``timm.list_models()``); unknown names raise :class:`ModelError`
