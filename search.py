@@ -20,6 +20,7 @@ import argparse  # noqa: E402
 import sys
 from typing import Sequence
 
+from tas.baselines import METHODS
 from tas.cli import parse_args, run_main
 from tas.searching import SearchConfig
 
@@ -32,7 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("model and space")
     g.add_argument("--teacher", default=d.teacher, help="run directory of the trained network (train.py --output)")
     g.add_argument("--model", default=d.model, help="timm model name; must match the teacher's (optional)")
-    g.add_argument("--method", default="tas", choices=("tas", "uniform", "l1", "synflow", "random"),
+    g.add_argument("--method", default="tas", choices=METHODS,
                    help="tas, or a baseline pruner on the same space (tas.baselines; ignores TAS's optimisation flags)")
     g.add_argument("--space", default=d.space, help="search space preset name or YAML path (default: the model's preset)")
     g.add_argument("--k", type=int, default=d.k, help="fragments sampled per group (default: the space's)")

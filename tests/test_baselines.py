@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import torch.nn as nn
@@ -14,8 +15,9 @@ from oracle import zeroing_oracle
 import tas
 import tas.data
 from tas.arch import Arch
-from tas.baselines import create_baseline_arch, list_baselines, max_step_cost, synflow_scores
+from tas.baselines import create_baseline_arch, list_baselines, max_step_cost, synflow_scores, width_only_minimum
 from tas.baselines.magnitude import l1_channel_scores, top_channels
+from tas.baselines.scaling import COMPOUND_DEPTH_EXPONENT
 from tas.baselines.synflow import synflow_channel_scores
 from tas.cli import run_main
 from tas.errors import TasError
@@ -90,7 +92,7 @@ def test_params_budget_and_refusals(model, supernet):
         _arch("l1", model, 0.01)
     with pytest.raises(TasError, match="unknown baseline"):
         _arch("magnitude", model, 0.5)
-    assert list_baselines() == ["l1", "random", "synflow", "uniform"]
+    assert list_baselines() == ["l1", "random", "synflow", "uniform", "uniform-depth"]
 
 
 def test_uniform_is_uniform_and_random_is_seeded(model, supernet):
@@ -103,6 +105,46 @@ def test_uniform_is_uniform_and_random_is_seeded(model, supernet):
     a, b, c = (_arch("random", model, 0.5, seed=s) for s in (0, 0, 1))
     assert a.widths == arch.widths == c.widths
     assert a.groups == b.groups and a.groups != c.groups
+
+
+# ---- uniform-depth (compound scaling) --------------------------------------------------------
+def _closest(x: float, candidates) -> set:
+    """Every candidate at the smallest distance from ``x`` (ties: all of them)."""
+    best = min(abs(c - x) for c in candidates)
+    return {c for c in candidates if abs(c - x) == pytest.approx(best)}
+
+
+def test_uniform_depth_reaches_ratios_width_only_cannot(model, supernet, no_data):
+    k = COMPOUND_DEPTH_EXPONENT
+    assert width_only_minimum(supernet, "flops") > 0.12
+    with pytest.raises(TasError, match="unreachable"):
+        _arch("uniform", model, 0.12)
+    full_depth = {n: s.num_blocks for n, s in supernet.graph.stages.items()}
+    scales = np.linspace(0.002, 1.0, 1000)
+    for ratio in (0.5, 0.25, 0.12):
+        arch = _arch("uniform-depth", model, ratio)
+        target = ratio * arch.full_flops
+        assert arch.method == "uniform-depth" and arch.flops <= target
+        assert any(arch.depths[n] < d for n, d in full_depth.items())
+        slim = tas.materialize(model, arch)
+        assert count_flops(slim, SIZE) == arch.flops and count_params(slim) == arch.params
+        # it is a uniform point: at its scale w every width is closest to w*C, every depth to w^k*N
+        w = arch.meta["uniform_ratio"]
+        for n, g in supernet.groups().items():
+            assert arch.groups[n]["width"] in _closest(w * g.channels, g.widths), n
+            assert arch.groups[n]["indices"] == list(range(arch.groups[n]["width"]))
+        for n, N in full_depth.items():
+            assert arch.depths[n] in _closest(w ** k * N, supernet.stage_depths[n]), n
+        # ... and no point of a fine grid of scales that fits the budget is bigger
+        fitting = []
+        for s in scales:
+            widths = {n: min(g.widths, key=lambda c: abs(c - s * g.channels)) for n, g in supernet.groups().items()}
+            depths = {n: min(supernet.stage_depths[n], key=lambda c: abs(c - s ** k * N)) for n, N in full_depth.items()}
+            cost = supernet.cost.exact("flops", widths, depths)
+            if cost <= target:
+                fitting.append(cost)
+        assert max(fitting) <= arch.flops, (ratio, max(fitting) / arch.full_flops, arch.flops_ratio)
+    assert all(d == 1 for d in arch.depths.values())  # at 0.12 every stage is down to one block
 
 
 # ---- L1 --------------------------------------------------------------------------------------

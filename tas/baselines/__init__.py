@@ -7,18 +7,22 @@ distillation and export follow::
     arch = create_baseline_arch("l1", teacher, 0.5, input_size=(1, 28, 28), model_name="cifar_resnet20")
     python search.py --method l1 --teacher runs/teacher --flops-ratio 0.5 --output runs/l1
 
-========  ======================================================  ========================  =======
-method    widths                                                  kept channels             data
-========  ======================================================  ========================  =======
-uniform   every group the same fraction r of its width            the first ones (prefix)   none
-l1        as uniform                                              largest filter L1 norms   none
-random    as uniform                                              random (seeded)           none
-synflow   global SynFlow ranking, iterative (20 rounds, exp.)     highest SynFlow scores    none
-========  ======================================================  ========================  =======
+=============  =========================================================  ========================  =======
+method         widths (and depths)                                        kept channels             data
+=============  =========================================================  ========================  =======
+uniform        every group the same fraction r of its width               the first ones (prefix)   none
+uniform-depth  as uniform, and every stage the depth fraction r^1.91      the first ones (prefix)   none
+               (EfficientNet compound scaling, :mod:`~tas.baselines.scaling`)
+l1             as uniform                                                 largest filter L1 norms   none
+random         as uniform                                                 random (seeded)           none
+synflow        global SynFlow ranking, iterative (20 rounds, exp.)        highest SynFlow scores    none
+=============  =========================================================  ========================  =======
 
-The width-only baselines keep every stage's full depth. Each meets its budget within the space's
-rounding: ``cost ≤ target`` and ``target − cost`` below the cost of one candidate step of one group
-(measured at full width, where every step is most expensive), see :func:`max_step_cost`.
+All but ``uniform-depth`` are width-only: they keep every stage's full depth, so they refuse a target
+below :func:`width_only_minimum`. Each meets its budget within the space's rounding: ``cost ≤
+target`` and ``target − cost`` below the cost of one candidate step of one group (measured at full
+width, where every step is most expensive), see :func:`max_step_cost`; ``uniform-depth`` below the
+cost of its next step, which may be a stage's depth step.
 """
 from __future__ import annotations
 
@@ -30,22 +34,27 @@ from ..arch import Arch
 from ..errors import TasError
 from ..supernet import Supernet, create_supernet
 
-__all__ = ["BASELINES", "METHODS", "register_baseline", "list_baselines", "create_baseline_arch", "run_baseline",
+__all__ = ["BASELINES", "DEPTH_SCALING", "METHODS", "register_baseline", "list_baselines", "create_baseline_arch", "run_baseline",
            "max_step_cost", "full_depths", "width_only_minimum", "synflow_scores", "l1_channel_scores",
            "uniform_widths"]
 
 #: ``fn(supernet, model, metric, ratio, seed, **options) -> Arch``
 BaselineFn = Callable[..., Arch]
 BASELINES: dict[str, BaselineFn] = {}
+#: the baselines that also choose depths (the others keep every stage's full depth)
+DEPTH_SCALING: set[str] = set()
 
 #: every ``search.py --method`` (TAS itself and the registered baselines)
-METHODS = ("tas", "uniform", "l1", "synflow", "random")
+METHODS = ("tas", "uniform", "uniform-depth", "l1", "synflow", "random")
 
 
-def register_baseline(name: str) -> Callable[[BaselineFn], BaselineFn]:
-    """Decorator registering a baseline under ``name``."""
+def register_baseline(name: str, scales_depth: bool = False) -> Callable[[BaselineFn], BaselineFn]:
+    """Decorator registering a baseline under ``name``; ``scales_depth``: it chooses depths too, so the
+    width-only minimum does not bound its targets."""
     def wrap(fn: BaselineFn) -> BaselineFn:
         BASELINES[name] = fn
+        if scales_depth:
+            DEPTH_SCALING.add(name)
         return fn
     return wrap
 
@@ -87,14 +96,14 @@ def create_baseline_arch(method: str, model: nn.Module, ratio: float, metric: st
     """The architecture baseline ``method`` picks for ``model`` at ``ratio`` of its ``metric``.
 
     Args:
-        method: one of :func:`list_baselines` (``uniform``, ``l1``, ``synflow``, ``random``).
+        method: one of :func:`list_baselines` (``uniform``, ``uniform-depth``, ``l1``, ``synflow``, ``random``).
         model: the trained network (not modified).
         ratio: fraction of the full ``metric`` to keep, in (0, 1].
         metric: ``flops`` (multiply-accumulates) or ``params``.
         space, input_size, model_name, model_kwargs: as in :func:`tas.create_supernet`.
         seed: seeds the random baseline (the others are deterministic).
         meta: extra provenance stored in ``arch.meta``.
-        options: method options (``synflow``: ``rounds``, ``dtype``).
+        options: method options (``synflow``: ``rounds``, ``dtype``; ``uniform-depth``: ``depth_exponent``).
 
     Raises:
         TasError: an unknown method, or a target below what the space (or a width-only method
@@ -107,15 +116,16 @@ def create_baseline_arch(method: str, model: nn.Module, ratio: float, metric: st
     supernet = create_supernet(model, space, input_size=input_size, model_name=model_name, model_kwargs=model_kwargs)
     supernet.check_target(metric, ratio)
     smallest = width_only_minimum(supernet, metric)
-    if ratio < smallest:
+    if method not in DEPTH_SCALING and ratio < smallest:
         raise TasError(f"{metric} target {ratio:.3f} is unreachable for the width-only {method} baseline: every "
-                       f"group at its narrowest candidate with full depth keeps {smallest:.3f} of the {metric}")
+                       f"group at its narrowest candidate with full depth keeps {smallest:.3f} of the {metric} "
+                       "(uniform-depth scales depth too)")
     arch = BASELINES[method](supernet, model, metric, float(ratio), int(seed), **options)
     arch.meta.update({"metric": metric, "target_ratio": float(ratio), "seed": int(seed), **dict(meta or {})})
     return arch
 
 
-from . import magnitude, synflow  # noqa: E402,F401  (register themselves)
+from . import magnitude, scaling, synflow  # noqa: E402,F401  (register themselves)
 from .magnitude import l1_channel_scores, uniform_widths  # noqa: E402
 from .run import run_baseline  # noqa: E402
 from .synflow import synflow_scores  # noqa: E402

@@ -21,27 +21,18 @@ __all__ = ["uniform_widths", "l1_channel_scores", "top_channels", "random_channe
 
 
 def uniform_widths(supernet: Supernet, metric: str, ratio: float) -> tuple[dict[str, int], float]:
-    """The widest uniform architecture within ``ratio`` of the full ``metric``: ``(widths, r)``.
+    """The widest uniform architecture within ``ratio`` of the full ``metric`` at full depth: ``(widths, r)``.
 
     As ``r`` grows from 0 each group's closest candidate to ``r·C`` moves up one candidate at a
     time, at the midpoints ``(w_j + w_{j+1}) / 2C``. Walking those events in order of ``r`` (groups
     sharing a midpoint one after the other, in graph order: at a tie either candidate is closest)
     gives a chain of architectures of increasing cost, each a step of one group by one candidate;
-    the last one within the budget is returned with its ``r``. So the result misses the budget by
-    less than one candidate step of one group.
+    the last one within the budget is returned with its ``r`` (:func:`~tas.baselines.scaling.uniform_scaling`
+    without depth). So the result misses the budget by less than one candidate step of one group.
     """
-    groups = supernet.groups()
-    widths = {n: g.widths[0] for n, g in groups.items()}
-    depths = full_depths(supernet)
-    target = ratio * supernet.full[metric]
-    events = sorted(((a + b) / (2 * g.channels), order, n, b)
-                    for order, (n, g) in enumerate(groups.items()) for a, b in zip(g.widths, g.widths[1:]))
-    r = 0.0
-    for at, _, n, w in events:
-        trial = {**widths, n: w}
-        if supernet.cost.exact(metric, trial, depths) > target:
-            break
-        widths, r = trial, at
+    from .scaling import uniform_scaling
+
+    widths, _, r = uniform_scaling(supernet, metric, ratio, depth_exponent=None)
     return widths, r
 
 

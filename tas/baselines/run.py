@@ -1,4 +1,4 @@
-"""``search.py --method uniform|l1|synflow|random``: a baseline's run directory, in the TAS search's shape.
+"""``search.py --method uniform|uniform-depth|l1|synflow|random``: a baseline's run directory, in the TAS search's shape.
 
 :func:`run_baseline` writes what :func:`tas.searching.search` writes, so everything downstream
 (``train.py --arch``, ``tas.load_slim``, ``python -m tas.export``) takes either::
