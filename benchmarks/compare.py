@@ -33,6 +33,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # see train.py
 
 import argparse  # noqa: E402
 import contextlib  # noqa: E402
+import itertools  # noqa: E402
 import json  # noqa: E402
 import platform  # noqa: E402
 import shutil  # noqa: E402
@@ -42,6 +43,7 @@ import sys  # noqa: E402
 import time  # noqa: E402
 from datetime import datetime, timezone  # noqa: E402
 from pathlib import Path  # noqa: E402
+from typing import Sequence  # noqa: E402
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
@@ -94,11 +96,23 @@ def ensure_dataset(data_dir: str | None) -> None:
 
 
 class Bench:
+    """Cached, resumable cells (teacher, then per model/ratio/seed/method: prune + distil) in ``args.output``.
+
+    Subclasses (benchmarks/allocation.py) change the dataset, the settings a resume must share
+    (``keys``), the teacher's training (:meth:`train_teacher`) and the test set (``test_limit``).
+    """
+
+    #: the settings a resumed run must share with the results it continues
+    keys = KEYS
+    #: the dataset every run trains on (``tas.data`` name)
+    dataset = DATASET
+
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
         self.root = Path(args.output)
         self.results_path = self.root / "results.json"
-        self.settings = {k: getattr(args, k) for k in KEYS}
+        self.test_limit = args.limit  # the test images: as many as the training subset (None: all)
+        self.settings = {k: getattr(args, k) for k in self.keys}
         self.results = {"settings": self.settings, "teachers": {}, "cells": {}}
         if self.results_path.is_file() and not args.fresh:
             old = json.loads(self.results_path.read_text())
@@ -116,7 +130,7 @@ class Bench:
 
     def common(self, seed: int) -> dict:
         a = self.args
-        return {"dataset": DATASET, "data_dir": a.data_dir, "img_size": a.img_size, "seed": seed,
+        return {"dataset": self.dataset, "data_dir": a.data_dir, "img_size": a.img_size, "seed": seed,
                 "device": "cpu", "progress": not a.no_progress, "log_every": 50, "workers": 0}
 
     def test_loader(self):
@@ -124,7 +138,7 @@ class Bench:
             from tas.data import create_loaders
 
             self.loaders = create_loaders(DATASET, data_dir=self.args.data_dir, batch_size=256,
-                                          img_size=self.args.img_size, limit=self.args.limit)
+                                          img_size=self.args.img_size, limit=self.test_limit)
         return self.loaders["test"]
 
     @torch.no_grad()
@@ -137,24 +151,33 @@ class Bench:
         return torch.cat(preds).numpy(), torch.cat(labels).numpy()
 
     # -- teacher -------------------------------------------------------------------------------
-    def teacher(self, model_name: str) -> dict:
+    def teacher_dir(self, model_name: str) -> Path:
+        """The teacher's run directory (every cell of ``model_name`` distils from it)."""
+        run = self.results["teachers"].get(model_name, {}).get("run")
+        return Path(run) if run else self.root / model_name / "teacher"
+
+    def train_teacher(self, model_name: str, out: Path) -> dict:
+        """Train the teacher into ``out``: ``args.teacher_epochs`` epochs of SGD, cosine; its metrics."""
         from tas import training
 
         a = self.args
-        out = self.root / model_name / "teacher"
+        log(f"teacher {model_name}: training {a.teacher_epochs} epochs on {a.limit} images at {a.img_size}px")
+        out.mkdir(parents=True, exist_ok=True)
+        with open(out / "log.txt", "a") as logf, contextlib.redirect_stdout(sys.stdout if a.verbose else logf):
+            return training.train({**self.common(0), "model": model_name, "epochs": a.teacher_epochs,
+                                   "limit": a.limit, "batch_size": a.batch_size, "lr": 0.1, "output": str(out),
+                                   "overwrite": True})
+
+    def teacher(self, model_name: str) -> dict:
         info = self.results["teachers"].get(model_name)
-        if info is None or not is_finished_run(out):
-            log(f"teacher {model_name}: training {a.teacher_epochs} epochs on {a.limit} images at {a.img_size}px")
+        if info is None or not is_finished_run(self.teacher_dir(model_name)):
             t0 = time.perf_counter()
-            out.mkdir(parents=True, exist_ok=True)
-            with open(out / "log.txt", "a") as logf, contextlib.redirect_stdout(sys.stdout if a.verbose else logf):
-                m = training.train({**self.common(0), "model": model_name, "epochs": a.teacher_epochs,
-                                    "limit": a.limit, "batch_size": a.batch_size, "lr": 0.1, "output": str(out),
-                                    "overwrite": True})
+            m = self.train_teacher(model_name, self.root / model_name / "teacher")
             info = {"top1": m["top1"], "flops": m["flops"], "params": m["params"],
-                    "wall_s": round(time.perf_counter() - t0, 1)}
+                    "wall_s": round(time.perf_counter() - t0, 1), **m.get("teacher_info", {})}
             self.results["teachers"][model_name] = info
             self.save()
+        out = self.teacher_dir(model_name)
         log(f"teacher {model_name}: top-1 {info['top1']:.2f}%, {info['flops'] / 1e6:.2f} MMACs ({out})")
         preds_path = out / "test_preds.npy"
         if not preds_path.is_file():
@@ -179,7 +202,7 @@ class Bench:
 
         a = self.args
         cdir = self.root / model_name / f"r{ratio}" / f"s{seed}" / method
-        teacher = self.root / model_name / "teacher"
+        teacher = self.teacher_dir(model_name)
         timing_path = cdir / "timing.json"
         timing = json.loads(timing_path.read_text()) if timing_path.is_file() else {}
         search_dir, slim_dir = cdir / "search", cdir / "slim"
@@ -196,7 +219,8 @@ class Bench:
                     common.update(latency_ratio=ratio, runtime="ort-cpu", latency_batch=32)
                 if method.startswith("tas"):
                     # one search epoch = one pass over the subset (half weights, half architecture)
-                    searching.search({**common, "epochs": search_epochs, "limit": a.limit // 2})
+                    searching.search({**common, "epochs": search_epochs,
+                                      "limit": None if a.limit is None else a.limit // 2})
                 else:
                     run_baseline({**common, "method": method, "limit": a.limit})
                 timing = {"prune_s": round(time.perf_counter() - t0, 1)}
@@ -222,6 +246,9 @@ class Bench:
                 "prune_s": timing["prune_s"], "distill_s": timing["distill_s"],
                 "wall_s": round(timing["prune_s"] + timing["distill_s"], 1), "onnx": str(onnx),
                 "widths": arch.widths, "depths": arch.depths,
+                "test_top1": round(100 * float((preds == labels).mean()), 4),
+                "search_metrics": {k: v for k, v in json.loads((search_dir / "metrics.json").read_text()).items()
+                                   if v is None or isinstance(v, (bool, int, float, str))},
                 "recall": {k: rd[k] for k in ("teacher_accuracy", "slim_accuracy", "mean_change_below",
                                               "mean_change_above", "intensification", "intensified", "below")}}
 
@@ -234,7 +261,7 @@ class Bench:
         if not a.retime and "latency_ms" in self.results["teachers"][model_name] and all("latency_ms" in c for c in cells):
             log(f"latency of {model_name}: cached (--retime to measure again)")
             return
-        teacher = self.root / model_name / "teacher" / "model.onnx"
+        teacher = self.teacher_dir(model_name) / "model.onnx"
         size = (1, a.img_size, a.img_size)
         t0 = time.perf_counter()
         ms = ort_latency([teacher] + [c["onnx"] for c in cells], size, 32, repeats=a.latency_repeats,
@@ -293,8 +320,17 @@ RD_HEADER = ["model", "method", "FLOPs target", "mean Δrecall below-acc. classe
              "intensification (pp)", "intensified"]
 
 
-def plot(results: dict, models: list[str], methods: list[str], path: Path, install: bool) -> str | None:
-    """top-1 vs FLOPs kept per method; returns why not when there is no plot."""
+def _x(c: dict, teacher: dict, axis: str) -> float | None:
+    """A cell's position on the plot's x axis: FLOPs kept, or measured latency / the teacher's."""
+    if axis == "flops":
+        return c["flops_ratio"]
+    return c["latency_ms"] / teacher["latency_ms"] if "latency_ms" in c and "latency_ms" in teacher else None
+
+
+def plot(results: dict, models: list[str], methods: list[str], path: Path, install: bool,
+         axes_x: Sequence[str] = ("flops",), title: str = "{model} on Fashion-MNIST") -> str | None:
+    """top-1 per method against FLOPs kept (and/or measured latency: ``axes_x`` of ``flops``,
+    ``latency``), one panel per model and axis; returns why not when there is no plot."""
     try:
         import matplotlib
     except ImportError:
@@ -312,26 +348,28 @@ def plot(results: dict, models: list[str], methods: list[str], path: Path, insta
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(models), figsize=(5.5 * len(models), 4.2), squeeze=False)
-    for ax, model in zip(axes[0], models):
+    panels = [(m, axis) for m in models for axis in axes_x]
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4.2), squeeze=False)
+    for ax, (model, axis) in zip(axes[0], panels):
         t = results["teachers"].get(model)
         if t is None:
             continue
-        for method, marker in zip(methods, "o^sDv"):
+        for method, marker in zip(methods, itertools.cycle("o^sDvP*X")):
             pts = {}
             for c in results["cells"].values():
-                if c["model"] == model and c["method"] == method:
+                if c["model"] == model and c["method"] == method and _x(c, t, axis) is not None:
                     pts.setdefault(c["ratio"], []).append(c)
             if not pts:
                 continue
-            xs = [statistics.mean(c["flops_ratio"] for c in pts[r]) for r in sorted(pts)]
+            xs = [statistics.mean(_x(c, t, axis) for c in pts[r]) for r in sorted(pts)]
             ys = [statistics.mean(c["top1"] for c in pts[r]) for r in sorted(pts)]
             es = [statistics.stdev([c["top1"] for c in pts[r]]) if len(pts[r]) > 1 else 0 for r in sorted(pts)]
             ax.errorbar(xs, ys, yerr=es, marker=marker, capsize=3, label=method)
         ax.axhline(t["top1"], color="grey", ls="--", lw=1, label="teacher")
-        ax.set_xlabel("FLOPs kept (fraction of the teacher's)")
+        ax.set_xlabel("FLOPs kept (fraction of the teacher's)" if axis == "flops"
+                      else "measured ORT latency / the teacher's (batch 32)")
         ax.set_ylabel("test top-1 (%)")
-        ax.set_title(f"{model} on Fashion-MNIST")
+        ax.set_title(title.format(model=model))
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     fig.tight_layout()

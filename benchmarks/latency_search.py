@@ -48,6 +48,7 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
 import compare  # noqa: E402  (benchmarks/compare.py: the Fashion-MNIST accuracy setup)
+from benchstats import interp_at  # noqa: E402
 import tas  # noqa: E402, F401
 from tas.checkpoint import atomic_write_bytes, atomic_write_json  # noqa: E402
 from tas.cli import format_table  # noqa: E402
@@ -185,22 +186,14 @@ def part_b(args) -> tuple[list[dict], dict]:
     rows = []
     for lat, top1, fr in curves[compare.LATENCY_METHOD]:
         row = {"latency_ratio": lat, "tas_latency_top1": top1, "tas_latency_flops": fr,
-               "tas_flops_top1": _interp(curves["tas"], lat)}
-        base = {b: _interp(curves[b], lat) for b in BASELINES}
+               "tas_flops_top1": interp_at(curves["tas"], lat)}
+        base = {b: interp_at(curves[b], lat) for b in BASELINES}
         known = {b: v for b, v in base.items() if v is not None}
         row["best_baseline"] = max(known, key=known.get) if known else None
         row["best_baseline_top1"] = known[row["best_baseline"]] if known else None
         rows.append(row)
     return rows, {"curves": curves, "teacher_top1": bench.results["teachers"][model]["top1"],
                   "teacher_ms": full, "settings": bench.settings}
-
-
-def _interp(points: list[tuple[float, float, float]], x: float) -> float | None:
-    """Top-1 at latency ratio ``x`` on a curve of (latency ratio, top-1, ...); None outside it."""
-    for (x0, y0, *_), (x1, y1, *_) in zip(points, points[1:]):
-        if x0 <= x <= x1:
-            return y0 if x1 == x0 else y0 + (y1 - y0) * (x - x0) / (x1 - x0)
-    return None
 
 
 def plot_b(info: dict, path: Path) -> str | None:

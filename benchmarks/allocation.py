@@ -1,0 +1,473 @@
+"""Where allocation matters: does TAS beat uniform scaling at low FLOPs, on deep and inverted-residual networks?
+
+Issue 14's benchmark, on ``benchmarks/compare.py``'s machinery (its :class:`compare.Bench` runs,
+caches and times the cells). What it changes:
+
+* **Data.** Fashion-MNIST at its native 28 px. A held-out validation split is taken from the
+  training set (class-balanced, ``--val`` images); ``--limit`` class-balanced training images are
+  drawn from the rest. Every method and seed uses exactly these images (registered as the dataset
+  ``fashion-mnist-alloc``, whose ``test`` split *is* the validation split: every training run and
+  search evaluates on it). The real 10 000 test images are used only for the reported accuracy.
+* **Teacher until it plateaus.** Cosine runs of E, 2E, 4E, … epochs (each from scratch) until
+  doubling the length gains less than ``--plateau-delta`` points of validation top-1, or the next
+  run would exceed ``--teacher-cap`` epochs; the run with the best validation top-1 is the teacher.
+* **Models and ratios.** ``cifar_resnet56`` (depth choices matter) and ``cifar_mobilenetv2``
+  (tas.models), FLOPs ratios 0.5, 0.25 and 0.12, 3 seeds.
+* **Methods.** ``tas`` (FLOPs target), ``tas-latency`` (ORT CPU latency target, batch 32),
+  ``uniform``, ``l1``, ``synflow``, and ``uniform-depth`` (compound width and depth scaling) where
+  width-only methods cannot reach a ratio (``--uniform-depth always``: at every ratio). Width-only
+  methods below their reachable minimum are skipped and listed. Every method gets the same
+  post-teacher budget of ``--budget`` epochs; TAS's search epochs count against it.
+* **Report.** Paired per-seed differences against the ratio's trivial rule (``uniform``, or
+  ``uniform-depth`` where ``uniform`` cannot go) with 95 % t intervals; accuracy at equal measured
+  ONNX Runtime latency (each method's curve interpolated at the latency a TAS network measured); for
+  TAS cells the pre-decode argmax ratio and the decode moves when the search's metrics.json has them;
+  a plot against FLOPs and against latency.
+
+    python benchmarks/allocation.py --quick   # <= 10 min: machinery check, cifar_resnet20, tiny subset
+    python benchmarks/allocation.py           # hours: the benchmark (resumable; rerun to continue)
+
+Resumable like compare.py (``<output>/results.json``). Not a test: nothing here asserts.
+"""
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # see train.py
+
+import argparse  # noqa: E402
+import contextlib  # noqa: E402
+import json  # noqa: E402
+import platform  # noqa: E402
+import statistics  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+from dataclasses import replace  # noqa: E402
+from datetime import datetime, timezone  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from torch.utils.data import Subset  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "benchmarks"))
+
+import compare  # noqa: E402  (the cells, their cache, the timing, the plot)
+import tas  # noqa: E402
+import tas.data  # noqa: E402
+from benchstats import interp_at, paired_differences  # noqa: E402
+from compare import LATENCY_METHOD, log  # noqa: E402
+from tas.checkpoint import atomic_write_bytes  # noqa: E402
+from tas.cli import format_table  # noqa: E402
+from tas.errors import TasError  # noqa: E402
+from tas.rundir import is_finished_run  # noqa: E402
+
+DATASET = "fashion-mnist-alloc"
+WIDTH_ONLY = ("uniform", "l1", "synflow")
+METHODS = ("tas", LATENCY_METHOD, "uniform", "uniform-depth", "l1", "synflow")
+REFERENCES = ("uniform", "uniform-depth")  # the trivial rule a ratio is compared against, in order
+
+MODES = {
+    # tas-latency is left out of --quick: its latency table alone takes minutes on a loaded machine
+    "quick": {"models": ["cifar_resnet20"], "ratios": [0.25], "seeds": [0, 1], "limit": 500, "val": 300,
+              "test_limit": 1000, "teacher_epochs": 1, "teacher_cap": 2, "budget": 2, "search_epochs": 1,
+              "latency_repeats": 20, "uniform_depth": "always",
+              "methods": ["tas", "uniform", "uniform-depth", "l1", "synflow"]},
+    "full": {"models": ["cifar_resnet56", "cifar_mobilenetv2"], "ratios": [0.5, 0.25, 0.12], "seeds": [0, 1, 2],
+             "limit": 20000, "val": 5000, "teacher_epochs": 10, "teacher_cap": 80, "budget": 8, "search_epochs": 2,
+             "test_limit": None, "latency_repeats": 50, "uniform_depth": "auto", "methods": list(METHODS)},
+}
+KEYS = ("limit", "val", "test_limit", "img_size", "teacher_epochs", "teacher_cap", "plateau_delta", "budget", "search_epochs",
+        "batch_size", "lr")
+
+
+# -- data -----------------------------------------------------------------------------------------
+class _Split(Subset):
+    """Images of the Fashion-MNIST training set at fixed indices, with their ``.targets``."""
+
+    @property
+    def targets(self) -> list[int]:
+        return [int(self.dataset.targets[i]) for i in self.indices]
+
+
+def split_indices(targets: np.ndarray, limit: int, val: int, seed: int = 0) -> tuple[list[int], list[int]]:
+    """Class-balanced ``(train, val)`` indices: ``val`` held-out images, then ``limit`` training images
+    from the rest (per class: a seeded shuffle, the first ``val/K`` held out, the next ``limit/K`` kept)."""
+    classes = np.unique(targets)
+    per_val, per_train = val // len(classes), limit // len(classes)
+    train, held = [], []
+    for c in classes:
+        index = np.flatnonzero(targets == c)
+        np.random.default_rng([seed, int(c)]).shuffle(index)
+        if per_val + per_train > len(index):
+            sys.exit(f"error: class {c} has {len(index)} images, fewer than {per_val} + {per_train} asked")
+        held += index[:per_val].tolist()
+        train += index[per_val:per_val + per_train].tolist()
+    return sorted(train), sorted(held)
+
+
+def register_dataset(data_dir: str | None, limit: int, val: int) -> None:
+    """Register :data:`DATASET`: ``train`` = the kept training images, ``test`` = the validation split."""
+    base = tas.data.dataset_info("fashion-mnist")
+    targets = np.asarray(tas.data.create_dataset("fashion-mnist", "train", data_dir, augment=False).targets)
+    train, held = split_indices(targets, limit, val)
+
+    # tas.data has no public registry call; its decorator is what its own datasets use.
+    @tas.data._register(replace(base, name=DATASET))
+    def _build(split, _dir, download, augment, info):
+        ds = tas.data.create_dataset("fashion-mnist", "train", data_dir, img_size=info.img_size,
+                                     augment=augment and split == "train")
+        return _Split(ds, train if split == "train" else held)
+
+
+# -- the bench ------------------------------------------------------------------------------------
+class AllocationBench(compare.Bench):
+    """compare.Bench on the held-out split, with a teacher trained until it plateaus."""
+
+    keys = KEYS
+    dataset = DATASET
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        super().__init__(args)
+        self.test_limit = args.test_limit  # the real test set (None: all 10 000 images)
+        self.results.setdefault("skipped", {})
+
+    def train_teacher(self, model_name: str, out: Path) -> dict:
+        """Cosine runs of E, 2E, 4E… epochs until doubling gains < ``plateau_delta`` val points (or the cap)."""
+        from tas import training
+
+        a = self.args
+        epochs, runs, stopped = a.teacher_epochs, [], "cap"
+        while epochs <= a.teacher_cap:
+            run = out / f"e{epochs}"
+            if not is_finished_run(run):
+                log(f"teacher {model_name}: {epochs} epochs on {a.limit} images (val {a.val})")
+                run.mkdir(parents=True, exist_ok=True)
+                with open(run / "log.txt", "a") as logf, \
+                        contextlib.redirect_stdout(sys.stdout if a.verbose else logf):
+                    training.train({**self.common(0), "model": model_name, "epochs": epochs, "limit": None,
+                                    "batch_size": a.batch_size, "lr": 0.1, "output": str(run), "overwrite": True})
+            m = json.loads((run / "metrics.json").read_text())
+            runs.append({"epochs": epochs, "val_top1": m["top1"], "run": str(run), "metrics": m})
+            log(f"teacher {model_name}: {epochs} epochs -> val top-1 {m['top1']:.2f}%")
+            if len(runs) > 1 and runs[-1]["val_top1"] - runs[-2]["val_top1"] < a.plateau_delta:
+                stopped = "plateau"
+                break
+            epochs *= 2
+        best = max(runs, key=lambda r: r["val_top1"])
+        return {**best["metrics"], "teacher_info": {
+            "run": best["run"], "epochs": best["epochs"], "stopped": stopped,
+            "plateau": [[r["epochs"], r["val_top1"]] for r in runs],
+            "train_wall_s": round(sum(r["metrics"]["wall_time_s"] for r in runs), 1)}}
+
+    def teacher(self, model_name: str) -> dict:
+        info = super().teacher(model_name)
+        if "val_top1" not in info:  # reported accuracy: the real test set, from the saved predictions
+            out = self.teacher_dir(model_name)
+            preds, labels = np.load(out / "test_preds.npy"), np.load(out / "test_labels.npy")
+            info["val_top1"], info["top1"] = info["top1"], round(100 * float((preds == labels).mean()), 4)
+            self.save()
+        return info
+
+    def cell(self, model_name: str, ratio: float, seed: int, method: str) -> dict:
+        res = super().cell(model_name, ratio, seed, method)
+        res["val_top1"], res["top1"] = res["top1"], res["test_top1"]
+        return res
+
+
+def width_only_minimum(model_name: str, img_size: int) -> float:
+    """The smallest FLOPs ratio width-only baselines reach on ``model_name`` (structure only)."""
+    from tas.baselines import width_only_minimum as minimum
+    from tas.supernet import create_supernet
+
+    model = tas.create_model(model_name, num_classes=10, in_chans=1)
+    return minimum(create_supernet(model, input_size=(1, img_size, img_size), model_name=model_name), "flops")
+
+
+def plan(args, minimum: dict[str, float]) -> list[tuple[str, float, int, str]]:
+    """Every (model, ratio, seed, method) cell to run; width-only methods only where they reach the ratio."""
+    cells = []
+    for m in args.models:
+        for r in args.ratios:
+            for meth in args.methods:
+                if meth == LATENCY_METHOD:
+                    continue
+                reachable = r >= minimum[m]
+                if meth in WIDTH_ONLY and not reachable:
+                    continue
+                if meth == "uniform-depth" and reachable and args.uniform_depth == "auto":
+                    continue
+                cells += [(m, r, s, meth) for s in args.seeds]
+        if LATENCY_METHOD in args.methods:
+            cells += [(m, r, s, LATENCY_METHOD) for r in args.latency_ratios for s in args.seeds]
+    return cells
+
+
+# -- analysis ---------------------------------------------------------------------------------------
+def _cells(results: dict, model: str, method: str, ratio: float | None = None) -> list[dict]:
+    return [c for c in results["cells"].values()
+            if c["model"] == model and c["method"] == method and (ratio is None or c["ratio"] == ratio)]
+
+
+def paired_rows(results: dict, models: list[str], ratios: list[float], methods: list[str]) -> list[dict]:
+    """Per model, FLOPs ratio and method: top-1 − the reference's top-1 per seed, mean and 95 % CI."""
+    rows = []
+    for model in models:
+        for r in ratios:
+            ref = next((m for m in REFERENCES if _cells(results, model, m, r)), None)
+            if ref is None:
+                continue
+            base = {c["seed"]: c["top1"] for c in _cells(results, model, ref, r)}
+            for meth in methods:
+                if meth in (ref, LATENCY_METHOD):
+                    continue
+                d = paired_differences({c["seed"]: c["top1"] for c in _cells(results, model, meth, r)}, base)
+                if d is not None:
+                    rows.append({"model": model, "ratio": r, "method": meth, "reference": ref, **d})
+    return rows
+
+
+def latency_curves(results: dict, model: str, methods: list[str]) -> dict[str, list[tuple[float, float, float]]]:
+    """Per method: (mean measured latency / the teacher's, mean top-1, target) per target, by latency."""
+    full = results["teachers"][model].get("latency_ms")
+    curves = {}
+    for meth in methods:
+        by_target: dict[float, list[dict]] = {}
+        for c in _cells(results, model, meth):
+            if "latency_ms" in c and full:
+                by_target.setdefault(c["ratio"], []).append(c)
+        curves[meth] = sorted((statistics.mean(c["latency_ms"] / full for c in cs),
+                               statistics.mean(c["top1"] for c in cs), r) for r, cs in by_target.items())
+    return curves
+
+
+def equal_latency_rows(results: dict, models: list[str], methods: list[str]) -> list[dict]:
+    """For each TAS point, every other method's top-1 interpolated at the latency TAS measured."""
+    rows = []
+    for model in models:
+        if "latency_ms" not in results["teachers"].get(model, {}):
+            continue
+        curves = latency_curves(results, model, methods)
+        for tas_method in ("tas", LATENCY_METHOD):
+            for lat, top1, target in curves.get(tas_method, []):
+                others = {m: interp_at(pts, lat) for m, pts in curves.items() if not m.startswith("tas")}
+                known = {m: v for m, v in others.items() if v is not None}
+                best = max(known, key=known.get) if known else None
+                rows.append({"model": model, "method": tas_method, "target": target, "latency_ratio": lat,
+                             "top1": top1, "others": others, "best": best,
+                             "lead": None if best is None else top1 - known[best]})
+    return rows
+
+
+def search_diagnostics(metrics: dict) -> tuple[float | None, int | None]:
+    """(pre-decode argmax ratio, decode moves) from a search's metrics.json, when it reports them.
+
+    Read defensively: the keys come from the search's cost controller (issue 14) and may be absent
+    in older runs; ``projection_steps`` is the older name of the decode's moves.
+    """
+    ratio = next((metrics[k] for k in ("pre_decode_ratio", "argmax_ratio", "pre_decode_argmax_ratio")
+                  if isinstance(metrics.get(k), (int, float))), None)
+    if ratio is None:
+        ratio = next((v for k, v in sorted(metrics.items()) if "argmax" in k and "ratio" in k
+                      and isinstance(v, (int, float)) and not isinstance(v, bool)), None)
+    moves = next((metrics[k] for k in ("decode_moves", "projection_steps") if isinstance(metrics.get(k), int)), None)
+    return ratio, moves
+
+
+def tas_rows(results: dict, models: list[str]) -> list[list]:
+    rows = []
+    for c in sorted(results["cells"].values(), key=lambda c: (c["model"], c["method"], -c["ratio"], c["seed"])):
+        if c["model"] not in models or not c["method"].startswith("tas"):
+            continue
+        sm = c.get("search_metrics", {})
+        ratio, moves = search_diagnostics(sm)
+        tol = sm.get("tolerance", 0.05) if isinstance(sm.get("tolerance"), (int, float)) else 0.05
+        band = None if ratio is None else c["ratio"] - tol <= ratio <= c["ratio"]
+        rows.append([c["model"], c["method"], f"{c['ratio']:.2f}", c["seed"],
+                     "–" if ratio is None else f"{ratio:.3f}", "–" if band is None else ("yes" if band else "no"),
+                     "–" if moves is None else moves, f"{c['flops_ratio']:.3f}"])
+    return rows
+
+
+# -- report -----------------------------------------------------------------------------------------
+def _pm(d: dict) -> str:
+    if d["n"] < 2:
+        return f"{d['mean']:+.2f} (1 seed)"
+    return f"{d['mean']:+.2f} [{d['lo']:+.2f}, {d['hi']:+.2f}]"
+
+
+def render(args, results: dict, png: Path | None, why: str | None, elapsed: float) -> str:
+    a = args
+    ratios = sorted(set(a.ratios) | set(a.latency_ratios if LATENCY_METHOD in a.methods else []), reverse=True)
+    rows, _ = compare.summarize(results, a.models, ratios, list(a.methods))
+    paired = paired_rows(results, a.models, a.ratios, list(a.methods))
+    eq = equal_latency_rows(results, a.models, list(a.methods))
+    diag = tas_rows(results, a.models)
+    teachers = [[m, t["epochs"], t["stopped"], ", ".join(f"{e}: {v:.2f}" for e, v in t["plateau"]),
+                 f"{t['val_top1']:.2f}", f"{t['top1']:.2f}"]
+                for m, t in results["teachers"].items() if m in a.models and "plateau" in t]
+    methods_eq = [m for m in a.methods if not m.startswith("tas")]
+    with_ratio = [r for r in diag if r[4] != "–"]
+    with_moves = [r for r in diag if r[6] != "–"]
+    quick = (f"*`--quick` checks the machinery only: a teacher of at most {a.teacher_cap} epochs on {a.limit} "
+             "images, one ratio, two seeds. Its differences say nothing about the methods.*"
+             if a.mode == "quick" else "")
+    lines = [
+        "# Where allocation matters: TAS against uniform scaling at low FLOPs (issue 14)", "",
+        f"Generated by `python benchmarks/allocation.py{' --quick' if a.mode == 'quick' else ''}` on "
+        f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC ({elapsed / 60:.1f} min this invocation; cells cached in "
+        f"`{Path(a.output).name}/results.json`): {os.cpu_count()} CPU cores ({platform.machine()}, shared, 1-min "
+        f"load {a.load[0]:.1f} at the start, {os.getloadavg()[0]:.1f} at the end), torch {torch.__version__}, "
+        f"{a.threads} thread(s).", "",
+        f"**Setup.** Fashion-MNIST at 28 px: {a.limit} class-balanced training images and a held-out, "
+        f"class-balanced validation split of {a.val} training images (every run evaluates on it; nothing is "
+        f"tuned on the test set); reported top-1 is on {a.test_limit or 10000} class-balanced test images. Teacher: cosine runs of "
+        f"{a.teacher_epochs}, {2 * a.teacher_epochs}, … epochs until doubling gains < {a.plateau_delta} val "
+        f"points (cap {a.teacher_cap}). Every method then gets **{a.budget} epochs**: `tas`/`tas-latency` search "
+        f"{a.search_epochs} and distil {a.budget - a.search_epochs}; the baselines distil {a.budget} "
+        f"(KD α 0.9 T 4, SGD lr {a.lr}, cosine, batch {a.batch_size}). Seeds {a.seeds}.", "",
+        *([quick, ""] if quick else []),
+        "## Teachers", "",
+        format_table(teachers, ["model", "epochs", "stopped by", "val top-1 per run length", "val top-1",
+                                "test top-1"]) if teachers else "(none)", "",
+        "## Accuracy, FLOPs, latency", "",
+        "*FLOPs target*: for `tas-latency` the measured-latency fraction it searched for. *ORT ms*: all "
+        "networks of a model timed in one interleaved run.", "",
+        format_table(rows, compare.HEADER), "",
+        *(["Skipped (unreachable): " + "; ".join(f"`{k}`: {v}" for k, v in sorted(results["skipped"].items())), ""]
+          if results.get("skipped") else []),
+        "## Paired differences against the trivial rule", "",
+        "Per seed: method top-1 − reference top-1 (same seed: same data order); mean and 95 % t interval "
+        "over the seeds (points). Reference: `uniform`, or `uniform-depth` where width-only scaling cannot "
+        "reach the ratio.", "",
+        format_table([[p["model"], f"{p['ratio']:.2f}", p["method"], p["reference"], p["n"], _pm(p),
+                       "–" if p["lo"] is None else ("yes" if p["lo"] > 0 or p["hi"] < 0 else "no")]
+                      for p in paired],
+                     ["model", "FLOPs target", "method", "reference", "seeds", "mean Δ top-1 [95 % CI]",
+                      "CI excludes 0"]) if paired else "(no pairs)", "",
+        "## Accuracy at equal measured latency", "",
+        "For each TAS point (mean over seeds), every baseline's mean top-1 interpolated along its own "
+        "accuracy-vs-measured-latency curve at that latency ('–': outside the baseline's measured range).", "",
+        format_table([[e["model"], e["method"], f"{e['target']:.2f}", f"{e['latency_ratio']:.3f}", f"{e['top1']:.2f}",
+                       *("–" if e["others"].get(m) is None else f"{e['others'][m]:.2f}" for m in methods_eq),
+                       "–" if e["lead"] is None else f"{e['lead']:+.2f} vs {e['best']}"] for e in eq],
+                     ["model", "TAS", "target", "latency ratio", "top-1", *methods_eq, "lead over the best"])
+        if eq else "(no latency measurements)", "",
+        "## TAS searches: does the search land in the band by itself?", "",
+        f"Pre-decode argmax ratio (in band: within [target − tolerance, target]) and decode moves, from each "
+        f"search's metrics.json where it reports them: {len(with_ratio)}/{len(diag)} cells report the ratio"
+        + (f", {sum(r[5] == 'yes' for r in with_ratio)} in band" if with_ratio else "")
+        + f"; {len(with_moves)}/{len(diag)} report decode moves"
+        + (f", median {statistics.median(int(r[6]) for r in with_moves)}" if with_moves else "") + ".", "",
+        format_table(diag, ["model", "method", "target", "seed", "pre-decode argmax ratio", "in band",
+                            "decode moves", "FLOPs kept"]) if diag else "(no TAS cells)", "",
+        f"![top-1 against FLOPs and measured latency]({png.name})" if png else f"(no plot: {why})", "",
+    ]
+    return "\n".join(lines)
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--quick", action="store_true", help="<= 10 min machinery check (cifar_resnet20, tiny subset)")
+    p.add_argument("--models", nargs="+", default=None)
+    p.add_argument("--methods", nargs="+", default=None, choices=METHODS)
+    p.add_argument("--ratios", type=float, nargs="+", default=None, help="FLOPs fractions kept")
+    p.add_argument("--latency-ratios", type=float, nargs="+", default=None,
+                   help="tas-latency's measured-latency fractions (default: --ratios)")
+    p.add_argument("--seeds", type=int, nargs="+", default=None)
+    p.add_argument("--limit", type=int, default=None, help="training images (class-balanced)")
+    p.add_argument("--val", type=int, default=None, help="held-out validation images from the training set")
+    p.add_argument("--test-limit", type=int, default=None, help="test images reported on (default: all; --quick 1000)")
+    p.add_argument("--teacher-epochs", type=int, default=None, help="the teacher's first run length")
+    p.add_argument("--teacher-cap", type=int, default=None, help="no teacher run longer than this")
+    p.add_argument("--plateau-delta", type=float, default=0.1, help="val points a doubled run must gain")
+    p.add_argument("--budget", type=int, default=None, help="post-teacher epochs per method")
+    p.add_argument("--search-epochs", type=int, default=None, help="of the budget, TAS's search epochs")
+    p.add_argument("--uniform-depth", choices=("auto", "always"), default=None,
+                   help="auto: only where width-only methods cannot reach the ratio")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--lr", type=float, default=0.05, help="distillation learning rate")
+    p.add_argument("--latency-repeats", type=int, default=None)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--data-dir", default=None)
+    p.add_argument("--output", default=None, help="default runs/allocation/<mode>")
+    p.add_argument("--doc", default=None, help="markdown to write (default docs/benchmarks_allocation[_quick].md; "
+                                               "'-': none)")
+    p.add_argument("--fresh", action="store_true")
+    p.add_argument("--retime", action="store_true")
+    p.add_argument("--no-install", action="store_true")
+    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--verbose", action="store_true")
+    args = p.parse_args(argv)
+    args.mode = "quick" if args.quick else "full"
+    for key, value in MODES[args.mode].items():
+        if getattr(args, key, None) is None:
+            setattr(args, key, value)
+    args.img_size = 28
+    args.latency_ratios = args.latency_ratios or list(args.ratios)
+    if not 1 <= args.search_epochs < args.budget:
+        sys.exit("error: need 1 <= --search-epochs < --budget (TAS must distil at least one epoch)")
+    if args.teacher_epochs > args.teacher_cap:
+        sys.exit("error: --teacher-epochs must be <= --teacher-cap")
+    args.output = args.output or str(REPO / "runs" / "allocation" / args.mode)
+    suffix = "_quick" if args.mode == "quick" else ""
+    args.doc = args.doc or str(REPO / "docs" / f"benchmarks_allocation{suffix}.md")
+    return args
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    args.load = [os.getloadavg()[0]]
+    torch.set_num_threads(max(1, args.threads))
+    compare.ensure_dataset(args.data_dir)
+    register_dataset(args.data_dir, args.limit, args.val)
+    start = time.perf_counter()
+    bench = AllocationBench(args)
+    minimum = {m: width_only_minimum(m, args.img_size) for m in args.models}
+    cells = plan(args, minimum)
+    log(f"{args.mode}: {len(cells)} cells, budget {args.budget} epochs, {args.limit} images + {args.val} val at 28 px; "
+        "width-only minimum " + ", ".join(f"{m} {v:.3f}" for m, v in minimum.items()) + f" -> {args.output}")
+    for model in args.models:
+        bench.teacher(model)
+        todo = [c for c in cells if c[0] == model]
+        for i, (m, r, s, meth) in enumerate(todo):
+            key = f"{m}/r{r}/s{s}/{meth}"
+            if key in bench.results["cells"] and Path(bench.results["cells"][key]["onnx"]).is_file():
+                log(f"[{i + 1}/{len(todo)}] {key}: cached (top-1 {bench.results['cells'][key]['top1']:.2f}%)")
+                continue
+            if key in bench.results["skipped"]:
+                continue
+            t0 = time.perf_counter()
+            try:
+                res = bench.cell(m, r, s, meth)
+            except TasError as e:  # e.g. a latency target below the space's smallest network
+                bench.results["skipped"][key] = str(e)
+                bench.save()
+                log(f"[{i + 1}/{len(todo)}] {key}: skipped ({e})")
+                continue
+            bench.results["cells"][key] = res
+            bench.save()
+            log(f"[{i + 1}/{len(todo)}] {key}: test top-1 {res['top1']:.2f}% (val {res['val_top1']:.2f}), "
+                f"FLOPs {res['flops_ratio']:.3f}, depths {res['depths']} ({time.perf_counter() - t0:.0f}s; "
+                f"{(time.perf_counter() - start) / 60:.1f} min so far)")
+        bench.latency(model)
+    png, why = None, None
+    if args.doc != "-":
+        png = Path(args.doc).with_suffix(".png")
+        why = compare.plot(bench.results, args.models, list(args.methods), png, install=not args.no_install,
+                           axes_x=("flops", "latency"), title="{model}, Fashion-MNIST 28 px")
+        if why:
+            png = None
+    text = render(args, bench.results, png, why, time.perf_counter() - start)
+    log("\n" + text)
+    if args.doc != "-":
+        atomic_write_bytes(args.doc, text.encode())
+        log(f"wrote {args.doc}" + (f" and {png}" if png else ""))
+    log(f"done in {(time.perf_counter() - start) / 60:.1f} min")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,86 @@
+"""The benchmarks' statistics (benchmarks/benchstats.py) and allocation.py's analysis, on hand-computed cases."""
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+
+import allocation  # noqa: E402
+from benchstats import interp_at, paired_differences, t_quantile_975  # noqa: E402
+
+
+def test_paired_differences_by_hand():
+    a = {0: 88.0, 1: 87.5, 2: 88.3}
+    b = {0: 87.0, 1: 87.7, 2: 87.3, 3: 99.0}  # seed 3 has no partner: dropped, not imputed
+    d = paired_differences(a, b)
+    # diffs 1.0, -0.2, 1.0: mean 0.6; squared deviations .16 + .64 + .16 = .96, sd = sqrt(.96 / 2);
+    # standard error sqrt(.48 / 3) = 0.4; t_{0.975, 2} = 4.303, so the half-width is 1.7212
+    assert d["n"] == 3
+    assert d["mean"] == pytest.approx(0.6)
+    assert d["sd"] == pytest.approx(0.48 ** 0.5)
+    assert d["half_width"] == pytest.approx(4.303 * 0.4)
+    assert (d["lo"], d["hi"]) == (pytest.approx(0.6 - 1.7212), pytest.approx(0.6 + 1.7212))
+
+
+def test_paired_differences_degenerate_cases():
+    assert paired_differences({0: 1.0}, {1: 2.0}) is None
+    one = paired_differences({0: 88.0, 1: 87.0}, {0: 87.5})
+    assert one["n"] == 1 and one["mean"] == pytest.approx(0.5) and one["lo"] is None
+
+
+def test_t_quantiles():
+    # published t_{0.975, df}
+    for df, t in ((1, 12.706), (4, 2.776), (10, 2.228), (30, 2.042), (40, 2.021), (60, 2.000), (120, 1.980)):
+        assert t_quantile_975(df) == pytest.approx(t, abs=1.5e-3), df
+    with pytest.raises(ValueError):
+        t_quantile_975(0)
+
+
+def test_interp_at():
+    pts = [(0.5, 86.0, 0.5), (0.2, 80.0, 0.12), (0.4, 85.0, 0.25)]  # unsorted on purpose
+    assert interp_at(pts, 0.3) == pytest.approx(82.5)
+    assert interp_at(pts, 0.45) == pytest.approx(85.5)
+    assert interp_at(pts, 0.5) == pytest.approx(86.0)
+    assert interp_at(pts, 0.1) is None and interp_at(pts, 0.6) is None  # never extrapolated
+    assert interp_at([(0.3, 70.0)], 0.3) == 70.0 and interp_at([(0.3, 70.0)], 0.31) is None
+
+
+def _cell(method, ratio, seed, top1, latency_ms=None):
+    c = {"model": "m", "method": method, "ratio": ratio, "seed": seed, "top1": top1, "flops_ratio": ratio}
+    if latency_ms is not None:
+        c["latency_ms"] = latency_ms
+    return c
+
+
+def test_paired_rows_use_uniform_depth_where_uniform_cannot_go():
+    cells = [_cell("uniform", 0.5, s, 90.0 + s) for s in (0, 1)]
+    cells += [_cell("tas", 0.5, s, 90.5 + s) for s in (0, 1)]
+    cells += [_cell("uniform-depth", r, s, 85.0) for r in (0.5, 0.12) for s in (0, 1)]  # `always` mode
+    cells += [_cell("tas", 0.12, 0, 86.0), _cell("tas", 0.12, 1, 87.0)]
+    results = {"cells": {str(i): c for i, c in enumerate(cells)}, "teachers": {}}
+    rows = {(r["ratio"], r["method"]): r for r in allocation.paired_rows(results, ["m"], [0.5, 0.12], ["tas", "uniform-depth"])}
+    assert rows[(0.5, "tas")]["reference"] == "uniform" and rows[(0.5, "tas")]["mean"] == pytest.approx(0.5)
+    assert rows[(0.5, "tas")]["sd"] == pytest.approx(0.0)
+    assert rows[(0.5, "uniform-depth")]["diffs"] == [-5.0, -6.0]  # compared to uniform too
+    low = rows[(0.12, "tas")]
+    assert low["reference"] == "uniform-depth" and low["diffs"] == [1.0, 2.0]
+    assert low["half_width"] == pytest.approx(12.706 * (0.5 ** 0.5) / 2 ** 0.5)
+
+
+def test_equal_latency_interpolates_each_baseline_at_the_tas_latency():
+    cells = [_cell("uniform", 0.5, 0, 90.0, 6.0), _cell("uniform", 0.25, 0, 86.0, 4.0),
+             _cell("l1", 0.5, 0, 89.0, 6.0), _cell("tas", 0.25, 0, 88.0, 4.5)]
+    results = {"cells": {str(i): c for i, c in enumerate(cells)}, "teachers": {"m": {"latency_ms": 10.0}}}
+    (row,) = allocation.equal_latency_rows(results, ["m"], ["tas", "uniform", "l1"])
+    assert row["latency_ratio"] == pytest.approx(0.45) and row["top1"] == 88.0
+    assert row["others"]["uniform"] == pytest.approx(87.0)  # 86 + (90 - 86) * (0.45 - 0.4) / (0.6 - 0.4)
+    assert row["others"]["l1"] is None  # one point at 0.6: 0.45 is outside its range
+    assert row["best"] == "uniform" and row["lead"] == pytest.approx(1.0)
+
+
+def test_search_diagnostics_read_defensively():
+    assert allocation.search_diagnostics({}) == (None, None)
+    assert allocation.search_diagnostics({"projection_steps": 3, "flops_ratio": 0.49}) == (None, 3)
+    assert allocation.search_diagnostics({"decode_moves": 0, "pre_decode_ratio": 0.48}) == (0.48, 0)
+    assert allocation.search_diagnostics({"final_argmax_ratio": 0.47}) == (0.47, None)
