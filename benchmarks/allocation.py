@@ -396,6 +396,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--lr", type=float, default=0.05, help="distillation learning rate")
     p.add_argument("--latency-repeats", type=int, default=None)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--device", default="cpu", help="training and search device (cpu, cuda, auto); the reported "
+                                                  "accuracy and the ONNX timings are on the CPU either way")
     p.add_argument("--data-dir", default=None)
     p.add_argument("--output", default=None, help="default runs/allocation/<mode>")
     p.add_argument("--doc", default=None, help="markdown to write (default docs/benchmarks_allocation[_quick].md; "

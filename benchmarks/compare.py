@@ -131,7 +131,7 @@ class Bench:
     def common(self, seed: int) -> dict:
         a = self.args
         return {"dataset": self.dataset, "data_dir": a.data_dir, "img_size": a.img_size, "seed": seed,
-                "device": "cpu", "progress": not a.no_progress, "log_every": 50, "workers": 0}
+                "device": getattr(a, "device", "cpu"), "progress": not a.no_progress, "log_every": 50, "workers": 0}
 
     def test_loader(self):
         if self.loaders is None:
