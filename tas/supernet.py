@@ -138,10 +138,13 @@ class GroupState(nn.Module):
         jmax = max(chosen)  # widths ascend, so the largest index is the widest
         self.active = self.candidate_indices(jmax)
         full = self.active.numel() == self.channels
-        prefix = bool(torch.equal(self.active, torch.arange(self.active.numel(), device=self.active.device)))
         frags = []
         for j, w in zip(chosen, weights):
             cand = self.candidate_indices(j)
+            # Channels 0..n-1 (sorted, distinct: the last is n-1) are also the first n active ones.
+            # Asked of each candidate, not of the active set: under a ranking (SA++, grouped
+            # convs) a narrower candidate need not be a prefix when the widest one is.
+            prefix = cand.numel() > 0 and int(cand[-1]) == cand.numel() - 1
             if j == jmax:
                 pos, chans = None, (None if full else (cand.numel() if prefix else cand))
             elif prefix:

@@ -35,14 +35,34 @@ def test_without_replacement_inclusion_probabilities():
     assert torch.all((freq - analytic).abs() < 4 * torch.sqrt(analytic * (1 - analytic) / n))
 
 
-def test_gumbel_topk_weights_are_differentiable_softmax_over_chosen():
-    torch.manual_seed(2)
-    logits = torch.zeros(5, requires_grad=True)
-    idx, w = gumbel_topk(logits, tau=1.0, k=2)
-    assert idx.numel() == 2 and idx.unique().numel() == 2
-    assert math.isclose(w.sum().item(), 1.0, rel_tol=1e-6)
-    (w[0] * 3 + w[1]).backward()
-    assert logits.grad is not None and logits.grad.abs().sum() > 0
+def _gumbel(n: int, seed: int) -> torch.Tensor:
+    """The Gumbel draws a generator seeded ``seed`` gives first: -log of Exp(1) samples, in float64."""
+    e = torch.empty(n).exponential_(generator=torch.Generator().manual_seed(seed))
+    return -torch.log(e.double())
+
+
+@pytest.mark.parametrize("tau,k", [(1.0, 2), (0.5, 3), (5.0, 2)])
+def test_gumbel_topk_weights_are_softmax_over_chosen_perturbed_logits(tau, k):
+    """Fragment weights: softmax of (log_softmax(α) + g) / τ restricted to the chosen candidates."""
+    alpha = [0.3, -1.2, 0.8, 0.0, -0.4]
+    logits = torch.tensor(alpha, requires_grad=True)
+    idx, w = gumbel_topk(logits, tau=tau, k=k, generator=torch.Generator().manual_seed(7))
+    assert idx.numel() == k and idx.unique().numel() == k
+    # independent: the same noise redrawn from the same seed, the formula written out in float64
+    g = _gumbel(len(alpha), 7)
+    log_p = [a - math.log(sum(math.exp(b) for b in alpha)) for a in alpha]
+    z = [(log_p[i] + g[i].item()) / tau for i in range(len(alpha))]
+    chosen = idx.tolist()
+    norm = sum(math.exp(z[i]) for i in chosen)
+    expected = [math.exp(z[i]) / norm for i in chosen]
+    assert w.tolist() == pytest.approx(expected, rel=1e-5)
+    # d w_a / d α_m = (w_a / τ)(δ_am − w_m) for a chosen m, 0 otherwise (log_softmax's shift cancels)
+    for a in range(k):
+        (grad,) = torch.autograd.grad(w[a], logits, retain_graph=True)
+        hand = torch.zeros(len(alpha), dtype=torch.float64)
+        for pos, m in enumerate(chosen):
+            hand[m] = expected[a] / tau * ((a == pos) - expected[pos])
+        assert torch.allclose(grad.double(), hand, atol=1e-6), (a, grad, hand)
 
 
 def test_tau_schedules():

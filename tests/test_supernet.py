@@ -102,16 +102,87 @@ def test_expected_cost_equals_exact_at_one_hot():
     assert s.derive_arch().flops == arch.flops
 
 
-def test_search_mode_forward_backward_reaches_arch_parameters():
+def _one_hot_logits(s, arch) -> None:
+    """Put all of softmax(α) and softmax(β) on ``arch``'s widths and depths (exactly, in float32)."""
+    with torch.no_grad():
+        for n, g in s.groups().items():
+            if g.alpha is not None:
+                g.alpha.fill_(-1e4)
+                g.alpha[g.widths.index(arch.groups[n]["width"])] = 0
+        for n, beta in s.betas.items():
+            stage = n.replace("__", ".")
+            beta.fill_(-1e4)
+            beta[s.stage_depths[stage].index(arch.stages[stage]["depth"])] = 0
+
+
+def test_expected_cost_and_its_gradient_against_counted_candidates():
+    """With one group (or stage) soft and the rest one-hot, E = Σ_j p_j c_j where c_j is the
+    counted cost of the materialised network at candidate j, so dE/dα_i = p_i (c_i − E)."""
     s = create_supernet(timm.create_model("cifar_resnet20", num_classes=10), input_size=(3, 16, 16))
-    s.train()
-    out = s(torch.randn(4, 3, 16, 16))
-    out.logsumexp(1).sum().backward()
-    grads = [p.grad for p in s.arch_parameters()]
-    assert all(g is not None for g in grads)
-    assert sum(float(g.abs().sum()) for g in grads) > 0
-    expected = s.expected_cost("flops")
-    expected.backward()
+    base = s.random_arch(torch.Generator().manual_seed(5))
+    widths, depths = base.widths, base.depths
+    for kind, name in (("width", "layer2.0.conv1"), ("width", "layer3"), ("depth", "layer2")):
+        _one_hot_logits(s, base)
+        if kind == "width":
+            cands, logits = s.groups()[name].widths, s.groups()[name].alpha
+            archs = [s.make_arch({**widths, name: w}, depths) for w in cands]
+        else:
+            cands, logits = s.stage_depths[name], s.betas[name]
+            archs = [s.make_arch(widths, {**depths, name: d}) for d in cands]
+        with torch.no_grad():
+            logits.copy_(torch.tensor([0.4, -0.3, 0.9, 0.1, -0.8, 0.2, 0.6][:len(cands)]))
+        p = torch.softmax(logits.detach().double(), 0)
+        slims = [materialize(s.template, a) for a in archs]  # the plain network: no cost model involved
+        for metric, count in (("flops", lambda m: count_flops(m, (3, 16, 16))), ("params", count_params)):
+            c = torch.tensor([float(count(m)) for m in slims], dtype=torch.float64)
+            assert len(set(c.tolist())) == len(cands), (name, c)  # every candidate costs something else
+            expected = s.expected_cost(metric)
+            (grad,) = torch.autograd.grad(expected, logits)
+            hand = float((p * c).sum())
+            assert expected.item() == pytest.approx(hand, rel=1e-5), (metric, name)
+            assert torch.allclose(grad.double(), p * (c - hand), rtol=1e-4, atol=1e-6 * float(c.max())), (metric, name)
+
+
+def test_search_mode_gradient_is_the_derivative_of_the_forward():
+    """The α/β gradient of a search-mode forward (Gumbel noise fixed) equals central finite
+    differences of that forward: the mixing weights carry α and β, and nothing cuts them off."""
+    torch.manual_seed(0)
+    s = create_supernet(timm.create_model("cifar_resnet20", num_classes=10), input_size=(3, 8, 8)).double().eval()
+    perturb_bn(s)
+    with torch.no_grad():
+        for p in s.arch_parameters():
+            p.copy_(torch.randn(p.shape, dtype=torch.float64))
+    x = torch.randn(2, 3, 8, 8, dtype=torch.float64)
+    probe = torch.randn(2, 10, dtype=torch.float64)
+
+    def loss() -> torch.Tensor:
+        s.generator = torch.Generator().manual_seed(3)  # the same noise and the same fragments each time
+        return (s(x) * probe).sum()
+
+    params = list(s.arch_parameters())
+    grads = torch.autograd.grad(loss(), params)
+    # every sampled width candidate and one unsampled one (whose α must not matter), every depth
+    entries = []
+    for g in s.groups().values():
+        if g.alpha is not None:
+            chosen = [f[0] for f in g.fragments]
+            entries += [(g.alpha, j) for j in chosen]
+            entries += [(g.alpha, j) for j in range(len(g.widths)) if j not in chosen][:1]
+    entries += [(b, j) for b in s.betas.values() for j in range(b.numel())]
+    grad_of = {id(p): g for p, g in zip(params, grads)}
+    h, moved = 1e-5, 0
+    with torch.no_grad():
+        for p, i in entries:
+            old = p[i].item()
+            p[i] = old + h
+            up = loss().item()
+            p[i] = old - h
+            down = loss().item()
+            p[i] = old
+            fd = (up - down) / (2 * h)
+            assert grad_of[id(p)][i].item() == pytest.approx(fd, rel=1e-4, abs=1e-8), (p.shape, i)
+            moved += fd != 0
+    assert moved >= len(entries) // 2
 
 
 def test_width_candidates_follow_space():
