@@ -1,5 +1,7 @@
-"""search.py end to end on a tiny teacher: budget met, run directory, TensorBoard tags, bad input."""
+"""search.py end to end on a tiny teacher (run directory, what the cost loss does, TensorBoard tags, bad
+input) and the architecture step and decode on their own."""
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -20,22 +22,44 @@ FLAGS = ["--dataset", "digits", "--limit", "256", "--batch-size", "32", "--epoch
 @pytest.fixture(scope="module")
 def search_run(tmp_path_factory, search_script, teacher_run):
     out = tmp_path_factory.mktemp("search") / "run"
-    assert search_script.main(FLAGS + ["--teacher", str(teacher_run), "--flops-ratio", "0.5",
-                                       "--output", str(out)]) == 0
+    # arch lr 0.3: the 16 architecture steps of this tiny search then move the logits far enough
+    # for the cost loss's effect to show (at the default 0.05 it needs ~15 steps from one side)
+    assert search_script.main(FLAGS + ["--teacher", str(teacher_run), "--flops-ratio", "0.5", "--arch-lr", "0.3",
+                                       "--log-every", "1", "--output", str(out)]) == 0
     return out
 
 
-def test_search_meets_budget_and_writes_run(search_run):
+def test_search_writes_run(search_run):
     arch = Arch.from_json(search_run / "arch.json")
-    assert 0.45 <= arch.flops_ratio <= 0.5
     metrics = json.loads((search_run / "metrics.json").read_text())
-    assert metrics["within_tolerance"] is True and metrics["flops"] == arch.flops
+    assert metrics["flops"] == arch.flops and metrics["params"] == arch.params
     history = json.loads((search_run / "arch_history.json").read_text())
     assert [h["epoch"] for h in history] == [1, 2]
     assert (search_run / "supernet.safetensors").is_file()
     slim = tas.load_slim(search_run)
     assert count_flops(slim, arch.input_size) == arch.flops
     assert slim(torch.randn(2, *arch.input_size)).shape == (2, 10)
+
+
+def test_search_cost_loss_steers_the_expected_cost_toward_the_target(search_run):
+    """What the architecture steps logged, before the final decode: each step's cost loss is
+    +log E while the argmax costs over 0.5 of the FLOPs, -log E under 0.45, 0 between; and the
+    expected FLOPs, which start near 0.3 (uniform logits), end at least twice as close to 0.5."""
+    full = Arch.from_json(search_run / "arch.json").full_flops
+    acc = EventAccumulator(str(search_run), size_guidance={"scalars": 0})
+    acc.Reload()
+    series = {t: [e.value for e in acc.Scalars(f"search/{t}")] for t in ("expected_ratio", "derived_ratio", "cost_loss")}
+    assert len(series["cost_loss"]) == 16
+    for expected, derived, lc in zip(*series.values()):
+        if derived > 0.5:
+            assert lc == pytest.approx(math.log(expected * full), rel=1e-5)
+        elif derived < 0.45:
+            assert lc == pytest.approx(-math.log(expected * full), rel=1e-5)
+        else:
+            assert lc == 0.0
+    assert {math.copysign(1, lc) for lc in series["cost_loss"] if lc} == {1.0, -1.0}  # both branches ran
+    first, last = series["expected_ratio"][0], series["expected_ratio"][-1]
+    assert abs(last - 0.5) < abs(first - 0.5) / 2, series["expected_ratio"]
 
 
 def test_search_tensorboard_tags(search_run):
@@ -100,6 +124,43 @@ def test_search_refuses_unsupported_model(tmp_path):
              model_kwargs={"num_classes": 10, "in_chans": 1, "img_size": 16, "patch_size": 8}, input_size=(1, 16, 16))
     r = _run(FLAGS + ["--teacher", str(tmp_path / "vit"), "--output", str(tmp_path / "o")])
     assert r.returncode == 2 and "supported families are" in r.stderr
+
+
+@pytest.mark.parametrize("side", ["above", "below"])
+def test_cost_loss_alone_brings_the_argmax_into_the_band(side):
+    """Architecture steps with the search's defaults (cost weight 2, Adam lr 0.05), from an argmax
+    at the full network (above) or the smallest (below) a 0.5 FLOPs target: while the argmax is
+    over the target every step lowers the expected cost, while under the band every step raises
+    it, and the argmax itself reaches the band with nothing left for the decode to do."""
+    import timm
+
+    from tas.arch_step import ArchStepper
+    from tas.supernet import create_supernet
+
+    torch.manual_seed(0)
+    s = create_supernet(timm.create_model("cifar_resnet20", num_classes=10), input_size=(3, 8, 8)).train()
+    s.generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():  # logits rising with the width (above) or falling (below)
+        for p in s.arch_parameters():
+            p.copy_(torch.linspace(-1, 1, p.numel()) * (1 if side == "above" else -1))
+    stepper = ArchStepper(s, "flops", 0.5, 0.05, 2.0, 0.05, 1e-3)
+    start = stepper.current_cost() / stepper.full
+    assert start == 1.0 if side == "above" else start < 0.1
+    data = torch.Generator().manual_seed(1)
+    expected = stepper.expected_cost().item()
+    for _ in range(40):
+        if stepper.within():
+            break
+        too_big = stepper.current_cost() > stepper.target
+        stepper.step(torch.randn(4, 3, 8, 8, generator=data), torch.randint(0, 10, (4,), generator=data))
+        new = stepper.expected_cost().item()
+        assert new < expected if too_big else new > expected, (too_big, new / stepper.full, expected / stepper.full)
+        expected = new
+    assert stepper.within(), stepper.current_cost() / stepper.full  # the argmax, before any decode
+    assert stepper.decode()[2] == 0
+    # inside the band the cost loss rests: the next step's cost term is 0
+    terms = stepper.step(torch.randn(4, 3, 8, 8, generator=data), torch.randint(0, 10, (4,), generator=data))
+    assert terms["cost_loss"] == 0.0 and terms["arch_loss"] == terms["arch_ce"]
 
 
 def test_budget_decode_gives_up_the_least_probable_width_first():

@@ -235,3 +235,42 @@ def test_arch_json_round_trip_and_validation(tmp_path):
     other = create_supernet(timm.create_model("cifar_resnet32"), input_size=(3, 32, 32)).full_arch()
     with pytest.raises(ArchError):
         s.set_arch(other)
+
+
+@pytest.mark.parametrize("ranked", [False, True], ids=["prefix", "ranked"])
+def test_recalibrate_bn_gives_hard_mode_batch_statistics(ranked):
+    """After recalibration each kept BN holds the mean of its input's per-batch mean and unbiased
+    variance over the first ``batches`` batches, in the network hard mode computes: measured here
+    on the materialised network in training mode (which normalises with batch statistics too)."""
+    from tas.searching import recalibrate_bn
+
+    s = create_supernet(timm.create_model("cifar_resnet20", num_classes=10), input_size=(3, 16, 16))
+    perturb_bn(s)
+    gen = torch.Generator().manual_seed(6)
+    arch = s.random_arch(gen)
+    if ranked:  # arbitrary kept channels: the running statistics are gathered and written back
+        for g in arch.groups.values():
+            g["indices"] = sorted(torch.randperm(g["channels"], generator=gen)[: g["width"]].tolist())
+    s.set_arch(arch).eval()
+    data = [(torch.randn(8, 3, 16, 16, generator=gen), torch.zeros(8, dtype=torch.long)) for _ in range(3)]
+    recalibrate_bn(s, data, "cpu", batches=2)
+    assert not s.training and all(m.momentum == 0.1 for m in s.modules() if isinstance(m, torch.nn.BatchNorm2d))
+
+    slim = materialize(s, arch).train()
+    seen: dict[str, list[torch.Tensor]] = {}
+    for name, m in slim.named_modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.register_forward_pre_hook(lambda mod, inp, n=name: seen.setdefault(n, []).append(inp[0].detach()))
+    with torch.no_grad():
+        for x, _ in data[:2]:
+            slim(x)
+    assert len(seen) >= 10
+    for name, inputs in seen.items():
+        mean = torch.stack([t.mean((0, 2, 3)) for t in inputs]).mean(0)
+        var = torch.stack([t.var((0, 2, 3), unbiased=True) for t in inputs]).mean(0)
+        search_bn = s.model.get_submodule(name)
+        group = search_bn.group[0]
+        bn = search_bn.bns[group.hard_candidate]
+        kept = torch.tensor(arch.groups[group.name]["indices"])
+        assert torch.allclose(bn.running_mean[kept], mean, rtol=1e-4, atol=1e-5), name
+        assert torch.allclose(bn.running_var[kept], var, rtol=1e-4, atol=1e-5), name
