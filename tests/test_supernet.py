@@ -246,6 +246,9 @@ def test_recalibrate_bn_gives_hard_mode_batch_statistics(ranked):
 
     s = create_supernet(timm.create_model("cifar_resnet20", num_classes=10), input_size=(3, 16, 16))
     perturb_bn(s)
+    for m in s.modules():  # statistics of 50 earlier batches, as after a search's weight steps
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.num_batches_tracked.fill_(50)
     gen = torch.Generator().manual_seed(6)
     arch = s.random_arch(gen)
     if ranked:  # arbitrary kept channels: the running statistics are gathered and written back
