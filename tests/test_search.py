@@ -12,6 +12,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 import tas
 from tas.arch import Arch
+from tas.cli import run_main
 from tas.flops import count_flops
 
 REPO = Path(__file__).resolve().parents[1]
@@ -88,42 +89,55 @@ def _run(args, cwd=REPO):
     return subprocess.run([sys.executable, "search.py", *args], cwd=cwd, capture_output=True, text=True)
 
 
-@pytest.mark.parametrize("extra,message", [
-    (["--flops-ratio", "0.001"], "unreachable: the smallest architecture"),
-    (["--space", "__SPACE__"], "unknown keys"),
-    (["--model", "resnet18"], "does not match the teacher"),
-    (["--latency-ratio", "0.01"], "latency target 0.010 is unreachable"),
+def _run_here(search_script, capsys, args) -> tuple[int, str]:
+    """search.py's main behind the CLI's error handling, in this process (no interpreter and torch
+    import per case): ``(exit code, stderr)``. An unexpected exception propagates and fails the test."""
+    capsys.readouterr()
+    code = run_main(search_script.main, args)
+    return code, capsys.readouterr().err
+
+
+@pytest.mark.parametrize("extra,message,process", [
+    (["--flops-ratio", "0.001"], "unreachable: the smallest architecture", False),
+    (["--space", "__SPACE__"], "unknown keys", True),  # one case through the real command line
+    (["--model", "resnet18"], "does not match the teacher", False),
+    (["--latency-ratio", "0.01"], "latency target 0.010 is unreachable", False),
 ])
-def test_search_bad_input(tmp_path, teacher_run, extra, message):
+def test_search_bad_input(tmp_path, teacher_run, search_script, capsys, extra, message, process):
     space = tmp_path / "space.yaml"
     space.write_text("family: resnet\nratios: [0.5, 1.0]\nshape: round\n")
     extra = [str(space) if e == "__SPACE__" else e for e in extra]
-    r = _run(FLAGS + ["--teacher", str(teacher_run), "--output", str(tmp_path / "o"), *extra])
-    assert r.returncode == 2, r.stderr
-    assert message in r.stderr and "Traceback" not in r.stderr
+    args = FLAGS + ["--teacher", str(teacher_run), "--output", str(tmp_path / "o"), *extra]
+    if process:
+        r = _run(args)
+        code, err = r.returncode, r.stderr
+    else:
+        code, err = _run_here(search_script, capsys, args)
+    assert code == 2, err
+    assert message in err and "Traceback" not in err and err.startswith("error:")
     assert not (tmp_path / "o" / "arch.json").exists()
 
 
-def test_search_refuses_teacher_whose_weights_do_not_fit(tmp_path, teacher_run):
+def test_search_refuses_teacher_whose_weights_do_not_fit(tmp_path, teacher_run, search_script, capsys):
     bad = tmp_path / "teacher"
     bad.mkdir()
     cfg = json.loads((teacher_run / "config.json").read_text())
     cfg["model"] = "cifar_resnet32"
     (bad / "config.json").write_text(json.dumps(cfg))
     (bad / "model.safetensors").write_bytes((teacher_run / "model.safetensors").read_bytes())
-    r = _run(FLAGS + ["--teacher", str(bad), "--output", str(tmp_path / "o")])
-    assert r.returncode == 2 and "error:" in r.stderr and "Traceback" not in r.stderr
+    code, err = _run_here(search_script, capsys, FLAGS + ["--teacher", str(bad), "--output", str(tmp_path / "o")])
+    assert code == 2 and err.startswith("error:") and err.count("\n") == 1
 
 
-def test_search_refuses_unsupported_model(tmp_path):
+def test_search_refuses_unsupported_model(tmp_path, search_script, capsys):
     from tas.rundir import save_run
     import timm
 
     vit = timm.create_model("vit_tiny_patch16_224", img_size=16, patch_size=8, in_chans=1, num_classes=10)
     save_run(tmp_path / "vit", vit, model_name="vit_tiny_patch16_224",
              model_kwargs={"num_classes": 10, "in_chans": 1, "img_size": 16, "patch_size": 8}, input_size=(1, 16, 16))
-    r = _run(FLAGS + ["--teacher", str(tmp_path / "vit"), "--output", str(tmp_path / "o")])
-    assert r.returncode == 2 and "supported families are" in r.stderr
+    code, err = _run_here(search_script, capsys, FLAGS + ["--teacher", str(tmp_path / "vit"), "--output", str(tmp_path / "o")])
+    assert code == 2 and "supported families are" in err
 
 
 @pytest.mark.parametrize("side", ["above", "below"])
