@@ -99,7 +99,7 @@ class ArchStepper:
         return self.supernet.cost.exact(metric, widths, depths) > ratio * self.supernet.full[metric]
 
     @torch.no_grad()
-    def decode(self) -> tuple[dict[str, int], dict[str, int], int]:
+    def decode(self, caps: dict[str, int] | None = None) -> tuple[dict[str, int], dict[str, int], int]:
         """The final architecture: the argmax, moved into the budget at the least loss of probability.
 
         A search can end with its argmax outside the tolerance band (the cost loss is a nudge, and
@@ -116,6 +116,9 @@ class ArchStepper:
         is one to hit, and its prediction carries a few per cent of error either way; an argmax
         left at the bottom of a band 0.05 wide would then measure up to 15 % under a 0.5 target.
 
+        ``caps`` bounds groups' widths (SA++: :meth:`~tas.attention.SappController.caps`); the
+        probability of the candidates above a cap counts as the cap's, since they computed its channels.
+
         Returns:
             ``(widths, depths, moves)``; ``moves`` is 0 when the argmax already met the budget.
         """
@@ -123,6 +126,10 @@ class ArchStepper:
         options = {("w", n): (list(g.widths), torch.log(g.probs().double()).tolist()) for n, g in s.groups().items()}
         options.update({("d", n): (list(s.stage_depths[n]), torch.log(s.depth_probs(n).double()).tolist())
                         for n in s.graph.stages})
+        for n, cap in (caps or {}).items():
+            vals, lp = options[("w", n)]
+            k = vals.index(cap)
+            options[("w", n)] = (vals[: k + 1], lp[:k] + [torch.tensor(lp[k:], dtype=torch.float64).logsumexp(0).item()])
         idx = {k: max(range(len(lp)), key=lp.__getitem__) for k, (_, lp) in options.items()}
         eps = 1e-12 * self.full
 

@@ -9,9 +9,17 @@ top ``c / B`` blocks.
 Over the search a :class:`SappSchedule` alternates phases: a dense warm-up, then rounds of
 [sparsification → sparse → dense], ending sparse. During sparsification the pruned fraction of a
 group ramps as ``s·(1 − e^{−ct}) / (1 − e^{−c})`` (c = 4), removing its lowest-attention blocks, with
-``s`` = 1 − the group's current TAS width / its channels, so the mask agrees with TAS at the end; in
-a sparse phase the mask is fixed; dense phases lift it. Optimiser state is reset at every phase
+``s`` = 1 − the group's current TAS width / its channels (the argmax moved into the budget, as the
+final decode would: so the last mask leaves room for an architecture within budget); in a sparse
+phase the mask is fixed; dense phases lift it. Optimiser state is reset at every phase
 boundary (the paper reports this as crucial).
+
+The search ends with the network it trained last. The mask stays fixed over the final sparse phase
+while TAS's width distributions keep moving, so the final decode may not widen a group beyond its
+unmasked blocks (:meth:`SappController.caps`: a wider candidate computed only those blocks, the
+rest were multiplied by 0); :meth:`SappController.finalize` then sets the mask to the kept blocks.
+Hard mode and the slim network apply the attention as search mode does, folded into the BN affine
+(:mod:`tas.ops`); optionally (``anneal``) it is instead annealed to 1 over the last phase.
 
 No official SA++ code exists; this follows the paper's description.
 """
@@ -19,7 +27,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import torch
 
@@ -118,15 +126,25 @@ class SappController:
     """Drives a :class:`~tas.supernet.Supernet`'s SA++ masks through a :class:`SappSchedule`, one call per step.
 
     Dense phases (warm-up included) lift the masks; sparsification ramps each group's pruned
-    fraction towards ``1 − derived TAS width / channels``; sparse phases keep the mask. Channels
+    fraction towards ``1 − TAS width / channels``, the width ``widths()`` returns (search.py: the
+    budgeted decode of the current logits; default: their argmax); sparse phases keep the mask. Channels
     are re-ranked by attention every step. At every phase boundary the given optimisers (the
     weight SGD and the attention Adam, not TAS's architecture Adam) lose their state.
+
+    With ``anneal`` every group's ``attn_strength`` falls linearly from 1 to 0 over the last
+    phase (the attention towards 1), so the network ends without it; otherwise it stays 1 and the
+    attention is folded into the slim network.
     """
 
-    def __init__(self, supernet: Any, schedule: SappSchedule, optimizers: list[torch.optim.Optimizer]) -> None:
-        self.supernet, self.schedule, self.optimizers = supernet, schedule, optimizers
+    def __init__(self, supernet: Any, schedule: SappSchedule, optimizers: list[torch.optim.Optimizer],
+                 anneal: bool = False, widths: Callable[[], Mapping[str, int]] | None = None) -> None:
+        self.supernet, self.schedule, self.optimizers, self.anneal = supernet, schedule, optimizers, anneal
+        self.widths = widths or (lambda: {n: g.widths[int(g.probs().argmax())] for n, g in supernet.groups().items()})
         self.phase_index: int | None = None
         self.resets = 0
+
+    def _groups(self) -> dict[str, Any]:
+        return {n: g for n, g in self.supernet.groups().items() if g.attn_logits is not None}
 
     def step(self, step: int) -> tuple[str, float]:
         """Set masks and rankings for ``step``; returns the phase name and mean scheduled sparsity."""
@@ -136,20 +154,49 @@ class SappController:
                 opt.state.clear()
             self.resets += 1
         self.phase_index = index
+        last = index == len(self.schedule.phases) - 1
+        strength = 1.0 - t if self.anneal and last else 1.0
         sparsities = []
-        for g in self.supernet.groups().values():
-            if g.attn_logits is None:
-                continue
+        targets = self.widths() if name == "sparsify" else {}
+        for n, g in self._groups().items():
+            g.attn_strength.fill_(strength)
             if name in ("warmup", "dense"):
                 g.mask.fill_(True)
                 g.rank_by_attention()
                 sparsities.append(0.0)
             elif name == "sparsify":
-                derived = g.widths[int(g.probs().argmax())]
-                target = sparsity_ramp(t, 1 - derived / g.channels)
+                target = sparsity_ramp(t, 1 - targets[n] / g.channels)
                 g.prune_lowest(int(round(target * g.mask.numel())))
                 sparsities.append(target)
             else:
                 g.rank_by_attention()
                 sparsities.append(1 - float(g.mask.float().mean()))
         return name, (sum(sparsities) / len(sparsities) if sparsities else 0.0)
+
+    def caps(self) -> dict[str, int]:
+        """Per SA++ group, the widest candidate within its unmasked blocks: the final decode's bound.
+
+        In the final sparse phase a candidate wider than the mask computed only the unmasked
+        blocks (the others were multiplied by 0), so a final width beyond them would keep channels
+        the network never used in that phase, at a cost the search did not pay.
+        """
+        caps = {}
+        for n, g in self._groups().items():
+            room = int(g.mask.sum()) * g.block_size
+            caps[n] = max([w for w in g.widths if w <= room], default=g.widths[0])
+        return caps
+
+    @torch.no_grad()
+    def finalize(self, arch: Any) -> None:
+        """End of the search: each group's mask becomes exactly ``arch``'s kept blocks (a width
+        below the cap drops further lowest-attention blocks), and an annealed attention ends at 1."""
+        for n, g in self._groups().items():
+            kept = torch.tensor(arch.groups[n]["indices"], dtype=torch.long, device=g.block_of.device)
+            blocks = g.block_of[kept].unique()
+            if blocks.numel() * g.block_size != kept.numel():
+                raise ValueError(f"group {n}: the kept channels are not whole SA++ blocks")
+            g.mask.fill_(False)
+            g.mask[blocks] = True
+            g.rank_by_attention()
+            if self.anneal:
+                g.attn_strength.fill_(0.0)

@@ -11,6 +11,12 @@ forward code runs unchanged in every mode:
 * **hard**: the active channels are an architecture's kept channels; the module computes exactly
   what the materialised dense layer computes.
 
+A group with SA++ attention multiplies its channels by :meth:`~tas.supernet.GroupState.scale` in
+both modes, where its BN's affine output leaves the BN (before a fused activation; on the conv's
+output for a group no BN writes). The dense layers fold that multiplier into the BN's γ and β (or
+the conv's filters and bias): exact for any activation, so hard mode, search mode with a single
+candidate and the slim network are one function.
+
 :func:`slice_conv`, :func:`slice_bn` and :func:`slice_linear` build those dense layers; the wrappers
 and the materialiser share them, which is what makes hard mode and the slim network equal. A conv
 runs through its class's own forward in both (:func:`conv_view`), so its padding rule (a
@@ -33,7 +39,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from .supernet import GroupState
 
 __all__ = ["SLICEABLE_CONVS", "mix_fragments", "batch_norm_at", "SearchConv", "SearchBN", "SearchLinear", "SearchStage", "slice_conv", "slice_bn", "slice_linear",
-           "conv_weight", "conv_view"]
+           "conv_weight", "conv_view", "fold_scale"]
 
 
 #: Conv classes :func:`conv_view` (so the wrappers and :func:`slice_conv`) slice exactly: their
@@ -131,6 +137,30 @@ def slice_bn(bn: nn.BatchNorm2d, idx: torch.Tensor | None) -> nn.BatchNorm2d:
     return new.train(bn.training)
 
 
+@torch.no_grad()
+def fold_scale(layer: nn.Module, scale: torch.Tensor | None) -> nn.Module:
+    """Multiply a dense conv's or BN's output channels by ``scale``, in its parameters (in place).
+
+    For a BN that is ``γ·s`` and ``β·s`` (a BN without affine parameters gets them), which scales
+    the normalised output before any fused activation; for a conv, each filter and its bias.
+    """
+    if scale is None:
+        return layer
+    s = scale.detach()
+    if isinstance(layer, nn.modules.batchnorm._BatchNorm):
+        if layer.weight is None:
+            layer.weight = nn.Parameter(torch.ones_like(s))
+            layer.bias = nn.Parameter(torch.zeros_like(s))
+            layer.affine = True
+        layer.weight.mul_(s)
+        layer.bias.mul_(s)
+    else:
+        layer.weight.mul_(s.view(-1, *[1] * (layer.weight.dim() - 1)))
+        if layer.bias is not None:
+            layer.bias.mul_(s)
+    return layer
+
+
 def slice_linear(fc: nn.Linear, in_idx: torch.Tensor | None) -> nn.Linear:
     """A copy of the classifier ``fc`` reading only input features ``in_idx``."""
     w = _take(fc.weight, in_idx, 1)
@@ -163,16 +193,28 @@ class SearchConv(nn.Module):
         # The conv's own forward on the active channels' weights: its padding rule, as in the slim layer.
         y = conv_view(self.conv, *conv_weight(self.conv, *self.indices())).forward(x)
         g = self.out_group[0]
-        if self.mix and g.fragments is not None:
-            y = mix_fragments(y, g, lambda j, t, chans: t)
-        return y
+        if not self.mix:
+            return y
+        if g.fragments is not None:
+            return mix_fragments(y, g, lambda j, t, chans: _scaled(t, g.scale_at(chans)))
+        return _scaled(y, g.scale_at(g.active))
 
     def sliced(self) -> nn.Conv2d:
-        return slice_conv(self.conv, *self.indices())
+        conv = slice_conv(self.conv, *self.indices())
+        g = self.out_group[0]
+        return fold_scale(conv, g.scale_at(g.active)) if self.mix else conv
 
 
-def batch_norm_at(bn: nn.BatchNorm2d, x: torch.Tensor, channels: Any) -> torch.Tensor:
+def _scaled(x: torch.Tensor, scale: torch.Tensor | None) -> torch.Tensor:
+    return x if scale is None else x * scale.view(1, -1, 1, 1)
+
+
+def batch_norm_at(bn: nn.BatchNorm2d, x: torch.Tensor, channels: Any, scale: torch.Tensor | None = None
+                  ) -> torch.Tensor:
     """``bn`` applied to ``x`` whose channels are ``channels`` of ``bn`` (None: all; int n: the first n).
+
+    ``scale`` (one value per channel of ``x``) multiplies the normalised, affine output before a
+    fused activation: the same as a BN whose γ and β were multiplied by it (:func:`fold_scale`).
 
     Running statistics are updated in place at those channels in training mode, so any subset of a
     full-width BN can be trained, recalibrated and later sliced out. A fused activation
@@ -181,7 +223,7 @@ def batch_norm_at(bn: nn.BatchNorm2d, x: torch.Tensor, channels: Any) -> torch.T
     """
     sync = bn.training and distributed.is_active()
     if channels is None:
-        if not sync:
+        if not sync and scale is None:
             return bn(x)
         channels = bn.num_features
     training = bn.training or not bn.track_running_stats
@@ -203,6 +245,7 @@ def batch_norm_at(bn: nn.BatchNorm2d, x: torch.Tensor, channels: Any) -> torch.T
         y = distributed.sync_batch_norm(x, rm, rv, weight, bias, factor, bn.eps)
     else:
         y = F.batch_norm(x, rm, rv, weight, bias, training, factor, bn.eps)
+    y = _scaled(y, scale)
     if not isinstance(channels, int) and bn.training and bn.track_running_stats:
         with torch.no_grad():  # the gathered copies were updated; write them back
             bn.running_mean.index_copy_(0, channels, rm)
@@ -216,8 +259,9 @@ def mix_fragments(x: torch.Tensor, group: GroupState, fn) -> torch.Tensor:
     """TAS fragment mixture of ``x`` (the group's active channels) in search mode.
 
     ``fn(j, fragment, channels)`` transforms candidate ``j``'s channels (its own BN, or nothing);
-    each result is stretched back to the active width by CWI, weighted, summed, and finally scaled
-    by the group's SA++ attention when it has one.
+    each result is stretched back to the active width by CWI, weighted and summed. (A group's SA++
+    scale is applied inside ``fn``, at the fragment's own channels, so it stays attached to channel
+    ids when CWI stretches a fragment.)
     """
     width = x.shape[1]
     out = None
@@ -231,8 +275,7 @@ def mix_fragments(x: torch.Tensor, group: GroupState, fn) -> torch.Tensor:
         if weight is not None:
             y = y * weight
         out = y if out is None else out + y
-    scale = group.channel_scale()
-    return out if scale is None else out * scale.view(1, -1, 1, 1)
+    return out
 
 
 class SearchBN(nn.Module):
@@ -260,12 +303,13 @@ class SearchBN(nn.Module):
         g = self.group[0]
         if g.fragments is None:
             bn, idx = self._hard()
-            return batch_norm_at(bn, x, idx)
-        return mix_fragments(x, g, lambda j, t, chans: batch_norm_at(self.bns[j], t, chans))
+            return batch_norm_at(bn, x, idx, g.scale_at(g.active))
+        return mix_fragments(x, g, lambda j, t, chans: batch_norm_at(self.bns[j], t, chans, g.scale_at(chans)))
 
     def sliced(self) -> nn.BatchNorm2d:
         bn, idx = self._hard()
-        return slice_bn(bn, idx)
+        g = self.group[0]
+        return fold_scale(slice_bn(bn, idx), g.scale_at(g.active))
 
 
 class SearchLinear(nn.Module):

@@ -78,6 +78,7 @@ class SearchConfig:
     sapp_sparse: float = 0.1
     sapp_dense: float = 0.1
     sapp_rounds: int = 2
+    sapp_anneal: bool = False
     tau_max: float = 5.0
     tau_min: float = 0.1
     tau_schedule: str = "cosine"
@@ -299,7 +300,8 @@ def _search(cfg: SearchConfig, device: torch.device) -> dict[str, Any]:
                                     cfg.sapp_rounds)
         except ValueError as e:
             raise TasError(f"--sapp-* phase lengths: {e}") from None
-        sapp = SappController(supernet, schedule, [w_opt, attn_opt])
+        sapp = SappController(supernet, schedule, [w_opt, attn_opt], anneal=cfg.sapp_anneal,
+                              widths=lambda: stepper.decode()[0])
 
     start_epoch, step, wall, history, start_in_epoch, skipped = 0, 0, 0.0, [], 0, 0
     if state is not None:
@@ -428,11 +430,14 @@ def _search(cfg: SearchConfig, device: torch.device) -> dict[str, Any]:
     finally:
         writer.close()
 
-    widths, depths, projection_steps = stepper.decode()
+    # SA++: widths within the last phase's masks, then the masks become exactly the kept blocks
+    widths, depths, projection_steps = stepper.decode(caps=sapp.caps() if sapp is not None else None)
     arch = supernet.make_arch(widths, depths, meta=dict(
         epochs=cfg.epochs, projection_steps=projection_steps, metric=cfg.metric, target_ratio=cfg.ratio,
         tolerance=cfg.tolerance, fill_budget=cfg.fill, seed=cfg.seed, dataset=cfg.dataset, teacher=str(cfg.teacher),
         space=supernet.space.to_dict()))
+    if sapp is not None:
+        sapp.finalize(arch)
     within = stepper.within(widths, depths)
     supernet.set_arch(arch)
     recalibrate_bn(supernet, loaders["train"], device)

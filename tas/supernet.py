@@ -46,6 +46,8 @@ class GroupState(nn.Module):
             selection keeps the canonical order; SA++ ranks blocks by attention.
         attn_logits: SA++ block-attention logits (None under prefix selection).
         mask: SA++ block mask (True = kept), fixed during sparse phases.
+        attn_strength: how much of the SA++ attention applies (a 0-dim buffer): 1, unless
+            :class:`~tas.attention.SappController` anneals it to 0 (attention 1) over the last phase.
         active: channels the network currently computes (ascending channel ids).
         fragments: in search mode, ``(candidate, positions, channels, weight)`` per sampled
             candidate: its channels' positions within ``active`` and their channel ids (None for
@@ -72,6 +74,8 @@ class GroupState(nn.Module):
             ch = torch.arange(self.channels)
             self.register_buffer("block_of", (ch % per) if self.conv_groups > 1 else ch // self.block_size)
             self.density = self.widths[0] / self.channels
+            self.register_buffer("attn_strength", torch.ones(()))
+        self._scale: torch.Tensor | None = None  # this search-mode forward's scale(), see sample()
         self._cache: dict[int, torch.Tensor] = {}
         self.active: torch.Tensor = torch.arange(self.channels)
         self.fragments: list[tuple[int, Any, Any, Any]] | None = None
@@ -116,12 +120,40 @@ class GroupState(nn.Module):
                 self.mask[ranking[-n_pruned:]] = False
         self.rank_by_attention()
 
-    def channel_scale(self) -> torch.Tensor | None:
-        """Per active channel multiplier in search mode: SA++ attention × mask (None under prefix)."""
-        if self.attn_logits is None or self.fragments is None:
+    def scale(self) -> torch.Tensor | None:
+        """Every channel's SA++ multiplier, by channel id (None under prefix selection).
+
+        ``(1 + strength·(A − 1)) × mask`` of its block: the attention A while ``attn_strength`` is 1,
+        1 when it is 0; masked blocks get 0. Strictly positive on unmasked blocks (A is clipped to
+        ``[density, 1/density]``), which is what lets it commute with a ReLU.
+        """
+        if self.attn_logits is None:
             return None
-        a = self.attention() * self.mask
-        return a.index_select(0, self.block_of.index_select(0, self.active))
+        a = self.attention()
+        strength = float(self.attn_strength)
+        if strength != 1.0:
+            a = 1 + strength * (a - 1)
+        return (a * self.mask).index_select(0, self.block_of)
+
+    def scale_at(self, channels: Any) -> torch.Tensor | None:
+        """:meth:`scale` at ``channels`` (None: all, an int ``n``: the first n, else channel ids).
+
+        In search mode the scale :meth:`sample` computed for this forward pass; in hard mode a fresh
+        one, so that hard mode, search mode and the materialised network apply the same multiplier.
+        """
+        if self.attn_logits is None:
+            return None
+        s = self._scale if self.fragments is not None and self._scale is not None else self.scale()
+        if channels is None:
+            return s
+        return s[:channels] if isinstance(channels, int) else s.index_select(0, channels)
+
+    def _load_from_state_dict(self, state_dict: dict, prefix: str, *args: Any, **kwargs: Any) -> None:
+        # States written before attn_strength existed applied the full attention.
+        if self.attn_logits is not None:
+            state_dict.setdefault(prefix + "attn_strength", torch.ones(()))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        self._cache.clear()  # a loaded ranking replaces `order` behind the candidate index cache
 
     # -- selection --------------------------------------------------------------------------
     def probs(self) -> torch.Tensor:
@@ -130,6 +162,8 @@ class GroupState(nn.Module):
         return torch.softmax(self.alpha, dim=-1)
 
     def sample(self, tau: float, k: int, generator: torch.Generator | None = None) -> None:
+        # one attention computation per forward pass, shared by every layer writing the group
+        self._scale = self.scale()
         if self.alpha is None:
             self.active, self.fragments = self.candidate_indices(0), [(0, None, None, None)]
             return
@@ -156,7 +190,7 @@ class GroupState(nn.Module):
 
     def set_hard(self, indices: torch.Tensor) -> None:
         self.active = indices.to(self.order.device)
-        self.fragments = None
+        self.fragments, self._scale = None, None
         w = indices.numel()
         self.hard_candidate = self.widths.index(w) if w in self.widths else None
 

@@ -23,10 +23,19 @@ def test_attention_has_mean_one_and_respects_clip(scale):
     assert torch.all(a[torch.argsort(logits)].diff() >= -1e-6)
 
 
-def test_attention_is_differentiable():
-    logits = torch.randn(8, requires_grad=True)
-    (constrained_attention(logits, 0.3, 1 / 0.3) * torch.arange(8.0)).sum().backward()
-    assert logits.grad.abs().sum() > 0
+def test_attention_gradient_is_the_softmax_jacobian_on_unclipped_entries():
+    """The projection's shift is a constant of the backward: d/dL Σ c_i·A_i = n·p_j·(c_j·[j free]
+    − Σ_{i free} p_i·c_i), where p = softmax(L) and "free" are the entries inside the clip bounds."""
+    logits = torch.tensor([3.0, 0.5, 0.0, -0.2, -1.0, -2.5, 1.0, 0.2], dtype=torch.float64, requires_grad=True)
+    c = torch.tensor([1.0, -2.0, 0.5, 3.0, -1.0, 2.0, 0.0, 1.5], dtype=torch.float64)
+    lo, hi = 0.3, 2.5
+    a = constrained_attention(logits, lo, hi)
+    (a * c).sum().backward()
+    free = (a > lo + 1e-9) & (a < hi - 1e-9)
+    assert 0 < int(free.sum()) < 8  # both kinds of entries occur
+    n, p = 8, torch.softmax(logits.detach(), dim=0)
+    expected = n * p * (c * free - (p * c * free).sum())
+    assert torch.allclose(logits.grad, expected, atol=1e-9)
 
 
 def test_sparsity_ramp_formula():
@@ -120,8 +129,8 @@ def test_sapp_architectures_materialise_exactly(name, size):
     x = torch.randn(2, *size)
     for _ in range(2):
         arch = s.random_arch(gen)
-        assert any(g["indices"] != sorted(g["indices"])[: g["width"]] or g["indices"][0] != 0
-                   for g in arch.groups.values())
+        # the attention's ranking, not the first channels, decides what is kept
+        assert any(g["indices"] != list(range(g["width"])) for g in arch.groups.values())
         s.set_arch(arch)
         with torch.no_grad():
             slim = materialize(s, arch).eval()
@@ -152,3 +161,52 @@ def test_sapp_search_end_to_end(tmp_path, teacher_run, search_script):
     assert "sapp_mask" in tags["images"] and "attention/layer3" in tags["histograms"]
     phases = [e.value for e in acc.Scalars("sapp/phase")]
     assert phases[0] == 0 and max(phases) >= 2  # warm-up, then sparsification and a sparse phase
+
+
+def _one_candidate(s, arch):
+    """Search mode that can only draw ``arch``: its width and depth logits one-hot (−1e4 elsewhere,
+    so the Gumbel weights are exactly 1 and 0) and one fragment per group. The attention and the
+    per-candidate BNs are search mode's own."""
+    with torch.no_grad():
+        for n, g in s.groups().items():
+            if g.alpha is not None:
+                g.alpha.fill_(-1e4)[g.widths.index(arch.groups[n]["width"])] = 0
+        for key, beta in s.betas.items():
+            beta.fill_(-1e4)[s.stage_depths[key.replace("__", ".")].index(arch.stages[key.replace("__", ".")]["depth"])] = 0
+    s.k, s.generator = 1, torch.Generator().manual_seed(0)
+    return s.search()
+
+
+@pytest.mark.parametrize("name,size", [("cifar_resnet20", (1, 16, 16)), ("mobilenetv3_small_050", (3, 32, 32))])
+def test_hard_mode_and_slim_apply_the_attention_as_search_mode_does(name, size):
+    """Hard mode == search mode restricted to one candidate == the slim network, with attention
+    and masks that change the output. MobileNetV3 has fused hard-swish BNs (the attention must
+    scale before the activation to fold into γ, β) and a BN-less head conv (folded into the conv)."""
+    from conftest import perturb_bn
+
+    s, _, _ = _sapp_supernet(name, size)
+    perturb_bn(s)
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for g in s.groups().values():
+            if g.attn_logits is not None:
+                g.attn_logits.copy_(2 * torch.randn(g.attn_logits.shape, generator=gen))
+                g.prune_lowest(1 if g.attn_logits.numel() > 2 else 0)
+    arch = s.random_arch(gen)
+    x = torch.randn(2, *size)
+    s.eval()
+    with torch.no_grad():
+        hard = s.set_arch(arch)(x)
+        slim = materialize(s, arch).eval()(x)
+        for g in s.groups().values():
+            if g.attn_logits is not None:
+                g.attn_strength.fill_(0.0)
+        without = s(x)  # the attention ignored (masks kept): must differ, or the test proves nothing
+        for g in s.groups().values():
+            if g.attn_logits is not None:
+                g.attn_strength.fill_(1.0)
+        search = _one_candidate(s, arch)(x)
+    scale = 1 + hard.abs().max()  # perturbed BNs make MobileNetV3's logits large: compare relatively
+    assert (hard - without).abs().max() > 1e-2 * scale
+    assert (search - hard).abs().max() <= 1e-6 * scale
+    assert (slim - hard).abs().max() <= 1e-5 * scale
