@@ -15,8 +15,7 @@ distillation's test split (the full 10k test set by default), the exact FLOPs ra
 against ``prefix``, and diagnostics (``--no-diagnose`` skips them) that separate *which channels*
 from *how many*: the teacher-inherited network before any training (BN recalibrated) of each
 architecture, of the same widths with prefix channels and with the teacher's largest-|γ| channels,
-and for SA++ the hard-mode top-1 with the learned attention folded into the BN affine parameters
-(``sapp_diagnosis.py``).
+and for SA++ the hard-mode top-1 with and without the learned attention (``sapp_diagnosis.py``).
 
 Data: ``--limit`` caps every split of the teacher/distillation runs (class-balanced, deterministic;
 10000 = 1,000 training images per class, and the test split's 10,000 is the full test set). The
@@ -376,8 +375,9 @@ def write_report(args: argparse.Namespace, variants: list[tuple[str, dict]], tea
               "batches, the distillation's test split): the cell's own architecture, the same widths/depths with the first "
               "channels (prefix), and with the teacher's largest-Σ|γ| channels. For SA++ cells also the "
               "search's hard-mode network (supernet weights, BN recalibrated) without and with the learned "
-              "attention folded into the BN affine parameters (search mode multiplies every channel by it; "
-              "hard mode and the materialised network do not), and how the attention ranked blocks.", "",
+              "attention × mask (search mode multiplies every channel by it; hard mode and the materialised "
+              "network now do too, folded into the BN affine parameters; 'unfolded' drops it, as they did "
+              "before), and how the attention ranked blocks.", "",
               "| FLOPs target | selection | seed | inherited: own / prefix / largest-Σ\\|γ\\| | hard-mode: unfolded → folded | "
               "groups not prefix | masked blocks kept | median max/min attention |",
               "|---|---|---|---|---|---|---|---|"]

@@ -69,30 +69,18 @@ def teacher_gamma_ranking(teacher: torch.nn.Module) -> dict[str, list[int]]:
             for n, g in graph.groups.items()}
 
 
-def fold_attention(supernet: Any) -> int:
-    """Multiply each SA++ group's BN affine at its active channels by attention × mask (in place).
+def drop_attention(supernet: Any) -> None:
+    """Hard mode as it was before it applied the SA++ attention: every group's attention strength 0
+    (attention 1) and its mask lifted, in place.
 
-    In search mode a group's BN output is scaled by its block attention (``mix_fragments``); hard
-    mode and the materialised network drop that scale. Since every ResNet group is written by BNs
-    followed by ReLU / the residual sum / pooling (positively homogeneous), folding the scale into
-    γ and β reproduces the search-mode channel scaling exactly. Returns how many BNs were folded.
+    Hard mode and the materialised network multiply each channel by attention × mask, as search
+    mode does (folded into the BN affine in the slim network); this undoes that, for comparison.
     """
-    from tas.ops import SearchBN, SearchConv
-
-    folded = 0
     with torch.no_grad():
-        for m in supernet.modules():
-            if isinstance(m, SearchConv) and m.mix and m.out_group[0].attn_logits is not None:
-                raise RuntimeError("a BN-less group (SearchConv mix) is not handled by this fold")
-            if not isinstance(m, SearchBN) or m.group[0].attn_logits is None:
-                continue
-            g = m.group[0]
-            bn, _ = m._hard()
-            scale = (g.attention() * g.mask)[g.block_of[g.active]]
-            bn.weight[g.active] = bn.weight[g.active] * scale
-            bn.bias[g.active] = bn.bias[g.active] * scale
-            folded += 1
-    return folded
+        for g in supernet.groups().values():
+            if g.attn_logits is not None:
+                g.attn_strength.fill_(0.0)
+                g.mask.fill_(True)
 
 
 def sapp_stats(supernet: Any, arch: Arch) -> dict[str, Any]:
@@ -145,14 +133,12 @@ def diagnose(cell: Path, teacher_dir: Path, evaluator: Evaluator) -> dict[str, A
         sn = create_supernet(teacher, scfg["space"], input_size=arch.input_size, model_name=arch.model,
                              model_kwargs=arch.model_kwargs, selection="sapp", block_size=scfg["block_size"])
         sn.load_state_dict(load_weights(sdir / "supernet.safetensors"))
-        for g in sn.groups().values():
-            g._cache.clear()  # rankings were loaded into `order` behind the index cache
         if scfg["k"] is not None:
             sn.k = scfg["k"]
         sn.set_arch(arch)
         res["sapp"] = sapp_stats(sn, arch)
+        res["hard_top1_folded_recal"] = evaluator.recal_top1(sn)  # hard mode applies attention × mask
+        drop_attention(sn)
         res["hard_top1_unfolded_recal"] = evaluator.recal_top1(sn)
-        fold_attention(sn)
-        res["hard_top1_folded_recal"] = evaluator.recal_top1(sn)
     atomic_write_json(out, res)
     return res

@@ -63,17 +63,17 @@ def _folded_searchbn_forward(self, x: torch.Tensor) -> torch.Tensor:
         scaled = weight is not None and _foldable(bn)
         if scaled:
             bn = _ScaledBN(bn, weight)
+        scale = g.scale_at(chans)  # SA++ attention at the fragment's channels (None under prefix)
         if pos is None:
-            y = tas_ops.batch_norm_at(bn, x, chans)
+            y = tas_ops.batch_norm_at(bn, x, chans, scale)
         elif isinstance(pos, int):
-            y = tas_ops.channel_interp(tas_ops.batch_norm_at(bn, x[:, :pos], chans), width)
+            y = tas_ops.channel_interp(tas_ops.batch_norm_at(bn, x[:, :pos], chans, scale), width)
         else:
-            y = tas_ops.channel_interp(tas_ops.batch_norm_at(bn, x.index_select(1, pos), chans), width)
+            y = tas_ops.channel_interp(tas_ops.batch_norm_at(bn, x.index_select(1, pos), chans, scale), width)
         if weight is not None and not scaled:
             y = y * weight
         out = y if out is None else out + y
-    scale = g.channel_scale() if hasattr(g, "channel_scale") else None
-    return out if scale is None else out * scale.view(1, -1, 1, 1)
+    return out
 
 
 def _fused_searchbn_forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -94,7 +94,7 @@ def _fused_searchbn_forward(self, x: torch.Tensor) -> torch.Tensor:
             or any(not (p is None or isinstance(p, int)) or not (c is None or isinstance(c, int)) for _, p, c, _ in frags)
             or any(not bns[j].affine or not bns[j].track_running_stats or hasattr(bns[j], "act")
                    or bns[j].eps != bns[0].eps for j, *_ in frags)
-            or (hasattr(g, "channel_scale") and g.channel_scale() is not None)):
+            or getattr(g, "attn_logits", None) is not None):
         return _ORIG["SearchBN.forward"](self, x)
     C = x.shape[1]
     mean, var = x.new_zeros(C), x.new_ones(C)
