@@ -85,7 +85,13 @@ class ArchStepper:
             raise DivergedError(f"architecture loss is {loss_value} (non-finite: {', '.join(bad) or 'sum'})")
         self.optimizer.step()
         return {"arch_loss": loss_value, "arch_ce": ce_value, "cost_loss": lc_value,
-                "expected_ratio": expected.item() / self.full, "derived_ratio": current / self.full}
+                "expected_ratio": expected.item() / self.full, "derived_ratio": current / self.full,
+                "band_low": self.band_low / self.full}
+
+    @property
+    def band_low(self) -> float:
+        """The bottom of the budget band the decode aims for (the target itself with ``fill``)."""
+        return self.target if self.fill else self.target - self.tolerance * self.full
 
     def _cost_of(self, widths: dict[str, int], depths: dict[str, int]) -> float:
         if self.metric == "latency":
@@ -155,7 +161,7 @@ class ArchStepper:
                     best = (value, trial, trial_cost)
             return None if best is None else best[1:]
 
-        low = self.target if self.fill else self.target - self.tolerance * self.full
+        low = self.band_low
         cost, moves = self._cost_of(*arch(idx)), 0
         steps = [
             # over budget: down, least log-probability given up per unit of cost saved

@@ -36,7 +36,7 @@ from .rundir import is_finished_run, load_run, run_lock, save_run
 from .attention import PHASES, SappController, SappSchedule
 from .sampling import tau_at
 from .supernet import Supernet, create_supernet
-from .tb import log_attention, log_distributions
+from . import tb
 
 __all__ = ["SearchConfig", "search", "ArchStepper", "SappController", "recalibrate_bn"]
 
@@ -233,7 +233,6 @@ def search(args: Any) -> dict[str, Any]:
 def _search(cfg: SearchConfig, device: torch.device) -> dict[str, Any]:
     from .data import create_loaders
     from .materialize import materialize
-    from .tb import create_writer
     from .training import seed_everything
 
     out = Path(cfg.output)
@@ -344,7 +343,8 @@ def _search(cfg: SearchConfig, device: torch.device) -> dict[str, Any]:
                                     "the last good checkpoint is kept")
 
     distributed.barrier()  # every rank has checked --output before rank 0 writes to it
-    writer = create_writer(out, purge_step=step + 1 if cfg.resume else None)
+    writer = tb.create_writer(out, purge_step=step + 1 if cfg.resume else None)
+    writer.add_custom_scalars(tb.runs.SEARCH_LAYOUT)
     print(f"searching {tconfig['model']} on {cfg.dataset}: target {cfg.metric} ratio {cfg.ratio} "
           f"(±{cfg.tolerance} below{', decoded up to the target' if cfg.fill else ''}), {sum(p.numel() for p in supernet.arch_parameters())} architecture logits")
     try:
@@ -414,13 +414,7 @@ def _search(cfg: SearchConfig, device: torch.device) -> dict[str, Any]:
             recalibrate_bn(supernet, loaders["train"], device)
             val = engine.evaluate(supernet, loaders["test"], device)
             supernet.search()
-            log_distributions(writer, supernet, step)
-            if sapp is not None:
-                log_attention(writer, supernet, step)
-            writer.add_scalar("search/val_top1", val["top1"], step)
-            writer.add_scalar("search/derived_flops_ratio", arch.flops_ratio, step)
-            writer.add_scalar("search/derived_params_ratio", arch.params_ratio, step)
-            writer.add_text("arch", "\n".join(f"    {n}: {w}" for n, w in {**arch.widths, **{f'{k} (depth)': v for k, v in arch.depths.items()}}.items()), step)
+            tb.log_search_epoch(writer, supernet, arch, val["top1"], step)
             wall += time.perf_counter() - t0
             history.append({"epoch": epoch + 1, "flops_ratio": arch.flops_ratio, "params_ratio": arch.params_ratio,
                             "top1": val["top1"], "tau": supernet.tau, "widths": arch.widths, "depths": arch.depths})
@@ -428,8 +422,9 @@ def _search(cfg: SearchConfig, device: torch.device) -> dict[str, Any]:
                   f"  hard-mode test top-1 {val['top1']:.2f}%  tau {supernet.tau:.2f}", flush=True)
             snapshot(epoch + 1, 0, wall)
     finally:
-        writer.close()
+        writer.flush()  # closed once the decoded architecture is logged too
 
+    pre_decode_ratio = stepper.current_cost() / stepper.full
     # SA++: widths within the last phase's masks, then the masks become exactly the kept blocks
     widths, depths, projection_steps = stepper.decode(caps=sapp.caps() if sapp is not None else None)
     arch = supernet.make_arch(widths, depths, meta=dict(
@@ -448,6 +443,7 @@ def _search(cfg: SearchConfig, device: torch.device) -> dict[str, Any]:
                "flops_ratio": arch.flops_ratio, "params_ratio": arch.params_ratio, "target_metric": cfg.metric,
                "target_ratio": cfg.ratio, "within_tolerance": within, "wall_time_s": round(wall, 3),
                "epochs": cfg.epochs, "steps": step, "projection_steps": projection_steps,
+               "pre_decode_ratio": pre_decode_ratio,
                "skipped_steps": skipped}
     if distributed.is_active():
         # Checked, not assumed: every rank must end with rank 0's architecture (and SA++) logits.
@@ -468,6 +464,12 @@ def _search(cfg: SearchConfig, device: torch.device) -> dict[str, Any]:
                                             "data": {"img_size": info.img_size, "mean": list(info.mean),
                                                      "std": list(info.std)},
                                             "search": dataclasses.asdict(cfg)})
+    try:  # the decoded architecture is the final step, one past the last search step
+        tb.log_search_end(writer, supernet, arch, slim, step + 1)
+        tb.log_session(writer, tb.runs.search_hparams(cfg, arch, supernet.k),
+                       tb.runs.search_results(metrics), step + 1)
+    finally:
+        writer.close()
     rows = arch.summary_rows()
     print(format_table(rows, header=["group / stage", "original", "chosen"]))
     summary = [

@@ -285,7 +285,7 @@ def fit(
     Returns:
         The metrics written to ``metrics.json`` plus ``run_dir``.
     """
-    from .tb import create_writer
+    from . import tb
 
     out, device = ctx.output, ctx.device
     train_loader, test_loader = ctx.loaders["train"], ctx.loaders["test"]
@@ -336,7 +336,8 @@ def fit(
             print(f"resuming {out} at epoch {start_epoch + 1}/{cfg.epochs}")
 
     distributed.barrier()  # every rank has checked --output before rank 0 writes to it
-    writer = create_writer(out, purge_step=num_updates + 1 if cfg.resume else None)
+    writer = tb.create_writer(out, purge_step=num_updates + 1 if cfg.resume else None)
+    writer.add_custom_scalars(tb.runs.TRAIN_LAYOUT)
     result: dict[str, Any] | None = None
     try:
         def state_at(epoch_done: int, step_in_epoch: int, loss_sum: float, loss_count: int) -> dict[str, Any]:
@@ -390,7 +391,7 @@ def fit(
                                  "wall_time_s": wall_time, "history": history, "model": model.state_dict(),
                                  "optimizer": optimizer.state_dict(), "rng": rng_state()})
     finally:
-        writer.close()
+        writer.flush()  # closed once the run's graph and HParams session are logged too
     if result is None:  # nothing left to train (resumed a finished run)
         result = engine.evaluate(model, test_loader, device, per_class=True)
 
@@ -411,6 +412,13 @@ def fit(
         return {**metrics, "run_dir": str(out)}
     paths = save_run(out, model, model_name=spec.model_name, model_kwargs=spec.model_kwargs,
                      input_size=spec.input_size, metrics=metrics, extra_config=extra)
+    try:
+        tb.log_graph(writer, model, spec.input_size)
+        arch = spec.extra_config.get("arch")
+        tb.log_session(writer, tb.runs.train_hparams(cfg, ctx.mode, arch), tb.runs.train_results(metrics, arch),
+                       num_updates)
+    finally:
+        writer.close()
     for old in stale_events:  # a replaced run's TensorBoard logs go only once the new run is written
         old.unlink(missing_ok=True)
 

@@ -1,0 +1,94 @@
+"""Labelled probability heat-maps for TensorBoard's Images tab (matplotlib figures).
+
+One row per channel group (or stage), one column per candidate from the narrowest (shallowest)
+up; each cell names its candidate and shows its probability. The argmax of every row is outlined,
+the decoded final choice (when given) is starred, and cells past a row's last candidate are left
+blank. The figure grows by :data:`ROW_INCHES` per row, so a ResNet-50's ~40 groups stay readable.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+__all__ = ["ProbRow", "probability_figure", "ROW_INCHES", "DPI"]
+
+#: height of one row and width of one column, in inches; the figure is sized from them
+ROW_INCHES = 0.34
+COL_INCHES = 0.78
+#: resolution the figure is drawn at (TensorBoard stores it as a PNG of this many pixels per inch)
+DPI = 100
+_TOP, _BOTTOM, _COLORBAR = 0.85, 0.55, 0.95  # inches: title, x label, colour bar and its label
+
+ARGMAX_COLOR = "#e8175d"
+DECODED_COLOR = "#ff8c00"
+
+
+@dataclass
+class ProbRow:
+    """One row of a heat-map: a group or stage, its candidates (ascending) and their probabilities.
+
+    ``chosen`` is the candidate the final decode kept (None before the search ends).
+    """
+
+    name: str
+    candidates: Sequence[int]
+    probs: Sequence[float]
+    chosen: int | None = None
+
+
+def probability_figure(rows: Sequence[ProbRow], title: str, candidate: str = "width"):
+    """A :class:`matplotlib.figure.Figure` of ``rows`` (top to bottom in the given order).
+
+    ``candidate`` names what the columns count (``width`` or ``depth``); it labels the x axis and
+    prefixes each cell's candidate value. The colour scale is fixed to [0, 1], so figures of
+    different epochs compare by colour.
+    """
+    import numpy as np
+    from matplotlib import colormaps
+    from matplotlib.figure import Figure
+    from matplotlib.patches import Rectangle
+
+    n = len(rows)
+    m = max((len(r.candidates) for r in rows), default=1)
+    values = np.full((max(n, 1), m), np.nan)
+    for i, r in enumerate(rows):
+        values[i, : len(r.probs)] = [float(p) for p in r.probs]
+    label_in = 0.35 + 0.075 * max((len(r.name) for r in rows), default=4)
+    width = label_in + m * COL_INCHES + _COLORBAR
+    height = _TOP + _BOTTOM + max(n, 1) * ROW_INCHES
+    fig = Figure(figsize=(width, height), dpi=DPI)
+    ax = fig.add_axes((label_in / width, _BOTTOM / height, m * COL_INCHES / width, max(n, 1) * ROW_INCHES / height))
+    cax = fig.add_axes(((label_in + m * COL_INCHES + 0.15) / width, _BOTTOM / height, 0.15 / width,
+                        max(n, 1) * ROW_INCHES / height))
+    cmap = colormaps["viridis"].with_extremes(bad="white")  # a missing candidate is a blank cell
+    image = ax.imshow(np.ma.masked_invalid(values), cmap=cmap, vmin=0.0, vmax=1.0, aspect="auto",
+                      interpolation="nearest")
+    fig.colorbar(image, cax=cax).set_label("probability", fontsize=8)
+    cax.tick_params(labelsize=7)
+
+    for i, r in enumerate(rows):
+        best = max(range(len(r.probs)), key=lambda j: float(r.probs[j])) if len(r.probs) else None
+        for j, (c, p) in enumerate(zip(r.candidates, r.probs)):
+            p = float(p)
+            ax.text(j, i, f"{c}\n{p:.2f}", ha="center", va="center", fontsize=7, linespacing=0.95,
+                    color="black" if p > 0.55 else "white")
+            if j == best:
+                ax.add_patch(Rectangle((j - 0.46, i - 0.44), 0.92, 0.88, fill=False, lw=2.0,
+                                       edgecolor=ARGMAX_COLOR, label="argmax"))
+            if r.chosen is not None and c == r.chosen:
+                ax.plot(j - 0.36, i - 0.22, marker="*", ms=9, mfc=DECODED_COLOR, mec="black", mew=0.6,
+                        label="decoded")
+    ax.set_yticks(range(n), [r.name for r in rows], fontsize=8)
+    ax.set_xticks(range(m), [f"{j + 1}" for j in range(m)], fontsize=7)
+    ax.set_xlabel(f"candidate {candidate}s, narrowest first (cell: {candidate} / probability)"
+                  if candidate == "width" else
+                  f"candidate {candidate}s, shallowest first (cell: {candidate} / probability)", fontsize=8)
+    ax.set_xticks(np.arange(-0.5, m), minor=True)
+    ax.set_yticks(np.arange(-0.5, max(n, 1)), minor=True)
+    ax.grid(which="minor", color="white", linewidth=1.0)
+    ax.tick_params(which="minor", length=0)
+    decoded = any(r.chosen is not None for r in rows)
+    fig.suptitle(title, fontsize=10, x=0.02, ha="left", y=1 - 0.12 / height, va="top")
+    fig.text(0.02, 1 - 0.42 / height, "box: argmax" + ("    ★: decoded final choice" if decoded else ""),
+             fontsize=8, ha="left", va="top", color="#333333")
+    return fig
