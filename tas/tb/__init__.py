@@ -49,6 +49,8 @@ def _padded(rows: Sequence[torch.Tensor]) -> torch.Tensor:
 class _NullWriter:
     """Stands in for a ``SummaryWriter`` on ranks other than 0: every call does nothing."""
 
+    file_writer = None  # what writes raw summaries (HParams, graphs) checks for this
+
     def __getattr__(self, name: str):
         return lambda *args, **kwargs: None
 

@@ -54,7 +54,7 @@ def probability_figure(rows: Sequence[ProbRow], title: str, candidate: str = "wi
     for i, r in enumerate(rows):
         values[i, : len(r.probs)] = [float(p) for p in r.probs]
     label_in = 0.35 + 0.075 * max((len(r.name) for r in rows), default=4)
-    width = label_in + m * COL_INCHES + _COLORBAR
+    width = max(label_in + m * COL_INCHES + _COLORBAR, 0.4 + 0.085 * len(title))  # the title fits
     height = _TOP + _BOTTOM + max(n, 1) * ROW_INCHES
     fig = Figure(figsize=(width, height), dpi=DPI)
     ax = fig.add_axes((label_in / width, _BOTTOM / height, m * COL_INCHES / width, max(n, 1) * ROW_INCHES / height))
@@ -89,6 +89,9 @@ def probability_figure(rows: Sequence[ProbRow], title: str, candidate: str = "wi
     ax.tick_params(which="minor", length=0)
     decoded = any(r.chosen is not None for r in rows)
     fig.suptitle(title, fontsize=10, x=0.02, ha="left", y=1 - 0.12 / height, va="top")
-    fig.text(0.02, 1 - 0.42 / height, "box: argmax" + ("    ★: decoded final choice" if decoded else ""),
-             fontsize=8, ha="left", va="top", color="#333333")
+    fig.text(0.02, 1 - 0.42 / height, "□ box: argmax", fontsize=8, ha="left", va="top", color=ARGMAX_COLOR,
+             fontweight="bold")
+    if decoded:
+        fig.text(0.02 + 1.3 / width, 1 - 0.42 / height, "★ star: decoded final choice (arch.json)", fontsize=8,
+                 ha="left", va="top", color="#b35900", fontweight="bold")
     return fig

@@ -53,6 +53,8 @@ HPARAMS: dict[str, tuple[type, str]] = {
     "kd_alpha": (float, "distillation: weight of the KD term (0 with --no-kd)"),
     "kd_temperature": (float, "distillation: KD temperature"),
 }
+#: the HParams tab shows five columns at first: those an experiment marks ``differs``, by name
+SHOWN_FIRST = ("stage", "selection", "ratio", "epochs", "seed")
 #: results, as ``hparams/<name>`` scalars: name -> description
 METRICS: dict[str, str] = {
     "flops_ratio": "FLOPs kept (fraction of the original)",
@@ -130,7 +132,8 @@ def log_session(writer: Any, hparams: Mapping[str, Any], results: Mapping[str, f
     kinds = {str: api_pb2.DATA_TYPE_STRING, float: api_pb2.DATA_TYPE_FLOAT64}
     experiment = api_pb2.Experiment(
         description="tas runs: teacher, search and distillation",
-        hparam_infos=[api_pb2.HParamInfo(name=n, type=kinds[t], description=d) for n, (t, d) in HPARAMS.items()],
+        hparam_infos=[api_pb2.HParamInfo(name=n, type=kinds[t], description=d, differs=n in SHOWN_FIRST)
+                      for n, (t, d) in HPARAMS.items()],
         metric_infos=[api_pb2.MetricInfo(name=api_pb2.MetricName(tag=f"hparams/{n}"), display_name=n, description=d)
                       for n, d in METRICS.items()])
     start = plugin_data_pb2.SessionStartInfo(start_time_secs=time.time())

@@ -162,6 +162,9 @@ def log_search_end(writer: Any, supernet: Any, arch: Any, slim: torch.nn.Module 
     log_distributions(writer, supernet, step, decoded=arch, histograms=False)
     writer.add_scalar("search/derived_flops_ratio", arch.flops_ratio, step)
     writer.add_scalar("search/derived_params_ratio", arch.params_ratio, step)
-    writer.add_text("arch", arch_markdown(arch, supernet, "final, decoded (arch.json)"), step)
+    moves = arch.meta.get("projection_steps")
+    title = "final, decoded (arch.json)" + (f": the decode moved the last argmax {moves} candidate step(s)"
+                                            if moves else ": the last argmax, already within the budget")
+    writer.add_text("arch", arch_markdown(arch, supernet, title), step)
     if slim is not None:
         log_graph(writer, slim, arch.input_size)
