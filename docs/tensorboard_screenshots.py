@@ -12,7 +12,8 @@ unless "Show actual image size" is ticked, and these are the actual images. Need
 
 The browser profile is a fresh temporary one whose local storage is seeded first (a page served
 from TensorBoard's future address): "Ignore outliers in chart scaling" off, so a chart of a few
-points shows all of them, as a user would set it for a short run.
+points shows all of them, as a user would set it for a short run; and in the URL, smoothing 0 (a
+few per-epoch points smoothed would show values never logged).
 """
 from __future__ import annotations
 
@@ -31,12 +32,12 @@ from pathlib import Path
 
 #: file name -> (URL fragment, window width, window height); the fragment selects the tab and filters tags
 SHOTS = {
-    "custom_scalars": ("#custom_scalars", 1400, 1250),
-    "scalars": ("#scalars&tagFilter=val_top1%7Cderived_flops%7Cband_low", 1400, 620),
+    "custom_scalars": ("#custom_scalars&_smoothingWeight=0", 1400, 760),
+    "scalars": ("#scalars&_smoothingWeight=0&tagFilter=val_top1%7Cderived_flops", 1400, 520),
     "images": ("#images&tagFilter=width_probs", 1400, 900),
     "histograms": ("#histograms&tagFilter=width%2Flayer%5B12%5D%5C.0", 1400, 900),
     "text": ("#text&tagFilter=arch", 1400, 1350),
-    "hparams": ("#hparams", 2000, 560),
+    "hparams": ("#hparams", 2700, 520),
     "graphs": ("#graphs&run=search", 1400, 900),
 }
 
@@ -68,7 +69,7 @@ def _wait_for(url: str, seconds: float = 60.0) -> None:
 
 
 #: local-storage entries TensorBoard's dashboards read their settings from (legacy ones, then Time Series)
-SETTINGS = {"_ignoreYOutliers": "false", "_tb_global_settings": '{"ignoreOutliers": false}'}
+SETTINGS = {"_ignoreYOutliers": "false", "_tb_global_settings": '{"ignoreOutliers": false, "scalarSmoothing": 0}'}
 
 
 def _seed_settings(browser: str, profile: Path, port: int) -> None:
@@ -82,8 +83,11 @@ def _seed_settings(browser: str, profile: Path, port: int) -> None:
     page = Path(tempfile.mkdtemp(prefix="tb-seed-"))
     script = "".join(f"localStorage.setItem({json.dumps(k)}, {json.dumps(v)});" for k, v in SETTINGS.items())
     (page / "seed.html").write_text(f"<html><body><script>{script}document.title='seeded'</script></body></html>")
-    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(page))
-    handler.log_message = lambda *a, **k: None
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args: object) -> None:
+            pass
+
+    handler = functools.partial(Quiet, directory=str(page))
     with http.server.ThreadingHTTPServer(("127.0.0.1", port), handler) as server:
         threading.Thread(target=server.serve_forever, daemon=True).start()
         subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", f"--user-data-dir={profile}",
@@ -103,8 +107,7 @@ def save_final_figures(run: Path, out: Path) -> list[Path]:
     for tag in ("width_probs", "depth_probs"):
         if tag in acc.Tags()["images"]:
             path = out / f"{tag}_final.png"
-            path.write_bytes(acc.Images(tag)[-1].encoded_image_string)
-            _shrink(path)
+            path.write_bytes(acc.Images(tag)[-1].encoded_image_string)  # as written: a palette would band the colours
             written.append(path)
     return written
 

@@ -56,13 +56,13 @@ HPARAMS: dict[str, tuple[type, str]] = {
 #: the HParams tab shows five columns at first: those an experiment marks ``differs``, by name
 SHOWN_FIRST = ("stage", "selection", "ratio", "epochs", "seed")
 #: results, as ``hparams/<name>`` scalars: name -> description
-METRICS: dict[str, str] = {
+METRICS: dict[str, str] = {  # in the order of the HParams table's columns
+    "top1": "trained / distilled test top-1",
+    "top1_hard_mode": "search: hard-mode test top-1 of the decoded architecture",
     "flops_ratio": "FLOPs kept (fraction of the original)",
     "params_ratio": "params kept (fraction of the original)",
     "pre_decode_ratio": "search: argmax cost ratio before the decode",
     "decode_moves": "search: candidate steps the decode took",
-    "top1_hard_mode": "search: hard-mode test top-1 of the decoded architecture",
-    "top1": "trained / distilled test top-1",
     "measured_latency_ratio": "latency search: measured latency ratio of the slim network",
 }
 
