@@ -37,7 +37,7 @@ SHOTS = {
     "images": ("#images&tagFilter=width_probs", 1400, 900),
     "histograms": ("#histograms&tagFilter=width%2Flayer%5B12%5D%5C.0", 1400, 900),
     "text": ("#text&tagFilter=arch", 1400, 1350),
-    "hparams": ("#hparams", 2700, 520),
+    "hparams": ("#hparams", 3000, 520),
     "graphs": ("#graphs&run=search", 1400, 900),
 }
 
