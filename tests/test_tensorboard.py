@@ -5,6 +5,7 @@ event file, where a figure is a PNG whose height grows by :data:`tas.tb.figures.
 """
 import json
 import math
+import re
 
 import pytest
 import torch
@@ -200,7 +201,6 @@ def test_search_custom_scalars_budget_and_losses(runs):
     charts = {c.title: list(c.multiline.tag) for cat in layout.category for c in cat.chart}
     budget = next(tags for title, tags in charts.items() if title.startswith("budget"))
     scalars = acc.Tags()["scalars"]
-    import re
     matched = {t for rx in budget for t in scalars if re.search(rx, t)}
     assert matched == {"search/target_ratio", "search/band_low", "search/expected_ratio", "search/derived_ratio"}
     band = acc.Scalars("search/band_low")[-1].value
