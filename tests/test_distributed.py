@@ -37,6 +37,7 @@ def arch_logits(run: Path) -> dict[str, torch.Tensor]:
     return {k: v for k, v in state.items() if k.endswith(".alpha") or k.startswith("betas.")}
 
 
+@pytest.mark.slow  # a two-process/kill-9 search: the longest tests; `pytest -m slow`
 def test_two_process_search_equals_single_process(tmp_path, teacher_run, search_script):
     single, ddp = tmp_path / "single", tmp_path / "ddp"
     args = ["--teacher", str(teacher_run), *SEARCH]
@@ -85,6 +86,7 @@ def test_two_process_training_writes_one_run(tmp_path, tiny_flags):
     assert metrics["per_class_recall"] == pytest.approx(single["per_class_recall"], abs=1e-9)
 
 
+@pytest.mark.slow  # a two-process/kill-9 search: the longest tests; `pytest -m slow`
 def test_two_process_search_killed_and_resumed(tmp_path, teacher_run):
     """kill -9 of torchrun and its workers mid-epoch; --resume under torchrun ends with the same arch."""
     args = ["--teacher", str(teacher_run), "--dataset", "digits", "--limit", "256", "--batch-size", "16",

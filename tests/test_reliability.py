@@ -40,6 +40,7 @@ def test_train_kill9_and_resume_is_bit_identical(tmp_path, where):
     assert _same_weights(tmp_path / "straight" / "model.safetensors", tmp_path / "killed" / "model.safetensors")
 
 
+@pytest.mark.slow  # a two-process/kill-9 search: the longest tests; `pytest -m slow`
 def test_search_kill9_and_resume_is_identical(tmp_path, teacher_run):
     flags = ["search.py", "--teacher", str(teacher_run), "--epochs", "2", "--flops-ratio", "0.5", *DATA]
     assert _run(*flags, "--output", str(tmp_path / "straight")).returncode == 0
