@@ -1,120 +1,14 @@
 #!/usr/bin/env python
-"""Search a pruned architecture of a trained network with TAS and write arch.json.
-
-Stage 2 of the pipeline::
-
-    python search.py --teacher runs/teacher --dataset digits --flops-ratio 0.5 --epochs 2 --output runs/search
-    python search.py --config search.yaml --arch-lr 0.01     # flags override the YAML
-    python search.py --output runs/search --epochs 4 --resume
-
-Errors in what you pass print one ``error:`` line and exit with code 2.
-"""
-from __future__ import annotations
-
+"""``python search.py ...`` in a checkout: the same command as ``tas search`` (:mod:`tas.commands.search`)."""
 import os
+import sys
 
-# Two OpenMP threads spin-waiting slow every step ~100x when another process shares the cores.
+# Two OpenMP threads spin-waiting slow every step ~100x when another process shares the cores;
+# the variable is read when torch loads, so it is set before tas is imported.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-import argparse  # noqa: E402
-import sys
-from typing import Sequence
-
-from tas.baselines import METHODS
-from tas.cli import parse_args, run_main
-from tas.searching import SearchConfig
-
-
-def build_parser() -> argparse.ArgumentParser:
-    d = SearchConfig()
-    p = argparse.ArgumentParser(prog="search.py", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--config", default=None, help="YAML file of flag values; flags given here override it")
-    g = p.add_argument_group("model and space")
-    g.add_argument("--teacher", default=d.teacher, help="run directory of the trained network (train.py --output)")
-    g.add_argument("--model", default=d.model, help="timm model name; must match the teacher's (optional)")
-    g.add_argument("--method", default="tas", choices=METHODS,
-                   help="tas, or a baseline pruner on the same space (tas.baselines; ignores TAS's optimisation flags)")
-    g.add_argument("--space", default=d.space, help="search space preset name or YAML path (default: the model's preset)")
-    g.add_argument("--k", type=int, default=d.k, help="fragments sampled per group (default: the space's)")
-    g.add_argument("--selection", default=d.selection, choices=("prefix", "sapp"),
-                   help="which channels a width keeps: TAS's first ones, or SA++ block attention")
-    g.add_argument("--block-size", type=int, default=d.block_size, help="SA++ channels per block (default: the space's divisor)")
-    g.add_argument("--attn-lr", type=float, default=d.attn_lr, help="SA++ attention logits: Adam, stepped with the weights")
-    g.add_argument("--attn-weight-decay", type=float, default=d.attn_weight_decay)
-    for phase in ("warmup", "sparsify", "sparse", "dense"):
-        g.add_argument(f"--sapp-{phase}", type=float, default=getattr(d, f"sapp_{phase}"),
-                       help=f"SA++ {phase} phase length, fraction of the search")
-    g.add_argument("--sapp-rounds", type=int, default=d.sapp_rounds, help="SA++ sparsify/sparse/dense rounds")
-    g.add_argument("--sapp-anneal", action=argparse.BooleanOptionalAction, default=d.sapp_anneal,
-                   help="anneal the SA++ attention to 1 over the last phase instead of folding it into the slim network's BNs")
-    g = p.add_argument_group("budget")
-    g.add_argument("--flops-ratio", type=float, default=d.flops_ratio, help="fraction of FLOPs to keep (default 0.5)")
-    g.add_argument("--params-ratio", type=float, default=d.params_ratio, help="fraction of params to keep")
-    g.add_argument("--latency-ratio", type=float, default=d.latency_ratio,
-                   help="fraction of the original's measured latency to keep (a FLOPs/params ratio given "
-                        "beside it becomes a ceiling)")
-    g.add_argument("--runtime", default=d.runtime, choices=("ort-cpu", "torch-cpu", "torch-cuda"),
-                   help="where latency is measured (tables cached under ~/.cache/tas/latency)")
-    g.add_argument("--latency-batch", type=int, default=d.latency_batch, help="batch size latency is measured at")
-    g.add_argument("--latency-threads", type=int, default=d.latency_threads,
-                   help="threads latency is measured with (default: torch's; under torchrun, which sets "
-                        "OMP_NUM_THREADS=1, give the deployment's)")
-    g.add_argument("--tolerance", type=float, default=d.tolerance, help="accepted shortfall below the target, as a fraction of the full cost")
-    g.add_argument("--fill-budget", action=argparse.BooleanOptionalAction, default=d.fill_budget,
-                   help="decode the final architecture up to the target rather than anywhere in the tolerance "
-                        "band (default: on for --latency-ratio, off for FLOPs/params)")
-    g.add_argument("--cost-weight", type=float, default=d.cost_weight, help="weight of the cost loss in the architecture step")
-    g = p.add_argument_group("data")
-    g.add_argument("--dataset", default=d.dataset)
-    g.add_argument("--data-dir", default=d.data_dir)
-    g.add_argument("--download", action="store_true")
-    g.add_argument("--img-size", type=int, default=d.img_size, help="default: the teacher's input size")
-    g.add_argument("--no-augment", dest="augment", action="store_false",
-                   help="no random training augmentation (a distributed search then equals a single-process one)")
-    g.add_argument("--limit", type=int, default=d.limit, help="at most this many samples per split (smoke tests)")
-    g.add_argument("--workers", type=int, default=d.workers)
-    g = p.add_argument_group("optimisation")
-    g.add_argument("--epochs", type=int, default=d.epochs)
-    g.add_argument("--batch-size", type=int, default=d.batch_size)
-    g.add_argument("--lr", type=float, default=d.lr, help="weight step: Nesterov SGD, cosine")
-    g.add_argument("--momentum", type=float, default=d.momentum)
-    g.add_argument("--weight-decay", type=float, default=d.weight_decay)
-    g.add_argument("--arch-lr", type=float, default=d.arch_lr, help="architecture step: Adam, betas (0.5, 0.999)")
-    g.add_argument("--arch-weight-decay", type=float, default=d.arch_weight_decay)
-    g.add_argument("--tau-max", type=float, default=d.tau_max)
-    g.add_argument("--tau-min", type=float, default=d.tau_min)
-    g.add_argument("--tau-schedule", default=d.tau_schedule, choices=("cosine", "linear"))
-    g.add_argument("--seed", type=int, default=d.seed)
-    g = p.add_argument_group("run")
-    g.add_argument("--output", default=d.output)
-    g.add_argument("--resume", action="store_true")
-    g.add_argument("--overwrite", action="store_true")
-    g.add_argument("--device", default=d.device, choices=("auto", "cpu", "cuda"))
-    g.add_argument("--log-every", type=int, default=d.log_every)
-    g.add_argument("--checkpoint-every", type=int, default=d.checkpoint_every,
-                   help="also save the resumable state every N steps (0: only at epoch ends)")
-    g.add_argument("--nan-policy", default=d.nan_policy, choices=("stop", "skip"),
-                   help="on a NaN/inf loss: stop (exit 3, last good checkpoint kept) or skip the step")
-    g.add_argument("--no-progress", action="store_true")
-    return p
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    args = parse_args(build_parser(), argv)
-    if args.method != "tas":
-        from tas.baselines import run_baseline
-
-        if os.environ.get("RANK", "0") != "0":
-            return 0  # a baseline prunes without training: under torchrun, rank 0 runs it alone
-
-        run_baseline(args)
-        return 0
-    from tas.searching import search
-
-    search(args)
-    return 0
-
+from tas.cli import run_main  # noqa: E402
+from tas.commands.search import build_parser, main  # noqa: E402,F401  (the tests import both from here)
 
 if __name__ == "__main__":
     sys.exit(run_main(main))

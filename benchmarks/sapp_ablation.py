@@ -243,7 +243,7 @@ def run_cell(args: argparse.Namespace, teacher: Path, ratio: float, variant: str
 def distill_from_search(cfg_dict: dict[str, Any], search_dir: Path) -> dict[str, Any]:
     """``train(mode="distill")`` with the student initialised from the search's materialised network
     (supernet weights: ``tas.load_slim(search_dir)``) instead of the teacher's kept channels."""
-    from tas.distill import distill, prepare_distillation
+    from tas.distillation import distill, prepare_distillation
     from tas.materialize import load_slim
 
     cfg = training.TrainConfig.from_args(cfg_dict)

@@ -332,7 +332,7 @@ def source_has(fn: Callable, text: str) -> bool:
 
 
 #: whether tas's own weight step back-propagates into the weights only (then "as is" does too)
-WEIGHT_INPUTS_IN_TAS = source_has(searching._search, ".backward(inputs=")
+WEIGHT_INPUTS_IN_TAS = source_has(searching.Searcher._step, ".backward(inputs=")
 
 
 # ------------------------------------------------------------------------------------------------

@@ -1,24 +1,32 @@
 """tas: prune convolutional networks by differentiable architecture search.
 
+On your own model and DataLoaders (:mod:`tas.api`)::
+
+    result = tas.search(model, train_loader, val_loader, flops_ratio=0.5, epochs=2)
+    tas.distill(result.slim, model, train_loader, val_loader, epochs=3)
+    tas.export_onnx(result.slim, "slim.onnx")
+
 The pipeline, one module per step::
 
     data -> teacher (train) -> Supernet -> search -> Arch (JSON) -> materialize -> distil -> export
-    tas.data   tas.training  tas.supernet tas.searching tas.arch  tas.materialize tas.training tas.export
+    tas.data   tas.training  tas.supernet tas.searching tas.arch  tas.materialize tas.distillation tas.export
 """
-from . import models  # noqa: F401  (registers cifar_resnet* with timm)
-from .arch import Arch
-from .errors import TasError
-from .flops import count_flops, count_params
-from .materialize import build_slim, load_slim, materialize
-from .models.factory import create_model
-from .space import SearchSpace, load_space
-from .supernet import Supernet, create_supernet
-
+# The version's one home: pyproject.toml reads it from here.
 __version__ = "0.1.0"
 
-__all__ = ["Arch", "SearchSpace", "Supernet", "TasError", "build_slim", "count_flops", "count_params",
-           "create_model", "create_supernet", "export_onnx", "load_slim", "load_space", "materialize",
-           "__version__"]
+from . import models  # noqa: F401,E402  (registers cifar_resnet* with timm)
+from .api import SearchResult, distill, search  # noqa: E402
+from .arch import Arch  # noqa: E402
+from .errors import TasError  # noqa: E402
+from .flops import count_flops, count_params  # noqa: E402
+from .materialize import build_slim, load_slim, materialize  # noqa: E402
+from .models.factory import create_model  # noqa: E402
+from .space import SearchSpace, load_space  # noqa: E402
+from .supernet import Supernet, create_supernet  # noqa: E402
+
+__all__ = ["Arch", "SearchResult", "SearchSpace", "Supernet", "TasError", "build_slim", "count_flops",
+           "count_params", "create_model", "create_supernet", "distill", "export_onnx", "load_slim", "load_space",
+           "materialize", "search", "__version__"]
 
 
 def __getattr__(name: str):

@@ -18,7 +18,15 @@ import yaml
 from .errors import (EXIT_DIVERGED, EXIT_IO, EXIT_USAGE, IO_ERRNOS, DivergedError, RunIOError, TasError,
                      io_error_message)
 
-__all__ = ["parse_args", "run_main", "format_table", "config_from_args"]
+__all__ = ["parse_args", "run_main", "format_table", "config_from_args", "HelpFormatter", "DATASET_HELP"]
+
+#: ``--dataset``'s help, shared by the commands
+DATASET_HELP = ("digits, fashion-mnist, mnist, cifar10, cifar100, imagefolder, or module:function naming your "
+                "function that returns (train_dataset, test_dataset, tas.data.DatasetInfo)")
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """``--help`` with every flag's default and the examples in the epilog kept as written."""
 
 
 def _load_config(path: str) -> dict:

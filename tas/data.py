@@ -17,6 +17,11 @@ name               classes  chans  size  source
 
 Nothing is downloaded unless ``download=True`` is passed, and only the CIFAR datasets can be.
 
+Your own data: the name ``module:function`` (or ``path/to/file.py:function``) names a function of
+no arguments that returns ``(train_dataset, test_dataset, DatasetInfo)``; it is called once per
+process. Items are ``(image, label)`` as above, already at ``info.img_size``; a dataset without
+``.targets`` has its labels read once, item by item.
+
 :func:`create_loaders` wraps both splits in loaders; with ``search_split=True`` it also halves
 the training set (:func:`split_train_val`) for the bi-level search, which learns weights on
 one half and the architecture on the other.
@@ -85,10 +90,77 @@ def list_datasets() -> list[str]:
 
 
 def _lookup(name: str) -> tuple[DatasetInfo, _Builder]:
+    if ":" in name:
+        return _custom(name)
     key = name.lower().replace("_", "-")
     if key not in _DATASETS:
-        raise DataError(f"unknown dataset {name!r}; choose from: {', '.join(list_datasets())}")
+        raise DataError(f"unknown dataset {name!r}; choose from: {', '.join(list_datasets())}, "
+                        "or give module:function naming your own")
     return _DATASETS[key]
+
+
+# ---- your own data: --dataset module:function ------------------------------------------------------
+_CUSTOM: dict[str, tuple[DatasetInfo, dict[str, Dataset]]] = {}
+
+
+def _import_module(spec: str, module: str) -> Any:
+    """``module`` by dotted name (found from the working directory too, as ``python -m`` would) or
+    by the path of a ``.py`` file."""
+    import importlib
+    import importlib.util
+    import sys
+
+    try:
+        if module.endswith(".py"):
+            if not os.path.isfile(module):
+                raise DataError(f"--dataset {spec}: no such file {module}")
+            loader_spec = importlib.util.spec_from_file_location(os.path.basename(module)[:-3], module)
+            mod = importlib.util.module_from_spec(loader_spec)
+            loader_spec.loader.exec_module(mod)
+            return mod
+        if os.getcwd() not in sys.path and "" not in sys.path:
+            sys.path.append(os.getcwd())
+        return importlib.import_module(module)
+    except ImportError as e:
+        raise DataError(f"--dataset {spec}: cannot import {module} ({e})") from None
+
+
+class _Labelled(Dataset):
+    """A dataset without ``.targets`` given them (read once, item by item), for the class-balanced
+    search split and ``--limit``."""
+
+    def __init__(self, dataset: Dataset) -> None:
+        self.dataset = dataset
+        self.targets = [int(dataset[i][1]) for i in range(len(dataset))]
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+    def __getitem__(self, index: int) -> Any:
+        return self.dataset[index]
+
+
+def _custom(spec: str) -> tuple[DatasetInfo, _Builder]:
+    """The datasets ``module:function`` returns, called once per process: ``(train, test, DatasetInfo)``."""
+    if spec not in _CUSTOM:
+        module, _, attr = spec.rpartition(":")
+        if not module or not attr.isidentifier():
+            raise DataError(f"--dataset {spec!r}: expected module:function (e.g. mydata:load or "
+                            "path/to/mydata.py:load)")
+        fn = getattr(_import_module(spec, module), attr, None)
+        if not callable(fn):
+            raise DataError(f"--dataset {spec}: {module} has no function {attr}")
+        out = fn()
+        if (not isinstance(out, (tuple, list)) or len(out) != 3 or not isinstance(out[2], DatasetInfo)
+                or not all(hasattr(d, "__getitem__") and hasattr(d, "__len__") for d in out[:2])):
+            raise DataError(f"--dataset {spec}: {attr}() must return (train_dataset, test_dataset, "
+                            f"tas.data.DatasetInfo), got {type(out).__name__}"
+                            f"{' of ' + ', '.join(type(o).__name__ for o in out) if isinstance(out, (tuple, list)) else ''}")
+        train, test, info = out
+        splits = {k: d if hasattr(d, "targets") else _Labelled(d) for k, d in (("train", train), ("test", test))}
+        _CUSTOM[spec] = (replace(info, name=spec), splits)
+    info, splits = _CUSTOM[spec]
+    return info, lambda split, data_dir, download, augment, info: splits[split]
 
 
 def dataset_info(name: str, data_dir: str | None = None,
@@ -104,6 +176,9 @@ def dataset_info(name: str, data_dir: str | None = None,
     if img_size is not None:
         if not isinstance(img_size, int) or img_size < 1:
             raise DataError(f"img_size must be a positive integer, got {img_size!r}")
+        if ":" in name and img_size != info.img_size:  # a function's datasets are what they are
+            raise DataError(f"--dataset {name} yields {info.img_size} px images, not {img_size}; resize them "
+                            "in your datasets")
         info = replace(info, img_size=img_size)
     if info.name == "imagefolder":
         info = replace(info, num_classes=len(_folder_classes(data_dir, "train")))

@@ -190,7 +190,7 @@ def check_parity(model: nn.Module, path: str | os.PathLike, input_size: Sequence
     return worst
 
 
-def export_onnx(model: nn.Module, path: str | os.PathLike, input_size: Sequence[int], opset: int = 18,
+def export_onnx(model: nn.Module, path: str | os.PathLike, input_size: Sequence[int] | None = None, opset: int = 18,
                 check: bool = True, atol: float = 1e-4, exporter: str = "auto") -> dict[str, Any]:
     """Export ``model`` to one self-contained ONNX file with a dynamic batch axis, and check it.
 
@@ -201,7 +201,8 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, input_size: Sequence[
     Args:
         model: any network taking one ``(N, C, H, W)`` tensor and returning logits.
         path: the ``.onnx`` file to write (its directory is created).
-        input_size: ``(C, H, W)`` of one input.
+        input_size: ``(C, H, W)`` of one input; default: the size the architecture of a slim network
+            (``model.tas_arch``, set by :func:`tas.materialize`) was searched at.
         opset: ONNX opset, at least 17.
         check: compare ONNX Runtime with torch at batch 1 and 3 (max abs diff ≤ ``atol``) before
             the file is put in place; the ONNX checker always runs.
@@ -216,6 +217,12 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, input_size: Sequence[
         raise TasError(f"--opset must be at least {MIN_OPSET}, got {opset}")
     if exporter not in ("auto", "dynamo", "torchscript"):
         raise TasError(f"exporter must be auto, dynamo or torchscript, got {exporter!r}")
+    if input_size is None:
+        arch = getattr(model, "tas_arch", None)
+        if arch is None:
+            raise TasError("export_onnx: give input_size=(C, H, W); only a slim network from tas.materialize "
+                           "knows its own")
+        input_size = arch.input_size
     input_size = [int(x) for x in input_size]
     if len(input_size) != 3 or min(input_size) < 1:
         raise TasError(f"input_size must be [C, H, W], got {input_size}")
@@ -403,8 +410,8 @@ def summary_table(summary: Mapping[str, Any]) -> str:
     return format_table(rows, header)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m tas.export", description=__doc__.split("\n\n")[0],
+def build_parser(prog: str | None = "python -m tas.export") -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("run_dir", help="run directory to export (config.json + model.safetensors)")
     p.add_argument("--output", "-o", required=True, help="the .onnx file to write")
@@ -421,7 +428,7 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None, prog: str | None = "python -m tas.export") -> int:
     """Parse flags, export, print the table and (last line) the JSON summary; returns 0.
 
     Bad input raises :class:`TasError`; ``python -m tas.export`` runs this behind
@@ -431,7 +438,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from .checkpoint import atomic_write_json
     from .cli import parse_args
 
-    args = parse_args(build_parser(), argv)
+    args = parse_args(build_parser(prog), argv)
     summary = export_run(args.run_dir, args.output, teacher=args.teacher, batch_sizes=args.batch_sizes,
                          repeats=args.repeats, warmup=args.warmup, threads=args.threads, opset=args.opset,
                          atol=args.atol, compare=not args.no_compare)

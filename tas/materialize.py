@@ -41,6 +41,9 @@ def materialize(source: nn.Module, arch: Arch) -> nn.Module:
             per-candidate BN of each kept width) or the plain source network (e.g. the teacher,
             for ``--init inherit``).
         arch: the architecture; it must come from the same model.
+
+    Returns:
+        The slim network, carrying ``arch`` as its ``tas_arch`` attribute.
     """
     from .supernet import Supernet
 
@@ -83,6 +86,7 @@ def materialize(source: nn.Module, arch: Arch) -> nn.Module:
         slim.num_features = slim.get_submodule(head[-1].name).in_features
     finalize_slim(graph.family, slim)
     slim.pretrained_cfg = dict(getattr(source, "pretrained_cfg", None) or getattr(slim, "pretrained_cfg", {}) or {})
+    slim.tas_arch = arch  # what it is: tas.distill and tas.export_onnx read its input size and spec from here
     slim.eval() if not source.training else slim.train()
     return slim
 

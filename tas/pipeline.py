@@ -86,8 +86,8 @@ def _run_pipeline(out: Path, model: str, dataset: str, data_dir: str | None, flo
     return summary
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m tas.pipeline", description=__doc__.split("\n\n")[0])
+def build_parser(prog: str | None = "python -m tas.pipeline") -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0])
     p.add_argument("--output", default="runs/demo")
     p.add_argument("--model", default="cifar_resnet20")
     p.add_argument("--dataset", default="digits")
@@ -105,8 +105,8 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    a = parse_args(build_parser(), argv)
+def main(argv: Sequence[str] | None = None, prog: str | None = "python -m tas.pipeline") -> int:
+    a = parse_args(build_parser(prog), argv)
     run_pipeline(a.output, a.model, a.dataset, a.data_dir, a.flops_ratio, a.teacher_epochs, a.search_epochs,
                  a.distill_epochs, a.selection, a.seed, a.limit, a.img_size, not a.no_progress, a.latency_repeats)
     return 0

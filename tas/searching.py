@@ -1,6 +1,12 @@
 """The bi-level TAS search: from a trained teacher to an architecture spec.
 
-:func:`search` turns search.py's flags into a finished run directory::
+One code path, two ways in. :class:`Searcher` searches a teacher network over three loaders
+(``train`` for the weights, ``val`` for the architecture, ``test`` for the per-epoch report) in
+phases -- ``prepare`` (resume state, supernet), ``budget`` (latency table, target check, the
+architecture stepper), ``loop`` (the epochs), ``decode`` (the final architecture, its slim network
+and metrics), ``save`` (the run directory). :func:`tas.search` hands it the user's model and
+loaders; :func:`search` (search.py, ``tas search``) first reads the teacher run and builds the
+loaders of ``--dataset``. Given an output directory, both write the same run::
 
     runs/search/
       arch.json            the final argmax architecture (tas.Arch)
@@ -19,10 +25,12 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import tempfile
 import time
-from dataclasses import dataclass
+from contextlib import nullcontext
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 import torch
 import torch.nn.functional as F
@@ -36,9 +44,10 @@ from .rundir import is_finished_run, load_run, run_lock, save_run
 from .attention import PHASES, SappController, SappSchedule
 from .sampling import tau_at
 from .supernet import Supernet, create_supernet
-from . import tb
+from .tb import log_attention, log_distributions
 
-__all__ = ["SearchConfig", "search", "ArchStepper", "SappController", "recalibrate_bn"]
+__all__ = ["SearchConfig", "SearchData", "SearchResult", "Searcher", "search", "check_output", "ArchStepper",
+           "SappController", "recalibrate_bn"]
 
 
 @dataclass
@@ -78,7 +87,6 @@ class SearchConfig:
     sapp_sparse: float = 0.1
     sapp_dense: float = 0.1
     sapp_rounds: int = 2
-    sapp_anneal: bool = False
     tau_max: float = 5.0
     tau_min: float = 0.1
     tau_schedule: str = "cosine"
@@ -219,276 +227,468 @@ def load_teacher(cfg: Any) -> tuple[torch.nn.Module, dict]:
     return model, config
 
 
-def search(args: Any) -> dict[str, Any]:
-    """Run the search search.py's flags describe; returns the final metrics and the arch.
-
-    Under ``torchrun`` every rank runs this; see :mod:`tas.distributed` for what is shared.
-    Only rank 0 writes the run directory.
-    """
-    cfg = SearchConfig.from_args(args)
-    with distributed.session(cfg.device) as device, run_lock(cfg.output, enabled=distributed.is_main()):
-        return _search(cfg, device)
-
-
-def _search(cfg: SearchConfig, device: torch.device) -> dict[str, Any]:
-    from .data import create_loaders
-    from .materialize import materialize
-    from .training import seed_everything
-
+def check_output(cfg: SearchConfig) -> Path:
+    """``cfg.output``, checked against ``--resume`` / ``--overwrite`` before anything is read or written."""
     out = Path(cfg.output)
     if cfg.resume and not has_state(out):
         raise CheckpointError(f"--resume: no resumable state in {out}")
     if not cfg.resume and not cfg.overwrite and (is_finished_run(out) or has_state(out)):
         raise TasError(f"{out} already holds a search; pass --resume, --overwrite or another --output")
-    state = load_state(out) if cfg.resume else None
-    teacher, tconfig, info = load_teacher_and_data(cfg)
-    seed_everything(cfg.seed)
-    main = distributed.is_main()
-    input_size = (info.in_chans, info.img_size, info.img_size)
-    def build(space: Any) -> Supernet:
-        seed_everything(cfg.seed)  # the same α/β initialisation however often it is built
-        net = create_supernet(teacher, space, input_size=input_size, model_name=tconfig["model"],
-                              model_kwargs=tconfig["model_kwargs"], selection=cfg.selection,
-                              block_size=cfg.block_size)
-        if cfg.k is not None:
-            net.k = cfg.k
+    return out
+
+
+@dataclass
+class SearchData:
+    """What a search runs on: three loaders of ``(images, labels)`` batches and how to describe them.
+
+    Attributes:
+        train: batches for the weight step.
+        val: batches for the architecture step (cycled to ``train``'s length).
+        test: batches the derived architecture is evaluated on after every epoch and at the end.
+        input_size: ``(C, H, W)`` of one image; the costs are counted at it.
+        name: the data's name, recorded in ``arch.json`` and ``config.json``.
+        info: a :class:`~tas.data.DatasetInfo` whose normalisation ``config.json`` records, when known.
+    """
+
+    train: Iterable
+    val: Iterable
+    test: Iterable
+    input_size: tuple[int, int, int]
+    name: str = "custom"
+    info: Any = None
+
+
+@dataclass
+class SearchResult:
+    """What a search returns (:func:`tas.search`, :meth:`Searcher.run`).
+
+    Attributes:
+        arch: the final architecture (within the budget unless ``metrics["within_tolerance"]`` says not).
+        slim: its dense network, weights from the supernet (``tas.distill`` trains it further).
+        history: one entry per epoch: the derived architecture's ratios, widths, depths, test top-1, τ.
+        metrics: what ``metrics.json`` holds (``top1_hard_mode``, ``flops``, ``params``, their ratios, ...).
+        supernet: the trained supernet (weights and architecture logits).
+        run_dir: the run directory written, or ``None``.
+    """
+
+    arch: Any
+    slim: torch.nn.Module
+    history: list[dict[str, Any]]
+    metrics: dict[str, Any]
+    supernet: Supernet
+    run_dir: Path | None = None
+
+
+def _lr_factor(total_steps: int):
+    return lambda s: 0.5 * (1 + math.cos(math.pi * min(s, total_steps) / total_steps))
+
+
+@dataclass
+class _Progress:
+    """The loop's counters: what the resumable state saves beside the weights and optimisers."""
+
+    epoch: int = 0  # epochs finished
+    step: int = 0  # steps taken in all
+    in_epoch: int = 0  # steps taken in the current epoch (resuming mid-epoch)
+    wall: float = 0.0
+    skipped: int = 0
+    history: list[dict[str, Any]] = field(default_factory=list)
+    rng: Any = None  # the global RNG to restore once the resumed epoch's batch order is fixed
+
+
+class Searcher:
+    """The bi-level search of ``teacher`` (not modified) over ``data`` with the settings ``cfg``.
+
+    :meth:`run` goes through the phases in order; each is a method, so a caller (a benchmark, a
+    test) can run them one by one. With ``output=None`` the resumable state and TensorBoard events go
+    to a temporary directory that :meth:`run` removes, and nothing else is written.
+
+    Args:
+        cfg: the settings (data-loading fields are ignored: ``data`` is given).
+        teacher: the trained network of a supported family.
+        data: the loaders and their description.
+        device: where the supernet runs.
+        model_name, model_kwargs: how timm recreates the teacher (default: read from the model).
+        teacher_source: where the teacher came from, recorded in ``arch.json`` (a run directory).
+        output: the run directory, or ``None``.
+    """
+
+    def __init__(self, cfg: SearchConfig, teacher: torch.nn.Module, data: SearchData, device: torch.device, *,
+                 model_name: str | None = None, model_kwargs: dict | None = None,
+                 teacher_source: str | None = None, output: str | Path | None = None) -> None:
+        self.cfg, self.teacher, self.data, self.device = cfg, teacher, data, device
+        self.model_name, self.model_kwargs, self.teacher_source = model_name, model_kwargs, teacher_source
+        self.output = Path(output) if output is not None else None
+        self.out = self.output  # where state and events go (a temporary directory without output)
+        self.main = distributed.is_main()
+        self.progress = _Progress()
+        self.state: dict[str, Any] | None = None
+        self.latency: Any = None
+
+    def run(self) -> SearchResult:
+        """prepare → budget → loop → decode → save; the finished :class:`SearchResult`."""
+        with tempfile.TemporaryDirectory(prefix="tas-search-") if self.output is None else nullcontext() as tmp:
+            if tmp is not None:
+                self.out = Path(tmp)
+            self.prepare()
+            self.budget()
+            self.loop()
+            result = self.decode()
+            if self.output is not None and self.main:
+                self.save(result)
+        return result
+
+    # -- prepare: resume state, supernet ---------------------------------------------------------
+    def prepare(self) -> None:
+        """Read the resumable state (``--resume``), build the supernet (seeded), measure the latency
+        table where the budget or ``divisor: auto`` needs it, and place the Gumbel stream."""
+        cfg = self.cfg
+        if self.output is not None:
+            check_output(dataclasses.replace(cfg, output=str(self.output)))
+        elif cfg.resume:
+            raise TasError("resume needs an output directory to resume from")
+        self.state = load_state(self.out) if cfg.resume else None
+        self.supernet = self._build(cfg.space)
+        if cfg.metric == "latency" or self.supernet.space.divisor == "auto":
+            self.latency = _shared_latency_table(self.supernet, cfg)
+        if self.supernet.space.divisor == "auto":
+            self._align_widths()
+        self.supernet.to(self.device)
+        # The Gumbel draws: a stream of their own, seeded alike on every rank, so all ranks sample the
+        # same fragments whatever else consumes random numbers (augmentation, dropout).
+        self.supernet.generator = torch.Generator(device=self.device).manual_seed(cfg.seed)
+
+    def _build(self, space: Any) -> Supernet:
+        from .training import seed_everything
+
+        seed_everything(self.cfg.seed)  # the same α/β initialisation however often it is built
+        net = create_supernet(self.teacher, space, input_size=self.data.input_size, model_name=self.model_name,
+                              model_kwargs=self.model_kwargs, selection=self.cfg.selection,
+                              block_size=self.cfg.block_size)
+        if self.cfg.k is not None:
+            net.k = self.cfg.k
         return net
 
-    supernet = build(cfg.space)
-    latency = None
-    if cfg.metric == "latency" or supernet.space.divisor == "auto":
-        latency = _shared_latency_table(supernet, cfg)
-        if supernet.space.divisor == "auto":
-            from .latency import aligned_candidates
+    def _align_widths(self) -> None:
+        """``divisor: auto``: drop the widths the latency table finds no faster than a wider one."""
+        from .latency import aligned_candidates
 
-            if state is not None and "aligned_widths" in state:  # a re-measured table must not change them
-                widths = json.loads(state["aligned_widths"])
-            else:
-                widths = aligned_candidates(latency, {n: g.widths for n, g in supernet.groups().items()})
-            dropped = sum(len(g.widths) - len(widths[n]) for n, g in supernet.groups().items())
-            print(f"divisor auto: the latency table drops {dropped} candidate widths no faster than a wider one")
-            supernet = build(dataclasses.replace(supernet.space, widths=widths))
-    if cfg.metric == "latency":
-        latency.check_target(supernet, cfg.ratio)
-        if cfg.ceiling:
-            supernet.check_target(*cfg.ceiling)
-    else:
-        supernet.check_target(cfg.metric, cfg.ratio)
-    supernet.to(device)
-    # The Gumbel draws: a stream of their own, seeded alike on every rank, so all ranks sample the
-    # same fragments whatever else consumes random numbers (augmentation, dropout).
-    supernet.generator = torch.Generator(device=device).manual_seed(cfg.seed)
-    loaders = create_loaders(cfg.dataset, data_dir=cfg.data_dir, batch_size=cfg.batch_size, workers=cfg.workers,
-                             seed=cfg.seed, download=cfg.download, img_size=info.img_size, search_split=True,
-                             limit=cfg.limit, distributed=True, augment=cfg.augment)
-    w_opt = torch.optim.SGD(list(supernet.weight_parameters()), lr=cfg.lr, momentum=cfg.momentum,
-                            nesterov=True, weight_decay=cfg.weight_decay)
-    steps_per_epoch = len(loaders["train"])
-    total_steps = cfg.epochs * steps_per_epoch
-    w_sched = torch.optim.lr_scheduler.LambdaLR(w_opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, total_steps) / total_steps)))
-    stepper = ArchStepper(supernet, cfg.metric, cfg.ratio, cfg.tolerance, cfg.cost_weight, cfg.arch_lr,
-                          cfg.arch_weight_decay, latency=latency, ceiling=cfg.ceiling, fill=cfg.fill)
-    sapp = None
-    attn_params = list(supernet.attention_parameters())
-    step_params = [p for group in w_opt.param_groups for p in group["params"]] + attn_params
-    grad_params = [p for p in step_params if p.requires_grad]
-    attn_opt = torch.optim.Adam(attn_params, lr=cfg.attn_lr, weight_decay=cfg.attn_weight_decay) if attn_params else None
-    if attn_opt is not None:
-        try:
-            schedule = SappSchedule(total_steps, cfg.sapp_warmup, cfg.sapp_sparsify, cfg.sapp_sparse, cfg.sapp_dense,
-                                    cfg.sapp_rounds)
-        except ValueError as e:
-            raise TasError(f"--sapp-* phase lengths: {e}") from None
-        sapp = SappController(supernet, schedule, [w_opt, attn_opt], anneal=cfg.sapp_anneal,
-                              widths=lambda: stepper.decode()[0])
+        groups = self.supernet.groups()
+        if self.state is not None and "aligned_widths" in self.state:  # a re-measured table must not change them
+            widths = json.loads(self.state["aligned_widths"])
+        else:
+            widths = aligned_candidates(self.latency, {n: g.widths for n, g in groups.items()})
+        dropped = sum(len(g.widths) - len(widths[n]) for n, g in groups.items())
+        print(f"divisor auto: the latency table drops {dropped} candidate widths no faster than a wider one")
+        self.supernet = self._build(dataclasses.replace(self.supernet.space, widths=widths))
 
-    start_epoch, step, wall, history, start_in_epoch, skipped = 0, 0, 0.0, [], 0, 0
-    if state is not None:
+    # -- budget: the target and the architecture step ----------------------------------------------
+    def budget(self) -> None:
+        """Refuse an unreachable target (naming the smallest reachable one); build the :class:`ArchStepper`."""
+        cfg, net = self.cfg, self.supernet
+        if cfg.metric == "latency":
+            self.latency.check_target(net, cfg.ratio)
+            if cfg.ceiling:
+                net.check_target(*cfg.ceiling)
+        else:
+            net.check_target(cfg.metric, cfg.ratio)
+        self.stepper = ArchStepper(net, cfg.metric, cfg.ratio, cfg.tolerance, cfg.cost_weight, cfg.arch_lr,
+                                   cfg.arch_weight_decay, latency=self.latency, ceiling=cfg.ceiling, fill=cfg.fill)
+
+    # -- loop: the epochs ------------------------------------------------------------------------
+    def _optimizers(self) -> None:
+        """The weight step's SGD and cosine schedule, and SA++'s attention Adam and phase controller."""
+        cfg, net = self.cfg, self.supernet
+        self.steps_per_epoch = len(self.data.train)
+        self.total_steps = cfg.epochs * self.steps_per_epoch
+        self.w_opt = torch.optim.SGD(list(net.weight_parameters()), lr=cfg.lr, momentum=cfg.momentum,
+                                     nesterov=True, weight_decay=cfg.weight_decay)
+        self.w_sched = torch.optim.lr_scheduler.LambdaLR(self.w_opt, _lr_factor(self.total_steps))
+        attn_params = list(net.attention_parameters())
+        self.step_params = [p for group in self.w_opt.param_groups for p in group["params"]] + attn_params
+        self.grad_params = [p for p in self.step_params if p.requires_grad]
+        self.attn_opt = (torch.optim.Adam(attn_params, lr=cfg.attn_lr, weight_decay=cfg.attn_weight_decay)
+                         if attn_params else None)
+        self.sapp = None
+        if self.attn_opt is not None:
+            try:
+                schedule = SappSchedule(self.total_steps, cfg.sapp_warmup, cfg.sapp_sparsify, cfg.sapp_sparse,
+                                        cfg.sapp_dense, cfg.sapp_rounds)
+            except ValueError as e:
+                raise TasError(f"--sapp-* phase lengths: {e}") from None
+            self.sapp = SappController(net, schedule, [self.w_opt, self.attn_opt])
+
+    def _restore(self) -> None:
+        """Load the resumable state into the supernet, optimisers and counters."""
+        state, p = self.state, self.progress
         try:
-            supernet.load_state_dict(state["supernet"])
-            w_opt.load_state_dict(state["w_opt"])
-            stepper.optimizer.load_state_dict(state["a_opt"])
-            if attn_opt is not None:
-                attn_opt.load_state_dict(state["attn_opt"])
-                sapp.phase_index = sapp.schedule.phase(int(state["step"]) - 1)[0] if int(state["step"]) else None
-            w_sched.load_state_dict(state["w_sched"])
-            start_epoch, step, wall = int(state["epoch"]), int(state["step"]), float(state["wall_time_s"])
-            start_in_epoch, skipped = int(state.get("step_in_epoch", 0)), int(state.get("skipped_steps", 0))
-            history = json.loads(state["history"])
-            rng = state["rng"]
+            self.supernet.load_state_dict(state["supernet"])
+            self.w_opt.load_state_dict(state["w_opt"])
+            self.stepper.optimizer.load_state_dict(state["a_opt"])
+            if self.attn_opt is not None:
+                self.attn_opt.load_state_dict(state["attn_opt"])
+                done = int(state["step"])
+                self.sapp.phase_index = self.sapp.schedule.phase(done - 1)[0] if done else None
+            self.w_sched.load_state_dict(state["w_sched"])
+            p.epoch, p.step, p.wall = int(state["epoch"]), int(state["step"]), float(state["wall_time_s"])
+            p.in_epoch, p.skipped = int(state.get("step_in_epoch", 0)), int(state.get("skipped_steps", 0))
+            p.history, p.rng = json.loads(state["history"]), state["rng"]
             if "gumbel_rng" in state:  # states written before the Gumbel draws had their own stream
-                supernet.generator.set_state(state["gumbel_rng"].cpu())
+                self.supernet.generator.set_state(state["gumbel_rng"].cpu())
         except (KeyError, RuntimeError, ValueError) as e:
-            raise CheckpointError(f"--resume: the state in {out} does not fit this search ({e})") from None
-        print(f"resuming {out} at epoch {start_epoch + 1}/{cfg.epochs}, step {start_in_epoch + 1}")
+            raise CheckpointError(f"--resume: the state in {self.out} does not fit this search ({e})") from None
+        print(f"resuming {self.out} at epoch {p.epoch + 1}/{self.cfg.epochs}, step {p.in_epoch + 1}")
 
-    def snapshot(epoch_done: int, step_in_epoch: int, seconds: float) -> None:
-        if not main:
+    def _snapshot(self, epoch_done: int, step_in_epoch: int, seconds: float) -> None:
+        if not self.main:
             return
-        save_state(out, {"supernet": supernet.state_dict(), "w_opt": w_opt.state_dict(),
-                         "a_opt": stepper.optimizer.state_dict(), "w_sched": w_sched.state_dict(),
-                         **({"attn_opt": attn_opt.state_dict()} if attn_opt is not None else {}),
-                         "epoch": epoch_done, "step": step, "step_in_epoch": step_in_epoch,
-                         "skipped_steps": skipped, "wall_time_s": seconds,
-                         "history": json.dumps(history), "rng": rng_state(),
-                         "gumbel_rng": supernet.generator.get_state(),
-                         **({"aligned_widths": json.dumps(supernet.space.widths)}
-                            if supernet.space.divisor == "auto" else {})})
+        p, net = self.progress, self.supernet
+        save_state(self.out, {"supernet": net.state_dict(), "w_opt": self.w_opt.state_dict(),
+                              "a_opt": self.stepper.optimizer.state_dict(), "w_sched": self.w_sched.state_dict(),
+                              **({"attn_opt": self.attn_opt.state_dict()} if self.attn_opt is not None else {}),
+                              "epoch": epoch_done, "step": p.step, "step_in_epoch": step_in_epoch,
+                              "skipped_steps": p.skipped, "wall_time_s": seconds,
+                              "history": json.dumps(p.history), "rng": rng_state(),
+                              "gumbel_rng": net.generator.get_state(),
+                              **({"aligned_widths": json.dumps(net.space.widths)}
+                                 if net.space.divisor == "auto" else {})})
 
-    def check_finite(epoch: int, in_epoch: int) -> None:
-        for name, p in [*((f"width logits of {n}", g.alpha) for n, g in supernet.groups().items()),
-                        *((f"depth logits of {n}", b) for n, b in supernet.betas.items())]:
+    def _check_finite(self, epoch: int, in_epoch: int) -> None:
+        net = self.supernet
+        for name, p in [*((f"width logits of {n}", g.alpha) for n, g in net.groups().items()),
+                        *((f"depth logits of {n}", b) for n, b in net.betas.items())]:
             if p is not None and not torch.isfinite(p).all():
                 raise DivergedError(f"{name} became non-finite at epoch {epoch + 1}, step {in_epoch + 1}; "
                                     "the last good checkpoint is kept")
 
-    distributed.barrier()  # every rank has checked --output before rank 0 writes to it
-    writer = tb.create_writer(out, purge_step=step + 1 if cfg.resume else None)
-    writer.add_custom_scalars(tb.runs.SEARCH_LAYOUT)
-    print(f"searching {tconfig['model']} on {cfg.dataset}: target {cfg.metric} ratio {cfg.ratio} "
-          f"(±{cfg.tolerance} below{', decoded up to the target' if cfg.fill else ''}), {sum(p.numel() for p in supernet.arch_parameters())} architecture logits")
-    try:
-        for epoch in range(start_epoch, cfg.epochs):
-            t0 = time.perf_counter()
-            skip = start_in_epoch if epoch == start_epoch else 0
-            for name in ("train", "val"):
-                loader = loaders[name]
-                gen = getattr(loader, "generator", None)
-                if gen is not None:
-                    gen.manual_seed(cfg.seed * 1000 + epoch + (0 if name == "train" else 500))
-            # The val half is cycled to the train half's length; both start at the resume point.
-            batches = zip(engine.skip_batches(loaders["train"], skip),
-                          engine.skip_batches(loaders["val"], skip, length=steps_per_epoch))
-            if cfg.resume and epoch == start_epoch:
-                set_rng_state(rng)  # after fixing the epoch's batch order, as when it was saved
-            supernet.search().train()
-            bar = engine._progress(batches, cfg.progress, total=steps_per_epoch - skip, desc=f"search {epoch + 1}")
-            for in_epoch, ((xt, yt), (xv, yv)) in enumerate(bar, start=skip):
-                xt, yt, xv, yv = xt.to(device), yt.to(device), xv.to(device), yv.to(device)
-                supernet.tau = tau_at(step / max(1, total_steps - 1), cfg.tau_max, cfg.tau_min, cfg.tau_schedule)
-                if sapp is not None:
-                    phase, sparsity = sapp.step(step)
-                w_loss = F.cross_entropy(supernet(xt), yt)
-                w_opt.zero_grad(set_to_none=True)
-                if attn_opt is not None:
-                    attn_opt.zero_grad(set_to_none=True)
-                # Only what this step updates: the Gumbel weights' and α/β's gradients would be
-                # thrown away by the arch step's zero_grad.
-                (w_loss * distributed.loss_scale(yt.numel())).backward(inputs=grad_params)
-                n, (w_sum,) = distributed.reduce_gradients(step_params, yt.numel(), [w_loss.item() * yt.numel()])
-                w_value = w_sum / max(n, 1)
-                try:
-                    if not math.isfinite(w_value):
-                        raise DivergedError(f"weight loss (CE of the sampled supernet) is {w_value}")
-                    w_opt.step()
-                    if attn_opt is not None:
-                        attn_opt.step()
-                    terms = stepper.step(xv, yv)
-                except DivergedError as e:
-                    where = f"epoch {epoch + 1}, step {in_epoch + 1}"
-                    if cfg.nan_policy != "skip":
-                        raise DivergedError(f"search diverged at {where}: {e}; the last good checkpoint is "
-                                            "kept (lower --lr / --arch-lr, or pass --nan-policy skip)") from None
-                    skipped += 1
-                    print(f"warning: {e} at {where}; step skipped (--nan-policy skip)", flush=True)
-                    terms = None
-                w_sched.step()
-                check_finite(epoch, in_epoch)
-                step += 1
-                if terms is not None and (step % cfg.log_every == 0 or step == total_steps):
-                    writer.add_scalar("search/weight_loss", w_value, step)
-                    for k, v in terms.items():
-                        writer.add_scalar(f"search/{k}", v, step)
-                    writer.add_scalar("search/target_ratio", cfg.ratio, step)
-                    writer.add_scalar("search/tau", supernet.tau, step)
-                    writer.add_scalar("search/lr", w_opt.param_groups[0]["lr"], step)
-                    if sapp is not None:
-                        writer.add_scalar("sapp/phase", PHASES.index(phase), step)
-                        writer.add_scalar("sapp/sparsity", sparsity, step)
-                if terms is not None:
-                    bar.set_postfix(loss=f"{w_value:.3f}", ratio=f"{terms['derived_ratio']:.3f}", refresh=False)
-                if cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and in_epoch + 1 < steps_per_epoch:
-                    snapshot(epoch, in_epoch + 1, wall + time.perf_counter() - t0)
-            arch = supernet.derive_arch(epoch=epoch + 1)
-            supernet.set_arch(arch)
-            recalibrate_bn(supernet, loaders["train"], device)
-            val = engine.evaluate(supernet, loaders["test"], device)
-            supernet.search()
-            tb.log_search_epoch(writer, supernet, arch, val["top1"], step)
-            wall += time.perf_counter() - t0
-            history.append({"epoch": epoch + 1, "flops_ratio": arch.flops_ratio, "params_ratio": arch.params_ratio,
-                            "top1": val["top1"], "tau": supernet.tau, "widths": arch.widths, "depths": arch.depths})
-            print(f"epoch {epoch + 1}/{cfg.epochs}  derived {cfg.metric} ratio {_ratio(arch, cfg.metric, latency):.3f}"
-                  f"  hard-mode test top-1 {val['top1']:.2f}%  tau {supernet.tau:.2f}", flush=True)
-            snapshot(epoch + 1, 0, wall)
-    finally:
-        writer.flush()  # closed once the decoded architecture is logged too
+    def loop(self) -> None:
+        """Every epoch from the resume point: weight and architecture steps, then the derived
+        architecture's hard-mode test top-1, TensorBoard, the history and the resumable state."""
+        from .tb import create_writer
 
-    pre_decode_ratio = stepper.current_cost() / stepper.full
-    # SA++: widths within the last phase's masks, then the masks become exactly the kept blocks
-    widths, depths, projection_steps = stepper.decode(caps=sapp.caps() if sapp is not None else None)
-    arch = supernet.make_arch(widths, depths, meta=dict(
-        epochs=cfg.epochs, projection_steps=projection_steps, metric=cfg.metric, target_ratio=cfg.ratio,
-        tolerance=cfg.tolerance, fill_budget=cfg.fill, seed=cfg.seed, dataset=cfg.dataset, teacher=str(cfg.teacher),
-        space=supernet.space.to_dict()))
-    if sapp is not None:
-        sapp.finalize(arch)
-    within = stepper.within(widths, depths)
-    supernet.set_arch(arch)
-    recalibrate_bn(supernet, loaders["train"], device)
-    val = engine.evaluate(supernet, loaders["test"], device)
-    slim = materialize(supernet, arch).cpu()
-    supernet.search()
-    metrics = {"top1_hard_mode": val["top1"], "flops": arch.flops, "params": arch.params,
-               "flops_ratio": arch.flops_ratio, "params_ratio": arch.params_ratio, "target_metric": cfg.metric,
-               "target_ratio": cfg.ratio, "within_tolerance": within, "wall_time_s": round(wall, 3),
-               "epochs": cfg.epochs, "steps": step, "projection_steps": projection_steps,
-               "pre_decode_ratio": pre_decode_ratio,
-               "skipped_steps": skipped}
-    if distributed.is_active():
-        # Checked, not assumed: every rank must end with rank 0's architecture (and SA++) logits.
-        metrics.update(world_size=distributed.world_size(), rank_divergence=distributed.max_divergence(
-            [*supernet.arch_parameters(), *supernet.attention_parameters()]))
-    if not main:
-        return {**metrics, "arch": arch, "run_dir": str(out)}
+        cfg = self.cfg
+        self._optimizers()
+        if self.state is not None:
+            self._restore()
+        distributed.barrier()  # every rank has checked the output before rank 0 writes to it
+        self.writer = create_writer(self.out, purge_step=self.progress.step + 1 if cfg.resume else None)
+        print(f"searching {self.supernet.model_name} on {self.data.name}: target {cfg.metric} ratio {cfg.ratio} "
+              f"(±{cfg.tolerance} below{', decoded up to the target' if cfg.fill else ''}), "
+              f"{sum(p.numel() for p in self.supernet.arch_parameters())} architecture logits")
+        try:
+            for epoch in range(self.progress.epoch, cfg.epochs):
+                self._epoch(epoch)
+        finally:
+            self.writer.close()
+
+    def _epoch_batches(self, epoch: int, skip: int) -> Iterable:
+        """The epoch's (train, val) batch pairs from ``skip`` on, their order fixed by ``(seed, epoch)``."""
+        cfg, data = self.cfg, self.data
+        for loader, offset in ((data.train, 0), (data.val, 500)):
+            gen = getattr(loader, "generator", None)
+            if gen is not None:
+                gen.manual_seed(cfg.seed * 1000 + epoch + offset)
+        # The val half is cycled to the train half's length; both start at the resume point.
+        batches = zip(engine.skip_batches(data.train, skip),
+                      engine.skip_batches(data.val, skip, length=self.steps_per_epoch))
+        if self.progress.rng is not None:  # resuming: after fixing the epoch's batch order, as when it was saved
+            set_rng_state(self.progress.rng)
+            self.progress.rng = None
+        return batches
+
+    def _epoch(self, epoch: int) -> None:
+        cfg, net, p = self.cfg, self.supernet, self.progress
+        t0 = time.perf_counter()
+        skip = p.in_epoch if epoch == p.epoch else 0
+        batches = self._epoch_batches(epoch, skip)
+        net.search().train()
+        bar = engine._progress(batches, cfg.progress, total=self.steps_per_epoch - skip, desc=f"search {epoch + 1}")
+        for in_epoch, ((xt, yt), (xv, yv)) in enumerate(bar, start=skip):
+            terms, w_value = self._step(epoch, in_epoch, xt, yt, xv, yv)
+            if terms is not None:
+                bar.set_postfix(loss=f"{w_value:.3f}", ratio=f"{terms['derived_ratio']:.3f}", refresh=False)
+            if cfg.checkpoint_every and p.step % cfg.checkpoint_every == 0 and in_epoch + 1 < self.steps_per_epoch:
+                self._snapshot(epoch, in_epoch + 1, p.wall + time.perf_counter() - t0)
+        self._end_epoch(epoch, t0)
+
+    def _step(self, epoch: int, in_epoch: int, xt: torch.Tensor, yt: torch.Tensor, xv: torch.Tensor,
+              yv: torch.Tensor) -> tuple[dict[str, float] | None, float]:
+        """One weight step on ``(xt, yt)`` and one architecture step on ``(xv, yv)``; returns the
+        architecture step's loss terms (``None`` for a skipped step) and the weight loss."""
+        cfg, net, p, dev = self.cfg, self.supernet, self.progress, self.device
+        xt, yt, xv, yv = xt.to(dev), yt.to(dev), xv.to(dev), yv.to(dev)
+        net.tau = tau_at(p.step / max(1, self.total_steps - 1), cfg.tau_max, cfg.tau_min, cfg.tau_schedule)
+        phase = sparsity = None
+        if self.sapp is not None:
+            phase, sparsity = self.sapp.step(p.step)
+        w_loss = F.cross_entropy(net(xt), yt)
+        self.w_opt.zero_grad(set_to_none=True)
+        if self.attn_opt is not None:
+            self.attn_opt.zero_grad(set_to_none=True)
+        # Only what this step updates: the Gumbel weights' and α/β's gradients would be
+        # thrown away by the arch step's zero_grad.
+        (w_loss * distributed.loss_scale(yt.numel())).backward(inputs=self.grad_params)
+        n, (w_sum,) = distributed.reduce_gradients(self.step_params, yt.numel(), [w_loss.item() * yt.numel()])
+        w_value = w_sum / max(n, 1)
+        try:
+            if not math.isfinite(w_value):
+                raise DivergedError(f"weight loss (CE of the sampled supernet) is {w_value}")
+            self.w_opt.step()
+            if self.attn_opt is not None:
+                self.attn_opt.step()
+            terms = self.stepper.step(xv, yv)
+        except DivergedError as e:
+            where = f"epoch {epoch + 1}, step {in_epoch + 1}"
+            if cfg.nan_policy != "skip":
+                raise DivergedError(f"search diverged at {where}: {e}; the last good checkpoint is "
+                                    "kept (lower --lr / --arch-lr, or pass --nan-policy skip)") from None
+            p.skipped += 1
+            print(f"warning: {e} at {where}; step skipped (--nan-policy skip)", flush=True)
+            terms = None
+        self.w_sched.step()
+        self._check_finite(epoch, in_epoch)
+        p.step += 1
+        if terms is not None and (p.step % cfg.log_every == 0 or p.step == self.total_steps):
+            self._log_step(w_value, terms, phase, sparsity)
+        return terms, w_value
+
+    def _log_step(self, w_value: float, terms: dict[str, float], phase: str | None, sparsity: float | None) -> None:
+        writer, step = self.writer, self.progress.step
+        writer.add_scalar("search/weight_loss", w_value, step)
+        for k, v in terms.items():
+            writer.add_scalar(f"search/{k}", v, step)
+        writer.add_scalar("search/target_ratio", self.cfg.ratio, step)
+        writer.add_scalar("search/tau", self.supernet.tau, step)
+        writer.add_scalar("search/lr", self.w_opt.param_groups[0]["lr"], step)
+        if self.sapp is not None:
+            writer.add_scalar("sapp/phase", PHASES.index(phase), step)
+            writer.add_scalar("sapp/sparsity", sparsity, step)
+
+    def _evaluate(self, arch: Any) -> dict[str, Any]:
+        """Test metrics of ``arch`` in hard mode, BN recalibrated on the train loader; the supernet
+        is left in hard mode on ``arch``."""
+        self.supernet.set_arch(arch)
+        recalibrate_bn(self.supernet, self.data.train, self.device)
+        return engine.evaluate(self.supernet, self.data.test, self.device)
+
+    def _end_epoch(self, epoch: int, t0: float) -> None:
+        net, p, writer, step = self.supernet, self.progress, self.writer, self.progress.step
+        arch = net.derive_arch(epoch=epoch + 1)
+        val = self._evaluate(arch)
+        net.search()
+        log_distributions(writer, net, step)
+        if self.sapp is not None:
+            log_attention(writer, net, step)
+        writer.add_scalar("search/val_top1", val["top1"], step)
+        writer.add_scalar("search/derived_flops_ratio", arch.flops_ratio, step)
+        writer.add_scalar("search/derived_params_ratio", arch.params_ratio, step)
+        writer.add_text("arch", "\n".join(f"    {n}: {w}" for n, w in {
+            **arch.widths, **{f'{k} (depth)': v for k, v in arch.depths.items()}}.items()), step)
+        p.wall += time.perf_counter() - t0
+        p.history.append({"epoch": epoch + 1, "flops_ratio": arch.flops_ratio, "params_ratio": arch.params_ratio,
+                          "top1": val["top1"], "tau": net.tau, "widths": arch.widths, "depths": arch.depths})
+        print(f"epoch {epoch + 1}/{self.cfg.epochs}  derived {self.cfg.metric} ratio "
+              f"{_ratio(arch, self.cfg.metric, self.latency):.3f}  hard-mode test top-1 {val['top1']:.2f}%  "
+              f"tau {net.tau:.2f}", flush=True)
+        p.epoch, p.in_epoch = epoch + 1, 0
+        self._snapshot(epoch + 1, 0, p.wall)
+
+    # -- decode: the final architecture, its slim network, the metrics --------------------------------
+    def decode(self) -> SearchResult:
+        """The final architecture (:meth:`ArchStepper.decode`: the argmax, moved into the budget),
+        its hard-mode test top-1, its slim network and the metrics."""
+        from .materialize import materialize
+
+        cfg, net, p = self.cfg, self.supernet, self.progress
+        widths, depths, projection_steps = self.stepper.decode()
+        arch = net.make_arch(widths, depths, meta=dict(
+            epochs=cfg.epochs, projection_steps=projection_steps, metric=cfg.metric, target_ratio=cfg.ratio,
+            tolerance=cfg.tolerance, fill_budget=cfg.fill, seed=cfg.seed, dataset=self.data.name,
+            teacher=self.teacher_source, space=net.space.to_dict()))
+        within = self.stepper.within(widths, depths)
+        val = self._evaluate(arch)
+        slim = materialize(net, arch).cpu()
+        net.search()
+        metrics = {"top1_hard_mode": val["top1"], "flops": arch.flops, "params": arch.params,
+                   "flops_ratio": arch.flops_ratio, "params_ratio": arch.params_ratio, "target_metric": cfg.metric,
+                   "target_ratio": cfg.ratio, "within_tolerance": within, "wall_time_s": round(p.wall, 3),
+                   "epochs": cfg.epochs, "steps": p.step, "projection_steps": projection_steps,
+                   "skipped_steps": p.skipped}
+        if distributed.is_active():
+            # Checked, not assumed: every rank must end with rank 0's architecture (and SA++) logits.
+            metrics.update(world_size=distributed.world_size(), rank_divergence=distributed.max_divergence(
+                [*net.arch_parameters(), *net.attention_parameters()]))
+        if cfg.metric == "latency" and self.main:
+            from .latency import check_prediction
+
+            metrics.update(check_prediction(self.latency, slim, self.teacher, arch, cfg.latency_batch,
+                                            cfg.latency_threads or torch.get_num_threads()))
+        return SearchResult(arch=arch, slim=slim, history=list(p.history), metrics=metrics, supernet=net,
+                            run_dir=self.output)
+
+    # -- save: the run directory ------------------------------------------------------------------
+    def save(self, result: SearchResult) -> None:
+        """Write the run directory (rank 0) and print the summary."""
+        out, arch, info = self.output, result.arch, self.data.info
+        data = {"input_size": list(self.data.input_size)}
+        if info is not None:
+            data = {"img_size": info.img_size, "mean": list(info.mean), "std": list(info.std)}
+        arch.to_json(out / "arch.json")
+        atomic_write_json(out / "arch_history.json", result.history)
+        save_weights(out / "supernet.safetensors", result.supernet.state_dict())
+        save_run(out, result.slim, model_name=arch.model, model_kwargs=arch.model_kwargs, input_size=arch.input_size,
+                 metrics=result.metrics, extra_config={"stage": "search", "arch": arch.to_dict(),
+                                                       "dataset": self.data.name, "data": data,
+                                                       "search": dataclasses.asdict(self.cfg)})
+        print(format_table(arch.summary_rows(), header=["group / stage", "original", "chosen"]))
+        print(format_table(_summary_rows(self.cfg, result, out), header=["search", "original", "result"]))
+        print(f"TensorBoard: tensorboard --logdir {out}")
+
+
+def _summary_rows(cfg: SearchConfig, result: SearchResult, out: Path) -> list[list[str]]:
+    arch, m = result.arch, result.metrics
+    latency = []
     if cfg.metric == "latency":
-        from .latency import check_prediction
-
-        metrics.update(check_prediction(latency, slim, teacher, arch, cfg.latency_batch,
-                                        cfg.latency_threads or torch.get_num_threads()))
-    arch.to_json(out / "arch.json")
-    atomic_write_json(out / "arch_history.json", history)
-    save_weights(out / "supernet.safetensors", supernet.state_dict())
-    save_run(out, slim, model_name=arch.model, model_kwargs=arch.model_kwargs, input_size=arch.input_size,
-             metrics=metrics, extra_config={"stage": "search", "arch": arch.to_dict(), "dataset": cfg.dataset,
-                                            "data": {"img_size": info.img_size, "mean": list(info.mean),
-                                                     "std": list(info.std)},
-                                            "search": dataclasses.asdict(cfg)})
-    try:  # the decoded architecture is the final step, one past the last search step
-        tb.log_search_end(writer, supernet, arch, slim, step + 1)
-        tb.log_session(writer, tb.runs.search_hparams(cfg, arch, supernet.k),
-                       tb.runs.search_results(metrics), step + 1)
-    finally:
-        writer.close()
-    rows = arch.summary_rows()
-    print(format_table(rows, header=["group / stage", "original", "chosen"]))
-    summary = [
+        latency = [["latency (ms, predicted / measured)",
+                    f"{m['predicted_full_latency_ms']:.3f} / {m['full_latency_ms']:.3f}",
+                    f"{m['predicted_latency_ms']:.3f} / {m['measured_latency_ms']:.3f} "
+                    f"(ratio {m['measured_latency_ratio']:.3f}, predicted {m['predicted_latency_ratio']:.3f}; "
+                    f"error {m['prediction_error']:+.1%} in ms, {m['ratio_prediction_error']:+.1%} as a ratio)"],
+                   ["latency, steady state (ms)", f"{m['steady_full_latency_ms']:.3f}",
+                    f"{m['steady_latency_ms']:.3f} (ratio {m['steady_latency_ratio']:.3f})"]]
+    return [
         ["FLOPs (MACs)", f"{arch.full_flops:,}", f"{arch.flops:,} ({arch.flops_ratio:.3f})"],
         ["params", f"{arch.full_params:,}", f"{arch.params:,} ({arch.params_ratio:.3f})"],
         [f"target {cfg.metric} ratio", "", f"{cfg.ratio} (tolerance {cfg.tolerance}{', filled' if cfg.fill else ''}): "
-                                            f"{'met' if within else 'MISSED'}"],
-        *([["latency (ms, predicted / measured)",
-            f"{metrics['predicted_full_latency_ms']:.3f} / {metrics['full_latency_ms']:.3f}",
-            f"{metrics['predicted_latency_ms']:.3f} / {metrics['measured_latency_ms']:.3f} "
-            f"(ratio {metrics['measured_latency_ratio']:.3f}, predicted {metrics['predicted_latency_ratio']:.3f}; "
-            f"error {metrics['prediction_error']:+.1%} in ms, {metrics['ratio_prediction_error']:+.1%} as a ratio)"],
-           ["latency, steady state (ms)", f"{metrics['steady_full_latency_ms']:.3f}",
-            f"{metrics['steady_latency_ms']:.3f} (ratio {metrics['steady_latency_ratio']:.3f})"]]
-          if cfg.metric == "latency" else []),
-        ["hard-mode test top-1", "", f"{val['top1']:.2f}%"],
-        ["wall time", "", f"{wall:.1f} s"],
+                                           f"{'met' if m['within_tolerance'] else 'MISSED'}"],
+        *latency,
+        ["hard-mode test top-1", "", f"{m['top1_hard_mode']:.2f}%"],
+        ["wall time", "", f"{m['wall_time_s']:.1f} s"],
         ["arch", "", str(out / "arch.json")],
     ]
-    print(format_table(summary, header=["search", "original", "result"]))
-    print(f"TensorBoard: tensorboard --logdir {out}")
-    return {**metrics, "arch": arch, "run_dir": str(out)}
+
+
+def search(args: Any) -> dict[str, Any]:
+    """Run the search search.py's flags describe: read ``--teacher``, build the loaders of
+    ``--dataset``, and run a :class:`Searcher` into ``--output``; returns the final metrics, the
+    ``arch`` and the ``run_dir``.
+
+    Under ``torchrun`` every rank runs this; see :mod:`tas.distributed` for what is shared.
+    Only rank 0 writes the run directory.
+    """
+    from .data import create_loaders
+    from .training import seed_everything
+
+    cfg = SearchConfig.from_args(args)
+    with distributed.session(cfg.device) as device, run_lock(cfg.output, enabled=distributed.is_main()):
+        out = check_output(cfg)
+        teacher, tconfig, info = load_teacher_and_data(cfg)
+        seed_everything(cfg.seed)
+        loaders = create_loaders(cfg.dataset, data_dir=cfg.data_dir, batch_size=cfg.batch_size, workers=cfg.workers,
+                                 seed=cfg.seed, download=cfg.download, img_size=info.img_size, search_split=True,
+                                 limit=cfg.limit, distributed=True, augment=cfg.augment)
+        data = SearchData(loaders["train"], loaders["val"], loaders["test"],
+                          input_size=(info.in_chans, info.img_size, info.img_size), name=cfg.dataset, info=info)
+        result = Searcher(cfg, teacher, data, device, model_name=tconfig["model"],
+                          model_kwargs=tconfig["model_kwargs"], teacher_source=str(cfg.teacher), output=out).run()
+    return {**result.metrics, "arch": result.arch, "run_dir": str(out)}

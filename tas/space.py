@@ -1,4 +1,4 @@
-"""Search spaces: the declarative presets in ``search_spaces/*.yaml`` and the candidates they imply.
+"""Search spaces: the declarative presets in ``tas/search_spaces/*.yaml`` and the candidates they imply.
 
 A space names the width-candidate ratios, the channel divisor widths are rounded to, K (fragments
 per forward), the depth-candidate rule, and which kinds of groups are searched. Applied to a
@@ -18,7 +18,8 @@ from .graph import Group, ModelGraph, Stage
 
 __all__ = ["SearchSpace", "load_space", "list_spaces", "default_space_for", "SPACES_DIR"]
 
-SPACES_DIR = Path(__file__).resolve().parent.parent / "search_spaces"
+# The presets ship inside the package (the top-level search_spaces/ of a checkout links here).
+SPACES_DIR = Path(__file__).resolve().parent / "search_spaces"
 _SEARCH_KEYS = ("stem", "stream", "inner", "depth")
 DEPTH_RULES = ("cifar", "imagenet", "none")
 #: the rounding multiple ``divisor: auto`` starts from before the latency table thins the widths

@@ -8,7 +8,7 @@ so that other modes reuse everything but the model and the loss::
     model, spec = build_teacher(cfg, ctx)     # <- distillation builds the slim student here
     fit(cfg, ctx, model, spec, loss_fn=cross_entropy_loss())   # <- ... and passes a KD loss
 
-(:mod:`tas.distill` is that mode.) :func:`fit` owns the loop, TensorBoard, the resumable state and
+(:mod:`tas.distillation` is that mode.) :func:`fit` owns the loop, TensorBoard, the resumable state and
 the final artefacts. Nothing is written under the final names (``model.safetensors``,
 ``config.json``, ``metrics.json``) until the run has finished, so a failing run never replaces a
 good earlier one.
@@ -471,7 +471,7 @@ def _train(cfg: TrainConfig, mode: str) -> dict[str, Any]:
         ctx = prepare(cfg, mode=mode)
         model, spec = build_teacher(cfg, ctx)
         return fit(cfg, ctx, model, spec, loss_fn=engine.cross_entropy_loss(cfg.label_smoothing))
-    from .distill import distill, prepare_distillation
+    from .distillation import distill, prepare_distillation
 
     ctx, student, spec, teacher = prepare_distillation(cfg)
     return distill(cfg, ctx, student, spec, teacher)

@@ -11,7 +11,7 @@ from oracle import zeroing_oracle
 
 import tas
 from tas.arch import Arch
-from tas.distill import kd_loss
+from tas.distillation import kd_loss
 from tas.engine import evaluate
 from tas.rundir import load_run
 
@@ -97,7 +97,7 @@ def test_distillation_tensorboard_terms(pipeline):
 
 
 def test_init_inherit_starts_from_teacher_weights_and_scratch_does_not(pipeline, monkeypatch):
-    from tas import distill, training
+    from tas import distillation as distill, training
 
     root, teacher_dir, _ = pipeline
     teacher, _ = load_run(teacher_dir)

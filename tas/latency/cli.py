@@ -13,10 +13,10 @@ from .measure import RUNTIMES
 from .table import aligned_candidates
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(prog: str | None = "python -m tas.latency") -> argparse.ArgumentParser:
     # the package's summary line: this module's docstring is about the command, not the tool
     summary = sys.modules[__package__].__doc__.split("\n\n")[0]
-    p = argparse.ArgumentParser(prog="python -m tas.latency", description=summary)
+    p = argparse.ArgumentParser(prog=prog, description=summary)
     sub = p.add_subparsers(dest="command", required=True)
     b = sub.add_parser("build", help="measure (or load the cached) latency table of a model's search space")
     b.add_argument("--model", required=True, help="timm model name (cifar_resnet20, resnet18, ...)")
@@ -37,13 +37,13 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None, prog: str | None = "python -m tas.latency") -> int:
     """``build``: load or measure the table, print its summary, the width alignment and the cache path."""
     from ..cli import parse_args
     from ..models.factory import create_model
     from ..supernet import create_supernet
 
-    args = parse_args(build_parser(), argv)
+    args = parse_args(build_parser(prog), argv)
     size = list(args.input_size)
     if min(size) < 1:
         raise TasError(f"--input-size must be positive, got {size}")

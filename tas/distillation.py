@@ -25,7 +25,8 @@ from . import engine
 from .errors import ArchError, TasError
 from .training import Context, RunSpec, TrainConfig, fit, prepare
 
-__all__ = ["kd_loss", "distillation_loss", "load_arch", "build_student", "prepare_distillation", "distill"]
+__all__ = ["kd_loss", "distillation_loss", "load_arch", "build_student", "student_spec", "prepare_distillation",
+           "distill"]
 
 
 def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, targets: torch.Tensor,
@@ -101,10 +102,16 @@ def build_student(cfg: TrainConfig, ctx: Context) -> tuple[nn.Module, RunSpec, n
         raise TasError(f"the architecture's costs are for inputs {arch.input_size}, the data is "
                        f"{[info.in_chans, info.img_size, info.img_size]}; pass --img-size {arch.input_size[1]}")
     student = materialize(teacher, arch) if cfg.init == "inherit" else build_slim(arch)
-    extra = {"arch": arch.to_dict(), "teacher": str(cfg.teacher), "teacher_dataset": tconfig.get("dataset"),
-             "init": cfg.init,
+    return student.train(), student_spec(cfg, arch, str(cfg.teacher), tconfig.get("dataset")), teacher
+
+
+def student_spec(cfg: TrainConfig, arch: Any, teacher: str | None, teacher_dataset: str | None = None) -> RunSpec:
+    """How a distilled slim network is described in ``config.json``: its arch (so
+    :func:`tas.load_slim` rebuilds it), where its ``teacher`` came from and the dataset it was
+    trained on (when known), ``--init`` and the KD settings."""
+    extra = {"arch": arch.to_dict(), "teacher": teacher, "teacher_dataset": teacher_dataset, "init": cfg.init,
              "kd": None if cfg.no_kd else {"alpha": cfg.kd_alpha, "temperature": cfg.kd_temperature}}
-    return student.train(), RunSpec(arch.model, dict(arch.model_kwargs), tuple(arch.input_size), extra), teacher
+    return RunSpec(arch.model, dict(arch.model_kwargs), tuple(arch.input_size), extra)
 
 
 def prepare_distillation(cfg: TrainConfig) -> tuple[Context, nn.Module, RunSpec, nn.Module]:
