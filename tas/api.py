@@ -148,6 +148,6 @@ def distill(slim: nn.Module, teacher: nn.Module, train_loader: Iterable, val_loa
         cfg.output = str(out)
         with distributed.session(cfg.device) as dev:
             ctx = Context(output=_check_output(cfg), device=dev, info=info, mode="distill",
-                          loaders={"train": train_loader, "test": val_loader})
+                          loaders={"train": train_loader, "test": val_loader}, persist=output is not None)
             metrics = distill_stage(cfg, ctx, slim, student_spec(cfg, arch, None), teacher)
     return {**metrics, "run_dir": str(output) if output is not None else None}

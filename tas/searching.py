@@ -326,7 +326,8 @@ class Searcher:
         self.latency: Any = None
 
     def run(self) -> SearchResult:
-        """prepare → budget → loop → decode → save; the finished :class:`SearchResult`."""
+        """prepare → budget → loop → decode → save (with an output directory) → report; the
+        finished :class:`SearchResult`."""
         with tempfile.TemporaryDirectory(prefix="tas-search-") if self.output is None else nullcontext() as tmp:
             if tmp is not None:
                 self.out = Path(tmp)
@@ -334,8 +335,10 @@ class Searcher:
             self.budget()
             self.loop()
             result = self.decode()
-            if self.output is not None and self.main:
-                self.save(result)
+            if self.main:
+                if self.output is not None:
+                    self.save(result)
+                self.report(result)
         return result
 
     # -- prepare: resume state, supernet ---------------------------------------------------------
@@ -628,7 +631,7 @@ class Searcher:
 
     # -- save: the run directory ------------------------------------------------------------------
     def save(self, result: SearchResult) -> None:
-        """Write the run directory (rank 0) and print the summary."""
+        """Write the run directory (rank 0)."""
         out, arch, info = self.output, result.arch, self.data.info
         data = {"input_size": list(self.data.input_size)}
         if info is not None:
@@ -640,12 +643,16 @@ class Searcher:
                  metrics=result.metrics, extra_config={"stage": "search", "arch": arch.to_dict(),
                                                        "dataset": self.data.name, "data": data,
                                                        "search": dataclasses.asdict(self.cfg)})
-        print(format_table(arch.summary_rows(), header=["group / stage", "original", "chosen"]))
-        print(format_table(_summary_rows(self.cfg, result, out), header=["search", "original", "result"]))
-        print(f"TensorBoard: tensorboard --logdir {out}")
+
+    def report(self, result: SearchResult) -> None:
+        """Print the chosen widths and depths and the summary (with the files written, if any)."""
+        print(format_table(result.arch.summary_rows(), header=["group / stage", "original", "chosen"]))
+        print(format_table(_summary_rows(self.cfg, result, self.output), header=["search", "original", "result"]))
+        if self.output is not None:
+            print(f"TensorBoard: tensorboard --logdir {self.output}")
 
 
-def _summary_rows(cfg: SearchConfig, result: SearchResult, out: Path) -> list[list[str]]:
+def _summary_rows(cfg: SearchConfig, result: SearchResult, out: Path | None) -> list[list[str]]:
     arch, m = result.arch, result.metrics
     latency = []
     if cfg.metric == "latency":
@@ -664,7 +671,7 @@ def _summary_rows(cfg: SearchConfig, result: SearchResult, out: Path) -> list[li
         *latency,
         ["hard-mode test top-1", "", f"{m['top1_hard_mode']:.2f}%"],
         ["wall time", "", f"{m['wall_time_s']:.1f} s"],
-        ["arch", "", str(out / "arch.json")],
+        *([["arch", "", str(out / "arch.json")]] if out is not None else []),
     ]
 
 

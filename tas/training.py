@@ -154,6 +154,8 @@ class Context:
     info: Any  # tas.data.DatasetInfo
     loaders: dict[str, Any]
     mode: str = "teacher"
+    #: False when ``output`` is a temporary directory (tas.distill without ``output=``): the summary names no files
+    persist: bool = True
 
     @property
     def input_size(self) -> tuple[int, int, int]:
@@ -433,13 +435,12 @@ def fit(
         ["params", f"{metrics['params']:,} ({_fmt_count(metrics['params'])})"],
         ["FLOPs (MACs)", f"{metrics['flops']:,} ({_fmt_count(metrics['flops'])})"],
         ["wall time", f"{metrics['wall_time_s']:.1f} s"],
-        ["weights", paths["weights"]],
-        ["config", paths["config"]],
-        ["metrics", paths["metrics"]],
-        ["resume state", out / "state"],
+        *([["weights", paths["weights"]], ["config", paths["config"]], ["metrics", paths["metrics"]],
+           ["resume state", out / "state"]] if ctx.persist else []),
     ]
-    print(format_table(rows, header=[f"{ctx.mode} run", str(out)]))
-    print(f"TensorBoard: tensorboard --logdir {out}")
+    print(format_table(rows, header=[f"{ctx.mode} run", str(out) if ctx.persist else "(not saved)"]))
+    if ctx.persist:
+        print(f"TensorBoard: tensorboard --logdir {out}")
     return {**metrics, "run_dir": str(out)}
 
 

@@ -92,6 +92,27 @@ def test_search_api_and_search_py_write_the_same_arch(tmp_path, search_script, t
     assert spec(api)["meta"]["seed"] == 3  # the settings reached both
 
 
+
+def test_distill_api_trains_the_slim_in_place_and_writes_a_loadable_run(tmp_path):
+    model = tas.create_model("cifar_resnet20", num_classes=4, in_chans=1)
+    arch = tas.create_supernet(model, input_size=(1, 16, 16)).random_arch()
+    slim = tas.materialize(model, arch)
+    before = {k: v.clone() for k, v in slim.state_dict().items()}
+    train, val = _loaders(n=32)
+    with pytest.raises(TypeError, match="batch_size"):
+        tas.distill(slim, model, train, val, batch_size=8)
+    with pytest.raises(tas.TasError, match="give arch="):
+        tas.distill(tas.create_model("cifar_resnet20", num_classes=4, in_chans=1), model, train, val)
+    run = tmp_path / "slim"
+    metrics = tas.distill(slim, model, train, val, epochs=1, output=run, kd_alpha=0.5, **QUIET)
+    assert any(not torch.equal(v, before[k]) for k, v in slim.state_dict().items() if v.is_floating_point())
+    config = json.loads((run / "config.json").read_text())
+    assert config["arch"]["groups"] == arch.to_dict()["groups"] and config["kd"]["alpha"] == 0.5
+    assert metrics["flops"] == count_flops(slim, (1, 16, 16)) == arch.flops and "teacher_top1" in metrics
+    x = torch.randn(3, 1, 16, 16)
+    with torch.no_grad():
+        assert torch.allclose(tas.load_slim(run)(x), slim.eval()(x), atol=1e-5)
+
 # ---- --dataset module:function --------------------------------------------------------------------
 MYDATA = """
 import torch
