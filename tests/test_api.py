@@ -64,6 +64,17 @@ def test_search_api_without_output_writes_nothing_and_refuses_data_flags(tmp_pat
     assert result.supernet.selection == "sapp"  # options reach the search by their flag names
 
 
+def test_search_api_resumes_its_run_directory(tmp_path):
+    model = tas.create_model("cifar_resnet20", num_classes=4, in_chans=1)
+    train, val = _loaders(n=32)
+    run = tmp_path / "run"
+    tas.search(model, train, val, epochs=1, output=run, **QUIET)
+    with pytest.raises(tas.TasError, match="already holds a search"):
+        tas.search(model, train, val, epochs=2, output=run, **QUIET)
+    result = tas.search(model, train, val, epochs=2, output=run, resume=True, **QUIET)
+    assert [h["epoch"] for h in result.history] == [1, 2] and result.metrics["steps"] == 2 * len(train)
+    assert json.loads((run / "arch_history.json").read_text()) == json.loads(json.dumps(result.history))
+
 def test_search_api_and_search_py_write_the_same_arch(tmp_path, search_script, teacher_run):
     from tas.data import create_loaders
     from tas.rundir import load_run
