@@ -50,6 +50,13 @@ def _config(cls: type, where: str, replaced: Iterable[str], values: Mapping[str,
     return cls.from_args(values)
 
 
+def _lock(output: str | Path | None) -> Any:
+    """The run directory's writer lock, as the commands hold it (:func:`tas.rundir.run_lock`); none without one."""
+    from .rundir import run_lock
+
+    return nullcontext() if output is None else run_lock(output, enabled=distributed.is_main())
+
+
 def _input_size(loader: Iterable) -> tuple[int, int, int]:
     """``(C, H, W)`` of the loader's first image (read from its dataset, without iterating, where it can)."""
     try:
@@ -99,7 +106,7 @@ def search(model: nn.Module, train_loader: Iterable, val_loader: Iterable, *, te
     size = tuple(input_size) if input_size is not None else _input_size(train_loader)
     data = SearchData(train_loader, val_loader, test_loader if test_loader is not None else val_loader,
                       input_size=size, name=dataset)
-    with distributed.session(cfg.device) as dev:
+    with distributed.session(cfg.device) as dev, _lock(output):
         return Searcher(cfg, model, data, dev, output=output).run()
 
 
@@ -146,7 +153,7 @@ def distill(slim: nn.Module, teacher: nn.Module, train_loader: Iterable, val_loa
         raise TasError("tas.distill: resume needs the output directory to resume from")
     with tempfile.TemporaryDirectory(prefix="tas-distill-") if output is None else nullcontext(output) as out:
         cfg.output = str(out)
-        with distributed.session(cfg.device) as dev:
+        with distributed.session(cfg.device) as dev, _lock(output):
             ctx = Context(output=_check_output(cfg), device=dev, info=info, mode="distill",
                           loaders={"train": train_loader, "test": val_loader}, persist=output is not None)
             metrics = distill_stage(cfg, ctx, slim, student_spec(cfg, arch, None), teacher)

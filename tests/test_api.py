@@ -42,6 +42,7 @@ def test_search_api_on_a_user_model_and_tensor_loaders(tmp_path):
     assert json.loads((run / "arch.json").read_text())["groups"] == result.arch.to_dict()["groups"]
     assert json.loads((run / "metrics.json").read_text())["flops"] == slim
     assert (run / "state" / "state.json").is_file() and list(run.glob("events.out.tfevents.*"))
+    assert not (run / ".tas-lock").exists()  # held while the search ran, released after
     x = torch.randn(3, 1, 16, 16)
     with torch.no_grad():
         assert torch.allclose(tas.load_slim(run)(x), result.slim.eval()(x), atol=1e-5)
@@ -57,6 +58,10 @@ def test_search_api_without_output_writes_nothing_and_refuses_data_flags(tmp_pat
         tas.search(model, train, val, arch_lrr=0.1)
     with pytest.raises(tas.TasError, match="resume needs an output"):
         tas.search(model, train, val, resume=True, **QUIET)
+    from tas.rundir import run_lock
+
+    with run_lock(tmp_path / "busy"), pytest.raises(tas.TasError, match="being written by another run"):
+        tas.search(model, train, val, output=tmp_path / "busy", **QUIET)  # the commands' writer lock
     temp = set(Path(tempfile.gettempdir()).glob("tas-search-*"))
     result = tas.search(model, train, val, epochs=1, selection="sapp", **QUIET)
     assert result.run_dir is None and list(tmp_path.iterdir()) == []
