@@ -44,7 +44,7 @@ from .rundir import is_finished_run, load_run, run_lock, save_run
 from .attention import PHASES, SappController, SappSchedule
 from .sampling import tau_at
 from .supernet import Supernet, create_supernet
-from .tb import log_attention, log_distributions
+from . import tb
 
 __all__ = ["SearchConfig", "SearchData", "SearchResult", "Searcher", "search", "check_output", "ArchStepper",
            "SappController", "recalibrate_bn"]
@@ -87,6 +87,7 @@ class SearchConfig:
     sapp_sparse: float = 0.1
     sapp_dense: float = 0.1
     sapp_rounds: int = 2
+    sapp_anneal: bool = False
     tau_max: float = 5.0
     tau_min: float = 0.1
     tau_schedule: str = "cosine"
@@ -324,6 +325,7 @@ class Searcher:
         self.progress = _Progress()
         self.state: dict[str, Any] | None = None
         self.latency: Any = None
+        self.writer: Any = None
 
     def run(self) -> SearchResult:
         """prepare → budget → loop → decode → save (with an output directory) → report; the
@@ -333,12 +335,16 @@ class Searcher:
                 self.out = Path(tmp)
             self.prepare()
             self.budget()
-            self.loop()
-            result = self.decode()
-            if self.main:
-                if self.output is not None:
-                    self.save(result)
-                self.report(result)
+            try:
+                self.loop()
+                result = self.decode()
+                if self.main:
+                    if self.output is not None:
+                        self.save(result)
+                    self.report(result)
+            finally:
+                if self.writer is not None:
+                    self.writer.close()
         return result
 
     # -- prepare: resume state, supernet ---------------------------------------------------------
@@ -419,7 +425,8 @@ class Searcher:
                                         cfg.sapp_dense, cfg.sapp_rounds)
             except ValueError as e:
                 raise TasError(f"--sapp-* phase lengths: {e}") from None
-            self.sapp = SappController(net, schedule, [self.w_opt, self.attn_opt])
+            self.sapp = SappController(net, schedule, [self.w_opt, self.attn_opt], anneal=cfg.sapp_anneal,
+                                       widths=lambda: self.stepper.decode()[0])
 
     def _restore(self) -> None:
         """Load the resumable state into the supernet, optimisers and counters."""
@@ -467,14 +474,13 @@ class Searcher:
     def loop(self) -> None:
         """Every epoch from the resume point: weight and architecture steps, then the derived
         architecture's hard-mode test top-1, TensorBoard, the history and the resumable state."""
-        from .tb import create_writer
-
         cfg = self.cfg
         self._optimizers()
         if self.state is not None:
             self._restore()
         distributed.barrier()  # every rank has checked the output before rank 0 writes to it
-        self.writer = create_writer(self.out, purge_step=self.progress.step + 1 if cfg.resume else None)
+        self.writer = tb.create_writer(self.out, purge_step=self.progress.step + 1 if cfg.resume else None)
+        self.writer.add_custom_scalars(tb.runs.SEARCH_LAYOUT)
         print(f"searching {self.supernet.model_name} on {self.data.name}: target {cfg.metric} ratio {cfg.ratio} "
               f"(±{cfg.tolerance} below{', decoded up to the target' if cfg.fill else ''}), "
               f"{sum(p.numel() for p in self.supernet.arch_parameters())} architecture logits")
@@ -482,7 +488,7 @@ class Searcher:
             for epoch in range(self.progress.epoch, cfg.epochs):
                 self._epoch(epoch)
         finally:
-            self.writer.close()
+            self.writer.flush()  # closed by run() once the decoded architecture is logged too
 
     def _epoch_batches(self, epoch: int, skip: int) -> Iterable:
         """The epoch's (train, val) batch pairs from ``skip`` on, their order fixed by ``(seed, epoch)``."""
@@ -579,14 +585,7 @@ class Searcher:
         arch = net.derive_arch(epoch=epoch + 1)
         val = self._evaluate(arch)
         net.search()
-        log_distributions(writer, net, step)
-        if self.sapp is not None:
-            log_attention(writer, net, step)
-        writer.add_scalar("search/val_top1", val["top1"], step)
-        writer.add_scalar("search/derived_flops_ratio", arch.flops_ratio, step)
-        writer.add_scalar("search/derived_params_ratio", arch.params_ratio, step)
-        writer.add_text("arch", "\n".join(f"    {n}: {w}" for n, w in {
-            **arch.widths, **{f'{k} (depth)': v for k, v in arch.depths.items()}}.items()), step)
+        tb.log_search_epoch(writer, net, arch, val["top1"], step)
         p.wall += time.perf_counter() - t0
         p.history.append({"epoch": epoch + 1, "flops_ratio": arch.flops_ratio, "params_ratio": arch.params_ratio,
                           "top1": val["top1"], "tau": net.tau, "widths": arch.widths, "depths": arch.depths})
@@ -603,11 +602,16 @@ class Searcher:
         from .materialize import materialize
 
         cfg, net, p = self.cfg, self.supernet, self.progress
-        widths, depths, projection_steps = self.stepper.decode()
+        pre_decode_ratio = self.stepper.current_cost() / self.stepper.full
+        # SA++: widths within the last phase's masks, then the masks become exactly the kept blocks
+        widths, depths, projection_steps = self.stepper.decode(
+            caps=self.sapp.caps() if self.sapp is not None else None)
         arch = net.make_arch(widths, depths, meta=dict(
             epochs=cfg.epochs, projection_steps=projection_steps, metric=cfg.metric, target_ratio=cfg.ratio,
             tolerance=cfg.tolerance, fill_budget=cfg.fill, seed=cfg.seed, dataset=self.data.name,
             teacher=self.teacher_source, space=net.space.to_dict()))
+        if self.sapp is not None:
+            self.sapp.finalize(arch)
         within = self.stepper.within(widths, depths)
         val = self._evaluate(arch)
         slim = materialize(net, arch).cpu()
@@ -616,7 +620,7 @@ class Searcher:
                    "flops_ratio": arch.flops_ratio, "params_ratio": arch.params_ratio, "target_metric": cfg.metric,
                    "target_ratio": cfg.ratio, "within_tolerance": within, "wall_time_s": round(p.wall, 3),
                    "epochs": cfg.epochs, "steps": p.step, "projection_steps": projection_steps,
-                   "skipped_steps": p.skipped}
+                   "pre_decode_ratio": pre_decode_ratio, "skipped_steps": p.skipped}
         if distributed.is_active():
             # Checked, not assumed: every rank must end with rank 0's architecture (and SA++) logits.
             metrics.update(world_size=distributed.world_size(), rank_divergence=distributed.max_divergence(
@@ -643,6 +647,11 @@ class Searcher:
                  metrics=result.metrics, extra_config={"stage": "search", "arch": arch.to_dict(),
                                                        "dataset": self.data.name, "data": data,
                                                        "search": dataclasses.asdict(self.cfg)})
+        # the decoded architecture is the final step, one past the last search step
+        step = self.progress.step + 1
+        tb.log_search_end(self.writer, result.supernet, arch, result.slim, step)
+        tb.log_session(self.writer, tb.runs.search_hparams(self.cfg, arch, result.supernet.k),
+                       tb.runs.search_results(result.metrics), step)
 
     def report(self, result: SearchResult) -> None:
         """Print the chosen widths and depths and the summary (with the files written, if any)."""

@@ -42,6 +42,8 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
         g.add_argument(f"--sapp-{phase}", type=float, default=getattr(d, f"sapp_{phase}"),
                        help=f"SA++ {phase} phase length, fraction of the search")
     g.add_argument("--sapp-rounds", type=int, default=d.sapp_rounds, help="SA++ sparsify/sparse/dense rounds")
+    g.add_argument("--sapp-anneal", action=argparse.BooleanOptionalAction, default=d.sapp_anneal,
+                   help="anneal the SA++ attention to 1 over the last phase instead of folding it into the slim network's BNs")
     g = p.add_argument_group("budget")
     g.add_argument("--flops-ratio", type=float, default=d.flops_ratio, help="fraction of FLOPs to keep (default 0.5)")
     g.add_argument("--params-ratio", type=float, default=d.params_ratio, help="fraction of params to keep")
