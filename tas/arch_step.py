@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from . import distributed
-from .cost import cost_loss
+from .cost import COST_LOSSES, LagrangianCost, cost_loss
 from .errors import DivergedError
 from .supernet import Supernet
 
@@ -21,7 +21,11 @@ __all__ = ["ArchStepper"]
 
 
 class ArchStepper:
-    """The architecture step: CE on a val batch + ``cost_weight`` × TAS cost loss, Adam on α and β.
+    """The architecture step: CE on a val batch + a budget term, Adam on α and β.
+
+    The budget term is ``cost_loss="lagrangian"`` (default; :class:`~tas.cost.LagrangianCost` on the
+    expected cost ratio, aimed at the middle of the band, multipliers stepped by ``dual_lr`` after
+    every step) or ``"tas"`` (the paper's ``cost_weight`` × ``±log E[cost]`` switched by the argmax).
 
     The budget is FLOPs or params (exact, from the cost model) or latency (predicted from a
     :class:`~tas.latency.LatencyTable` passed as ``latency``). ``ceiling=(metric, ratio)`` adds an
@@ -32,13 +36,21 @@ class ArchStepper:
 
     def __init__(self, supernet: Supernet, metric: str, ratio: float, tolerance: float, cost_weight: float,
                  lr: float, weight_decay: float, latency: Any = None,
-                 ceiling: tuple[str, float] | None = None, fill: bool = False) -> None:
+                 ceiling: tuple[str, float] | None = None, fill: bool = False, cost_loss: str = "lagrangian",
+                 dual_lr: float = 1.0, dual_penalty: float = 20.0, sharp_temperature: float | None = 0.1) -> None:
+        if cost_loss not in COST_LOSSES:
+            raise ValueError(f"unknown cost loss {cost_loss!r} (one of {', '.join(COST_LOSSES)})")
         self.supernet, self.metric, self.tolerance, self.cost_weight = supernet, metric, tolerance, cost_weight
         self.latency, self.ceiling, self.fill = latency, ceiling, fill
         self.full = latency.full() if metric == "latency" else supernet.full[metric]
         self.target = ratio * self.full
         self.params = list(supernet.arch_parameters())
         self.optimizer = torch.optim.Adam(self.params, lr=lr, betas=(0.5, 0.999), weight_decay=weight_decay)
+        # Aimed at the band's middle (its top when filling): both edges are then half a band away.
+        aim = ratio if fill else ratio - tolerance / 2
+        self.sharp_temperature = sharp_temperature
+        self.controller = (LagrangianCost(aim, dual_lr, 1 if sharp_temperature is None else 2, dual_penalty)
+                           if cost_loss == "lagrangian" else None)
 
     def _argmax(self) -> tuple[dict[str, int], dict[str, int]]:
         s = self.supernet
@@ -64,29 +76,47 @@ class ArchStepper:
         return torch.log(self.supernet.expected_cost(self.ceiling[0])) if over else None
 
     def _cost_loss(self) -> tuple[torch.Tensor, torch.Tensor, float]:
+        """``(budget term as added to the CE, expected cost, argmax cost)``."""
         expected, current = self.expected_cost(), self.current_cost()
-        lc = cost_loss(expected, current, self.target, self.tolerance, self.full)
         extra = self._ceiling_loss()
-        return (lc if extra is None else lc + extra), expected, current
+        ceiling = 0.0 if extra is None else self.cost_weight * extra
+        if self.controller is not None:
+            ratios = [expected / self.full]
+            if self.sharp_temperature is not None:
+                with self.supernet.sharpened(self.sharp_temperature):
+                    ratios.append(self.expected_cost() / self.full)
+            self._ratios = torch.stack([r.reshape(()).double() for r in ratios])
+            return self.controller.loss(self._ratios) + ceiling, expected, current
+        return self.cost_weight * cost_loss(expected, current, self.target, self.tolerance, self.full) + ceiling, \
+            expected, current
 
     def step(self, images: torch.Tensor, targets: torch.Tensor) -> dict[str, float]:
-        """One Adam step on α and β; in a distributed run the CE is the global batch's (all ranks)."""
+        """One Adam step on α and β (then one ascent step on the multipliers); in a distributed run
+        the CE is the global batch's (all ranks)."""
         ce = F.cross_entropy(self.supernet(images), targets)
         lc, expected, current = self._cost_loss()
-        loss = ce + self.cost_weight * lc.to(ce.device)
+        loss = ce + lc.to(ce.device)
         self.optimizer.zero_grad(set_to_none=True)
         # Only α and β: the weight gradients of this val batch would be discarded anyway.
         (loss * distributed.loss_scale(targets.numel())).backward(inputs=self.params)
         n, (ce_sum,) = distributed.reduce_gradients(self.params, targets.numel(), [ce.item() * targets.numel()])
         ce_value, lc_value = ce_sum / max(n, 1), lc.item()
-        loss_value = ce_value + self.cost_weight * lc_value
+        loss_value = ce_value + lc_value
         if not math.isfinite(loss_value):
             bad = [n for n, v in (("arch CE", ce_value), ("cost loss", lc_value)) if not math.isfinite(v)]
             raise DivergedError(f"architecture loss is {loss_value} (non-finite: {', '.join(bad) or 'sum'})")
         self.optimizer.step()
-        return {"arch_loss": loss_value, "arch_ce": ce_value, "cost_loss": lc_value,
-                "expected_ratio": expected.item() / self.full, "derived_ratio": current / self.full,
-                "band_low": self.band_low / self.full}
+        terms = {"arch_loss": loss_value, "arch_ce": ce_value, "cost_loss": lc_value,
+                 "expected_ratio": expected.item() / self.full, "derived_ratio": current / self.full,
+                 "band_low": self.band_low / self.full}
+        if self.controller is not None:
+            ratios = self._ratios.detach().cpu()
+            self.controller.ascend(ratios)
+            lam = self.controller.lambdas
+            terms.update(lambda1=float(lam[0, 0]), lambda2=float(lam[0, 1]))
+            if len(ratios) > 1:
+                terms.update(sharp_ratio=float(ratios[1]), sharp_lambda1=float(lam[1, 0]), sharp_lambda2=float(lam[1, 1]))
+        return terms
 
     @property
     def band_low(self) -> float:

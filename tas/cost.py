@@ -1,4 +1,5 @@
-"""Exact and expected cost (FLOPs, params) of architectures in a search space, and the TAS cost loss.
+"""Exact and expected cost (FLOPs, params) of architectures in a search space, and the budget terms
+(the TAS cost loss, the Lagrangian controller).
 
 Every prunable layer contributes a few :class:`CostTerm`\\ s of the form
 ``coeff × Π (width of group g)`` (a conv's weight count is ``k_h·k_w/groups · C_in · C_out``; its
@@ -15,14 +16,17 @@ from __future__ import annotations
 import math
 from collections import Counter
 from dataclasses import dataclass
-from typing import Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import torch
 import torch.nn as nn
 
 from .graph import ModelGraph
 
-__all__ = ["CostTerm", "CostModel", "build_cost_model", "cost_loss"]
+__all__ = ["CostTerm", "CostModel", "build_cost_model", "cost_loss", "LagrangianCost", "COST_LOSSES"]
+
+#: the architecture step's budget terms: the dual-ascent controller, or the paper's loss
+COST_LOSSES = ("lagrangian", "tas")
 
 
 @dataclass(frozen=True)
@@ -164,3 +168,50 @@ def cost_loss(expected: torch.Tensor, current: float, target: float, tolerance: 
     if current < target - tolerance * full:
         return -torch.log(expected)
     return expected.new_zeros(())
+
+
+class LagrangianCost:
+    """A budget kept by dual ascent: ``Σ_k λ1k·(ŝ_k − t) + λ2k·(ŝ_k − t)²`` (CoFi, Xia et al. 2022).
+
+    Each ``ŝ_k`` is a cost ratio (expected cost over the full network's) the constraint holds on,
+    and ``t`` the aim (the middle of the tolerance band). The architecture step minimises the term
+    over α/β; :meth:`ascend` then *maximises* it over the multipliers by one gradient step,
+    ``λ1k += lr·(ŝ_k − t)``, ``λ2k += lr·(ŝ_k − t)²``. λ1 is the price of cost: it grows while the
+    ratio is too high, falls (and turns negative, a reward) while too low, and settles where the
+    cross-entropy's pull balances it, so the ratio comes to rest on the aim instead of switching
+    between ``±log E`` as the TAS loss does. λ2 only grows with the accumulated squared violation:
+    the quadratic term's restoring force is proportional to the error, which damps the overshoot a
+    pure integral controller (λ1 alone) would oscillate with.
+
+    Attributes:
+        aim: ``t``, a cost ratio.
+        lr: the multipliers' ascent step.
+        penalty: λ2's starting value: a quadratic penalty from the first step (the proportional
+            part of the controller), where CoFi starts it at 0.
+        lambdas: ``[[λ1k, λ2k] for each constraint k]``; part of a search's resumable state.
+    """
+
+    def __init__(self, aim: float, lr: float, constraints: int = 1, penalty: float = 0.0) -> None:
+        self.aim, self.lr = float(aim), float(lr)
+        self.lambdas = torch.zeros(constraints, 2, dtype=torch.float64)
+        self.lambdas[:, 1] = penalty
+
+    def loss(self, ratios: torch.Tensor) -> torch.Tensor:
+        """The term added to the architecture loss (differentiable in ``ratios``, constant λ)."""
+        e = ratios.reshape(-1) - self.aim
+        lam = self.lambdas.to(e.dtype)
+        return (lam[:, 0] * e + lam[:, 1] * e * e).sum()
+
+    def ascend(self, ratios: Any) -> None:
+        """One gradient-ascent step on the multipliers at the ratios the loss was taken at."""
+        e = torch.as_tensor(ratios, dtype=torch.float64).reshape(-1) - self.aim
+        self.lambdas += self.lr * torch.stack([e, e * e], dim=1)
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return {"lambdas": self.lambdas.clone()}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        lambdas = state["lambdas"].to(torch.float64)
+        if lambdas.shape != self.lambdas.shape:
+            raise ValueError(f"multipliers of shape {tuple(lambdas.shape)}, expected {tuple(self.lambdas.shape)}")
+        self.lambdas = lambdas.clone()

@@ -22,6 +22,7 @@ over the whole search.
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import math
@@ -36,6 +37,8 @@ import torch
 import torch.nn.functional as F
 
 from . import distributed, engine
+from .channel_order import CRITERIA, order_teacher, to_original
+from .cost import COST_LOSSES
 from .checkpoint import atomic_write_json, has_state, load_state, rng_state, save_state, save_weights, set_rng_state
 from .cli import config_from_args, format_table
 from .errors import CheckpointError, DivergedError, TasError
@@ -71,6 +74,12 @@ class SearchConfig:
     tolerance: float = 0.05
     fill_budget: bool | None = None
     cost_weight: float = 2.0
+    cost_loss: str = "lagrangian"
+    dual_lr: float = 1.0
+    dual_penalty: float = 20.0
+    sharp_temperature: float | None = 0.1
+    decode: bool = True
+    channel_order: str | None = None
     epochs: int = 2
     batch_size: int = 64
     lr: float = 0.05
@@ -129,6 +138,14 @@ class SearchConfig:
             raise TasError(f"--checkpoint-every must be a non-negative integer, got {self.checkpoint_every!r}")
         if self.selection not in ("prefix", "sapp"):
             raise TasError(f"--selection must be prefix or sapp, got {self.selection!r}")
+        if self.cost_loss not in COST_LOSSES:
+            raise TasError(f"--cost-loss must be one of {', '.join(COST_LOSSES)}, got {self.cost_loss!r}")
+        if self.channel_order is None:
+            # measured for prefix selection; SA++ ranks blocks by its attention, and its resume state and
+            # supernet.safetensors are then read against arch.json without the permutation
+            self.channel_order = "l1" if self.selection == "prefix" else "none"
+        if self.channel_order not in CRITERIA:
+            raise TasError(f"--channel-order must be one of {', '.join(CRITERIA)}, got {self.channel_order!r}")
 
     @property
     def metric(self) -> str:
@@ -357,6 +374,12 @@ class Searcher:
         elif cfg.resume:
             raise TasError("resume needs an output directory to resume from")
         self.state = load_state(self.out) if cfg.resume else None
+        # The teacher's channels by importance, on a copy (a resumed search re-applies its saved order).
+        self.ordered = copy.deepcopy(self.teacher).to(self.device)
+        saved = self.state.get("channel_perms") if self.state else None
+        self.perms = order_teacher(self.ordered, cfg.channel_order, self.data.train,
+                                   saved=json.loads(saved) if saved is not None else None)
+        self.ordered.cpu()
         self.supernet = self._build(cfg.space)
         if cfg.metric == "latency" or self.supernet.space.divisor == "auto":
             self.latency = _shared_latency_table(self.supernet, cfg)
@@ -371,7 +394,7 @@ class Searcher:
         from .training import seed_everything
 
         seed_everything(self.cfg.seed)  # the same α/β initialisation however often it is built
-        net = create_supernet(self.teacher, space, input_size=self.data.input_size, model_name=self.model_name,
+        net = create_supernet(self.ordered, space, input_size=self.data.input_size, model_name=self.model_name,
                               model_kwargs=self.model_kwargs, selection=self.cfg.selection,
                               block_size=self.cfg.block_size)
         if self.cfg.k is not None:
@@ -402,7 +425,9 @@ class Searcher:
         else:
             net.check_target(cfg.metric, cfg.ratio)
         self.stepper = ArchStepper(net, cfg.metric, cfg.ratio, cfg.tolerance, cfg.cost_weight, cfg.arch_lr,
-                                   cfg.arch_weight_decay, latency=self.latency, ceiling=cfg.ceiling, fill=cfg.fill)
+                                   cfg.arch_weight_decay, latency=self.latency, ceiling=cfg.ceiling, fill=cfg.fill,
+                                   cost_loss=cfg.cost_loss, dual_lr=cfg.dual_lr, dual_penalty=cfg.dual_penalty,
+                                   sharp_temperature=cfg.sharp_temperature)
 
     # -- loop: the epochs ------------------------------------------------------------------------
     def _optimizers(self) -> None:
@@ -435,6 +460,8 @@ class Searcher:
             self.supernet.load_state_dict(state["supernet"])
             self.w_opt.load_state_dict(state["w_opt"])
             self.stepper.optimizer.load_state_dict(state["a_opt"])
+            if self.stepper.controller is not None:
+                self.stepper.controller.load_state_dict(state["dual"])
             if self.attn_opt is not None:
                 self.attn_opt.load_state_dict(state["attn_opt"])
                 done = int(state["step"])
@@ -459,7 +486,9 @@ class Searcher:
                               "epoch": epoch_done, "step": p.step, "step_in_epoch": step_in_epoch,
                               "skipped_steps": p.skipped, "wall_time_s": seconds,
                               "history": json.dumps(p.history), "rng": rng_state(),
-                              "gumbel_rng": net.generator.get_state(),
+                              "gumbel_rng": net.generator.get_state(), "channel_perms": json.dumps(self.perms),
+                              **({"dual": self.stepper.controller.state_dict()}
+                                 if self.stepper.controller is not None else {}),
                               **({"aligned_widths": json.dumps(net.space.widths)}
                                  if net.space.divisor == "auto" else {})})
 
@@ -604,23 +633,25 @@ class Searcher:
         cfg, net, p = self.cfg, self.supernet, self.progress
         pre_decode_ratio = self.stepper.current_cost() / self.stepper.full
         # SA++: widths within the last phase's masks, then the masks become exactly the kept blocks
-        widths, depths, projection_steps = self.stepper.decode(
-            caps=self.sapp.caps() if self.sapp is not None else None)
+        widths, depths, projection_steps = (self.stepper.decode(caps=self.sapp.caps() if self.sapp is not None else None)
+                                            if cfg.decode else (*self.stepper._argmax(), 0))
         arch = net.make_arch(widths, depths, meta=dict(
-            epochs=cfg.epochs, projection_steps=projection_steps, metric=cfg.metric, target_ratio=cfg.ratio,
-            tolerance=cfg.tolerance, fill_budget=cfg.fill, seed=cfg.seed, dataset=self.data.name,
+            epochs=cfg.epochs, projection_steps=projection_steps, pre_decode_ratio=pre_decode_ratio,
+            cost_loss=cfg.cost_loss, decode=cfg.decode, channel_order=cfg.channel_order, metric=cfg.metric,
+            target_ratio=cfg.ratio, tolerance=cfg.tolerance, fill_budget=cfg.fill, seed=cfg.seed, dataset=self.data.name,
             teacher=self.teacher_source, space=net.space.to_dict()))
         if self.sapp is not None:
             self.sapp.finalize(arch)
         within = self.stepper.within(widths, depths)
         val = self._evaluate(arch)
         slim = materialize(net, arch).cpu()
+        arch = to_original(arch, self.perms)  # arch.json refers to the teacher's channels as trained
         net.search()
         metrics = {"top1_hard_mode": val["top1"], "flops": arch.flops, "params": arch.params,
                    "flops_ratio": arch.flops_ratio, "params_ratio": arch.params_ratio, "target_metric": cfg.metric,
                    "target_ratio": cfg.ratio, "within_tolerance": within, "wall_time_s": round(p.wall, 3),
                    "epochs": cfg.epochs, "steps": p.step, "projection_steps": projection_steps,
-                   "pre_decode_ratio": pre_decode_ratio, "skipped_steps": p.skipped}
+                   "decode_moves": projection_steps, "pre_decode_ratio": pre_decode_ratio, "skipped_steps": p.skipped}
         if distributed.is_active():
             # Checked, not assumed: every rank must end with rank 0's architecture (and SA++) logits.
             metrics.update(world_size=distributed.world_size(), rank_divergence=distributed.max_divergence(
@@ -678,6 +709,8 @@ def _summary_rows(cfg: SearchConfig, result: SearchResult, out: Path | None) -> 
         [f"target {cfg.metric} ratio", "", f"{cfg.ratio} (tolerance {cfg.tolerance}{', filled' if cfg.fill else ''}): "
                                            f"{'met' if m['within_tolerance'] else 'MISSED'}"],
         *latency,
+        ["argmax before the decode", "", f"{cfg.metric} ratio {m['pre_decode_ratio']:.3f}; decode moves: "
+                                         f"{m['decode_moves']}{'' if cfg.decode else ' (--no-decode)'}"],
         ["hard-mode test top-1", "", f"{m['top1_hard_mode']:.2f}%"],
         ["wall time", "", f"{m['wall_time_s']:.1f} s"],
         *([["arch", "", str(out / "arch.json")]] if out is not None else []),

@@ -14,6 +14,7 @@ Modes:
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 from typing import Any, Iterator, Mapping, Sequence
 
@@ -77,6 +78,7 @@ class GroupState(nn.Module):
             self.register_buffer("attn_strength", torch.ones(()))
         self._scale: torch.Tensor | None = None  # this search-mode forward's scale(), see sample()
         self._cache: dict[int, torch.Tensor] = {}
+        self.temperature = 1.0
         self.active: torch.Tensor = torch.arange(self.channels)
         self.fragments: list[tuple[int, Any, Any, Any]] | None = None
         self.hard_candidate: int | None = len(widths) - 1
@@ -157,9 +159,10 @@ class GroupState(nn.Module):
 
     # -- selection --------------------------------------------------------------------------
     def probs(self) -> torch.Tensor:
+        """``softmax(α / temperature)``; the temperature is 1 except inside :meth:`Supernet.sharpened`."""
         if self.alpha is None:
             return torch.ones(1, device=self.order.device)
-        return torch.softmax(self.alpha, dim=-1)
+        return torch.softmax(self.alpha / self.temperature, dim=-1)
 
     def sample(self, tau: float, k: int, generator: torch.Generator | None = None) -> None:
         # one attention computation per forward pass, shared by every layer writing the group
@@ -258,6 +261,7 @@ class Supernet(nn.Module):
         self.k = space.k
         self.generator: torch.Generator | None = None
         self.mode = "search"
+        self.temperature = 1.0
 
     # -- parameters -------------------------------------------------------------------------
     def groups(self) -> dict[str, GroupState]:
@@ -369,7 +373,27 @@ class Supernet(nn.Module):
         key = _key(stage)
         if key not in self.betas:
             return torch.ones(1, device=next(self.parameters()).device)
-        return torch.softmax(self.betas[key], dim=-1)
+        return torch.softmax(self.betas[key] / self.temperature, dim=-1)
+
+    @contextlib.contextmanager
+    def sharpened(self, temperature: float) -> Iterator["Supernet"]:
+        """Inside the block every width and depth distribution is ``softmax(logits / temperature)``.
+
+        A cost expected under sharpened distributions approaches the argmax architecture's as the
+        temperature falls, yet stays differentiable: what lets a budget controller steer the
+        argmax (which decides the final architecture) and not only the mean.
+        """
+        groups = list(self.groups().values())
+        saved = [g.temperature for g in groups], self.temperature
+        for g in groups:
+            g.temperature = temperature
+        self.temperature = temperature
+        try:
+            yield self
+        finally:
+            for g, t in zip(groups, saved[0]):
+                g.temperature = t
+            self.temperature = saved[1]
 
     def expected_cost(self, metric: str = "flops") -> torch.Tensor:
         """Differentiable expected FLOPs or params under softmax(α) and softmax(β)."""

@@ -33,6 +33,10 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
                    help="tas, or a baseline pruner on the same space (tas.baselines; ignores TAS's optimisation flags)")
     g.add_argument("--space", default=d.space, help="search space preset name or YAML path (default: the model's preset)")
     g.add_argument("--k", type=int, default=d.k, help="fragments sampled per group (default: the space's)")
+    g.add_argument("--channel-order", default=d.channel_order, choices=("l1", "bn", "taylor", "none"),
+                   help="order each group's teacher channels by importance before the search, so a width's "
+                        "prefix keeps the most important ones (arch.json indices stay the teacher's; "
+                        "default: l1 for --selection prefix, none for sapp)")
     g.add_argument("--selection", default=d.selection, choices=("prefix", "sapp"),
                    help="which channels a width keeps: TAS's first ones, or SA++ block attention")
     g.add_argument("--block-size", type=int, default=d.block_size, help="SA++ channels per block (default: the space's divisor)")
@@ -60,7 +64,15 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     g.add_argument("--fill-budget", action=argparse.BooleanOptionalAction, default=d.fill_budget,
                    help="decode the final architecture up to the target rather than anywhere in the tolerance "
                         "band (default: on for --latency-ratio, off for FLOPs/params)")
-    g.add_argument("--cost-weight", type=float, default=d.cost_weight, help="weight of the cost loss in the architecture step")
+    g.add_argument("--cost-loss", default=d.cost_loss, choices=("lagrangian", "tas"),
+                   help="budget term of the architecture step: dual ascent on the expected cost "
+                        "(lambda1*(s-t) + lambda2*(s-t)^2, t the band's middle), or the paper's +-log E[cost]")
+    g.add_argument("--dual-lr", type=float, default=d.dual_lr, help="ascent step of the Lagrangian's multipliers")
+    g.add_argument("--cost-weight", type=float, default=d.cost_weight,
+                   help="weight of the TAS cost loss (and of a ceiling's) in the architecture step")
+    g.add_argument("--decode", action=argparse.BooleanOptionalAction, default=d.decode,
+                   help="move a final argmax outside the band into it (the safety net); --no-decode keeps the "
+                        "argmax as the search left it")
     g = p.add_argument_group("data")
     g.add_argument("--dataset", default=d.dataset, help=DATASET_HELP)
     g.add_argument("--data-dir", default=d.data_dir, help="dataset location (digits needs none)")

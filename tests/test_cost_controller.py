@@ -1,0 +1,84 @@
+"""The budget controller: dual ascent brings the search's own argmax into the band, from either side."""
+import json
+
+import pytest
+import timm
+import torch
+
+import tas  # noqa: F401  (registers cifar_resnet*)
+from tas.arch import Arch
+from tas.arch_step import ArchStepper
+from tas.cost import LagrangianCost
+
+from test_search import FLAGS
+
+
+def test_multipliers_ascend_on_the_violation():
+    c = LagrangianCost(aim=0.45, lr=2.0, constraints=2, penalty=3.0)
+    ratios = torch.tensor([0.65, 0.30], dtype=torch.float64, requires_grad=True)
+    assert c.loss(ratios).item() == pytest.approx(3.0 * 0.2 ** 2 + 3.0 * 0.15 ** 2)
+    c.ascend(ratios.detach())
+    assert c.lambdas.reshape(-1).tolist() == pytest.approx([2.0 * 0.2, 3.0 + 2.0 * 0.04, -2.0 * 0.15, 3.0 + 2.0 * 0.0225])
+    loss = c.loss(ratios)
+    loss.backward()
+    # d/ds (λ1 e + λ2 e²) = λ1 + 2 λ2 e
+    assert ratios.grad.tolist() == pytest.approx([0.4 + 2 * 3.08 * 0.2, -0.3 + 2 * 3.045 * -0.15])
+    state = c.state_dict()
+    other = LagrangianCost(aim=0.45, lr=2.0, constraints=2)
+    other.load_state_dict(state)
+    assert torch.equal(other.lambdas, c.lambdas)
+
+
+def _toy(start: str) -> ArchStepper:
+    torch.manual_seed(0)
+    s = tas.create_supernet(timm.create_model("cifar_resnet20", num_classes=10), input_size=(3, 8, 8))
+    with torch.no_grad():  # start far from the target: every group at its widest, or at its narrowest
+        for p in s.arch_parameters():
+            p.zero_()
+            p[-1 if start == "above" else 0] = 2.0
+    return ArchStepper(s, "flops", 0.5, 0.05, 2.0, 0.05, 1e-3)
+
+
+@pytest.mark.parametrize("start", ["above", "below"])
+def test_controller_brings_expected_and_argmax_cost_into_the_band(start):
+    stepper = _toy(start)
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(8, 3, 8, 8, generator=g), torch.randint(0, 10, (8,), generator=g)
+    first = stepper.expected_cost().item() / stepper.full
+    assert (first > 0.6) if start == "above" else (first < 0.3)
+    aim = 0.475  # the band's middle
+    trace = [stepper.step(x, y) for _ in range(60)]
+    shown = [f"{t['expected_ratio']:.2f}/{t['derived_ratio']:.2f}" for t in trace]
+    end = trace[-1]
+    # no decode involved: the expectation and the argmax themselves come to the target
+    assert abs(end["expected_ratio"] - aim) < 0.15 * abs(first - aim), shown
+    assert abs(end["derived_ratio"] - aim) < 0.1, shown
+    # and stay there: no switching between the band's sides over the last steps
+    assert max(t["derived_ratio"] for t in trace[-10:]) - min(t["derived_ratio"] for t in trace[-10:]) < 0.1, shown
+
+
+@pytest.mark.parametrize("start", ["above"])
+def test_tas_loss_is_still_available(start):
+    torch.manual_seed(0)
+    stepper = _toy(start)
+    tas_stepper = ArchStepper(stepper.supernet, "flops", 0.5, 0.05, 2.0, 0.05, 1e-3, cost_loss="tas")
+    assert tas_stepper.controller is None
+    x, y = torch.randn(4, 3, 8, 8), torch.randint(0, 10, (4,))
+    t = tas_stepper.step(x, y)
+    # above the target the TAS term is cost_weight × log E[FLOPs]
+    assert t["cost_loss"] == pytest.approx(2.0 * torch.log(torch.tensor(t["expected_ratio"] * tas_stepper.full)).item(),
+                                           rel=1e-4)
+
+
+def test_no_decode_from_the_cli_keeps_the_search_argmax(tmp_path, search_script, teacher_run):
+    # --arch-lr 0: the argmax stays at the logits' random start, far from the 0.3 target
+    base = FLAGS + ["--teacher", str(teacher_run), "--flops-ratio", "0.3", "--arch-lr", "0", "--epochs", "1"]
+    assert search_script.main(base + ["--output", str(tmp_path / "d")]) == 0
+    assert search_script.main(base + ["--no-decode", "--output", str(tmp_path / "n")]) == 0
+    decoded, kept = (json.loads((tmp_path / r / "metrics.json").read_text()) for r in ("d", "n"))
+    assert decoded["pre_decode_ratio"] == kept["pre_decode_ratio"] > 0.35
+    assert decoded["decode_moves"] > 0 and decoded["within_tolerance"]
+    assert kept["decode_moves"] == 0 and not kept["within_tolerance"]
+    arch = Arch.from_json(tmp_path / "n" / "arch.json")
+    assert arch.flops_ratio == pytest.approx(kept["pre_decode_ratio"])
+    assert arch.meta["decode"] is False and arch.meta["channel_order"] == "l1"
