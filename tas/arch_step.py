@@ -75,33 +75,33 @@ class ArchStepper:
         over = self._over_ceiling(*self._argmax())
         return torch.log(self.supernet.expected_cost(self.ceiling[0])) if over else None
 
-    def _cost_loss(self) -> tuple[torch.Tensor, torch.Tensor, float]:
-        """``(budget term as added to the CE, expected cost, argmax cost)``."""
+    def _cost_loss(self) -> tuple[torch.Tensor, float, torch.Tensor, float]:
+        """``(budget term, its weight in the architecture loss, expected cost, argmax cost)``."""
         expected, current = self.expected_cost(), self.current_cost()
         extra = self._ceiling_loss()
-        ceiling = 0.0 if extra is None else self.cost_weight * extra
-        if self.controller is not None:
-            ratios = [expected / self.full]
-            if self.sharp_temperature is not None:
-                with self.supernet.sharpened(self.sharp_temperature):
-                    ratios.append(self.expected_cost() / self.full)
-            self._ratios = torch.stack([r.reshape(()).double() for r in ratios])
-            return self.controller.loss(self._ratios) + ceiling, expected, current
-        return self.cost_weight * cost_loss(expected, current, self.target, self.tolerance, self.full) + ceiling, \
-            expected, current
+        if self.controller is None:
+            lc = cost_loss(expected, current, self.target, self.tolerance, self.full)
+            return (lc if extra is None else lc + extra), self.cost_weight, expected, current
+        ratios = [expected / self.full]
+        if self.sharp_temperature is not None:
+            with self.supernet.sharpened(self.sharp_temperature):
+                ratios.append(self.expected_cost() / self.full)
+        self._ratios = torch.stack([r.reshape(()).double() for r in ratios])
+        lc = self.controller.loss(self._ratios)
+        return (lc if extra is None else lc + self.cost_weight * extra), 1.0, expected, current
 
     def step(self, images: torch.Tensor, targets: torch.Tensor) -> dict[str, float]:
         """One Adam step on α and β (then one ascent step on the multipliers); in a distributed run
         the CE is the global batch's (all ranks)."""
         ce = F.cross_entropy(self.supernet(images), targets)
-        lc, expected, current = self._cost_loss()
-        loss = ce + lc.to(ce.device)
+        lc, weight, expected, current = self._cost_loss()
+        loss = ce + weight * lc.to(ce.device)
         self.optimizer.zero_grad(set_to_none=True)
         # Only α and β: the weight gradients of this val batch would be discarded anyway.
         (loss * distributed.loss_scale(targets.numel())).backward(inputs=self.params)
         n, (ce_sum,) = distributed.reduce_gradients(self.params, targets.numel(), [ce.item() * targets.numel()])
         ce_value, lc_value = ce_sum / max(n, 1), lc.item()
-        loss_value = ce_value + lc_value
+        loss_value = ce_value + weight * lc_value
         if not math.isfinite(loss_value):
             bad = [n for n, v in (("arch CE", ce_value), ("cost loss", lc_value)) if not math.isfinite(v)]
             raise DivergedError(f"architecture loss is {loss_value} (non-finite: {', '.join(bad) or 'sum'})")

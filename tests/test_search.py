@@ -30,6 +30,15 @@ def search_run(tmp_path_factory, search_script, teacher_run):
     return out
 
 
+@pytest.fixture(scope="module")
+def tas_loss_run(tmp_path_factory, search_script, teacher_run):
+    """The same search with the paper's cost loss (--cost-loss tas) instead of the controller."""
+    out = tmp_path_factory.mktemp("search_tas") / "run"
+    assert search_script.main(FLAGS + ["--teacher", str(teacher_run), "--flops-ratio", "0.5", "--cost-loss", "tas",
+                                       "--output", str(out)]) == 0
+    return out
+
+
 def test_search_writes_run(search_run):
     arch = Arch.from_json(search_run / "arch.json")
     metrics = json.loads((search_run / "metrics.json").read_text())
@@ -42,12 +51,12 @@ def test_search_writes_run(search_run):
     assert slim(torch.randn(2, *arch.input_size)).shape == (2, 10)
 
 
-def test_search_cost_loss_steers_the_expected_cost_toward_the_target(search_run):
+def test_search_cost_loss_steers_the_expected_cost_toward_the_target(tas_loss_run):
     """What the architecture steps logged, before the final decode: each step's cost loss is
     +log E while the argmax costs over 0.5 of the FLOPs, -log E under 0.45, 0 between; and the
     expected FLOPs, which start near 0.3 (uniform logits), end at least twice as close to 0.5."""
-    full = Arch.from_json(search_run / "arch.json").full_flops
-    acc = EventAccumulator(str(search_run), size_guidance={"scalars": 0})
+    full = Arch.from_json(tas_loss_run / "arch.json").full_flops
+    acc = EventAccumulator(str(tas_loss_run), size_guidance={"scalars": 0})
     acc.Reload()
     series = {t: [e.value for e in acc.Scalars(f"search/{t}")] for t in ("expected_ratio", "derived_ratio", "cost_loss")}
     assert len(series["cost_loss"]) == 16
@@ -63,11 +72,27 @@ def test_search_cost_loss_steers_the_expected_cost_toward_the_target(search_run)
     assert abs(last - 0.5) < abs(first - 0.5) / 2, series["expected_ratio"]
 
 
+def test_search_keeps_the_teachers_most_important_channels(search_run, teacher_run):
+    from tas.channel_order import channel_scores
+    from tas.rundir import load_run
+
+    arch = Arch.from_json(search_run / "arch.json")
+    assert arch.meta["channel_order"] == "l1"
+    teacher, _ = load_run(teacher_run)
+    scores = channel_scores(teacher, "l1")
+    narrowed = [n for n, g in arch.groups.items() if g["width"] < g["channels"]]
+    assert narrowed
+    for n in narrowed:  # indices name the teacher's channels as trained: its top-L1 ones
+        top = torch.topk(scores[n], arch.groups[n]["width"]).indices.sort().values.tolist()
+        assert arch.groups[n]["indices"] == top, n
+
+
 def test_search_tensorboard_tags(search_run):
     acc = EventAccumulator(str(search_run), size_guidance={"images": 0, "histograms": 0, "tensors": 0})
     acc.Reload()
     tags = acc.Tags()
     for tag in ("search/weight_loss", "search/arch_loss", "search/cost_loss", "search/expected_ratio",
+                "search/derived_ratio", "search/sharp_ratio", "search/lambda1", "search/sharp_lambda1",
                 "search/derived_flops_ratio", "search/target_ratio", "search/tau", "search/val_top1"):
         assert tag in tags["scalars"], tag
     assert "width_probs" in tags["images"] and "depth_probs" in tags["images"]
@@ -142,7 +167,7 @@ def test_search_refuses_unsupported_model(tmp_path, search_script, capsys):
 
 @pytest.mark.parametrize("side", ["above", "below"])
 def test_cost_loss_alone_brings_the_argmax_into_the_band(side):
-    """Architecture steps with the search's defaults (cost weight 2, Adam lr 0.05), from an argmax
+    """Architecture steps with the TAS cost loss (cost weight 2, Adam lr 0.05), from an argmax
     at the full network (above) or the smallest (below) a 0.5 FLOPs target: while the argmax is
     over the target every step lowers the expected cost, while under the band every step raises
     it, and the argmax itself reaches the band with nothing left for the decode to do."""
@@ -157,7 +182,7 @@ def test_cost_loss_alone_brings_the_argmax_into_the_band(side):
     with torch.no_grad():  # logits rising with the width (above) or falling (below)
         for p in s.arch_parameters():
             p.copy_(torch.linspace(-1, 1, p.numel()) * (1 if side == "above" else -1))
-    stepper = ArchStepper(s, "flops", 0.5, 0.05, 2.0, 0.05, 1e-3)
+    stepper = ArchStepper(s, "flops", 0.5, 0.05, 2.0, 0.05, 1e-3, cost_loss="tas")
     start = stepper.current_cost() / stepper.full
     assert start == 1.0 if side == "above" else start < 0.1
     data = torch.Generator().manual_seed(1)
