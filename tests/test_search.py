@@ -32,10 +32,10 @@ def search_run(tmp_path_factory, search_script, teacher_run):
 
 @pytest.fixture(scope="module")
 def tas_loss_run(tmp_path_factory, search_script, teacher_run):
-    """The same search with the paper's cost loss (--cost-loss tas) instead of the controller."""
+    """search_run's search with the paper's cost loss (--cost-loss tas) instead of the controller."""
     out = tmp_path_factory.mktemp("search_tas") / "run"
-    assert search_script.main(FLAGS + ["--teacher", str(teacher_run), "--flops-ratio", "0.5", "--cost-loss", "tas",
-                                       "--output", str(out)]) == 0
+    assert search_script.main(FLAGS + ["--teacher", str(teacher_run), "--flops-ratio", "0.5", "--arch-lr", "0.3",
+                                       "--log-every", "1", "--cost-loss", "tas", "--output", str(out)]) == 0
     return out
 
 
