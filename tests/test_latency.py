@@ -453,3 +453,36 @@ def test_steady_scale_maps_predictions_to_the_measured_steady_state(table):
     assert calibrated.steady_scale == pytest.approx(0.5)
     # a uniform factor: ratios to the original, and so every latency target, are unchanged
     assert calibrated.full() == table.full() and calibrated.smallest() == table.smallest()
+
+
+def test_tf_same_convs_are_timed_with_the_padding_they_apply(tmp_path):
+    """timm's Conv2dSame keeps ``padding`` (0, 0) and pads in forward (asymmetrically when the total
+    is odd): each micro-model, given the real layer's weights, must compute what the layer does."""
+    import dataclasses
+
+    torch.manual_seed(0)
+    model = timm.create_model("tf_efficientnet_lite0", num_classes=10).eval()
+    s = create_supernet(model, input_size=(3, 64, 64), model_name="tf_efficientnet_lite0")
+    modules = dict(model.named_modules())
+    grid = {n: [g.channels] for n, g in s.groups().items()}
+    asymmetric = 0
+    for e in lat.build._entries(s, grid):
+        if e.kind != "conv":
+            continue
+        (_, point), = e.points()
+        spec = dataclasses.replace(e.spec(point, 1), bn=False)
+        real, micro = modules[e.name], lat._torch_micro(spec)
+        conv = next(m for m in micro if isinstance(m, torch.nn.Conv2d))
+        conv.load_state_dict(real.state_dict())
+        x = torch.randn(*spec.input_shape)
+        with torch.no_grad():
+            want, got = torch.relu(real(x)), micro(x)
+        assert got.shape == want.shape, e.name
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5, msg=e.name)
+        if len(spec.padding) == 4 and spec.padding[:2] != spec.padding[2:]:
+            asymmetric += 1
+            path = tmp_path / "m.onnx"
+            path.write_bytes(lat._onnx_micro(spec, micro))
+            out = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"input": x.numpy()})[0]
+            np.testing.assert_allclose(out, want.numpy(), atol=1e-5, err_msg=e.name)
+    assert asymmetric >= 2  # the stride-2 convs at even sizes pad (0, 0, 1, 1)-style

@@ -3,7 +3,9 @@
 FLOPs do not predict latency (``ALGORITHMS.md`` §5: odd widths can be slower than wider ones), so
 a latency budget needs measurements. :func:`build_latency_table` times, for every prunable conv and
 linear layer of a supernet's model, a tiny single-layer network (conv + BN + ReLU with that layer's
-kernel, stride, padding, groups and input H×W; a linear layer alone) at every point of the layer's
+kernel, stride, padding, groups and input H×W; a linear layer alone; a timm ``Conv2dSame``'s dynamic
+TF "same" padding is recorded as the pads it applies at that H×W, asymmetric ones as a pad before
+the conv) at every point of the layer's
 width grid:
 
 * a conv whose input and output groups are both searched: a 2-D grid, input × output candidates;

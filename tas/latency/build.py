@@ -18,6 +18,7 @@ import torch
 import torch.nn as nn
 
 from ..errors import CheckpointError, TasError
+from timm.layers import Conv2dSame
 from .measure import Timer, _check_args, _measure_ort_subprocess, hardware_string, measure
 from .micro import MicroSpec, _Runtime
 from .table import FORMAT_VERSION, LatencyTable, LayerEntry, _graph_fingerprint
@@ -77,7 +78,7 @@ def _layer_geometry(supernet: Any) -> dict[str, dict[str, Any]]:
             depthwise = m.groups > 1 and m.groups == m.in_channels == m.out_channels
             out[l.name] = {"c_in": m.in_channels, "c_out": m.out_channels, "kernel": list(m.kernel_size),
                            "stride": list(m.stride), "dilation": list(m.dilation), "groups": m.groups,
-                           "padding": m.padding if isinstance(m.padding, str) else list(m.padding),
+                           "padding": _padding(m, in_hw[l.name]),
                            "bias": m.bias is not None, "depthwise": depthwise,
                            "bn": bool(nxt is not None and nxt.kind == "bn" and nxt.out_group == l.out_group),
                            "in_hw": list(in_hw[l.name])}
@@ -86,6 +87,18 @@ def _layer_geometry(supernet: Any) -> dict[str, dict[str, Any]]:
         else:
             raise TasError(f"layer {l.name} is a {type(m).__name__}; latency tables time Conv2d and Linear layers")
     return out
+
+
+def _padding(conv: nn.Conv2d, in_hw: tuple[int, ...]) -> str | list[int]:
+    """The padding ``conv`` applies to an ``in_hw`` input: its static ``padding`` (``[h, w]`` or a
+    string), or for timm's dynamic TF "same" conv (``padding`` (0, 0), padded in forward) the pads
+    it computes for that size, ``[top, left, bottom, right]`` (asymmetric when the total is odd)."""
+    if not isinstance(conv, Conv2dSame):
+        return conv.padding if isinstance(conv.padding, str) else list(conv.padding)
+    pads = []
+    for x, k, s, d in zip(in_hw, conv.kernel_size, conv.stride, conv.dilation):
+        pads.append(max((-(-x // s) - 1) * s + (k - 1) * d + 1 - x, 0))
+    return [pads[0] // 2, pads[1] // 2, pads[0] - pads[0] // 2, pads[1] - pads[1] // 2]
 
 
 def _entries(supernet: Any, grid: Mapping[str, list[int]]) -> list[LayerEntry]:

@@ -73,10 +73,28 @@ class Runnable:
         return f"Runnable({self.spec})"
 
 
+def _explicit_pads(padding: Any) -> list[int] | None:
+    """``padding`` as ONNX ``pads`` (``[top, left, bottom, right]``); None for a string padding.
+    A 2-entry padding is symmetric; a 4-entry one (a TF "same" conv's, see
+    :func:`tas.latency.build._padding`) is already in this order."""
+    if isinstance(padding, str):
+        return None
+    p = [int(v) for v in padding]
+    return p * 2 if len(p) == 2 else p
+
+
 def _torch_micro(spec: MicroSpec) -> nn.Module:
     if spec.kind == "conv":
-        layers: list[nn.Module] = [nn.Conv2d(spec.c_in, spec.c_out, spec.kernel, spec.stride, spec.padding,
-                                             spec.dilation, spec.groups, bias=spec.bias)]
+        pads = _explicit_pads(spec.padding)
+        layers: list[nn.Module] = []
+        if pads is not None and pads[:2] != pads[2:]:
+            # asymmetric (TF "same" with an odd total): padded first, as timm's Conv2dSame does
+            layers.append(nn.ZeroPad2d((pads[1], pads[3], pads[0], pads[2])))
+            padding: Any = 0
+        else:
+            padding = spec.padding if pads is None else tuple(pads[:2])
+        layers.append(nn.Conv2d(spec.c_in, spec.c_out, spec.kernel, spec.stride, padding,
+                                spec.dilation, spec.groups, bias=spec.bias))
         if spec.bn:
             layers.append(nn.BatchNorm2d(spec.c_out))
         layers.append(nn.ReLU())
@@ -90,7 +108,8 @@ def _torch_micro(spec: MicroSpec) -> nn.Module:
 
 def _onnx_micro(spec: MicroSpec, module: nn.Module) -> bytes | None:
     """``module`` as the ONNX graph the TorchScript exporter writes for it in eval mode (BN folded
-    into the conv: ``Conv`` + ``Relu``; ``Gemm`` for a linear layer), built directly. None when the
+    into the conv: ``Conv`` + ``Relu``, its ``pads`` possibly asymmetric; ``Gemm`` for a linear
+    layer), built directly. None when the
     conv is not expressible that simply (string padding): the caller exports it instead."""
     from onnx import TensorProto, helper, numpy_helper
 
@@ -101,18 +120,18 @@ def _onnx_micro(spec: MicroSpec, module: nn.Module) -> bytes | None:
 
     nodes, inits = [], []
     if spec.kind == "conv":
-        conv = module[0]
-        if isinstance(conv.padding, str) or conv.padding_mode != "zeros":
+        conv = next(m for m in module if isinstance(m, nn.Conv2d))
+        pads = _explicit_pads(spec.padding)
+        if pads is None or conv.padding_mode != "zeros":
             return None
         w = conv.weight.detach().double()
         b = conv.bias.detach().double() if conv.bias is not None else torch.zeros(spec.c_out, dtype=torch.float64)
         if spec.bn:
-            bn = module[1]
+            bn = next(m for m in module if isinstance(m, nn.BatchNorm2d))
             scale = bn.weight.detach().double() / torch.sqrt(bn.running_var.double() + bn.eps)
             w = w * scale.view(-1, 1, 1, 1)
             b = (b - bn.running_mean.double()) * scale + bn.bias.detach().double()
         inits = [numpy_helper.from_array(w.float().numpy(), "weight"), numpy_helper.from_array(b.float().numpy(), "bias")]
-        pads = list(conv.padding) * 2
         nodes = [helper.make_node("Conv", [INPUT_NAME, "weight", "bias"], ["conv_out"], kernel_shape=list(conv.kernel_size),
                                   strides=list(conv.stride), pads=pads, dilations=list(conv.dilation), group=conv.groups),
                  helper.make_node("Relu", ["conv_out"], [OUTPUT_NAME])]

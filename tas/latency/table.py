@@ -20,7 +20,8 @@ import torch
 from ..errors import CheckpointError, TasError
 from .micro import MicroSpec
 
-FORMAT_VERSION = 1
+#: 2: a TF "same" conv's geometry records the pads it applies (format 1 timed it unpadded)
+FORMAT_VERSION = 2
 
 
 @dataclass
