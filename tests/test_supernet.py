@@ -269,3 +269,15 @@ def test_recalibrate_bn_gives_hard_mode_batch_statistics(ranked):
         kept = torch.tensor(arch.groups[group.name]["indices"])
         assert torch.allclose(bn.running_mean[kept], mean, rtol=1e-4, atol=1e-5), name
         assert torch.allclose(bn.running_var[kept], var, rtol=1e-4, atol=1e-5), name
+
+
+def test_resnet_refuses_a_conv_subclass_that_does_not_slice_exactly():
+    """timm's StdConv2d is an nn.Conv2d that standardises its weight over all input channels in
+    forward, so a sliced copy would compute something else: the adapter names it and refuses."""
+    from timm.layers import StdConv2d
+
+    model = timm.create_model("resnet18", num_classes=10).eval()
+    old = model.layer1[0].conv1
+    model.layer1[0].conv1 = StdConv2d(old.in_channels, old.out_channels, 3, padding=1, bias=False)
+    with pytest.raises(ModelError, match=r"unsupported ResNet variant: layer1\.0\.conv1 is a StdConv2d"):
+        create_supernet(model, input_size=(3, 32, 32), model_name="resnet18")

@@ -14,7 +14,7 @@ from ..errors import ModelError
 from ..graph import ModelGraph
 
 __all__ = ["register_family", "register_finalizer", "describe_model", "finalize_slim", "sync_feature_info",
-           "supported_families"]
+           "sliceable_conv", "supported_families"]
 
 _FAMILIES: dict[str, tuple[Callable[[nn.Module], bool], Callable[[nn.Module], ModelGraph]]] = {}
 
@@ -43,6 +43,19 @@ def finalize_slim(family: str, slim: nn.Module) -> nn.Module:
     """Apply the family's finalizer to a materialised model (no-op when it has none)."""
     fix = _FINALIZERS.get(family)
     return fix(slim) if fix is not None else slim
+
+
+def sliceable_conv(model: nn.Module, name: str, check: Callable[[bool, str], None], note: str = "") -> nn.Module:
+    """``model``'s conv ``name``, refused through the family's ``check(cond, what)`` unless its class
+    is exactly one of :data:`tas.ops.SLICEABLE_CONVS`. A subclass may transform its weight in
+    forward (timm's ``StdConv2d`` standardises it over all input channels), which slicing would not
+    reproduce, so ``isinstance`` is not enough."""
+    from ..ops import SLICEABLE_CONVS
+
+    m = model.get_submodule(name)
+    check(type(m) in SLICEABLE_CONVS, f"{name} is a {type(m).__name__}, not one of the conv classes that slice "
+          f"exactly ({', '.join(c.__name__ for c in SLICEABLE_CONVS)}{'; ' + note if note else ''})")
+    return m
 
 
 def sync_feature_info(model: nn.Module, width_of: Callable[[str], int]) -> nn.Module:

@@ -41,8 +41,7 @@ from timm.models.mobilenetv3 import MobileNetV3
 
 from ..errors import ModelError
 from ..graph import ModelGraph, Stage
-from ..ops import SLICEABLE_CONVS
-from . import register_family, register_finalizer, sync_feature_info
+from . import register_family, register_finalizer, sliceable_conv, sync_feature_info
 from .resnet import _attention as _resnet_attention
 
 __all__ = ["describe_efficientnet", "sync_head_attributes"]
@@ -56,10 +55,7 @@ def _check(cond: bool, what: str) -> None:
 
 
 def _conv(model: nn.Module, name: str) -> nn.Conv2d:
-    m = model.get_submodule(name)
-    _check(type(m) in SLICEABLE_CONVS, f"{name} is a {type(m).__name__}, not one of the conv classes that slice "
-           f"exactly ({', '.join(c.__name__ for c in SLICEABLE_CONVS)}; mixed/CondConv kernels are not supported)")
-    return m
+    return sliceable_conv(model, name, _check, "mixed/CondConv kernels are not supported")
 
 
 def _bn(model: nn.Module, name: str, channels: int) -> None:

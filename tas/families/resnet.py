@@ -19,7 +19,7 @@ from timm.models.resnet import BasicBlock, Bottleneck, ResNet
 from ..errors import ModelError
 from ..graph import ModelGraph, Stage
 from ..models.cifar_resnet import CifarResNet
-from . import register_family, register_finalizer, sync_feature_info
+from . import register_family, register_finalizer, sliceable_conv, sync_feature_info
 
 
 def _is_resnet(model: nn.Module) -> bool:
@@ -121,6 +121,9 @@ def describe_resnet(model: nn.Module) -> ModelGraph:
         g.add_layer("fc", "linear", stream, None)
     elif isinstance(fc, nn.Conv2d):
         g.add_layer("fc", "conv", stream, None)
+    for layer in g.layers:
+        if layer.kind == "conv":
+            sliceable_conv(model, layer.name, _check)
     return g
 
 
