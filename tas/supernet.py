@@ -77,8 +77,10 @@ class GroupState(nn.Module):
             self.density = self.widths[0] / self.channels
             self.register_buffer("attn_strength", torch.ones(()))
         self._scale: torch.Tensor | None = None  # this search-mode forward's scale(), see sample()
+        self._hard_scale: tuple[tuple[Any, ...], torch.Tensor] | None = None  # see scale_at()
         self._cache: dict[int, torch.Tensor] = {}
         self.temperature = 1.0
+        self._prefix: dict[int, bool] = {}  # candidate j's channels are 0..n-1 (filled with _cache)
         self.active: torch.Tensor = torch.arange(self.channels)
         self.fragments: list[tuple[int, Any, Any, Any]] | None = None
         self.hard_candidate: int | None = len(widths) - 1
@@ -88,12 +90,21 @@ class GroupState(nn.Module):
         idx = self._cache.get(j)
         if idx is None or idx.device != self.order.device:
             idx = self._cache[j] = self.order[: self.widths[j]].sort().values
+            # Sorted and distinct, so the last id is n-1 iff they are 0..n-1; read once per ranking
+            # here rather than (a host sync) per candidate per forward in sample().
+            self._prefix[j] = idx.numel() > 0 and int(idx[-1]) == idx.numel() - 1
         return idx
+
+    def candidate_is_prefix(self, j: int) -> bool:
+        """Whether candidate ``j``'s channels are ``0..n-1`` (also the first n of any wider set)."""
+        self.candidate_indices(j)
+        return self._prefix[j]
 
     def set_order(self, order: torch.Tensor) -> None:
         """Change the channel ranking."""
         self.order.copy_(order)
         self._cache.clear()
+        self._prefix.clear()
 
     def attention(self) -> torch.Tensor:
         """SA++ block attention: ``n·softmax(L)`` with mean 1, clipped to [density, 1/density]."""
@@ -140,12 +151,26 @@ class GroupState(nn.Module):
     def scale_at(self, channels: Any) -> torch.Tensor | None:
         """:meth:`scale` at ``channels`` (None: all, an int ``n``: the first n, else channel ids).
 
-        In search mode the scale :meth:`sample` computed for this forward pass; in hard mode a fresh
-        one, so that hard mode, search mode and the materialised network apply the same multiplier.
+        In search mode the scale :meth:`sample` computed for this forward pass; in hard mode the
+        current :meth:`scale` too, so that hard mode, search mode and the materialised network apply
+        the same multiplier. Hard mode computes it once per state of the tensors it depends on (their
+        in-place version counters change on an optimiser step, ``load_state_dict`` or a mask edit),
+        not in every layer of every forward; a forward that records gradients for the logits
+        computes it afresh so that they flow.
         """
         if self.attn_logits is None:
             return None
-        s = self._scale if self.fragments is not None and self._scale is not None else self.scale()
+        if self.fragments is not None and self._scale is not None:
+            s = self._scale
+        elif torch.is_grad_enabled() and self.attn_logits.requires_grad:
+            s = self.scale()
+        else:
+            key = (self.attn_logits._version, self.mask._version, self.attn_strength._version,
+                   self.attn_logits.data_ptr(), self.attn_logits.device)
+            if self._hard_scale is None or self._hard_scale[0] != key:
+                with torch.no_grad():
+                    self._hard_scale = (key, self.scale())
+            s = self._hard_scale[1]
         if channels is None:
             return s
         return s[:channels] if isinstance(channels, int) else s.index_select(0, channels)
@@ -156,6 +181,8 @@ class GroupState(nn.Module):
             state_dict.setdefault(prefix + "attn_strength", torch.ones(()))
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
         self._cache.clear()  # a loaded ranking replaces `order` behind the candidate index cache
+        self._prefix.clear()
+        self._hard_scale = None
 
     # -- selection --------------------------------------------------------------------------
     def probs(self) -> torch.Tensor:
@@ -181,7 +208,7 @@ class GroupState(nn.Module):
             # Channels 0..n-1 (sorted, distinct: the last is n-1) are also the first n active ones.
             # Asked of each candidate, not of the active set: under a ranking (SA++, grouped
             # convs) a narrower candidate need not be a prefix when the widest one is.
-            prefix = cand.numel() > 0 and int(cand[-1]) == cand.numel() - 1
+            prefix = self.candidate_is_prefix(j)
             if j == jmax:
                 pos, chans = None, (None if full else (cand.numel() if prefix else cand))
             elif prefix:
@@ -193,7 +220,7 @@ class GroupState(nn.Module):
 
     def set_hard(self, indices: torch.Tensor) -> None:
         self.active = indices.to(self.order.device)
-        self.fragments, self._scale = None, None
+        self.fragments, self._scale, self._hard_scale = None, None, None
         w = indices.numel()
         self.hard_candidate = self.widths.index(w) if w in self.widths else None
 

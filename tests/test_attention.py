@@ -330,3 +330,30 @@ def test_hard_mode_and_slim_apply_the_attention_as_search_mode_does(name, size):
     assert (hard - without).abs().max() > 1e-2 * scale
     assert (search - hard).abs().max() <= 1e-6 * scale
     assert (slim - hard).abs().max() <= 1e-5 * scale
+
+
+def test_hard_mode_computes_each_groups_attention_once_per_state(monkeypatch):
+    """constrained_attention (60 bisection steps, a host sync each) runs once per group per state
+    of its logits in hard mode, not in every layer of every forward; an in-place change of the
+    logits (an optimiser step, load_state_dict) is seen by the next forward."""
+    import tas.supernet as sn
+
+    s, _, size = _sapp_supernet()
+    calls = []
+    monkeypatch.setattr(sn, "constrained_attention", lambda *a, **k: calls.append(1) or constrained_attention(*a, **k))
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(2, *size)
+    n_attn = sum(g.attn_logits is not None for g in s.groups().values())
+    s.eval().set_arch(s.random_arch(gen))
+    with torch.no_grad():
+        before = s(x)
+        s(x)
+        assert 0 < len(calls) <= n_attn
+        calls.clear()
+        g = next(g for g in s.groups().values() if g.attn_logits is not None and g.attn_logits.numel() > 2)
+        g.attn_logits.copy_(3 * torch.randn(g.attn_logits.shape, generator=gen))
+        after = s(x)
+        assert len(calls) == 1
+    fresh = s(x)  # gradients on: computed afresh
+    assert (after - before).abs().max() > 1e-3
+    torch.testing.assert_close(after, fresh.detach())
