@@ -28,6 +28,7 @@ import json
 import os
 import socket
 import sys
+import time
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
 
@@ -194,8 +195,14 @@ def _pid_alive(pid: Any) -> bool:
     return True
 
 
+#: seconds a lock naming a dead PID of this host is retried: the run's forked children (DataLoader
+#: workers) share its flock and need a moment to notice that it died
+CHILD_WAIT_S = 10.0
+
+
 def _lock_fd(path: Path) -> int:
     """An fd of ``path`` holding its exclusive ``flock``; refuses (exit 2) when another run holds it."""
+    deadline = None
     while True:
         try:
             fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
@@ -205,13 +212,26 @@ def _lock_fd(path: Path) -> int:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as e:
             owner = _read_owner(fd)
-            unsupported = e.errno in (errno.ENOLCK, errno.EOPNOTSUPP, errno.EINVAL)
-            # Without flock (some network file systems) only a holder on this host can be checked.
-            held = (not unsupported or owner.get("host") != socket.gethostname() or _pid_alive(owner.get("pid")))
-            if held and (owner or not unsupported):
+            here = owner.get("host") == socket.gethostname()
+            if e.errno in (errno.ENOLCK, errno.EOPNOTSUPP, errno.EINVAL):
+                # Without flock (some network file systems) only a holder on this host can be checked.
+                if owner and (not here or _pid_alive(owner.get("pid"))):
+                    os.close(fd)
+                    hint = "" if here else f"; if that run is gone, delete {path}"
+                    raise TasError(f"{path.parent} is being written by another run: {_describe(owner)}; wait for "
+                                   f"it to end or choose another --output (lock file: {path}){hint}") from None
+            else:
                 os.close(fd)
-                raise TasError(f"{path.parent} is being written by another run: {_describe(owner)}; wait for "
-                               f"it to end or choose another --output (lock file: {path})") from None
+                if not (here and not _pid_alive(owner.get("pid"))):
+                    raise TasError(f"{path.parent} is being written by another run: {_describe(owner)}; wait for "
+                                   f"it to end or choose another --output (lock file: {path})") from None
+                # The holder is dead but the flock lives on in processes it forked: wait for them.
+                deadline = deadline if deadline is not None else time.monotonic() + CHILD_WAIT_S
+                if time.monotonic() >= deadline:
+                    raise TasError(f"{path.parent} is locked: PID {owner.get('pid')} has ended but its child "
+                                   f"processes still hold the lock; retry in a few seconds (lock file: {path})") from None
+                time.sleep(0.1)
+                continue
         # A holder deletes the file on release: the file locked must still be the one at ``path``.
         try:
             if os.stat(path).st_ino == os.fstat(fd).st_ino:

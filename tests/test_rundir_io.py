@@ -241,3 +241,68 @@ def test_lock_is_exclusive_within_one_process_and_reusable(tmp_path):
     with pytest.raises(TasError, match=f"{run / 'file'} is a file, not a directory"):
         with run_lock(run / "file" / "sub" / "run"):
             pass
+
+
+# A run that forked a child (a DataLoader worker) while holding the lock, then died (kill -9): the
+# child keeps the flock, the lock file names the dead parent. Prints the child's PID.
+_FORKING_HOLDER = """
+import fcntl, json, os, socket, sys, time
+fd = os.open(os.path.join(sys.argv[1], sys.argv[2]), os.O_RDWR | os.O_CREAT, 0o666)
+fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+os.write(fd, json.dumps({"pid": os.getpid(), "host": socket.gethostname()}).encode())
+child = os.fork()
+if child == 0:
+    os.close(1), os.close(2)  # the test reads the parent's output to its end
+    time.sleep(float(sys.argv[3]))
+    os._exit(0)
+print(os.getpid(), child, flush=True)
+os._exit(0)
+"""
+
+
+def _orphaned_lock(run, child_s):
+    run.mkdir()
+    out = subprocess.run([sys.executable, "-c", _FORKING_HOLDER, str(run), LOCK_NAME, str(child_s)],
+                         capture_output=True, text=True, check=True).stdout.split()
+    return int(out[0]), int(out[1])
+
+
+def test_lock_held_by_a_dead_runs_children_is_waited_for_then_explained(tmp_path, monkeypatch, capsys):
+    import signal
+
+    import tas.rundir as rundir
+
+    run = tmp_path / "run"
+    parent, child = _orphaned_lock(run, 60)
+    try:
+        monkeypatch.setattr(rundir, "CHILD_WAIT_S", 0.3, raising=False)
+        with pytest.raises(TasError, match=f"PID {parent} has ended but its child processes still hold the lock; "
+                                           "retry in a few seconds"):
+            with run_lock(run):
+                pass
+    finally:
+        os.kill(child, signal.SIGKILL)
+    # children that end within the wait: the lock is taken over, naming the dead run
+    parent, child = _orphaned_lock(tmp_path / "run2", 0.5)
+    monkeypatch.setattr(rundir, "CHILD_WAIT_S", 20.0, raising=False)
+    with run_lock(tmp_path / "run2"):
+        pass
+    assert f"was locked by PID {parent}" in capsys.readouterr().err
+
+
+def test_without_flock_a_lock_from_another_host_says_how_to_clear_it(tmp_path, monkeypatch):
+    import errno
+
+    import tas.rundir as rundir
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / LOCK_NAME).write_text(json.dumps({"pid": 1, "host": "elsewhere"}))
+
+    def no_flock(fd, op):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(rundir.fcntl, "flock", no_flock)
+    with pytest.raises(TasError, match=f"PID 1 on host elsewhere.*if that run is gone, delete {run / LOCK_NAME}"):
+        with run_lock(run):
+            pass
