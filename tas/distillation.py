@@ -65,11 +65,16 @@ def load_arch(path: str) -> Any:
 
 
 def _check_teacher_data(cfg: TrainConfig, tconfig: dict[str, Any], info: Any) -> None:
-    """Warn (stderr) when ``--dataset`` is not the dataset the teacher's ``config.json`` records.
+    """Refuse a teacher with another class count than ``--dataset`` (exit 2); warn (stderr) when
+    ``--dataset`` is not the dataset the teacher's ``config.json`` records.
 
     A teacher's soft targets on a dataset it never saw carry little knowledge, and with the same
     class count nothing else would fail: the run trains, only worse than it should.
     """
+    classes = tconfig.get("model_kwargs", {}).get("num_classes")
+    if classes is not None and int(classes) != int(info.num_classes):
+        raise TasError(f"the teacher in {cfg.teacher} has {classes} classes, but --dataset {cfg.dataset} has "
+                       f"{info.num_classes}; distil on the data the teacher was trained for")
     trained_on = tconfig.get("dataset")
     if trained_on is not None and trained_on != cfg.dataset:
         print(f"warning: the teacher in {cfg.teacher} was trained on {trained_on}, but --dataset is {cfg.dataset}: "

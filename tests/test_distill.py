@@ -166,3 +166,18 @@ def test_distilling_on_another_dataset_warns_and_records_both(tmp_path, teacher_
         assert len(warnings) == 1 and "was trained on mnist, but --dataset is digits" in warnings[0]
     metrics = json.loads((out / "metrics.json").read_text())
     assert (metrics["dataset"], metrics["teacher_dataset"]) == ("digits", teacher_dataset)
+
+
+def test_a_teacher_with_another_class_count_is_refused_before_the_dataset_warning(capsys):
+    from types import SimpleNamespace
+
+    from tas.distill import _check_teacher_data
+    from tas.errors import TasError
+
+    cfg = SimpleNamespace(teacher="runs/t", dataset="digits")
+    with pytest.raises(TasError, match="the teacher in runs/t has 100 classes, but --dataset digits has 10"):
+        _check_teacher_data(cfg, {"dataset": "cifar100", "model_kwargs": {"num_classes": 100}},
+                            SimpleNamespace(num_classes=10))
+    assert "warning" not in capsys.readouterr().err
+    _check_teacher_data(cfg, {"dataset": "mnist", "model_kwargs": {"num_classes": 10}}, SimpleNamespace(num_classes=10))
+    assert "both have 10 classes" in capsys.readouterr().err
