@@ -147,3 +147,10 @@ def test_cifar_resnet_scripts_like_timm_resnets_and_keeps_its_state_dict_keys():
             assert torch.allclose(scripted(x), net(x), atol=1e-6)
     with pytest.raises(TypeError, match="three stages"):
         CifarResNet(layers=(3, 3, 3, 3), widths=(16, 32, 64, 128))
+
+
+@pytest.mark.parametrize("name", ["cifar_resnet20", "cifar_mobilenetv2"])
+def test_features_only_is_refused_not_ignored(name):
+    with pytest.raises(ModelError, match="does not support features_only=True"):
+        timm.create_model(name, features_only=True)
+    assert timm.create_model(name, num_classes=10, features_only=False).num_classes == 10

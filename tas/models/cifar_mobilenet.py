@@ -23,7 +23,7 @@ from timm.models._efficientnet_builder import (_init_weight_goog, decode_arch_de
                                                resolve_bn_args, round_channels)
 from timm.models.efficientnet import EfficientNet
 
-from .cifar_resnet import _TIMM_FACTORY_KWARGS
+from .cifar_resnet import drop_factory_kwargs
 
 __all__ = ["CIFAR_MOBILENETV2_ARCH", "cifar_mobilenetv2"]
 
@@ -53,8 +53,7 @@ def _create(variant: str, channel_multiplier: float, pretrained: bool = False, *
     if pretrained:
         raise ValueError(f"no pretrained weights are published for {variant}; train one with train.py "
                          "or pass --pretrained-path")
-    for key in _TIMM_FACTORY_KWARGS:  # passed by timm.create_model, meaningless here
-        kwargs.pop(key, None)
+    drop_factory_kwargs(kwargs, variant)
     round_chs_fn = partial(round_channels, multiplier=channel_multiplier)
     model = EfficientNet(
         block_args=decode_arch_def(CIFAR_MOBILENETV2_ARCH),

@@ -17,9 +17,23 @@ from timm.layers import create_classifier
 from timm.models import register_model
 from timm.models.resnet import BasicBlock, downsample_conv
 
-__all__ = ["CifarResNet", "CIFAR_DEPTHS"]
+from ..errors import ModelError
 
-_TIMM_FACTORY_KWARGS = ("pretrained_cfg", "pretrained_cfg_overlay", "cache_dir", "features_only")
+__all__ = ["CifarResNet", "CIFAR_DEPTHS", "TIMM_FACTORY_KWARGS", "drop_factory_kwargs"]
+
+#: arguments ``timm.create_model`` passes to every model entry point, meaningless to a model built
+#: directly (no pretrained weights, no download cache)
+TIMM_FACTORY_KWARGS = ("pretrained_cfg", "pretrained_cfg_overlay", "cache_dir")
+
+
+def drop_factory_kwargs(kwargs: dict[str, Any], model: str) -> None:
+    """Remove :data:`TIMM_FACTORY_KWARGS` from ``kwargs`` in place; refuse ``features_only=True``
+    (these models are built without timm's feature wrapper, so it would be silently ignored)."""
+    if kwargs.pop("features_only", False):
+        raise ModelError(f"{model} does not support features_only=True; build it without and read the "
+                         "stages' outputs (feature_info names them)")
+    for key in TIMM_FACTORY_KWARGS:
+        kwargs.pop(key, None)
 
 #: blocks per stage of each registered depth (6n + 2 layers)
 CIFAR_DEPTHS = {20: 3, 32: 5, 44: 7, 56: 9, 110: 18}
@@ -52,8 +66,7 @@ class CifarResNet(nn.Module):
         **kwargs: Any,
     ) -> None:
         super().__init__()
-        for key in _TIMM_FACTORY_KWARGS:  # passed by timm.create_model, meaningless here
-            kwargs.pop(key, None)
+        drop_factory_kwargs(kwargs, type(self).__name__)
         if kwargs:
             raise TypeError(f"CifarResNet got unexpected arguments: {sorted(kwargs)}")
         if len(layers) != 3 or len(widths) != 3:
