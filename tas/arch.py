@@ -136,8 +136,9 @@ class Arch:
 
         The one check every consumer of a spec runs (the supernet's hard mode, the materialiser):
         the same groups and stages with the same full sizes, and in a group that feeds a grouped
-        conv the same count of kept channels at the same local positions in every conv group, the
-        only selections a dense grouped conv can compute. :meth:`from_dict` has already checked
+        conv the same count of kept channels at the same local positions in every conv group (in
+        one that only comes out of it, the same count), the only selections a dense grouped conv
+        can compute. :meth:`from_dict` has already checked
         the spec on its own (types, ranges, distinct indices).
         """
         if set(self.groups) != set(graph.groups) or set(self.stages) != set(graph.stages):
@@ -145,13 +146,17 @@ class Arch:
             extra = sorted((set(self.groups) | set(self.stages)) - set(graph.groups) - set(graph.stages))
             raise ArchError(f"the architecture (of {self.model}) does not fit this {model}: its groups or stages "
                             f"differ (missing {missing[:3]}, unknown {extra[:3]})")
+        # A conv reading group X and writing a conv-grouped group is the grouped conv itself, so X
+        # feeds it: its conv group q reads only X's slice q, with one weight layout for all q.
+        feeds = {l.in_group for l in graph.layers if l.kind == "conv" and l.in_group and l.out_group
+                 and graph.groups[l.out_group].conv_groups > 1}
         for name, g in graph.groups.items():
             a = self.groups[name]
             if a["channels"] != g.channels:
                 raise ArchError(f"the architecture's group {name} has {a['channels']} channels, the model's "
                                 f"has {g.channels}")
             if g.conv_groups > 1:
-                _check_conv_grouped(name, a["indices"], g.channels, g.conv_groups)
+                _check_conv_grouped(name, a["indices"], g.channels, g.conv_groups, name in feeds)
         for name, s in graph.stages.items():
             if self.stages[name]["blocks"] != s.num_blocks:
                 raise ArchError(f"the architecture's stage {name} has {self.stages[name]['blocks']} blocks, the "
@@ -164,17 +169,21 @@ class Arch:
         return rows
 
 
-def _check_conv_grouped(name: str, indices: list[int], channels: int, conv_groups: int) -> None:
-    """Every conv group of ``name`` must keep the same local positions (hence as many channels)."""
+def _check_conv_grouped(name: str, indices: list[int], channels: int, conv_groups: int, feeds: bool) -> None:
+    """Every conv group of ``name`` must keep as many channels, and when ``name`` feeds the grouped
+    conv (rather than only coming out of it) the same local positions: the slim conv's groups share
+    one weight layout on the input side, while each output channel has its own filter."""
     per = channels // conv_groups
     local: list[set[int]] = [set() for _ in range(conv_groups)]
     for i in indices:
         local[i // per].add(i % per)
     for q, positions in enumerate(local):
-        if positions != local[0]:
+        if positions != local[0] and (feeds or len(positions) != len(local[0])):
+            role = "feeds" if feeds else "comes out of"
+            rule = "the same local channels" if feeds else "as many channels"
             raise ArchError(
-                f"group {name} feeds a conv with {conv_groups} groups of {per} channels: every conv group must keep "
-                f"the same local channels, but conv group 0 keeps {_fmt(local[0])} and conv group {q} keeps "
+                f"group {name} {role} a conv with {conv_groups} groups of {per} channels: every conv group must keep "
+                f"{rule}, but conv group 0 keeps {_fmt(local[0])} and conv group {q} keeps "
                 f"{_fmt(positions)} (channel c is local position c % {per} of conv group c // {per})")
 
 

@@ -24,8 +24,9 @@ class Group:
         channels: full width.
         kind: ``stem``, ``stream`` (residual-coupled) or ``inner`` (inside one block).
         conv_groups: the group feeds/leaves a grouped convolution with this many groups; every
-            width is then a multiple of it and each conv group keeps the same local positions, so
-            the slim convolution stays grouped.
+            width is then a multiple of it and each conv group keeps as many channels (the same
+            local positions where it feeds the conv, see :meth:`tas.arch.Arch.check_fits`), so the
+            slim convolution stays grouped.
     """
 
     name: str

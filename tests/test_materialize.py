@@ -177,3 +177,24 @@ def test_slim_network_keeps_the_source_dtype():
     assert {p.dtype for p in slim.parameters()} == {torch.float64}
     with torch.no_grad():
         assert slim(torch.randn(1, *SIZE, dtype=torch.float64)).dtype == torch.float64
+
+
+def test_a_group_out_of_a_grouped_conv_needs_only_equal_counts_per_conv_group():
+    """layer1.0.conv2 comes out of the grouped 3x3 (read by the 1x1 conv3): each output channel has
+    its own filter, so conv groups may keep different local positions, only as many of them."""
+    torch.manual_seed(0)
+    model = timm.create_model("seresnext26d_32x4d", num_classes=7).eval()
+    perturb_bn(model)
+    s = create_supernet(model, input_size=SIZE, model_name="seresnext26d_32x4d")
+    arch = s.full_arch()
+    per = 4  # 128 channels, 32 conv groups; conv group q drops local position q % 4
+    keep = [q * per + p for q in range(32) for p in range(per) if p != q % per]
+    arch.groups["layer1.0.conv2"].update(width=96, indices=keep)
+    x = torch.randn(2, *SIZE)
+    with torch.no_grad():
+        assert _max_err(materialize(model, arch).eval()(x), zeroing_oracle(model, arch)(x)) <= 1e-4
+        assert _max_err(s.set_arch(arch)(x), zeroing_oracle(model, arch)(x)) <= 1e-4
+    # unequal counts are still refused, naming the rule for this side
+    arch.groups["layer1.0.conv2"].update(width=96, indices=list(range(96)))
+    with pytest.raises(ArchError, match=r"layer1\.0\.conv2 comes out of a conv with 32 groups.*as many channels"):
+        materialize(model, arch)
