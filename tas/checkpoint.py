@@ -39,8 +39,21 @@ __all__ = [
 STATE_DIR = "state"
 
 
+#: where Linux reports the process's umask (``Umask:`` line, since 4.7)
+_PROC_STATUS = "/proc/self/status"
+
+
 def _umask() -> int:
-    """The process's umask (read by setting it and putting it back: POSIX has no getter)."""
+    """The process's umask: the ``Umask:`` line of :data:`_PROC_STATUS` where there is one, else
+    by setting it and putting it back (POSIX has no getter; that briefly changes it for every
+    thread, so it is only the fallback)."""
+    try:
+        with open(_PROC_STATUS) as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
     mask = os.umask(0o022)
     os.umask(mask)
     return mask

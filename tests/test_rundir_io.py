@@ -306,3 +306,19 @@ def test_without_flock_a_lock_from_another_host_says_how_to_clear_it(tmp_path, m
     with pytest.raises(TasError, match=f"PID 1 on host elsewhere.*if that run is gone, delete {run / LOCK_NAME}"):
         with run_lock(run):
             pass
+
+
+def test_umask_is_read_without_changing_it(tmp_path, monkeypatch):
+    """Setting the umask to read it races with other threads creating files; /proc has it."""
+    import tas.checkpoint as ckpt
+
+    old = os.umask(0o027)
+    try:
+        changes = []
+        real_umask = os.umask
+        monkeypatch.setattr(ckpt.os, "umask", lambda m: changes.append(m) or real_umask(m))
+        assert ckpt._umask() == 0o027 and changes == []
+        monkeypatch.setattr(ckpt, "_PROC_STATUS", str(tmp_path / "missing"), raising=False)
+        assert ckpt._umask() == 0o027 and changes  # the fallback where there is no /proc
+    finally:
+        os.umask(old)
