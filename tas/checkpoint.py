@@ -29,7 +29,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from .errors import IO_ERRNOS, CheckpointError, RunIOError, io_error_message
+from .errors import CheckpointError, RunIOError, io_error_message, run_io_error
 
 __all__ = [
     "atomic_write_bytes", "atomic_write_json", "read_json", "save_weights", "load_weights",
@@ -59,26 +59,21 @@ def _umask() -> int:
     return mask
 
 
-def _io_cause(e: BaseException) -> BaseException | None:
-    """The I/O fault behind ``e``, if it is one: an ``OSError`` of :data:`IO_ERRNOS`, or
-    safetensors' wrapper of one (``SafetensorError: ... I/O error: No space left on device``)."""
-    if isinstance(e, OSError):
-        return e if e.errno in IO_ERRNOS else None
-    if isinstance(e, SafetensorError) and "I/O error" in str(e):
-        return OSError(str(e).split("I/O error:", 1)[1].strip())
-    return None
-
-
 def _atomic_replace(path: Path, write: Any) -> None:
     """Write ``path`` through ``write(tmp)`` + rename; an I/O fault raises :class:`RunIOError`
     naming ``path``, with the temp file removed and the previous ``path`` untouched."""
     try:
         _atomic_replace_unchecked(path, write)
-    except (OSError, SafetensorError) as e:
-        cause = _io_cause(e)
-        if cause is None:
+    except OSError as e:
+        err = run_io_error(e, path, "write")
+        if err is None:
             raise
-        raise RunIOError(io_error_message(path, cause)) from None
+        raise err from None
+    except SafetensorError as e:
+        # safetensors wraps an OSError into its message: ``... I/O error: No space left on device``
+        if "I/O error" not in str(e):
+            raise
+        raise RunIOError(io_error_message(path, OSError(str(e).split("I/O error:", 1)[1].strip()))) from None
 
 
 def _atomic_replace_unchecked(path: Path, write: Any) -> None:

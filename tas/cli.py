@@ -8,15 +8,13 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import errno
 import sys
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 import yaml
 
-from .errors import (EXIT_DIVERGED, EXIT_IO, EXIT_USAGE, IO_ERRNOS, DivergedError, RunIOError, TasError,
-                     io_error_message)
+from .errors import EXIT_DIVERGED, EXIT_IO, EXIT_USAGE, DivergedError, RunIOError, TasError, run_io_error
 
 __all__ = ["parse_args", "run_main", "format_table", "config_from_args", "HelpFormatter", "DATASET_HELP"]
 
@@ -95,10 +93,10 @@ def run_main(main: Callable[[Sequence[str] | None], int | None], argv: Sequence[
         print(f"error: {e}", file=sys.stderr)
         return EXIT_USAGE
     except OSError as e:
-        if e.errno not in IO_ERRNOS:
+        err = run_io_error(e)
+        if err is None:
             raise  # anything else (a bad fd, a missing file we should have checked) is a bug
-        verb = "write" if e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG) else "access"
-        print(f"error: {io_error_message(e.filename or 'a file', e, verb)}", file=sys.stderr)
+        print(f"error: {err}", file=sys.stderr)
         return EXIT_IO
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

@@ -56,3 +56,19 @@ def io_error_message(path: object, e: BaseException, verb: str = "write") -> str
     """``cannot <verb> <path>: <cause>`` for an ``OSError`` (or a library error wrapping one)."""
     cause = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
     return f"cannot {verb} {path}: {cause}"
+
+
+#: errnos of a refused write (as opposed to a refused read or access)
+_WRITE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG})
+
+
+def run_io_error(e: BaseException, path: object = None, verb: str | None = None) -> RunIOError | None:
+    """``e`` as a :class:`RunIOError` when it is an I/O fault (an ``OSError`` of :data:`IO_ERRNOS`),
+    else None (a bug, or an error with its own meaning: re-raise it). The message names ``path``
+    (default: the error's own file name) and ``verb`` (default: ``write`` for a full or read-only
+    file system, else ``access``)."""
+    if not isinstance(e, OSError) or e.errno not in IO_ERRNOS:
+        return None
+    if verb is None:
+        verb = "write" if e.errno in _WRITE_ERRNOS else "access"
+    return RunIOError(io_error_message(path if path is not None else (e.filename or "a file"), e, verb))

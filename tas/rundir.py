@@ -35,10 +35,10 @@ from typing import Any, Iterator, Mapping, Sequence
 import torch.nn as nn
 
 from .checkpoint import atomic_write_json, load_weights, read_json, save_weights
-from .errors import IO_ERRNOS, CheckpointError, ModelError, RunIOError, TasError, io_error_message
+from .errors import CheckpointError, ModelError, TasError, run_io_error
 
 __all__ = ["CONFIG_NAME", "WEIGHTS_NAME", "METRICS_NAME", "RUN_VERSION", "save_run", "load_run",
-           "read_config", "build_model_from_config", "is_finished_run", "run_lock", "LOCK_NAME"]
+           "read_config", "build_model_from_config", "is_finished_run", "run_lock", "check_output_dir", "LOCK_NAME"]
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -163,10 +163,6 @@ def load_run(run_dir: str | os.PathLike) -> tuple[nn.Module, dict[str, Any]]:
 # ---------------------------------------------------------------------------------------------
 # one writer per run directory
 # ---------------------------------------------------------------------------------------------
-def _io_fault(path: Path, e: OSError, verb: str) -> BaseException:
-    return RunIOError(io_error_message(path, e, verb)) if e.errno in IO_ERRNOS else e
-
-
 def _read_owner(fd: int) -> dict[str, Any]:
     """The holder a lock file names (``{}`` when it is empty or unreadable)."""
     try:
@@ -207,7 +203,7 @@ def _lock_fd(path: Path) -> int:
         try:
             fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
         except OSError as e:
-            raise _io_fault(path.parent, e, "write to") from None
+            raise (run_io_error(e, path.parent, "write to") or e) from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as e:
@@ -241,6 +237,15 @@ def _lock_fd(path: Path) -> int:
         os.close(fd)
 
 
+def check_output_dir(path: str | os.PathLike) -> Path:
+    """``path`` as a :class:`Path`; :class:`~tas.errors.TasError` (exit 2) when it is an existing
+    file, which an ``--output`` run directory cannot be."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise TasError(f"--output {path} is a file, not a directory")
+    return path
+
+
 @contextlib.contextmanager
 def run_lock(run_dir: str | os.PathLike, *, enabled: bool = True) -> Iterator[Path]:
     """Hold ``run_dir``'s writer lock while the body runs (creating the directory); yields its path.
@@ -256,8 +261,7 @@ def run_lock(run_dir: str | os.PathLike, *, enabled: bool = True) -> Iterator[Pa
     if not enabled:
         yield run_dir / LOCK_NAME
         return
-    if run_dir.exists() and not run_dir.is_dir():
-        raise TasError(f"--output {run_dir} is a file, not a directory")
+    check_output_dir(run_dir)
     created = not run_dir.exists()
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -265,7 +269,7 @@ def run_lock(run_dir: str | os.PathLike, *, enabled: bool = True) -> Iterator[Pa
         blocker = next((p for p in run_dir.parents if p.exists() and not p.is_dir()), run_dir)
         raise TasError(f"--output {run_dir} cannot be created: {blocker} is a file, not a directory") from None
     except OSError as e:
-        raise _io_fault(run_dir, e, "create") from None
+        raise (run_io_error(e, run_dir, "create") or e) from None
     path = run_dir / LOCK_NAME
     fd = _lock_fd(path)
     try:
@@ -281,7 +285,7 @@ def run_lock(run_dir: str | os.PathLike, *, enabled: bool = True) -> Iterator[Pa
     except OSError as e:
         path.unlink(missing_ok=True)
         os.close(fd)
-        raise _io_fault(path, e, "write") from None
+        raise (run_io_error(e, path, "write") or e) from None
     try:
         yield path
     finally:

@@ -35,7 +35,7 @@ from .checkpoint import has_state, load_state, rng_state, save_state, set_rng_st
 from .cli import config_from_args, format_table
 from .errors import CheckpointError, TasError
 from .flops import count_flops, count_params
-from .rundir import WEIGHTS_NAME, is_finished_run, run_lock, save_run
+from .rundir import WEIGHTS_NAME, check_output_dir, is_finished_run, run_lock, save_run
 
 __all__ = ["TrainConfig", "RunSpec", "Context", "SCHEDULERS", "train", "prepare", "build_teacher", "fit",
            "seed_everything", "create_optimizer", "create_scheduler"]
@@ -170,9 +170,7 @@ def seed_everything(seed: int) -> None:
 
 
 def _check_output(cfg: TrainConfig) -> Path:
-    out = Path(cfg.output)
-    if out.exists() and not out.is_dir():
-        raise TasError(f"--output {out} is a file, not a directory")
+    out = check_output_dir(cfg.output)
     if cfg.resume:
         if not has_state(out):
             raise CheckpointError(f"--resume: no resumable state in {out} (expected {out / 'state' / 'state.json'})")

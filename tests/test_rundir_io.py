@@ -322,3 +322,15 @@ def test_umask_is_read_without_changing_it(tmp_path, monkeypatch):
         assert ckpt._umask() == 0o027 and changes  # the fallback where there is no /proc
     finally:
         os.umask(old)
+
+
+def test_one_mapping_of_os_errors_to_run_io_errors():
+    from tas.errors import RunIOError, run_io_error
+
+    full = run_io_error(OSError(errno.ENOSPC, "No space left on device", "/x/model.safetensors"))
+    assert isinstance(full, RunIOError) and str(full) == "cannot write /x/model.safetensors: No space left on device"
+    denied = run_io_error(OSError(errno.EACCES, "Permission denied"), "/x", "create")
+    assert str(denied) == "cannot create /x: Permission denied"
+    assert str(run_io_error(OSError(errno.EACCES, "Permission denied", "/y"))) == "cannot access /y: Permission denied"
+    assert run_io_error(OSError(errno.EBADF, "Bad file descriptor")) is None  # a bug, not the disk
+    assert run_io_error(ValueError("x")) is None
