@@ -171,7 +171,7 @@ def test_distilling_on_another_dataset_warns_and_records_both(tmp_path, teacher_
 def test_a_teacher_with_another_class_count_is_refused_before_the_dataset_warning(capsys):
     from types import SimpleNamespace
 
-    from tas.distill import _check_teacher_data
+    from tas.distillation import _check_teacher_data
     from tas.errors import TasError
 
     cfg = SimpleNamespace(teacher="runs/t", dataset="digits")
