@@ -11,6 +11,7 @@ from oracle import zeroing_oracle
 
 import tas
 from tas.arch import Arch
+from tas.cli import run_main
 from tas.distillation import kd_loss
 from tas.engine import evaluate
 from tas.rundir import load_run
@@ -120,7 +121,7 @@ def test_init_inherit_starts_from_teacher_weights_and_scratch_does_not(pipeline,
     assert scratch.conv1.weight.shape == conv.shape
 
 
-def test_distill_bad_inputs(tmp_path, pipeline):
+def test_distill_bad_inputs(tmp_path, pipeline, train_script, capsys):
     root, teacher_dir, _ = pipeline
     arch = json.loads((root / "search" / "arch.json").read_text())
     newer = dict(arch, version=99)
@@ -129,9 +130,11 @@ def test_distill_bad_inputs(tmp_path, pipeline):
     (tmp_path / "other.json").write_text(json.dumps(other))
     for spec, message in ((tmp_path / "newer.json", "newer than this tas"),
                           (tmp_path / "other.json", "was searched on cifar_resnet32")):
-        r = _run("train.py", *TINY, "--arch", str(spec), "--teacher", str(teacher_dir), "--epochs", "1",
-                 "--output", str(tmp_path / "o"))
-        assert r.returncode == 2 and message in r.stderr and "Traceback" not in r.stderr, r.stderr
+        capsys.readouterr()  # train.py's main in-process behind the CLI's error handling (no interpreter per case)
+        code = run_main(train_script.main, [*TINY, "--arch", str(spec), "--teacher", str(teacher_dir), "--epochs", "1",
+                                            "--output", str(tmp_path / "o")])
+        err = capsys.readouterr().err
+        assert code == 2 and message in err and "Traceback" not in err, err
         assert not (tmp_path / "o" / "model.safetensors").exists()
     r = subprocess.run([sys.executable, "-m", "tas.export", str(tmp_path), "--output", str(tmp_path / "x.onnx")],
                        cwd=REPO, capture_output=True, text=True)

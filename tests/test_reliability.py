@@ -29,6 +29,7 @@ def _run(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, *args], cwd=REPO, capture_output=True, text=True, env=env)
 
 
+@pytest.mark.slow  # a real kill -9 mid-epoch; test_train.py::test_resume_is_bit_identical covers resume in-process
 @pytest.mark.parametrize("where", [106])  # mid second epoch (after an epoch boundary)
 def test_train_kill9_and_resume_is_bit_identical(tmp_path, where):
     flags = ["train.py", "--model", "cifar_resnet20", "--epochs", "2", *DATA]
