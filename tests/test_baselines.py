@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn as nn
-from oracle import zeroing_oracle
+from conftest import zeroing_oracle
 
 import tas
 import tas.data

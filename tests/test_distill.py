@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from oracle import zeroing_oracle
+from conftest import zeroing_oracle
 
 import tas
 from tas.arch import Arch

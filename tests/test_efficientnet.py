@@ -5,7 +5,7 @@ import pytest
 import timm
 import torch
 from conftest import perturb_bn
-from oracle import search_weights, zeroing_oracle
+from conftest import search_weights, zeroing_oracle
 from timm.layers import BatchNormAct2d
 
 import tas  # noqa: F401

@@ -7,7 +7,7 @@ import timm
 import torch
 import torch.nn as nn
 from conftest import perturb_bn
-from oracle import grouped_random_indices, perturb_like_search, search_weights, zeroing_oracle
+from conftest import grouped_random_indices, perturb_like_search, search_weights, zeroing_oracle
 from timm.layers import EcaModule
 from timm.models import FeatureListNet
 
