@@ -59,10 +59,10 @@ import tas  # noqa: E402
 import tas.data  # noqa: E402
 from benchstats import interp_at, paired_differences  # noqa: E402
 from compare import LATENCY_METHOD, log  # noqa: E402
-from tas.checkpoint import atomic_write_bytes  # noqa: E402
+from tas.io.checkpoint import atomic_write_bytes  # noqa: E402
 from tas.cli import format_table  # noqa: E402
 from tas.errors import TasError  # noqa: E402
-from tas.rundir import is_finished_run  # noqa: E402
+from tas.io.rundir import is_finished_run  # noqa: E402
 
 DATASET = "fashion-mnist-alloc"
 WIDTH_ONLY = ("uniform", "l1", "synflow")
@@ -136,7 +136,7 @@ class AllocationBench(compare.Bench):
 
     def train_teacher(self, model_name: str, out: Path) -> dict:
         """Cosine runs of E, 2E, 4E… epochs until doubling gains < ``plateau_delta`` val points (or the cap)."""
-        from tas import training
+        from tas.train import loop as training
 
         a = self.args
         epochs, runs, stopped = a.teacher_epochs, [], "cap"
@@ -180,7 +180,7 @@ class AllocationBench(compare.Bench):
 def width_only_minimum(model_name: str, img_size: int) -> float:
     """The smallest FLOPs ratio width-only baselines reach on ``model_name`` (structure only)."""
     from tas.baselines import width_only_minimum as minimum
-    from tas.supernet import create_supernet
+    from tas.nas.supernet import create_supernet
 
     model = tas.create_model(model_name, num_classes=10, in_chans=1)
     return minimum(create_supernet(model, input_size=(1, img_size, img_size), model_name=model_name), "flops")

@@ -1,7 +1,7 @@
 """Which channel order gives the best inherited prefix? The untrained prefix subnetwork per criterion.
 
 For a trained teacher run and each ``--channel-order`` criterion (``none``, ``l1``, ``bn``,
-``taylor``) this reorders a copy of the teacher (:func:`tas.channel_order.order_teacher`), builds
+``taylor``) this reorders a copy of the teacher (:func:`tas.prune.channel_order.order_teacher`), builds
 the supernet, takes the uniform-width architecture at 30 % and 50 % of the FLOPs (full depth,
 :func:`tas.baselines.magnitude.uniform_widths`), recalibrates BN in hard mode on the search's train
 half and reports its top-1 on the search's val half (never the test set), with no training at all:
@@ -28,13 +28,13 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import torch  # noqa: E402
 
 import tas  # noqa: E402
-from tas import engine  # noqa: E402
+from tas.train import engine  # noqa: E402
 from tas.baselines import full_depths  # noqa: E402
 from tas.baselines.magnitude import uniform_widths  # noqa: E402
-from tas.channel_order import CRITERIA, order_teacher  # noqa: E402
+from tas.prune.channel_order import CRITERIA, order_teacher  # noqa: E402
 from tas.data import create_loaders  # noqa: E402
-from tas.rundir import load_run  # noqa: E402
-from tas.searching import recalibrate_bn  # noqa: E402
+from tas.prune.load import load_run  # noqa: E402
+from tas.nas.searcher import recalibrate_bn  # noqa: E402
 
 
 def prefix_accuracy(run: str, dataset: str, limit: int | None, ratios: tuple[float, ...] = (0.3, 0.5),

@@ -5,14 +5,14 @@ On Fashion-MNIST (``/usr/share/datasets/fashion-mnist``, Debian ``dataset-fashio
 1. trains ``cifar_resnet20`` (and ``cifar_resnet56`` with ``--full``) once as the teacher (cached:
    a finished run directory with the same settings is reused);
 2. for every FLOPs ratio kept (70 %, 50 %, 30 %), seed and method picks an architecture —
-   ``tas`` (:func:`tas.searching.search`), ``uniform``, ``l1``, ``synflow``, ``random``
+   ``tas`` (:func:`tas.nas.searcher.search`), ``uniform``, ``l1``, ``synflow``, ``random``
    (:func:`tas.baselines.run_baseline`) — and distils it from the teacher
-   (:func:`tas.training.train` in ``distill`` mode, weights inherited from the teacher);
+   (:func:`tas.train.loop.train` in ``distill`` mode, weights inherited from the teacher);
 3. gives every method the same post-teacher budget of ``B`` epochs over the same training subset:
    TAS searches ``s`` epochs (one search epoch = one pass over the subset: half for the weight
    steps, half for the architecture steps) and distils ``B − s``; the baselines distil ``B``;
-4. exports each slim network to ONNX (:func:`tas.export.export_onnx`) and times them all at batch
-   32, interleaved with the teacher (:func:`tas.export.ort_latency`);
+4. exports each slim network to ONNX (:func:`tas.deploy.export.export_onnx`) and times them all at batch
+   32, interleaved with the teacher (:func:`tas.deploy.latency.ort_latency`);
 5. writes ``docs/benchmarks_compare.md`` (top-1 mean ± sample std over seeds, FLOPs and params
    kept, ORT latency, wall time, recall distortion), a PNG plot of top-1 vs FLOPs kept per method
    (matplotlib; installed with pip on first use unless ``--no-install``), and prints the
@@ -52,10 +52,11 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 import tas  # noqa: E402
-from tas.checkpoint import atomic_write_bytes, atomic_write_json  # noqa: E402
+from tas.io.checkpoint import atomic_write_bytes, atomic_write_json  # noqa: E402
 from tas.cli import format_table  # noqa: E402
 from tas.data import FASHION_MNIST_DIR  # noqa: E402
-from tas.rundir import is_finished_run, load_run  # noqa: E402
+from tas.io.rundir import is_finished_run  # noqa: E402
+from tas.prune.load import load_run
 
 METHODS = ("tas", "uniform", "l1", "synflow", "random")
 #: TAS with a measured-latency budget (``ratio`` is then the latency fraction kept, ORT CPU at batch
@@ -158,13 +159,13 @@ class Bench:
 
     def train_teacher(self, model_name: str, out: Path) -> dict:
         """Train the teacher into ``out``: ``args.teacher_epochs`` epochs of SGD, cosine; its metrics."""
-        from tas import training
+        from tas.train import run as train_run
 
         a = self.args
         log(f"teacher {model_name}: training {a.teacher_epochs} epochs on {a.limit} images at {a.img_size}px")
         out.mkdir(parents=True, exist_ok=True)
         with open(out / "log.txt", "a") as logf, contextlib.redirect_stdout(sys.stdout if a.verbose else logf):
-            return training.train({**self.common(0), "model": model_name, "epochs": a.teacher_epochs,
+            return train_run.train({**self.common(0), "model": model_name, "epochs": a.teacher_epochs,
                                    "limit": a.limit, "batch_size": a.batch_size, "lr": 0.1, "output": str(out),
                                    "overwrite": True})
 
@@ -187,7 +188,7 @@ class Bench:
             np.save(out / "test_labels.npy", labels)
         onnx = out / "model.onnx"
         if not onnx.is_file():
-            from tas.export import export_onnx
+            from tas.deploy.export import export_onnx
 
             model, config = load_run(out)
             export_onnx(model, onnx, config["input_size"])
@@ -195,9 +196,10 @@ class Bench:
 
     # -- one cell ------------------------------------------------------------------------------
     def cell(self, model_name: str, ratio: float, seed: int, method: str) -> dict:
-        from tas import searching, training
+        from tas.nas import searcher as searching
+        from tas.train import run as train_run
         from tas.baselines import run_baseline
-        from tas.export import export_onnx
+        from tas.deploy.export import export_onnx
         from tas.metrics import recall_distortion
 
         a = self.args
@@ -227,7 +229,7 @@ class Bench:
                 atomic_write_json(timing_path, timing)
             if "distill_s" not in timing or not is_finished_run(slim_dir):
                 t0 = time.perf_counter()
-                training.train({**self.common(seed), "arch": str(search_dir / "arch.json"), "teacher": str(teacher),
+                train_run.train({**self.common(seed), "arch": str(search_dir / "arch.json"), "teacher": str(teacher),
                                 "epochs": distill_epochs, "limit": a.limit, "batch_size": a.batch_size, "lr": a.lr,
                                 "output": str(slim_dir), "overwrite": True}, mode="distill")
                 timing["distill_s"] = round(time.perf_counter() - t0, 1)
@@ -254,7 +256,7 @@ class Bench:
 
     # -- latency -------------------------------------------------------------------------------
     def latency(self, model_name: str) -> None:
-        from tas.export import ort_latency
+        from tas.deploy.latency import ort_latency
 
         a = self.args
         cells = [c for c in self.results["cells"].values() if c["model"] == model_name and Path(c["onnx"]).is_file()]

@@ -9,9 +9,9 @@ For ``cifar_resnet20`` (3x28x28) and ``resnet50`` (3x160x160) this builds slim n
 * ``odd``  -- widths ``round(r * C)`` with no rounding (e.g. 45 or 179 channels).
 
 The multiplier starts at ``sqrt(ratio)`` and is refined by bisection on the exact FLOPs ratio of
-:meth:`~tas.supernet.Supernet.make_arch`. Every network is materialised with random weights,
-exported with :func:`tas.export.export_onnx` (parity-checked) and timed with
-:func:`tas.export.ort_latency`, interleaved with the original network (and all the other slim
+:meth:`~tas.nas.supernet.Supernet.make_arch`. Every network is materialised with random weights,
+exported with :func:`tas.deploy.export.export_onnx` (parity-checked) and timed with
+:func:`tas.deploy.latency.ort_latency`, interleaved with the original network (and all the other slim
 variants of the same model), median of the repeats. Reported per row: the speed-up (original
 latency / slim latency) and the *realised fraction* = speed-up / (1 / FLOPs ratio) -- 1.0 would mean
 latency falls exactly as fast as FLOPs.
@@ -41,11 +41,12 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 import tas  # noqa: E402  (registers cifar_resnet* with timm)
-from tas.checkpoint import atomic_write_bytes  # noqa: E402
+from tas.io.checkpoint import atomic_write_bytes  # noqa: E402
 from tas.cli import format_table  # noqa: E402
-from tas.export import export_onnx, ort_latency  # noqa: E402
-from tas.materialize import materialize  # noqa: E402
-from tas.supernet import create_supernet  # noqa: E402
+from tas.deploy.export import export_onnx  # noqa: E402
+from tas.deploy.latency import ort_latency  # noqa: E402
+from tas.prune.materialize import materialize  # noqa: E402
+from tas.nas.supernet import create_supernet  # noqa: E402
 
 #: name, timm kwargs, input size, the larger batch size, repeats (batch 1, larger batch) in full mode
 MODELS = [

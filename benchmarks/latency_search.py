@@ -4,7 +4,7 @@ right, and what accuracy does a latency budget buy at equal *measured* latency?
 Part A -- targets. For ``cifar_resnet20`` (1x28x28) and ``resnet50`` (1x160x160) on Fashion-MNIST
 (``/usr/share/datasets/fashion-mnist``): a short teacher run, then ``search.py --latency-ratio r
 --runtime ort-cpu`` for r = 0.7 and 0.5 (latency tables cached in ``~/.cache/tas/latency``). The
-search's own prediction check (:func:`tas.searching.search`) exports the slim and the original
+search's own prediction check (:func:`tas.nas.searcher.search`) exports the slim and the original
 network and times them; at the end every slim network of a model is timed again beside its
 original in one interleaved ONNX Runtime run. Reported: the measured latency ratio against the
 target (goal: within +-10 %), and the predicted vs measured latency, both as absolute ms
@@ -50,9 +50,10 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 import compare  # noqa: E402  (benchmarks/compare.py: the Fashion-MNIST accuracy setup)
 from benchstats import interp_at  # noqa: E402
 import tas  # noqa: E402, F401
-from tas.checkpoint import atomic_write_bytes, atomic_write_json  # noqa: E402
+from tas.io.checkpoint import atomic_write_bytes, atomic_write_json  # noqa: E402
 from tas.cli import format_table  # noqa: E402
-from tas.rundir import is_finished_run, load_run  # noqa: E402
+from tas.io.rundir import is_finished_run  # noqa: E402
+from tas.prune.load import load_run
 
 #: part A: model, input size, teacher images, teacher epochs, search images, search batch, latency batch
 TARGET_MODELS = {
@@ -73,8 +74,10 @@ def log(msg: str) -> None:
 
 # -- part A ---------------------------------------------------------------------------------------
 def part_a(args) -> list[dict]:
-    from tas import searching, training
-    from tas.export import export_onnx, ort_latency
+    from tas.nas import searcher as searching
+    from tas.train import loop as training
+    from tas.deploy.export import export_onnx
+    from tas.deploy.latency import ort_latency
 
     rows = []
     for name in args.models:
@@ -95,8 +98,8 @@ def part_a(args) -> list[dict]:
         if not args.keep_tables:
             # Measured now, under the load the searches' checks will see (a cached table from a
             # busier or quieter hour shifts every absolute prediction by the same factor).
-            from tas.latency import load_or_build
-            from tas.supernet import create_supernet
+            from tas.deploy.latency import load_or_build
+            from tas.nas.supernet import create_supernet
 
             log(f"{name}: measuring the latency table (ORT CPU, batch {spec['latency_batch']})")
             net = create_supernet(model, None, input_size=config["input_size"], model_name=name,

@@ -4,8 +4,8 @@ The acceptance run of the SA++ issue: Fashion-MNIST (the Debian ``dataset-fashio
 a ``cifar_resnet20`` teacher trained once, then for every FLOPs target (default 50% and 30%), every
 selection (``--variants``, default ``prefix`` and ``sapp``) and every seed (default 0 1):
 
-1. **search** (``tas.searching.search``) with the same epochs, data and seed for every selection;
-2. **distil** the searched architecture from the teacher (``tas.training.train(mode="distill")``,
+1. **search** (``tas.nas.searcher.search``) with the same epochs, data and seed for every selection;
+2. **distil** the searched architecture from the teacher (``tas.train.loop.train(mode="distill")``,
    ``init=inherit``: the teacher's kept channels, KD loss) with the same budget for every selection.
 
 Reported per (target, selection): distilled test top-1 mean ± sample sd over seeds (and each seed),
@@ -55,9 +55,12 @@ from typing import Any  # noqa: E402
 
 import torch  # noqa: E402
 
-from tas import searching, training  # noqa: E402
-from tas.checkpoint import atomic_write_json, has_state, read_json  # noqa: E402
-from tas.rundir import is_finished_run  # noqa: E402
+from tas.nas import searcher as searching  # noqa: E402
+from tas.nas.config import SearchConfig  # noqa: E402
+from tas.train import loop as training  # noqa: E402
+from tas.train import run as train_run  # noqa: E402
+from tas.io.checkpoint import atomic_write_json, has_state, read_json  # noqa: E402
+from tas.io.rundir import is_finished_run  # noqa: E402
 
 from sapp_diagnosis import Evaluator, diagnose  # noqa: E402
 
@@ -83,7 +86,7 @@ def parse_variant(text: str) -> tuple[str, dict[str, Any]]:
             raise SystemExit(f"error: unknown variant {text!r}: give prefix, sapp or NAME:key=value,...")
         return text, dict(BASE_VARIANTS[text])
     name, _, spec = text.partition(":")
-    fields = {f for f in searching.SearchConfig.__dataclass_fields__}
+    fields = {f for f in SearchConfig.__dataclass_fields__}
     overrides: dict[str, Any] = {}
     for item in filter(None, spec.split(",")):
         key, eq, value = item.partition("=")
@@ -188,7 +191,7 @@ def ensure_teacher(args: argparse.Namespace) -> Path:
     tdir.mkdir(parents=True, exist_ok=True)
     log(f"teacher: training {MODEL} on {DATASET} ({args.teacher_epochs} epochs, limit {args.limit}) ...")
     cfg = {"model": MODEL, "dataset": DATASET, "data_dir": args.data_dir, "device": "cpu", **want}
-    secs = _run_stage(tdir, tdir / "train.log", lambda c: training.train(c, mode="teacher"), cfg)
+    secs = _run_stage(tdir, tdir / "train.log", lambda c: train_run.train(c, mode="teacher"), cfg)
     record_time(tdir, "teacher_s", secs)
     log(f"teacher: top-1 {read_json(tdir / 'metrics.json')['top1']:.2f}% in {secs:.0f} s")
     return tdir
@@ -226,7 +229,7 @@ def run_cell(args: argparse.Namespace, teacher: Path, ratio: float, variant: str
         return
     else:
         log(f"{label} distil ...")
-        secs = _run_stage(ddir, cell / "distill.log", lambda c: training.train(c, mode="distill"), dcfg)
+        secs = _run_stage(ddir, cell / "distill.log", lambda c: train_run.train(c, mode="distill"), dcfg)
         record_time(cell, "distill_s", secs)
         log(f"{label} distil done in {secs:.0f} s: top-1 {read_json(ddir / 'metrics.json')['top1']:.2f}%")
     if args.distill_from_search:  # the same distillation, started from the search's weights
@@ -243,8 +246,8 @@ def run_cell(args: argparse.Namespace, teacher: Path, ratio: float, variant: str
 def distill_from_search(cfg_dict: dict[str, Any], search_dir: Path) -> dict[str, Any]:
     """``train(mode="distill")`` with the student initialised from the search's materialised network
     (supernet weights: ``tas.load_slim(search_dir)``) instead of the teacher's kept channels."""
-    from tas.distillation import distill, prepare_distillation
-    from tas.materialize import load_slim
+    from tas.train.distill import distill, prepare_distillation
+    from tas.prune.load import load_slim
 
     cfg = training.TrainConfig.from_args(cfg_dict)
     ctx, _, spec, teacher = prepare_distillation(cfg)

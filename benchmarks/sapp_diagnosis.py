@@ -14,10 +14,11 @@ from typing import Any
 
 import torch
 
-from tas import engine, searching
-from tas.arch import Arch
-from tas.checkpoint import atomic_write_json, load_weights, read_json
-from tas.rundir import load_run
+from tas.train import engine
+from tas.nas import searcher as searching
+from tas.prune.arch import Arch
+from tas.io.checkpoint import atomic_write_json, load_weights, read_json
+from tas.prune.load import load_run
 
 
 class Evaluator:
@@ -57,7 +58,7 @@ def with_indices(arch: Arch, indices: dict[str, list[int]], method: str) -> Arch
 
 def teacher_gamma_ranking(teacher: torch.nn.Module) -> dict[str, list[int]]:
     """Per group, channels by descending Σ|γ| of the teacher's BNs writing the group."""
-    from tas.families import describe_model
+    from tas.prune.families import describe_model
 
     graph = describe_model(teacher)
     scores: dict[str, torch.Tensor] = {}
@@ -112,8 +113,8 @@ def diagnose(cell: Path, teacher_dir: Path, evaluator: Evaluator) -> dict[str, A
     out = cell / "diagnostics.json"
     if out.is_file():
         return read_json(out)
-    from tas.materialize import materialize
-    from tas.supernet import create_supernet
+    from tas.prune.materialize import materialize
+    from tas.nas.supernet import create_supernet
 
     sdir = cell / "search"
     arch = Arch.from_json(sdir / "arch.json")

@@ -6,7 +6,7 @@ order of the two measurements alternates every repeat, so drift and other load o
 both alike), after warm-up:
 
 (a) **dense step** -- the plain backbone: forward + cross-entropy + backward + SGD step on one batch;
-(b) **search iteration** -- exactly what ``tas.searching.search`` does per step: the *weight step*
+(b) **search iteration** -- exactly what ``tas.nas.searcher.search`` does per step: the *weight step*
     (supernet in search mode, CE, backward, SGD on ``Supernet.weight_parameters()``) on one batch,
     then the *architecture step* ``ArchStepper.step`` (CE + cost loss, Adam on alpha/beta) on another
     batch of the same size B. (b) is timed as one block; the two halves are timestamps inside it.
@@ -61,11 +61,12 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 import tas  # noqa: E402,F401  (registers cifar_resnet* with timm)
-from tas.checkpoint import atomic_write_bytes  # noqa: E402
+from tas.io.checkpoint import atomic_write_bytes  # noqa: E402
 from tas.cli import format_table  # noqa: E402
-from tas.cost import cost_loss  # noqa: E402
-from tas.searching import ArchStepper, SearchConfig  # noqa: E402
-from tas.supernet import create_supernet  # noqa: E402
+from tas.nas.cost import cost_loss  # noqa: E402
+from tas.nas.arch_step import ArchStepper  # noqa: E402
+from tas.nas.config import SearchConfig  # noqa: E402
+from tas.nas.supernet import create_supernet  # noqa: E402
 
 sys.path.insert(0, str(REPO / "benchmarks"))
 from search_overhead_patches import LEGEND, WEIGHT_INPUTS_IN_TAS  # noqa: E402
@@ -144,7 +145,7 @@ class Bench:
         self.d_opt.step()
         return time.perf_counter() - t0
 
-    # (b), as tas.searching.search does it
+    # (b), as tas.nas.searcher.search does it
     def weight_step(self, inputs_only: bool = False) -> None:
         x, y = self.batches[0]
         loss = F.cross_entropy(self.supernet(x), y)

@@ -1,7 +1,7 @@
 """Candidate search-speed optimisations for ``benchmarks/search_overhead.py --profile``, patched into
 the running process only (tas is not edited), and the check that each leaves the numbers as they are.
 
-Each patch is a prototype of a change to ``tas.ops`` or ``tas.supernet``: Gumbel weights folded into
+Each patch is a prototype of a change to ``tas.nas.ops`` or ``tas.nas.supernet``: Gumbel weights folded into
 the BN affine (``fold``), all candidate BNs of a layer fused into one BN + one 1x1 conv (``fused``),
 CWI as a gather (``gather``), weights sliced as views for prefix selections (``prefix``) and a
 vectorised expected cost (``vcost``). :func:`patched` applies a set of them for a ``with`` body;
@@ -20,9 +20,9 @@ from typing import Any, Callable, Iterator
 import torch
 import torch.nn.functional as F
 
-import tas.ops as tas_ops
-from tas import searching
-from tas.interp import channel_interp, interp_matrix
+import tas.nas.ops as tas_ops
+from tas.nas import searcher as searching
+from tas.nas.interp import channel_interp, interp_matrix
 
 _ORIG = {"SearchBN.forward": tas_ops.SearchBN.forward}
 
@@ -30,7 +30,7 @@ _ORIG = {"SearchBN.forward": tas_ops.SearchBN.forward}
 # --profile: candidate optimisations, patched into this process only
 # ------------------------------------------------------------------------------------------------
 class _ScaledBN:
-    """A BN seen through ``tas.ops.batch_norm_at`` with its affine parameters multiplied by ``w``
+    """A BN seen through ``tas.nas.ops.batch_norm_at`` with its affine parameters multiplied by ``w``
     (running statistics and ``num_batches_tracked`` are the wrapped BN's own, updated in place)."""
 
     def __init__(self, bn: torch.nn.BatchNorm2d, w: torch.Tensor) -> None:

@@ -14,10 +14,10 @@ from typing import Any, Callable
 
 import torch
 
-import tas.ops as tas_ops
+import tas.nas.ops as tas_ops
 from tas.cli import format_table
-from tas.interp import channel_interp
-from tas.searching import ArchStepper
+from tas.nas.interp import channel_interp
+from tas.nas.arch_step import ArchStepper
 
 from search_overhead_patches import WEIGHT_INPUTS_IN_TAS, VectorCost, check_patches, patched, source_has
 

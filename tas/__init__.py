@@ -9,30 +9,24 @@ On your own model and DataLoaders (:mod:`tas.api`)::
 The pipeline, one module per step::
 
     data -> teacher (train) -> Supernet -> search -> Arch (JSON) -> materialize -> distil -> export
-    tas.data   tas.training  tas.supernet tas.searching tas.arch  tas.materialize tas.distillation tas.export
+    tas.data   tas.train.loop  tas.nas.supernet tas.nas.searcher tas.prune.arch  tas.prune.materialize tas.train.distill tas.deploy.export
 """
 # The version's one home: pyproject.toml reads it from here.
 __version__ = "0.1.0"
 
 from . import models  # noqa: F401,E402  (registers cifar_resnet* with timm)
 from .api import SearchResult, distill, search  # noqa: E402
-from .arch import Arch  # noqa: E402
+from .prune.arch import Arch  # noqa: E402
 from .errors import TasError  # noqa: E402
-from .flops import count_flops, count_params  # noqa: E402
-from .materialize import build_slim, load_slim, materialize  # noqa: E402
+from .prune.flops import count_flops, count_params  # noqa: E402
+from .prune.load import load_slim  # noqa: E402
+from .prune.materialize import build_slim, materialize  # noqa: E402
 from .models.factory import create_model  # noqa: E402
-from .space import SearchSpace, load_space  # noqa: E402
-from .supernet import Supernet, create_supernet  # noqa: E402
+from .nas.space import SearchSpace, load_space  # noqa: E402
+from .nas.supernet import Supernet, create_supernet  # noqa: E402
+from .deploy.export import export_onnx  # noqa: E402
 
 __all__ = ["Arch", "SearchResult", "SearchSpace", "Supernet", "TasError", "build_slim", "count_flops",
            "count_params", "create_model", "create_supernet", "distill", "export_onnx", "load_slim", "load_space",
            "materialize", "search", "__version__"]
 
-
-def __getattr__(name: str):
-    # ONNX is imported only when exporting: it is slow to import and most runs never export.
-    if name == "export_onnx":
-        from .export import export_onnx
-
-        return export_onnx
-    raise AttributeError(f"module 'tas' has no attribute {name!r}")

@@ -6,8 +6,8 @@
     tas.distill(result.slim, model, train_loader, val_loader, epochs=3)               # trains it in place
     tas.export_onnx(result.slim, "slim.onnx")
 
-Each call runs the code the commands run (:class:`tas.searching.Searcher` behind ``tas search``,
-:func:`tas.distillation.distill` behind ``tas train --arch``); the commands only add reading a teacher
+Each call runs the code the commands run (:class:`tas.nas.searcher.Searcher` behind ``tas search``,
+:func:`tas.train.distill.distill` behind ``tas train --arch``); the commands only add reading a teacher
 run and building the loaders of ``--dataset``. Keyword arguments are the commands' flags (dashes
 become underscores: ``arch_lr=0.01``, ``selection="sapp"``), except the ones that build data, which
 the loaders replace. ``output=`` names a run directory: the same files, ``resume=True`` and
@@ -26,8 +26,14 @@ import torch.nn as nn
 
 from . import distributed
 from .errors import TasError
-from .searching import SearchConfig, SearchData, Searcher, SearchResult
-from .training import TrainConfig
+from .nas.config import SearchConfig
+from .nas.searcher import SearchData, Searcher, SearchResult
+from .train.loop import TrainConfig
+from .io.rundir import run_lock
+from .data import DatasetInfo
+from .train.distill import distill as distill_stage
+from .train.distill import student_spec
+from .train.loop import Context, _check_output
 
 __all__ = ["search", "distill", "SearchResult"]
 
@@ -51,9 +57,7 @@ def _config(cls: type, where: str, replaced: Iterable[str], values: Mapping[str,
 
 
 def _lock(output: str | Path | None) -> Any:
-    """The run directory's writer lock, as the commands hold it (:func:`tas.rundir.run_lock`); none without one."""
-    from .rundir import run_lock
-
+    """The run directory's writer lock, as the commands hold it (:func:`tas.io.rundir.run_lock`); none without one."""
     return nullcontext() if output is None else run_lock(output, enabled=distributed.is_main())
 
 
@@ -95,7 +99,7 @@ def search(model: nn.Module, train_loader: Iterable, val_loader: Iterable, *, te
             ``tolerance``, ``seed``, ``progress``, ...).
 
     Returns:
-        The :class:`~tas.searching.SearchResult`: ``arch``, its ``slim`` network, the per-epoch
+        The :class:`~tas.nas.searcher.SearchResult`: ``arch``, its ``slim`` network, the per-epoch
         ``history``, the ``metrics``, the ``supernet`` and the ``run_dir``.
     """
     values = dict(flops_ratio=flops_ratio, params_ratio=params_ratio, latency_ratio=latency_ratio, epochs=epochs,
@@ -118,15 +122,15 @@ def distill(slim: nn.Module, teacher: nn.Module, train_loader: Iterable, val_loa
     ``(1 − kd_alpha)·CE + kd_alpha·T²·KL(teacher ‖ slim)``, the optimiser and schedule of ``tas train``.
 
     Args:
-        slim: the pruned network, e.g. ``tas.search(...).slim`` or ``tas.materialize(teacher, arch)``.
+        slim: the pruned network, e.g. ``tas.search(...).slim`` or ``tas.prune.materialize(teacher, arch)``.
         teacher: the network it was pruned from (frozen, eval mode).
         train_loader, val_loader: ``(images, labels)`` batches to train on and to report test top-1 on.
         epochs: passes over ``train_loader``.
         output: a run directory to write (as ``tas train --arch``: ``tas.load_slim(output)`` rebuilds
             the trained network); None writes nothing.
         resume, overwrite, device: as the flags.
-        arch: the slim network's :class:`~tas.arch.Arch` (default: ``slim.tas_arch``, which
-            :func:`tas.materialize` sets).
+        arch: the slim network's :class:`~tas.prune.arch.Arch` (default: ``slim.tas_arch``, which
+            :func:`tas.prune.materialize` sets).
         dataset: a name for the data, recorded in ``config.json``.
         **options: any other flag of ``tas train`` (``lr``, ``kd_alpha``, ``kd_temperature``,
             ``no_kd``, ``opt``, ``sched``, ``seed``, ``progress``, ...).
@@ -134,11 +138,6 @@ def distill(slim: nn.Module, teacher: nn.Module, train_loader: Iterable, val_loa
     Returns:
         The final metrics (``top1``, ``top5``, ``loss``, ``params``, ``flops``, ...) and ``run_dir``.
     """
-    from .data import DatasetInfo
-    from .distillation import distill as distill_stage
-    from .distillation import student_spec
-    from .training import Context, _check_output
-
     arch = arch if arch is not None else getattr(slim, "tas_arch", None)
     if arch is None:
         raise TasError("tas.distill: give arch=: this network does not carry the architecture it was built from")

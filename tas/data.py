@@ -39,6 +39,13 @@ import torch.nn.functional as F
 from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, SequentialSampler, Subset
 
 from .errors import DataError
+import importlib
+import importlib.util
+import sys
+from torchvision import datasets
+from torchvision.transforms import v2
+from torchvision.datasets.folder import find_classes
+from . import distributed as dist
 
 __all__ = [
     "DatasetInfo", "TensorImageDataset", "create_dataset", "create_loaders", "dataset_info",
@@ -106,10 +113,6 @@ _CUSTOM: dict[str, tuple[DatasetInfo, dict[str, Dataset]]] = {}
 def _import_module(spec: str, module: str) -> Any:
     """``module`` by dotted name (found from the working directory too, as ``python -m`` would) or
     by the path of a ``.py`` file."""
-    import importlib
-    import importlib.util
-    import sys
-
     try:
         if module.endswith(".py"):
             if not os.path.isfile(module):
@@ -266,7 +269,7 @@ def _scaled_pad(pad: int, base: int, size: int) -> int:
 @_register(DatasetInfo("digits", 10, 1, 32, (0.3053,), (0.3236,)))
 def _digits(split: str, data_dir: str | None, download: bool, augment: bool,
             info: DatasetInfo) -> Dataset:
-    from sklearn.datasets import load_digits
+    from sklearn.datasets import load_digits  # why: scikit-learn (scipy) is slow to import; only the digits dataset needs it
     from sklearn.model_selection import train_test_split
 
     digits = load_digits()
@@ -359,9 +362,6 @@ def _mnist(split: str, data_dir: str | None, download: bool, augment: bool,
 
 def _cifar(split: str, data_dir: str | None, download: bool, augment: bool,
            info: DatasetInfo) -> Dataset:
-    from torchvision import datasets
-    from torchvision.transforms import v2
-
     folder = "cifar-10-batches-py" if info.name == "cifar10" else "cifar-100-python"
     if data_dir is None:
         raise DataError(f"{info.name} needs --data-dir: the parent of the extracted {folder}/ "
@@ -388,8 +388,6 @@ _register(DatasetInfo("cifar100", 100, 3, 32, (0.5071, 0.4865, 0.4409),
 
 
 def _folder_classes(data_dir: str | None, sub: str) -> list[str]:
-    from torchvision.datasets.folder import find_classes
-
     if data_dir is None:
         raise DataError("imagefolder needs --data-dir DIR holding DIR/train/<class>/ "
                         "and DIR/val/<class>/")
@@ -404,9 +402,6 @@ def _folder_classes(data_dir: str | None, sub: str) -> list[str]:
 @_register(DatasetInfo("imagefolder", 0, 3, 224, IMAGENET_MEAN, IMAGENET_STD))
 def _imagefolder(split: str, data_dir: str | None, download: bool, augment: bool,
                  info: DatasetInfo) -> Dataset:
-    from torchvision import datasets
-    from torchvision.transforms import v2
-
     sub = "train" if split == "train" else "val"
     classes = _folder_classes(data_dir, sub)
     if len(classes) != info.num_classes:
@@ -501,7 +496,7 @@ def create_loaders(
         distributed: in a distributed run (:mod:`tas.distributed`), give this rank its share of
             every batch: ``batch_size`` stays the global batch, all ranks walk the same seeded
             order and each takes the samples ``rank::world_size`` of each batch (the test loader
-            too; :func:`tas.engine.evaluate` totals over ranks). Ignored in a single process.
+            too; :func:`tas.train.engine.evaluate` totals over ranks). Ignored in a single process.
             Augmentation draws from each process's own RNG, so only without it does a
             distributed run see exactly the images a single process would.
         augment: random training augmentation (the dataset's default crop/flip); ``False`` for none.
@@ -512,7 +507,6 @@ def create_loaders(
     """
     if limit is not None and limit < 1:
         raise DataError(f"limit must be a positive integer, got {limit}")
-    from . import distributed as dist
 
     if download and distributed and dist.rank() != 0:
         dist.barrier()  # rank 0 downloads first; the others then find the files

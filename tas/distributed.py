@@ -29,6 +29,8 @@ import torch.nn.functional as F
 from torch.utils.data import Sampler
 
 from .errors import TasError
+from torch.nn.parallel import DistributedDataParallel
+import json
 
 __all__ = ["session", "resolve_device", "rank_device", "data_parallel", "is_active", "rank", "world_size", "is_main", "barrier", "all_reduce_sum",
            "loss_scale", "reduce_gradients", "broadcast_", "broadcast_object", "max_divergence", "all_reduce_max", "sync_batch_norm", "ShardedBatchSampler"]
@@ -121,7 +123,6 @@ def data_parallel(model: torch.nn.Module, device: torch.device) -> torch.nn.Modu
     """
     if not is_active():
         return model
-    from torch.nn.parallel import DistributedDataParallel
 
     return DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
 
@@ -232,8 +233,6 @@ def all_reduce_max(value: float) -> float:
 
 def broadcast_object(obj: Any, src: int = 0) -> Any:
     """Rank ``src``'s JSON-serialisable ``obj`` on every rank (sent as JSON text, never pickled)."""
-    import json
-
     if not is_active():
         return obj
     text = json.dumps(obj) if dist.get_rank() == src else ""

@@ -19,6 +19,10 @@ from pathlib import Path  # noqa: E402
 from typing import Any, Sequence  # noqa: E402
 
 from .cli import format_table, parse_args, run_main  # noqa: E402
+from .io.rundir import run_lock
+from .nas import searcher as searching
+from .train import run as train_run
+from .deploy.run import export_run
 
 __all__ = ["run_pipeline", "main"]
 
@@ -29,8 +33,6 @@ def run_pipeline(output: str | Path = "runs/demo", model: str = "cifar_resnet20"
                  limit: int | None = None, img_size: int | None = None, progress: bool = True,
                  latency_repeats: int = 30) -> dict[str, Any]:
     """Run every stage into ``output/{teacher,search,slim}`` + ``output/slim.onnx``; returns the summary."""
-    from .rundir import run_lock
-
     with run_lock(output):  # the stages lock their own directories; this keeps two pipelines apart
         return _run_pipeline(Path(output), model, dataset, data_dir, flops_ratio, teacher_epochs, search_epochs,
                              distill_epochs, selection, seed, limit, img_size, progress, latency_repeats)
@@ -39,20 +41,17 @@ def run_pipeline(output: str | Path = "runs/demo", model: str = "cifar_resnet20"
 def _run_pipeline(out: Path, model: str, dataset: str, data_dir: str | None, flops_ratio: float,
                   teacher_epochs: int, search_epochs: int, distill_epochs: int, selection: str, seed: int,
                   limit: int | None, img_size: int | None, progress: bool, latency_repeats: int) -> dict[str, Any]:
-    from . import searching, training
-    from .export import export_run
-
     common = {"dataset": dataset, "data_dir": data_dir, "seed": seed, "limit": limit, "progress": progress,
               "overwrite": True, "device": "auto"}
     t0 = time.perf_counter()
     print("== 1/4 teacher ==", flush=True)
-    teacher = training.train({**common, "model": model, "epochs": teacher_epochs, "img_size": img_size,
+    teacher = train_run.train({**common, "model": model, "epochs": teacher_epochs, "img_size": img_size,
                               "output": str(out / "teacher")})
     print("== 2/4 search ==", flush=True)
     search = searching.search({**common, "teacher": str(out / "teacher"), "flops_ratio": flops_ratio,
                                "epochs": search_epochs, "selection": selection, "output": str(out / "search")})
     print("== 3/4 distil ==", flush=True)
-    slim = training.train({**common, "arch": str(out / "search" / "arch.json"), "teacher": str(out / "teacher"),
+    slim = train_run.train({**common, "arch": str(out / "search" / "arch.json"), "teacher": str(out / "teacher"),
                            "epochs": distill_epochs, "output": str(out / "slim")}, mode="distill")
     print("== 4/4 export ==", flush=True)
     onnx_path = out / "slim.onnx"

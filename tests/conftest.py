@@ -16,10 +16,10 @@ import torch
 import torch.nn as nn
 
 import tas  # noqa: F401  (registers cifar_resnet* with timm)
-from tas.arch import Arch
-from tas.families import describe_model
-from tas.ops import SearchBN, SearchConv, SearchLinear
-from tas.supernet import Supernet
+from tas.prune.arch import Arch
+from tas.prune.families import describe_model
+from tas.nas.ops import SearchBN, SearchConv, SearchLinear
+from tas.nas.supernet import Supernet
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -11,7 +11,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 import tas
 from tas.cli import run_main
-from tas.flops import count_flops
+from tas.prune.flops import count_flops
 
 REPO = Path(__file__).resolve().parents[1]
 QUIET = {"progress": False, "device": "cpu", "log_every": 1}
@@ -58,7 +58,7 @@ def test_search_api_without_output_writes_nothing_and_refuses_data_flags(tmp_pat
         tas.search(model, train, val, arch_lrr=0.1)
     with pytest.raises(tas.TasError, match="resume needs an output"):
         tas.search(model, train, val, resume=True, **QUIET)
-    from tas.rundir import run_lock
+    from tas.io.rundir import run_lock
 
     with run_lock(tmp_path / "busy"), pytest.raises(tas.TasError, match="being written by another run"):
         tas.search(model, train, val, output=tmp_path / "busy", **QUIET)  # the commands' writer lock
@@ -82,7 +82,7 @@ def test_search_api_resumes_its_run_directory(tmp_path):
 
 def test_search_api_and_search_py_write_the_same_arch(tmp_path, search_script, teacher_run):
     from tas.data import create_loaders
-    from tas.rundir import load_run
+    from tas.prune.load import load_run
 
     flags = {"flops_ratio": 0.5, "epochs": 1, "seed": 3, "arch_lr": 0.1}
     cli = tmp_path / "cli"
@@ -112,7 +112,7 @@ def test_search_api_and_search_py_write_the_same_arch(tmp_path, search_script, t
 def test_distill_api_trains_the_slim_in_place_and_writes_a_loadable_run(tmp_path):
     model = tas.create_model("cifar_resnet20", num_classes=4, in_chans=1)
     arch = tas.create_supernet(model, input_size=(1, 16, 16)).random_arch()
-    slim = tas.materialize(model, arch)
+    slim = tas.prune.materialize(model, arch)
     before = {k: v.clone() for k, v in slim.state_dict().items()}
     train, val = _loaders(n=32)
     with pytest.raises(TypeError, match="batch_size"):

@@ -7,10 +7,10 @@ import timm
 import torch
 
 import tas  # noqa: F401
-from tas.attention import SappSchedule, constrained_attention, sparsity_ramp
-from tas.materialize import materialize
-from tas.searching import SappController
-from tas.supernet import create_supernet
+from tas.nas.attention import SappSchedule, constrained_attention, sparsity_ramp
+from tas.prune.materialize import materialize
+from tas.nas.attention import SappController
+from tas.nas.supernet import create_supernet
 
 
 @pytest.mark.parametrize("scale", [0.1, 1.0, 5.0, 50.0])
@@ -156,9 +156,9 @@ def sapp_search(tmp_path_factory, teacher_run, search_script):
 
 
 def _load_supernet(run, teacher_run, weights=None):
-    from tas.arch import Arch
-    from tas.checkpoint import load_weights
-    from tas.rundir import load_run
+    from tas.prune.arch import Arch
+    from tas.io.checkpoint import load_weights
+    from tas.prune.load import load_run
 
     teacher, _ = load_run(teacher_run)
     arch = Arch.from_json(run / "arch.json")
@@ -170,7 +170,7 @@ def _load_supernet(run, teacher_run, weights=None):
 def test_sapp_search_end_to_end(sapp_search):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    from tas.arch import Arch
+    from tas.prune.arch import Arch
 
     arch = Arch.from_json(sapp_search / "arch.json")
     assert arch.meta["selection"] == "sapp"
@@ -190,8 +190,8 @@ def test_sapp_search_end_to_end(sapp_search):
 def test_sapp_search_ends_with_the_function_it_searched(sapp_search, teacher_run):
     """The final widths stay within the last phase's masks, the masks become exactly the kept
     blocks, and hard mode, search mode restricted to the architecture and the slim network agree."""
-    from tas.checkpoint import load_state
-    from tas.materialize import load_slim
+    from tas.io.checkpoint import load_state
+    from tas.prune.load import load_slim
 
     # Within the band although the decode could not widen a group past its mask: the last
     # sparsification ramped towards the budgeted widths, not the argmax (0.43 < 0.55 otherwise).
@@ -233,7 +233,7 @@ def test_sapp_resume_mid_phase_is_identical(tmp_path, monkeypatch, sapp_search, 
     uninterrupted one: architecture, attention, masks, rankings, weights."""
     from safetensors.torch import load_file
 
-    from tas import searching
+    from tas.nas import searcher as searching
 
     save = searching.save_state
 
@@ -259,7 +259,7 @@ def test_sapp_resume_mid_phase_is_identical(tmp_path, monkeypatch, sapp_search, 
 def test_final_decode_keeps_widths_within_the_last_mask():
     """A width distribution that favours more channels than the mask left: the decode takes the
     cap, whose probability includes the wider candidates' (they computed the cap's channels)."""
-    from tas.arch_step import ArchStepper
+    from tas.nas.arch_step import ArchStepper
 
     s, _, _ = _sapp_supernet()
     g = s.groups()["layer3"]  # widths 16, 24, ..., 64; 8 blocks of 8 channels
@@ -336,7 +336,7 @@ def test_hard_mode_computes_each_groups_attention_once_per_state(monkeypatch):
     """constrained_attention (60 bisection steps, a host sync each) runs once per group per state
     of its logits in hard mode, not in every layer of every forward; an in-place change of the
     logits (an optimiser step, load_state_dict) is seen by the next forward."""
-    import tas.supernet as sn
+    import tas.nas.groups as sn
 
     s, _, size = _sapp_supernet()
     calls = []

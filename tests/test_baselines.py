@@ -14,16 +14,16 @@ from conftest import zeroing_oracle
 
 import tas
 import tas.data
-from tas.arch import Arch
+from tas.prune.arch import Arch
 from tas.baselines import create_baseline_arch, list_baselines, max_step_cost, synflow_scores, width_only_minimum
 from tas.baselines.magnitude import l1_channel_scores, top_channels
 from tas.baselines.scaling import COMPOUND_DEPTH_EXPONENT
 from tas.baselines.synflow import synflow_channel_scores
 from tas.cli import run_main
 from tas.errors import TasError
-from tas.flops import count_flops, count_params
-from tas.rundir import load_run
-from tas.supernet import create_supernet
+from tas.prune.flops import count_flops, count_params
+from tas.prune.load import load_run
+from tas.nas.supernet import create_supernet
 
 REPO = Path(__file__).resolve().parents[1]
 SIZE = (1, 16, 16)
@@ -78,7 +78,7 @@ def test_every_baseline_meets_its_target_within_rounding(method, model, supernet
         for n, g in supernet.groups().items():
             assert arch.groups[n]["width"] in g.widths
             assert len(arch.groups[n]["indices"]) == arch.groups[n]["width"]
-        slim = tas.materialize(model, arch)
+        slim = tas.prune.materialize(model, arch)
         assert count_flops(slim, SIZE) == arch.flops and count_params(slim) == arch.params
         Arch.from_json(arch.to_json())  # a valid spec
 
@@ -126,7 +126,7 @@ def test_uniform_depth_reaches_ratios_width_only_cannot(model, supernet, no_data
         target = ratio * arch.full_flops
         assert arch.method == "uniform-depth" and arch.flops <= target
         assert any(arch.depths[n] < d for n, d in full_depth.items())
-        slim = tas.materialize(model, arch)
+        slim = tas.prune.materialize(model, arch)
         assert count_flops(slim, SIZE) == arch.flops and count_params(slim) == arch.params
         # it is a uniform point: at its scale w every width is closest to w*C, every depth to w^k*N
         w = arch.meta["uniform_ratio"]

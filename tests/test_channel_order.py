@@ -5,11 +5,10 @@ import torch
 import torch.nn.functional as F
 
 import tas  # noqa: F401  (registers cifar_resnet*)
-from tas.arch import Arch
-from tas.channel_order import (channel_scores, importance_permutations, order_channels, permute_channels,
-                               to_original)
-from tas.families import describe_model
-from tas.materialize import materialize
+from tas.prune.arch import Arch
+from tas.prune.channel_order import (channel_scores, importance_permutations, order_channels, permute_channels, to_original)
+from tas.prune.families import describe_model
+from tas.prune.materialize import materialize
 
 from conftest import perturb_bn
 

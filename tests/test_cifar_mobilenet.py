@@ -7,15 +7,15 @@ from timm.models.efficientnet import EfficientNet
 from torch.utils.flop_counter import FlopCounterMode
 
 import tas
-from tas.flops import count_flops
-from tas.materialize import materialize
-from tas.supernet import create_supernet
+from tas.prune.flops import count_flops
+from tas.prune.materialize import materialize
+from tas.nas.supernet import create_supernet
 
 SIZE = (1, 16, 16)  # tiny: every test here runs the network a few times
 
 
 def _torch_macs(model: torch.nn.Module, size) -> int:
-    """Multiply-accumulates by torch's own counter (independent of tas.flops)."""
+    """Multiply-accumulates by torch's own counter (independent of tas.prune.flops)."""
     with FlopCounterMode(display=False) as counter, torch.no_grad():
         model.eval()(torch.zeros(1, *size))
     return counter.get_total_flops() // 2

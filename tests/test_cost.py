@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 
-from tas.cost import cost_loss
+from tas.nas.cost import cost_loss
 
 FULL, TARGET, TOL = 1000.0, 500.0, 0.05  # the band is [450, 500]
 

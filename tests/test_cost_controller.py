@@ -6,9 +6,9 @@ import timm
 import torch
 
 import tas  # noqa: F401  (registers cifar_resnet*)
-from tas.arch import Arch
-from tas.arch_step import ArchStepper
-from tas.cost import LagrangianCost
+from tas.prune.arch import Arch
+from tas.nas.arch_step import ArchStepper
+from tas.nas.cost import LagrangianCost
 
 from test_search import FLAGS
 

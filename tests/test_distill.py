@@ -10,11 +10,11 @@ import torch
 from conftest import zeroing_oracle
 
 import tas
-from tas.arch import Arch
+from tas.prune.arch import Arch
 from tas.cli import run_main
-from tas.distillation import kd_loss
-from tas.engine import evaluate
-from tas.rundir import load_run
+from tas.train.distill import kd_loss
+from tas.train.engine import evaluate
+from tas.prune.load import load_run
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = ["--dataset", "digits", "--limit", "256", "--batch-size", "32", "--no-progress", "--device", "cpu"]
@@ -98,7 +98,7 @@ def test_distillation_tensorboard_terms(pipeline):
 
 
 def test_init_inherit_starts_from_teacher_weights_and_scratch_does_not(pipeline, monkeypatch):
-    from tas import distillation as distill, training
+    from tas.train import distill, loop as training
 
     root, teacher_dir, _ = pipeline
     teacher, _ = load_run(teacher_dir)
@@ -148,7 +148,7 @@ def test_distilling_on_another_dataset_warns_and_records_both(tmp_path, teacher_
     it must not pass silently."""
     import shutil
 
-    from tas.supernet import create_supernet
+    from tas.nas.supernet import create_supernet
 
     teacher = tmp_path / "teacher"
     shutil.copytree(teacher_run, teacher)
@@ -174,7 +174,7 @@ def test_distilling_on_another_dataset_warns_and_records_both(tmp_path, teacher_
 def test_a_teacher_with_another_class_count_is_refused_before_the_dataset_warning(capsys):
     from types import SimpleNamespace
 
-    from tas.distillation import _check_teacher_data
+    from tas.train.distill import _check_teacher_data
     from tas.errors import TasError
 
     cfg = SimpleNamespace(teacher="runs/t", dataset="digits")

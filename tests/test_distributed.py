@@ -73,8 +73,8 @@ def test_two_process_training_writes_one_run(tmp_path, tiny_flags):
     # The saved weights load like any run's, and the metrics the two ranks computed together (each
     # evaluating its shard, rank 1's last one empty) are the single-process evaluation of that model.
     from tas.data import create_loaders
-    from tas.engine import evaluate
-    from tas.rundir import load_run
+    from tas.train.engine import evaluate
+    from tas.prune.load import load_run
 
     model, config = load_run(out)
     assert config["model"] == "cifar_resnet20"

@@ -10,11 +10,12 @@ from timm.layers import BatchNormAct2d
 
 import tas  # noqa: F401
 from tas.errors import ModelError
-from tas.families import describe_model
-from tas.flops import count_flops, count_params
-from tas.materialize import materialize
-from tas.ops import SearchBN, SearchConv, slice_bn
-from tas.supernet import create_supernet
+from tas.prune.families import describe_model
+from tas.prune.flops import count_flops, count_params
+from tas.prune.materialize import materialize
+from tas.nas.ops import SearchBN, SearchConv
+from tas.prune.slicing import slice_bn
+from tas.nas.supernet import create_supernet
 
 SIZE = (3, 64, 64)
 MODELS = ["mobilenetv2_100", "efficientnet_b0", "mobilenetv3_large_100", "efficientnet_lite0"]

@@ -14,12 +14,15 @@ import timm
 import torch
 
 import tas  # noqa: F401  (registers cifar_resnet* with timm)
-from tas import export as ex
+from tas.commands import export as export_command
+from tas.deploy import export as ex
+from tas.deploy import run as export_run_module
+from tas.deploy.latency import ort_latency
 from tas.cli import run_main
 from tas.errors import TasError
-from tas.materialize import materialize
-from tas.rundir import save_run
-from tas.supernet import create_supernet
+from tas.prune.materialize import materialize
+from tas.io.rundir import save_run
+from tas.nas.supernet import create_supernet
 
 REPO = Path(__file__).resolve().parents[1]
 INPUT = (1, 16, 16)
@@ -129,7 +132,7 @@ def test_failed_dynamo_attempt_removes_only_its_own_files(tmp_path, monkeypatch)
     for name, data in neighbours.items():
         (tmp_path / name).write_bytes(data)
     path = tmp_path / "2_model.onnx"
-    used, reason = ex._export_to(_tiny(), torch.randn(2, *INPUT), path, 17)
+    used, reason = ex.export_graph(_tiny(), torch.randn(2, *INPUT), path, 17)
     assert used == "torchscript" and "simulated failure" in reason
     for name, data in neighbours.items():
         assert (tmp_path / name).read_bytes() == data
@@ -140,7 +143,7 @@ def test_failed_dynamo_attempt_removes_only_its_own_files(tmp_path, monkeypatch)
 def test_parity_failure_raises_and_writes_nothing(tmp_path, monkeypatch):
     model = _randomise_bn(_tiny(0))
     other = _randomise_bn(_tiny(1), seed=2)
-    real = ex._export_to
+    real = ex.export_graph
     monkeypatch.setattr(ex, "_export_to", lambda m, *a, **k: real(other, *a, **k))  # exports the wrong network
     path = tmp_path / "model.onnx"
     path.write_bytes(b"previous export")
@@ -158,7 +161,7 @@ def test_check_parity_against_other_model(full_export):
     assert ex.check_parity(model, path, INPUT) <= 1e-4
     with pytest.raises(TasError, match="disagree"):
         ex.check_parity(_randomise_bn(_tiny(1), seed=2), path, INPUT)
-    ms = ex.ort_latency([path, path], INPUT, batch=2, repeats=3, warmup=1, threads=1)
+    ms = ort_latency([path, path], INPUT, batch=2, repeats=3, warmup=1, threads=1)
     assert len(ms) == 2 and all(m > 0 for m in ms)
 
 
@@ -178,7 +181,7 @@ def test_cli_exports_and_compares(tmp_path, slim_and_arch, capsys):
     out = tmp_path / "out" / "slim.onnx"
     argv = [str(slim_dir), "--output", str(out), "--batch-sizes", "1", "4", "--repeats", "2", "--warmup", "0",
             "--threads", "1", "--json", str(tmp_path / "summary.json")]
-    assert ex.main(argv) == 0
+    assert export_command.main(argv) == 0
     stdout = capsys.readouterr().out
     summary = json.loads(stdout.strip().splitlines()[-1])
     assert summary == json.loads((tmp_path / "summary.json").read_text())
@@ -193,24 +196,24 @@ def test_teacher_resolution(tmp_path, slim_and_arch):
     slim, arch = slim_and_arch
     config = {"arch": arch.to_dict(), "model_kwargs": KWARGS}
     config["arch"]["meta"] = {"teacher": str(tmp_path / "gone")}  # recorded but deleted: rebuilt instead
-    model, source = ex._resolve_teacher(config, None)
+    model, source = export_run_module.resolve_teacher(config, None)
     assert source == "cifar_resnet20 rebuilt (random weights)"
     assert tas.count_flops(model, INPUT) == arch.full_flops
     slim_dir, _ = _save_runs(tmp_path, slim, arch)
     with pytest.raises(TasError, match="pruned network"):
-        ex._resolve_teacher(config, slim_dir)
+        export_run_module.resolve_teacher(config, slim_dir)
 
 
 def test_cli_errors_one_line_and_no_output(tmp_path, slim_and_arch, capsys):
     slim_dir, _ = _save_runs(tmp_path, *slim_and_arch)
     (slim_dir / "model.safetensors").unlink()
     out = tmp_path / "out" / "slim.onnx"
-    assert run_main(ex.main, [str(slim_dir), "--output", str(out)]) == 2
+    assert run_main(export_command.main, [str(slim_dir), "--output", str(out)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: ") and "model.safetensors" in err[0]
     assert not out.exists() and not out.parent.exists()
 
-    assert run_main(ex.main, [str(tmp_path / "missing"), "--output", str(out)]) == 2
+    assert run_main(export_command.main, [str(tmp_path / "missing"), "--output", str(out)]) == 2
     assert capsys.readouterr().err.startswith("error: run directory not found")
 
     proc = subprocess.run([sys.executable, "-m", "tas.export", str(slim_dir), "--output", str(out)],

@@ -33,7 +33,7 @@ def test_wheel_installs_and_runs_from_another_directory(tmp_path, teacher_run):
     elsewhere.mkdir()
     env = {**os.environ, "PYTHONPATH": str(target), "OMP_NUM_THREADS": "1"}
     presets = sorted(p.stem for p in (REPO / "search_spaces").glob("*.yaml"))
-    check = ("import importlib.metadata, tas; from tas.space import list_spaces; "
+    check = ("import importlib.metadata, tas; from tas.nas.space import list_spaces; "
              "print(tas.__file__); print(tas.__version__, importlib.metadata.version('tas')); "
              "print(' '.join(list_spaces())); [tas.load_space(n) for n in list_spaces()]")
     r = subprocess.run([sys.executable, "-c", check], cwd=elsewhere, env=env, capture_output=True, text=True)

@@ -13,11 +13,12 @@ import torch
 
 import tas  # noqa: F401  (registers cifar_resnet* with timm)
 from conftest import FakeTimer
-from tas import latency as lat
+from tas.commands import latency as latency_command
+from tas.deploy import latency as lat
 from tas.cli import run_main
 from tas.errors import TasError
-from tas.export import _export_torchscript
-from tas.supernet import create_supernet
+from tas.deploy.export import _export_torchscript
+from tas.nas.supernet import create_supernet
 
 INPUT = (1, 8, 8)
 KWARGS = {"num_classes": 10, "in_chans": 1}
@@ -373,17 +374,17 @@ def test_cli_build_and_cache(tmp_path, capsys):
     argv = ["build", "--model", "cifar_resnet20", "--input-size", "1", "8", "8", "--runtime", "torch-cpu",
             "--threads", "1", "--repeats", "1", "--warmup", "0", "--space", str(space), "--cache-dir",
             str(tmp_path / "cache"), "--no-progress"]
-    assert run_main(lat.main, argv) == 0
+    assert run_main(latency_command.main, argv) == 0
     out = capsys.readouterr().out
     assert "whole model (measured)" in out and "latency table:" in out and "measured" in out
     assert "width alignment drops:" in out
     assert len(list((tmp_path / "cache").glob("cifar_resnet20_torch-cpu_b1_t1_*.json"))) == 1
-    assert run_main(lat.main, argv) == 0
+    assert run_main(latency_command.main, argv) == 0
     assert "loaded from cache" in capsys.readouterr().out
-    assert run_main(lat.main, argv[:7] + ["--runtime", "torch-cuda" if not torch.cuda.is_available() else "tflite"]) == 2
+    assert run_main(latency_command.main, argv[:7] + ["--runtime", "torch-cuda" if not torch.cuda.is_available() else "tflite"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error:") and err.count("\n") == 1
-    assert run_main(lat.main, ["build", "--model", "no_such_net", "--input-size", "1", "8", "8"]) == 2
+    assert run_main(latency_command.main, ["build", "--model", "no_such_net", "--input-size", "1", "8", "8"]) == 2
     assert "unknown model" in capsys.readouterr().err
 
 
@@ -409,7 +410,7 @@ def test_measure_onnx_times_whole_models(tmp_path):
     """measure_onnx gives, per path and in order, a model's latency in ms: within a factor of 10 of
     an in-process timing of the same file (a unit slip is 1000x), and a network ~10^4 times heavier
     comes out slower (a mixed-up order would not)."""
-    from tas.export import export_onnx
+    from tas.deploy.export import export_onnx
 
     size = (1, 32, 32)
     torch.manual_seed(0)
@@ -436,7 +437,7 @@ def test_timer_calls_per_visit():
 
 
 def test_space_widths_override_and_bad_divisor():
-    from tas.space import SearchSpace
+    from tas.nas.space import SearchSpace
 
     s = _supernet({"ratios": [0.5, 1.0], "widths": {"layer3": [40, 48]}})
     assert s.groups()["layer3"].widths == [40, 48, 64]

@@ -8,14 +8,15 @@ import pytest
 import torch
 
 from conftest import FakeTimer
-from tas import latency as lat
-from tas.rundir import load_run
+from tas.deploy import latency as lat
+from tas.deploy.latency import check as latency_check
+from tas.prune.load import load_run
 
 
 def test_divisor_auto_searches_only_aligned_widths(tmp_path, teacher_run, search_script, monkeypatch):
     """``divisor: auto``: the search measures the table, drops widths no faster than a wider one and
     records the kept candidates in the space of ``arch.json``."""
-    from tas.space import load_space
+    from tas.nas.space import load_space
 
     space = tmp_path / "auto.yaml"
     space.write_text("family: resnet\nratios: [0.25, 0.5, 0.75, 1.0]\ndivisor: auto\nk: 2\ndepth: cifar\n")
@@ -55,7 +56,7 @@ def test_latency_search_reports_prediction_against_measurement(tmp_path, teacher
         measured.append((len(paths), batch, warm_calls))
         return [4.0, 2.0] if warm_calls == 0 else [3.0, 1.2]  # original / slim ms, cold and steady state
 
-    monkeypatch.setattr(lat, "measure_onnx", fake_measure)
+    monkeypatch.setattr(latency_check, "measure_onnx", fake_measure)  # what check_prediction calls
     out = tmp_path / "s"
     assert search_script.main(["--teacher", str(teacher_run), "--latency-ratio", "0.6", "--latency-batch", "2",
                                "--dataset", "digits", "--limit", "64", "--batch-size", "32", "--epochs", "1",

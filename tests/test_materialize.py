@@ -13,9 +13,9 @@ from timm.models import FeatureListNet
 
 from tas.cli import run_main
 from tas.errors import ArchError
-from tas.materialize import materialize
-from tas.rundir import save_run
-from tas.supernet import create_supernet
+from tas.prune.materialize import materialize
+from tas.io.rundir import save_run
+from tas.nas.supernet import create_supernet
 
 SIZE = (3, 32, 32)
 

@@ -9,11 +9,12 @@ import timm
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from tas.checkpoint import save_weights
+from tas.io.checkpoint import save_weights
 from tas.errors import CheckpointError, ModelError
-from tas.flops import count_flops, count_params
+from tas.prune.flops import count_flops, count_params
 from tas.models.factory import create_model
-from tas.rundir import load_run, save_run
+from tas.io.rundir import save_run
+from tas.prune.load import load_run
 
 
 def test_cifar_resnets_registered():
@@ -128,9 +129,9 @@ def test_load_run_errors(tmp_path, teacher_run):
 def test_cifar_resnet_scripts_like_timm_resnets_and_keeps_its_state_dict_keys():
     from conftest import perturb_bn
 
-    from tas.materialize import materialize
+    from tas.prune.materialize import materialize
     from tas.models.cifar_resnet import CifarResNet
-    from tas.supernet import create_supernet
+    from tas.nas.supernet import create_supernet
 
     model = create_model("cifar_resnet20", num_classes=10, in_chans=3).eval()
     perturb_bn(model)

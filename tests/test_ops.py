@@ -9,9 +9,9 @@ import pytest
 import torch
 import torch.nn as nn
 
-from tas.graph import Group
-from tas.ops import SearchBN, SearchConv, SearchStage
-from tas.supernet import GroupState
+from tas.prune.graph import Group
+from tas.nas.ops import SearchBN, SearchConv, SearchStage
+from tas.nas.groups import GroupState
 
 X = torch.tensor([1.0, 2.0]).view(1, 2, 1, 1)
 W = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0], [2.0, -1.0], [-1.0, 3.0]])  # c = W @ (1, 2) = (1, 2, 3, 0, 5)

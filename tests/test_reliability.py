@@ -63,8 +63,8 @@ def test_half_written_state_is_never_taken(tmp_path, monkeypatch, crash_at):
     """A crash at any point of save_state leaves a state load_state reads whole: the previous one
     until the new JSON is in place, the new one after, never the skeleton of one with the tensors
     of the other."""
-    from tas import checkpoint
-    from tas.checkpoint import load_state, save_state
+    from tas.io import checkpoint
+    from tas.io.checkpoint import load_state, save_state
 
     save_state(tmp_path, {"epoch": 1, "w": torch.ones(3)})
     real_replace, real_unlink = os.replace, Path.unlink
@@ -94,7 +94,7 @@ def test_half_written_state_is_never_taken(tmp_path, monkeypatch, crash_at):
 
 
 def _nan_after(n):
-    from tas import engine
+    from tas.train import engine
 
     base = engine.cross_entropy_loss(0.0)
     calls = {"n": 0}
@@ -110,8 +110,8 @@ def _nan_after(n):
 
 
 def test_nan_guard_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch, train_script, capsys):
-    from tas import engine
-    from tas.checkpoint import load_state
+    from tas.train import engine
+    from tas.io.checkpoint import load_state
 
     monkeypatch.setattr(engine, "cross_entropy_loss", _nan_after(7))
     out = tmp_path / "run"
@@ -124,7 +124,7 @@ def test_nan_guard_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch, t
 
 
 def test_nan_policy_skip_counts_skipped_steps(tmp_path, monkeypatch, train_script):
-    from tas import engine
+    from tas.train import engine
 
     monkeypatch.setattr(engine, "cross_entropy_loss", _nan_after(14))
     out = tmp_path / "run"
@@ -134,9 +134,10 @@ def test_nan_policy_skip_counts_skipped_steps(tmp_path, monkeypatch, train_scrip
 
 
 def test_search_nan_guard(tmp_path, monkeypatch, teacher_run):
-    from tas import searching
+    from tas.nas import searcher as searching
+    from tas.nas.arch_step import ArchStepper
 
-    real = searching.ArchStepper.current_cost
+    real = ArchStepper.current_cost
     calls = {"n": 0}
 
     def poisoned(self):
@@ -146,7 +147,7 @@ def test_search_nan_guard(tmp_path, monkeypatch, teacher_run):
                 next(self.supernet.arch_parameters()).fill_(float("nan"))
         return real(self)
 
-    monkeypatch.setattr(searching.ArchStepper, "current_cost", poisoned)
+    monkeypatch.setattr(ArchStepper, "current_cost", poisoned)
     with pytest.raises(DivergedError, match="non-finite|nan"):
         searching.search({"teacher": str(teacher_run), "dataset": "digits", "limit": 128, "batch_size": 16,
                           "epochs": 1, "progress": False, "device": "cpu", "output": str(tmp_path / "s")})
@@ -169,8 +170,8 @@ def test_pickle_with_code_is_refused_without_running_it(tmp_path):
 
 
 def test_broken_arch_specs_exit_2(tmp_path, teacher_run, train_script, capsys):
-    from tas.supernet import create_supernet
-    from tas.rundir import load_run
+    from tas.nas.supernet import create_supernet
+    from tas.prune.load import load_run
 
     model, cfg = load_run(teacher_run)
     arch = create_supernet(model, input_size=cfg["input_size"], model_name=cfg["model"],

@@ -14,9 +14,9 @@ import pytest
 import torch
 import torch.nn as nn
 
-from tas.checkpoint import atomic_write_json, save_state
+from tas.io.checkpoint import atomic_write_json, save_state
 from tas.errors import EXIT_IO, RunIOError, TasError
-from tas.rundir import LOCK_NAME, run_lock, save_run
+from tas.io.rundir import LOCK_NAME, run_lock, save_run
 
 REPO = Path(__file__).resolve().parents[1]
 KWARGS = {"num_classes": 2, "in_chans": 1}
@@ -58,7 +58,7 @@ FAST = ["--model", "cifar_resnet20", "--dataset", "digits", "--img-size", "16", 
 def _full_disk_after(monkeypatch, good_saves: int, only: str = ""):
     """Make the safetensors writer fail with ENOSPC once ``good_saves`` saves (of files whose temp
     name contains ``only``) have gone through."""
-    from tas import checkpoint
+    from tas.io import checkpoint
 
     real, calls = checkpoint.save_file, {"n": 0}
 
@@ -84,7 +84,7 @@ def _temp_files(run: Path) -> list[Path]:
 
 
 def test_full_disk_mid_run_exits_74_and_keeps_the_last_checkpoint(tmp_path, monkeypatch, train_script, capsys):
-    from tas.checkpoint import load_state
+    from tas.io.checkpoint import load_state
     from tas.cli import run_main
 
     _full_disk_after(monkeypatch, good_saves=1)  # the step-3 state is saved, the step-6 one hits a full disk
@@ -115,7 +115,7 @@ def test_safetensors_wrapped_io_error_is_an_io_fault(tmp_path, monkeypatch):
     """safetensors reports a real full disk as ``SafetensorError(... I/O error: ...)``, not OSError."""
     from safetensors import SafetensorError
 
-    from tas import checkpoint
+    from tas.io import checkpoint
 
     def full(tensors, path, metadata=None):
         Path(path).write_bytes(b"half")
@@ -270,7 +270,7 @@ def _orphaned_lock(run, child_s):
 def test_lock_held_by_a_dead_runs_children_is_waited_for_then_explained(tmp_path, monkeypatch, capsys):
     import signal
 
-    import tas.rundir as rundir
+    import tas.io.rundir as rundir
 
     run = tmp_path / "run"
     parent, child = _orphaned_lock(run, 60)
@@ -293,7 +293,7 @@ def test_lock_held_by_a_dead_runs_children_is_waited_for_then_explained(tmp_path
 def test_without_flock_a_lock_from_another_host_says_how_to_clear_it(tmp_path, monkeypatch):
     import errno
 
-    import tas.rundir as rundir
+    import tas.io.rundir as rundir
 
     run = tmp_path / "run"
     run.mkdir()
@@ -310,7 +310,7 @@ def test_without_flock_a_lock_from_another_host_says_how_to_clear_it(tmp_path, m
 
 def test_umask_is_read_without_changing_it(tmp_path, monkeypatch):
     """Setting the umask to read it races with other threads creating files; /proc has it."""
-    import tas.checkpoint as ckpt
+    import tas.io.checkpoint as ckpt
 
     old = os.umask(0o027)
     try:

@@ -5,8 +5,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from tas.interp import channel_interp, interp_matrix
-from tas.sampling import gumbel_topk, perturbed_logits, sample_without_replacement, tau_at
+from tas.nas.interp import channel_interp, interp_matrix
+from tas.nas.sampling import gumbel_topk, perturbed_logits, sample_without_replacement, tau_at
 
 
 def test_gumbel_max_frequencies_match_softmax():

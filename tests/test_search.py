@@ -11,9 +11,9 @@ import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 import tas
-from tas.arch import Arch
+from tas.prune.arch import Arch
 from tas.cli import run_main
-from tas.flops import count_flops
+from tas.prune.flops import count_flops
 
 REPO = Path(__file__).resolve().parents[1]
 FLAGS = ["--dataset", "digits", "--limit", "256", "--batch-size", "32", "--epochs", "2", "--log-every", "2",
@@ -73,8 +73,8 @@ def test_search_cost_loss_steers_the_expected_cost_toward_the_target(tas_loss_ru
 
 
 def test_search_keeps_the_teachers_most_important_channels(search_run, teacher_run):
-    from tas.channel_order import channel_scores
-    from tas.rundir import load_run
+    from tas.prune.channel_order import channel_scores
+    from tas.prune.load import load_run
 
     arch = Arch.from_json(search_run / "arch.json")
     assert arch.meta["channel_order"] == "l1"
@@ -155,7 +155,7 @@ def test_search_refuses_teacher_whose_weights_do_not_fit(tmp_path, teacher_run, 
 
 
 def test_search_refuses_unsupported_model(tmp_path, search_script, capsys):
-    from tas.rundir import save_run
+    from tas.io.rundir import save_run
     import timm
 
     vit = timm.create_model("vit_tiny_patch16_224", img_size=16, patch_size=8, in_chans=1, num_classes=10)
@@ -173,8 +173,8 @@ def test_cost_loss_alone_brings_the_argmax_into_the_band(side):
     it, and the argmax itself reaches the band with nothing left for the decode to do."""
     import timm
 
-    from tas.arch_step import ArchStepper
-    from tas.supernet import create_supernet
+    from tas.nas.arch_step import ArchStepper
+    from tas.nas.supernet import create_supernet
 
     torch.manual_seed(0)
     s = create_supernet(timm.create_model("cifar_resnet20", num_classes=10), input_size=(3, 8, 8)).train()
@@ -206,8 +206,8 @@ def test_budget_decode_gives_up_the_least_probable_width_first():
     """An argmax over budget moves into the band by shrinking what the logits care least about."""
     import timm
 
-    from tas.searching import ArchStepper
-    from tas.supernet import create_supernet
+    from tas.nas.arch_step import ArchStepper
+    from tas.nas.supernet import create_supernet
 
     torch.manual_seed(0)
     s = create_supernet(timm.create_model("cifar_resnet20", num_classes=10), input_size=(3, 32, 32))
@@ -247,8 +247,9 @@ def test_fill_decode_spends_the_budget_up_to_the_target():
     """fill: an argmax inside the band still grows until no single step up fits under the target."""
     import timm
 
-    from tas.searching import ArchStepper, SearchConfig
-    from tas.supernet import create_supernet
+    from tas.nas.arch_step import ArchStepper
+    from tas.nas.config import SearchConfig
+    from tas.nas.supernet import create_supernet
 
     torch.manual_seed(0)
     s = create_supernet(timm.create_model("cifar_resnet20", num_classes=10), input_size=(3, 32, 32))

@@ -5,12 +5,12 @@ import torch
 from conftest import perturb_bn
 
 import tas  # noqa: F401
-from tas.arch import Arch
+from tas.prune.arch import Arch
 from tas.errors import ArchError, ModelError, TasError
-from tas.flops import count_flops, count_params
-from tas.materialize import materialize
-from tas.space import load_space
-from tas.supernet import create_supernet
+from tas.prune.flops import count_flops, count_params
+from tas.prune.materialize import materialize
+from tas.nas.space import load_space
+from tas.nas.supernet import create_supernet
 
 MODELS = [
     ("cifar_resnet20", (1, 32, 32)),
@@ -44,7 +44,7 @@ def test_hard_mode_equals_materialised(supernet):
         assert (hard - out).abs().max() <= 1e-4
         assert count_flops(slim, size) == arch.flops
         assert count_params(slim) == arch.params
-        assert not any(isinstance(m, (tas.ops.SearchConv, tas.ops.SearchBN)) for m in slim.modules())
+        assert not any(isinstance(m, (tas.nas.ops.SearchConv, tas.nas.ops.SearchBN)) for m in slim.modules())
         assert type(slim) is type(s.template)
 
 
@@ -234,7 +234,7 @@ def test_recalibrate_bn_gives_hard_mode_batch_statistics(ranked):
     """After recalibration each kept BN holds the mean of its input's per-batch mean and unbiased
     variance over the first ``batches`` batches, in the network hard mode computes: measured here
     on the materialised network in training mode (which normalises with batch statistics too)."""
-    from tas.searching import recalibrate_bn
+    from tas.nas.searcher import recalibrate_bn
 
     s = create_supernet(timm.create_model("cifar_resnet20", num_classes=10), input_size=(3, 16, 16))
     perturb_bn(s)

@@ -16,7 +16,7 @@ from tensorboard.plugins.hparams import metadata as hp_metadata
 from tensorboard.util import tensor_util
 
 import tas
-from tas.arch import Arch
+from tas.prune.arch import Arch
 from tas.tb.figures import DPI, ROW_INCHES, ProbRow, probability_figure
 from tas.tb.search import arch_markdown, candidate_histogram
 
@@ -177,7 +177,7 @@ def _migrated_histograms(run, prefix):
 
 
 def test_search_histograms_have_a_bucket_per_candidate(runs, teacher_run):
-    from tas.rundir import load_run
+    from tas.prune.load import load_run
 
     teacher, config = load_run(teacher_run)
     supernet = tas.create_supernet(teacher, input_size=config["input_size"], model_name=config["model"])

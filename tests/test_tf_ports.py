@@ -16,9 +16,9 @@ from conftest import perturb_bn
 from timm.layers import Conv2dSame
 
 import tas  # noqa: F401
-from tas.flops import count_flops, count_params
-from tas.materialize import build_slim, materialize
-from tas.supernet import create_supernet
+from tas.prune.flops import count_flops, count_params
+from tas.prune.materialize import build_slim, materialize
+from tas.nas.supernet import create_supernet
 
 SIZE = (3, 32, 32)
 MODELS = ["tf_efficientnet_b0", "tf_efficientnet_lite0", "tf_mobilenetv3_large_100"]
@@ -99,7 +99,7 @@ def test_slim_convs_keep_dynamic_same_padding(tf_supernet):
 
 @pytest.mark.slow
 def test_slim_tf_port_exports_to_onnx(tmp_path):
-    from tas.export import export_onnx
+    from tas.deploy.export import export_onnx
 
     model = timm.create_model("tf_efficientnet_lite0", num_classes=5, pretrained=False).eval()
     perturb_bn(model, seed=1)

@@ -1,4 +1,4 @@
-"""train.py / tas.training end to end: the run contract, resume, --config, errors, no overwrite."""
+"""train.py / tas.train.loop end to end: the run contract, resume, --config, errors, no overwrite."""
 from __future__ import annotations
 
 import json
@@ -12,10 +12,10 @@ import torch
 from safetensors.torch import load_file
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from tas import engine, training
+from tas.train import engine, run as train_run
 from tas.cli import parse_args, run_main
 from tas.errors import CheckpointError, TasError
-from tas.rundir import load_run
+from tas.prune.load import load_run
 
 from conftest import REPO
 
@@ -83,7 +83,7 @@ def _assert_same_weights(a, b):
 def test_resume_is_bit_identical(tmp_path, train_script, tiny_flags, monkeypatch):
     flags = tiny_flags + ["--limit", "128", "--epochs", "2"]
     straight = tmp_path / "straight"
-    training.train(_args(train_script, flags + ["--output", str(straight)]))
+    train_run.train(_args(train_script, flags + ["--output", str(straight)]))
 
     # The same run killed after its first epoch, then resumed.
     killed = tmp_path / "killed"
@@ -96,26 +96,26 @@ def test_resume_is_bit_identical(tmp_path, train_script, tiny_flags, monkeypatch
 
     monkeypatch.setattr(engine, "train_one_epoch", dies_in_epoch_2)
     with pytest.raises(KeyboardInterrupt):
-        training.train(_args(train_script, flags + ["--output", str(killed)]))
+        train_run.train(_args(train_script, flags + ["--output", str(killed)]))
     monkeypatch.setattr(engine, "train_one_epoch", real)
     assert not (killed / "model.safetensors").exists()
     # an unfinished run is neither silently restarted ...
     with pytest.raises(TasError, match="unfinished run"):
-        training.train(_args(train_script, flags + ["--output", str(killed)]))
+        train_run.train(_args(train_script, flags + ["--output", str(killed)]))
     # ... nor resumed with other settings
     with pytest.raises(CheckpointError, match="--batch-size"):
-        training.train(_args(train_script, flags + ["--output", str(killed), "--resume", "--batch-size", "16"]))
-    metrics = training.train(_args(train_script, flags + ["--output", str(killed), "--resume"]))
+        train_run.train(_args(train_script, flags + ["--output", str(killed), "--resume", "--batch-size", "16"]))
+    metrics = train_run.train(_args(train_script, flags + ["--output", str(killed), "--resume"]))
     assert metrics["epochs"] == 2
     _assert_same_weights(straight, killed)
 
     # Extending a finished run: 1 epoch, then --resume to 2 (a schedule independent of --epochs).
     const = ["--sched", "none"]
     two = tmp_path / "two"
-    training.train(_args(train_script, flags + const + ["--output", str(two)]))
+    train_run.train(_args(train_script, flags + const + ["--output", str(two)]))
     one = tmp_path / "one"
-    training.train(_args(train_script, flags + const + ["--output", str(one), "--epochs", "1"]))
-    training.train(_args(train_script, flags + const + ["--output", str(one), "--resume"]))
+    train_run.train(_args(train_script, flags + const + ["--output", str(one), "--epochs", "1"]))
+    train_run.train(_args(train_script, flags + const + ["--output", str(one), "--resume"]))
     _assert_same_weights(two, one)
 
 

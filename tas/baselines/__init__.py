@@ -1,6 +1,6 @@
 """Baseline pruners from the literature, on the same search space as TAS, for comparisons at equal FLOPs.
 
-Every baseline turns a trained network and a budget into an :class:`~tas.arch.Arch` of the TAS
+Every baseline turns a trained network and a budget into an :class:`~tas.prune.arch.Arch` of the TAS
 search space (every width is one of its group's candidate widths), so the same materialiser,
 distillation and export follow::
 
@@ -24,108 +24,13 @@ target`` and ``target − cost`` below the cost of one candidate step of one gro
 width, where every step is most expensive), see :func:`max_step_cost`; ``uniform-depth`` below the
 cost of its next step, which may be a stage's depth step.
 """
-from __future__ import annotations
-
-from typing import Any, Callable, Mapping, Sequence
-
-import torch.nn as nn
-
-from ..arch import Arch
-from ..errors import TasError
-from ..supernet import Supernet, create_supernet
+from . import magnitude, scaling, synflow  # noqa: F401  (register themselves)
+from .base import (BASELINES, DEPTH_SCALING, METHODS, create_baseline_arch, full_depths, list_baselines,
+                   max_step_cost, register_baseline, width_only_minimum)
+from .magnitude import l1_channel_scores, uniform_widths
+from .run import run_baseline
+from .synflow import synflow_scores
 
 __all__ = ["BASELINES", "DEPTH_SCALING", "METHODS", "register_baseline", "list_baselines", "create_baseline_arch", "run_baseline",
            "max_step_cost", "full_depths", "width_only_minimum", "synflow_scores", "l1_channel_scores",
            "uniform_widths"]
-
-#: ``fn(supernet, model, metric, ratio, seed, **options) -> Arch``
-BaselineFn = Callable[..., Arch]
-BASELINES: dict[str, BaselineFn] = {}
-#: the baselines that also choose depths (the others keep every stage's full depth)
-DEPTH_SCALING: set[str] = set()
-
-#: every ``search.py --method`` (TAS itself and the registered baselines)
-METHODS = ("tas", "uniform", "uniform-depth", "l1", "synflow", "random")
-
-
-def register_baseline(name: str, scales_depth: bool = False) -> Callable[[BaselineFn], BaselineFn]:
-    """Decorator registering a baseline under ``name``; ``scales_depth``: it chooses depths too, so the
-    width-only minimum does not bound its targets."""
-    def wrap(fn: BaselineFn) -> BaselineFn:
-        BASELINES[name] = fn
-        if scales_depth:
-            DEPTH_SCALING.add(name)
-        return fn
-    return wrap
-
-
-def list_baselines() -> list[str]:
-    return sorted(BASELINES)
-
-
-def full_depths(supernet: Supernet) -> dict[str, int]:
-    return {n: s.num_blocks for n, s in supernet.graph.stages.items()}
-
-
-def width_only_minimum(supernet: Supernet, metric: str) -> float:
-    """The smallest cost ratio a width-only baseline reaches: every group at its narrowest, full depth."""
-    widths = {n: g.widths[0] for n, g in supernet.groups().items()}
-    return supernet.cost.exact(metric, widths, full_depths(supernet)) / supernet.full[metric]
-
-
-def max_step_cost(supernet: Supernet, metric: str = "flops") -> int:
-    """The largest cost of moving one group one candidate up, measured at full width and depth.
-
-    Costs are sums of products of widths with non-negative coefficients, so a step costs at most
-    this anywhere in the space: the bound on how far below its target a baseline may land.
-    """
-    full = {n: g.channels for n, g in supernet.graph.groups.items()}
-    depths = full_depths(supernet)
-    worst = 0
-    for n, g in supernet.groups().items():
-        for a, b in zip(g.widths, g.widths[1:]):
-            step = supernet.cost.exact(metric, {**full, n: b}, depths) - supernet.cost.exact(metric, {**full, n: a}, depths)
-            worst = max(worst, step)
-    return worst
-
-
-def create_baseline_arch(method: str, model: nn.Module, ratio: float, metric: str = "flops", space: Any = None,
-                         input_size: Sequence[int] | None = None, model_name: str | None = None,
-                         model_kwargs: Mapping[str, Any] | None = None, seed: int = 0,
-                         meta: Mapping[str, Any] | None = None, **options: Any) -> Arch:
-    """The architecture baseline ``method`` picks for ``model`` at ``ratio`` of its ``metric``.
-
-    Args:
-        method: one of :func:`list_baselines` (``uniform``, ``uniform-depth``, ``l1``, ``synflow``, ``random``).
-        model: the trained network (not modified).
-        ratio: fraction of the full ``metric`` to keep, in (0, 1].
-        metric: ``flops`` (multiply-accumulates) or ``params``.
-        space, input_size, model_name, model_kwargs: as in :func:`tas.create_supernet`.
-        seed: seeds the random baseline (the others are deterministic).
-        meta: extra provenance stored in ``arch.meta``.
-        options: method options (``synflow``: ``rounds``, ``dtype``; ``uniform-depth``: ``depth_exponent``).
-
-    Raises:
-        TasError: an unknown method, or a target below what the space (or a width-only method
-        at full depth) can reach, naming the smallest reachable ratio.
-    """
-    if method not in BASELINES:
-        raise TasError(f"unknown baseline {method!r} (one of {', '.join(list_baselines())})")
-    if metric not in ("flops", "params"):
-        raise TasError(f"metric must be flops or params, got {metric!r}")
-    supernet = create_supernet(model, space, input_size=input_size, model_name=model_name, model_kwargs=model_kwargs)
-    supernet.check_target(metric, ratio)
-    smallest = width_only_minimum(supernet, metric)
-    if method not in DEPTH_SCALING and ratio < smallest:
-        raise TasError(f"{metric} target {ratio:.3f} is unreachable for the width-only {method} baseline: every "
-                       f"group at its narrowest candidate with full depth keeps {smallest:.3f} of the {metric} "
-                       "(uniform-depth scales depth too)")
-    arch = BASELINES[method](supernet, model, metric, float(ratio), int(seed), **options)
-    arch.meta.update({"metric": metric, "target_ratio": float(ratio), "seed": int(seed), **dict(meta or {})})
-    return arch
-
-
-from . import magnitude, scaling, synflow  # noqa: E402,F401  (register themselves)
-from .magnitude import l1_channel_scores, uniform_widths  # noqa: E402
-from .run import run_baseline  # noqa: E402
-from .synflow import synflow_scores  # noqa: E402

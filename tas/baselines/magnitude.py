@@ -12,10 +12,11 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from ..arch import Arch
-from ..graph import ModelGraph
-from ..supernet import Supernet
-from . import full_depths, register_baseline
+from ..prune.arch import Arch
+from ..prune.graph import ModelGraph
+from ..nas.supernet import Supernet
+from .base import full_depths, register_baseline
+from .scaling import uniform_scaling
 
 __all__ = ["uniform_widths", "l1_channel_scores", "top_channels", "random_channels"]
 
@@ -30,8 +31,6 @@ def uniform_widths(supernet: Supernet, metric: str, ratio: float) -> tuple[dict[
     the last one within the budget is returned with its ``r`` (:func:`~tas.baselines.scaling.uniform_scaling`
     without depth). So the result misses the budget by less than one candidate step of one group.
     """
-    from .scaling import uniform_scaling
-
     widths, _, r = uniform_scaling(supernet, metric, ratio, depth_exponent=None)
     return widths, r
 

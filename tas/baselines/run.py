@@ -1,6 +1,6 @@
 """``search.py --method uniform|uniform-depth|l1|synflow|random``: a baseline's run directory, in the TAS search's shape.
 
-:func:`run_baseline` writes what :func:`tas.searching.search` writes, so everything downstream
+:func:`run_baseline` writes what :func:`tas.nas.searcher.search` writes, so everything downstream
 (``train.py --arch``, ``tas.load_slim``, ``python -m tas.export``) takes either::
 
     runs/l1/
@@ -17,11 +17,18 @@ import time
 from pathlib import Path
 from typing import Any, Mapping
 
-from ..checkpoint import has_state
+from ..io.checkpoint import has_state
 from ..cli import format_table
 from ..errors import TasError
-from ..rundir import is_finished_run, run_lock, save_run
-from . import BASELINES, create_baseline_arch, list_baselines
+from ..io.rundir import is_finished_run, run_lock, save_run
+from .base import BASELINES, create_baseline_arch, list_baselines
+from ..nas.config import SearchConfig
+from ..train import engine
+from .. import data
+from ..prune.materialize import materialize
+from ..nas.searcher import load_teacher_and_data
+from ..distributed import resolve_device
+from ..train.loop import seed_everything
 
 __all__ = ["run_baseline"]
 
@@ -35,8 +42,6 @@ def run_baseline(args: Any) -> dict[str, Any]:
     flags are ignored. Library callers may add ``synflow_rounds``. The architecture is chosen
     without data; the test split is read only to report ``top1_pruned``.
     """
-    from ..searching import SearchConfig
-
     values = dict(args) if isinstance(args, Mapping) else dict(vars(args))
     method = values.get("method")
     if method not in BASELINES:
@@ -47,13 +52,6 @@ def run_baseline(args: Any) -> dict[str, Any]:
 
 
 def _run_baseline(cfg: Any, method: str, values: Mapping[str, Any]) -> dict[str, Any]:
-    from .. import engine
-    from ..data import create_loaders
-    from ..materialize import materialize
-    from ..searching import load_teacher_and_data
-    from ..distributed import resolve_device
-    from ..training import seed_everything
-
     out = Path(cfg.output)
     if cfg.resume:
         raise TasError(f"--resume: the {method} baseline runs in one go and keeps no state; "
@@ -73,7 +71,7 @@ def _run_baseline(cfg: Any, method: str, values: Mapping[str, Any]) -> dict[str,
                                 meta={"dataset": cfg.dataset, "teacher": str(cfg.teacher)}, **options)
     slim = materialize(teacher, arch).cpu()
     wall = time.perf_counter() - t0
-    loaders = create_loaders(cfg.dataset, data_dir=cfg.data_dir, batch_size=cfg.batch_size, workers=cfg.workers,
+    loaders = data.create_loaders(cfg.dataset, data_dir=cfg.data_dir, batch_size=cfg.batch_size, workers=cfg.workers,
                              seed=cfg.seed, download=cfg.download, img_size=info.img_size, limit=cfg.limit)
     val = engine.evaluate(slim.to(device), loaders["test"], device, per_class=True)
     slim.cpu()

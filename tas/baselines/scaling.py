@@ -16,9 +16,9 @@ from typing import Any
 
 import torch.nn as nn
 
-from ..arch import Arch
-from ..supernet import Supernet
-from . import full_depths, register_baseline
+from ..prune.arch import Arch
+from ..nas.supernet import Supernet
+from .base import full_depths, register_baseline
 
 __all__ = ["COMPOUND_DEPTH_EXPONENT", "uniform_scaling"]
 

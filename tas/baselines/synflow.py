@@ -33,10 +33,10 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from ..arch import Arch
+from ..prune.arch import Arch
 from ..errors import TasError
-from ..supernet import Supernet
-from . import full_depths, register_baseline
+from ..nas.supernet import Supernet
+from .base import full_depths, register_baseline
 from .magnitude import _expand, producers
 
 __all__ = ["linearize", "synflow_scores", "synflow_channel_scores"]

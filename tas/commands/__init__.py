@@ -12,6 +12,7 @@ import sys
 from typing import Callable, Sequence
 
 from ..cli import run_main
+from .. import __version__
 
 __all__ = ["COMMANDS", "main", "train", "search", "export", "latency", "demo"]
 
@@ -19,8 +20,8 @@ __all__ = ["COMMANDS", "main", "train", "search", "export", "latency", "demo"]
 COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("tas.commands.train", "train a network (the teacher), or distil a searched slim network (--arch)"),
     "search": ("tas.commands.search", "search a pruned architecture of a trained network; writes arch.json"),
-    "export": ("tas.export", "export a run's network to ONNX, checked against ONNX Runtime, with latencies"),
-    "latency": ("tas.latency.cli", "build a per-layer latency table ahead of a --latency-ratio search"),
+    "export": ("tas.commands.export", "export a run's network to ONNX, checked against ONNX Runtime, with latencies"),
+    "latency": ("tas.commands.latency", "build a per-layer latency table ahead of a --latency-ratio search"),
     "demo": ("tas.pipeline", "the whole pipeline on the bundled digits set: teacher, search, distil, ONNX"),
 }
 
@@ -30,8 +31,6 @@ def _command(name: str) -> Callable[..., int]:
 
 
 def _dispatch(argv: Sequence[str] | None = None) -> int:
-    from .. import __version__
-
     listing = "\n".join(f"  {name:<8} {help_}" for name, (_, help_) in COMMANDS.items())
     parser = argparse.ArgumentParser(
         prog="tas", formatter_class=argparse.RawDescriptionHelpFormatter,

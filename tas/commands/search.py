@@ -17,7 +17,9 @@ from typing import Sequence
 
 from ..baselines import METHODS
 from ..cli import DATASET_HELP, HelpFormatter, parse_args
-from ..searching import SearchConfig
+from ..nas.config import SearchConfig
+from ..nas.searcher import search
+from ..baselines import run_baseline
 
 
 def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
@@ -111,14 +113,11 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
     args = parse_args(build_parser(prog), argv)
     if args.method != "tas":
-        from ..baselines import run_baseline
-
         if os.environ.get("RANK", "0") != "0":
             return 0  # a baseline prunes without training: under torchrun, rank 0 runs it alone
 
         run_baseline(args)
         return 0
-    from ..searching import search
 
     search(args)
     return 0

@@ -17,7 +17,8 @@ import argparse
 from typing import Sequence
 
 from ..cli import DATASET_HELP, HelpFormatter, parse_args
-from ..training import SCHEDULERS, TrainConfig
+from ..train.loop import SCHEDULERS, TrainConfig
+from ..train import run as train_run
 
 
 def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
@@ -80,8 +81,7 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
     args = parse_args(build_parser(prog), argv)
-    from .. import training
 
-    training.train(args, mode="distill" if args.arch else "teacher")
+    train_run.train(args, mode="distill" if args.arch else "teacher")
     return 0
 

@@ -1,7 +1,7 @@
 """Build any timm model by name, with one-line errors and local pretrained weights.
 
 :func:`create_model` is the only place tas turns a model name into a network: train.py builds the
-teacher with it and :func:`tas.rundir.load_run` rebuilds saved runs with it. Nothing here goes to
+teacher with it and :func:`tas.io.rundir.load_run` rebuilds saved runs with it. Nothing here goes to
 the network unless ``pretrained=True`` is asked for explicitly; ``pretrained_path`` loads a local
 ``.safetensors`` file (or a torch file, read with ``weights_only=True``) instead.
 """
@@ -16,9 +16,10 @@ import timm
 import torch
 import torch.nn as nn
 
-from ..checkpoint import load_weights
+from ..io.checkpoint import load_weights
 from ..errors import CheckpointError, ModelError
 from . import cifar_mobilenet, cifar_resnet  # noqa: F401  (register cifar_resnet*, cifar_mobilenetv2* with timm)
+from timm.models._manipulate import adapt_input_conv
 
 __all__ = ["check_model_name", "create_model", "load_pretrained", "load_state_dict_strict", "read_state_dict", "suggest_models"]
 
@@ -156,7 +157,6 @@ def load_pretrained(model: nn.Module, path: str | os.PathLike, *, model_name: st
         key = f"{conv}.weight"
         if key in sd and key in own and sd[key].ndim == 4 and sd[key].shape[1] != own[key].shape[1] \
                 and sd[key].shape[0] == own[key].shape[0]:
-            from timm.models._manipulate import adapt_input_conv
             sd[key] = adapt_input_conv(own[key].shape[1], sd[key], base_chans=sd[key].shape[1])
     # Classifier of another size: keep the fresh one.
     for head in _prefixes(model, "classifier"):

@@ -1,4 +1,4 @@
-"""Labelled probability heat-maps for TensorBoard's Images tab (matplotlib figures).
+"""Heat-maps for TensorBoard's Images tab: labelled probability figures (matplotlib) and plain images.
 
 One row per channel group (or stage), one column per candidate from the narrowest (shallowest)
 up; each cell names its candidate and shows its probability. The argmax of every row is outlined,
@@ -10,7 +10,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Sequence
 
-__all__ = ["ProbRow", "probability_figure", "ROW_INCHES", "DPI"]
+import numpy as np
+import torch
+
+__all__ = ["ProbRow", "probability_figure", "heatmap_image", "padded_rows", "ROW_INCHES", "DPI"]
 
 #: height of one row and width of one column, in inches; the figure is sized from them
 ROW_INCHES = 0.34
@@ -43,8 +46,7 @@ def probability_figure(rows: Sequence[ProbRow], title: str, candidate: str = "wi
     prefixes each cell's candidate value. The colour scale is fixed to [0, 1], so figures of
     different epochs compare by colour.
     """
-    import numpy as np
-    from matplotlib import colormaps
+    from matplotlib import colormaps  # why: matplotlib is slow to import; only the figures need it
     from matplotlib.figure import Figure
     from matplotlib.patches import Rectangle
 
@@ -95,3 +97,33 @@ def probability_figure(rows: Sequence[ProbRow], title: str, candidate: str = "wi
         fig.text(0.02 + 1.3 / width, 1 - 0.42 / height, "★ star: decoded final choice (arch.json)", fontsize=8,
                  ha="left", va="top", color="#b35900", fontweight="bold")
     return fig
+
+
+# A short viridis-like ramp, so the image needs no plotting library.
+_RAMP = torch.tensor([[68, 1, 84], [59, 82, 139], [33, 145, 140], [94, 201, 98], [253, 231, 37]],
+                     dtype=torch.float32) / 255.0
+
+
+def heatmap_image(values: torch.Tensor, cell: tuple[int, int] = (12, 24)) -> torch.Tensor:
+    """A (3, H, W) float image of a 2-d matrix in [0, 1]: one ``cell``-sized patch per entry.
+
+    NaN entries (a row with fewer candidates than the widest) are drawn black.
+    """
+    v = values.detach().float().cpu()
+    mask = torch.isnan(v)
+    x = v.nan_to_num(0.0).clamp(0, 1) * (len(_RAMP) - 1)
+    lo = x.floor().long().clamp(max=len(_RAMP) - 2)
+    frac = (x - lo).unsqueeze(-1)
+    rgb = _RAMP[lo] * (1 - frac) + _RAMP[lo + 1] * frac
+    rgb[mask] = 0.0
+    img = rgb.permute(2, 0, 1)
+    return img.repeat_interleave(cell[0], dim=1).repeat_interleave(cell[1], dim=2)
+
+
+def padded_rows(rows: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Rows of different lengths as one matrix, NaN-padded on the right (drawn black by :func:`heatmap_image`)."""
+    width = max(len(r) for r in rows)
+    out = torch.full((len(rows), width), float("nan"))
+    for i, r in enumerate(rows):
+        out[i, : len(r)] = r.detach().float().cpu()
+    return out

@@ -12,6 +12,7 @@ import warnings
 from typing import Any, Mapping
 
 import torch
+import time
 
 __all__ = ["SEARCH_LAYOUT", "TRAIN_LAYOUT", "HPARAMS", "METRICS", "search_hparams", "train_hparams",
            "search_results", "train_results", "log_session", "log_graph"]
@@ -68,7 +69,7 @@ METRICS: dict[str, str] = {  # in the order of the HParams table's columns
 
 
 def search_hparams(cfg: Any, arch: Any, k: int) -> dict[str, Any]:
-    """The HParams settings of a search (``cfg`` a :class:`~tas.searching.SearchConfig`)."""
+    """The HParams settings of a search (``cfg`` a :class:`~tas.nas.searcher.SearchConfig`)."""
     return {"stage": "search", "model": arch.model, "dataset": cfg.dataset, "method": arch.method,
             "selection": cfg.selection, "metric": cfg.metric, "ratio": cfg.ratio, "k": k,
             "tau_max": cfg.tau_max, "tau_min": cfg.tau_min, "epochs": cfg.epochs, "seed": cfg.seed, "lr": cfg.lr}
@@ -109,7 +110,7 @@ def train_results(metrics: Mapping[str, Any], arch: Mapping[str, Any] | None) ->
 def _hparams_summary(tag: str, **data: Any) -> Any:
     """A summary carrying one HParams plugin record (``experiment``, ``session_start_info`` or
     ``session_end_info``), built from TensorBoard's protos alone (its helpers import TensorFlow)."""
-    from tensorboard.compat.proto.summary_pb2 import Summary
+    from tensorboard.compat.proto.summary_pb2 import Summary  # why: tensorboard's protobufs are slow to import; only runs that log need them
     from tensorboard.plugins.hparams import metadata, plugin_data_pb2
 
     smd = metadata.create_summary_metadata(plugin_data_pb2.HParamsPluginData(**data))
@@ -119,9 +120,7 @@ def _hparams_summary(tag: str, **data: Any) -> Any:
 def log_session(writer: Any, hparams: Mapping[str, Any], results: Mapping[str, float], step: int) -> None:
     """Write this run's HParams session: the experiment, its settings, ``hparams/<name>`` results at
     ``step``, and a successful end. Undeclared names are refused (they would never show)."""
-    import time
-
-    from tensorboard.plugins.hparams import api_pb2, metadata, plugin_data_pb2
+    from tensorboard.plugins.hparams import api_pb2, metadata, plugin_data_pb2  # why: tensorboard's protobufs are slow to import; only runs that log need them
 
     unknown = sorted(set(hparams) - set(HPARAMS)) + sorted(set(results) - set(METRICS))
     if unknown:

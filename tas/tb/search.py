@@ -14,7 +14,8 @@ from typing import Any, Sequence
 
 import torch
 
-from .figures import ProbRow, probability_figure
+from .figures import ProbRow, heatmap_image, padded_rows, probability_figure
+from .runs import log_graph
 
 __all__ = ["candidate_histogram", "log_distributions", "log_attention", "arch_markdown", "log_search_epoch",
            "log_search_end", "kept_blocks"]
@@ -58,7 +59,7 @@ def _depth_rows(supernet: Any, decoded: Any = None) -> list[ProbRow]:
 def log_distributions(writer: Any, supernet: Any, step: int, decoded: Any = None, histograms: bool = True) -> None:
     """Width and depth distributions of ``supernet``: heat-map figures and per-row histograms.
 
-    ``decoded`` (the final :class:`~tas.arch.Arch`) stars each row's decoded choice in the figures.
+    ``decoded`` (the final :class:`~tas.prune.arch.Arch`) stars each row's decoded choice in the figures.
     """
     when = f"step {step}" + (" — final, after the decode" if decoded is not None else "")
     rows = _width_rows(supernet, decoded)
@@ -81,8 +82,6 @@ def log_attention(writer: Any, supernet: Any, step: int) -> None:
     In the mask image a kept block is drawn by its attention (scaled by the group's maximum) and a
     masked block black; groups with fewer blocks are padded black.
     """
-    from . import heatmap_image, _padded
-
     rows = []
     for name, g in supernet.groups().items():
         if g.attn_logits is None:
@@ -91,7 +90,7 @@ def log_attention(writer: Any, supernet: Any, step: int) -> None:
         writer.add_histogram(f"attention/{name}", a, step)
         rows.append(torch.where(g.mask.cpu(), a / a.max(), torch.zeros_like(a)))
     if rows:
-        writer.add_image("sapp_mask", heatmap_image(_padded(rows), cell=(12, 6)), step)
+        writer.add_image("sapp_mask", heatmap_image(padded_rows(rows), cell=(12, 6)), step)
 
 
 def kept_blocks(group: Any, indices: Sequence[int]) -> list[int]:
@@ -157,8 +156,6 @@ def log_search_epoch(writer: Any, supernet: Any, arch: Any, top1: float, step: i
 def log_search_end(writer: Any, supernet: Any, arch: Any, slim: torch.nn.Module | None, step: int) -> None:
     """The decoded architecture at the final ``step``: heat-maps with the decode starred, the
     ``arch`` table (what ``arch.json`` holds) and the slim network's graph."""
-    from .runs import log_graph
-
     log_distributions(writer, supernet, step, decoded=arch, histograms=False)
     writer.add_scalar("search/derived_flops_ratio", arch.flops_ratio, step)
     writer.add_scalar("search/derived_params_ratio", arch.params_ratio, step)

@@ -1,0 +1,52 @@
+"""The prediction check: a latency table's prediction for a slim network against the network
+measured end to end, beside its original."""
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+
+from ..export import export_onnx
+from .measure import measure_onnx
+from .table import LatencyTable
+
+__all__ = ["check_prediction"]
+
+
+def check_prediction(table: LatencyTable, slim: torch.nn.Module, original: torch.nn.Module, arch: Any,
+                     batch: int, threads: int) -> dict[str, Any]:
+    """Export ``slim`` (the network of ``arch``) and ``original`` to ONNX and measure both, twice.
+
+    First the way the table's layers were timed (its ``warm_calls``: cold by default), which the
+    prediction and a latency budget refer to; then in the steady state (each timed call right after
+    an untimed one, as when a network is served back to back), reported beside it. A network whose
+    weights fit in the cache runs relatively faster in the steady state than its cold layers
+    predict; the table's ``steady_scale`` (when measured) maps absolute predictions there.
+
+    Returns the ``metrics.json`` entries: predicted and measured ms and ratios of both networks,
+    ``prediction_error`` (ms), ``ratio_prediction_error`` (both parts of a ratio timed side by
+    side: free of the machine's drift), ``full_prediction_error`` (that drift, seen on the
+    original, which the table timed whole) and the steady-state figures.
+    """
+    size: Sequence[int] = arch.input_size
+    with tempfile.TemporaryDirectory(prefix="tas-latency-check-") as tmp:
+        paths = [Path(tmp) / "original.onnx", Path(tmp) / "slim.onnx"]
+        export_onnx(original.cpu().eval(), paths[0], size)
+        export_onnx(slim.cpu().eval(), paths[1], size)
+        full_ms, slim_ms = measure_onnx(paths, size, batch=batch, threads=threads,
+                                        warm_calls=int(table.meta.get("warm_calls", 0)))
+        steady_full_ms, steady_ms = measure_onnx(paths, size, batch=batch, threads=threads, warm_calls=1)
+    predicted, predicted_full = table.exact_arch(arch), table.full()
+    predicted_ratio = predicted / predicted_full
+    out = {"predicted_latency_ms": predicted, "measured_latency_ms": slim_ms, "full_latency_ms": full_ms,
+           "predicted_full_latency_ms": predicted_full, "full_prediction_error": predicted_full / full_ms - 1,
+           "predicted_latency_ratio": predicted_ratio, "measured_latency_ratio": slim_ms / full_ms,
+           "prediction_error": predicted / slim_ms - 1,
+           "ratio_prediction_error": predicted_ratio / (slim_ms / full_ms) - 1,
+           "steady_latency_ms": steady_ms, "steady_full_latency_ms": steady_full_ms,
+           "steady_latency_ratio": steady_ms / steady_full_ms, "latency_runtime": table.key.get("runtime")}
+    if table.steady_scale is not None:
+        out["steady_prediction_error"] = predicted * table.steady_scale / steady_ms - 1
+    return out

@@ -1,0 +1,222 @@
+"""The architecture step of a TAS search and the budget it keeps: α/β by Adam on CE + cost loss.
+
+:class:`ArchStepper` owns the budget (FLOPs, params or measured latency, with an optional FLOPs
+or params ceiling): the differentiable cost loss each step, and :meth:`ArchStepper.decode`, which
+moves the final argmax into the budget band when a search ends outside it.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from .. import distributed
+from .cost import COST_LOSSES, LagrangianCost, cost_loss
+from ..errors import DivergedError
+from .supernet import Supernet
+
+__all__ = ["ArchStepper"]
+
+
+class ArchStepper:
+    """The architecture step: CE on a val batch + a budget term, Adam on α and β.
+
+    The budget term is ``cost_loss="lagrangian"`` (default; :class:`~tas.nas.cost.LagrangianCost` on the
+    expected cost ratio, aimed at the middle of the band, multipliers stepped by ``dual_lr`` after
+    every step) or ``"tas"`` (the paper's ``cost_weight`` × ``±log E[cost]`` switched by the argmax).
+
+    The budget is FLOPs or params (exact, from the cost model) or latency (predicted from a
+    :class:`~tas.deploy.latency.LatencyTable` passed as ``latency``). ``ceiling=(metric, ratio)`` adds an
+    upper bound on FLOPs or params next to a latency target: ``+log E[metric]`` while the argmax
+    architecture exceeds it. ``fill=True`` makes :meth:`decode` spend the budget up to the target
+    instead of stopping anywhere in the band.
+    """
+
+    def __init__(self, supernet: Supernet, metric: str, ratio: float, tolerance: float, cost_weight: float,
+                 lr: float, weight_decay: float, latency: Any = None,
+                 ceiling: tuple[str, float] | None = None, fill: bool = False, cost_loss: str = "lagrangian",
+                 dual_lr: float = 1.0, dual_penalty: float = 20.0, sharp_temperature: float | None = 0.1) -> None:
+        if cost_loss not in COST_LOSSES:
+            raise ValueError(f"unknown cost loss {cost_loss!r} (one of {', '.join(COST_LOSSES)})")
+        self.supernet, self.metric, self.tolerance, self.cost_weight = supernet, metric, tolerance, cost_weight
+        self.latency, self.ceiling, self.fill = latency, ceiling, fill
+        self.full = latency.full() if metric == "latency" else supernet.full[metric]
+        self.target = ratio * self.full
+        self.params = list(supernet.arch_parameters())
+        self.optimizer = torch.optim.Adam(self.params, lr=lr, betas=(0.5, 0.999), weight_decay=weight_decay)
+        # Aimed at the band's middle (its top when filling): both edges are then half a band away.
+        aim = ratio if fill else ratio - tolerance / 2
+        self.sharp_temperature = sharp_temperature
+        self.controller = (LagrangianCost(aim, dual_lr, 1 if sharp_temperature is None else 2, dual_penalty)
+                           if cost_loss == "lagrangian" else None)
+
+    def _argmax(self) -> tuple[dict[str, int], dict[str, int]]:
+        s = self.supernet
+        widths = {n: g.widths[int(g.probs().argmax())] for n, g in s.groups().items()}
+        depths = {n: s.stage_depths[n][int(s.depth_probs(n).argmax())] for n in s.graph.stages}
+        return widths, depths
+
+    def current_cost(self) -> float:
+        """Cost of the current argmax architecture (cheap: no Arch object is built)."""
+        if self.metric == "latency":
+            return self.latency.current(self.supernet)
+        return self.supernet.cost.exact(self.metric, *self._argmax())
+
+    def expected_cost(self) -> torch.Tensor:
+        if self.metric == "latency":
+            return self.latency.expected(self.supernet)
+        return self.supernet.expected_cost(self.metric)
+
+    def _ceiling_loss(self) -> torch.Tensor | None:
+        if self.ceiling is None:
+            return None
+        over = self._over_ceiling(*self._argmax())
+        return torch.log(self.supernet.expected_cost(self.ceiling[0])) if over else None
+
+    def _cost_loss(self) -> tuple[torch.Tensor, float, torch.Tensor, float]:
+        """``(budget term, its weight in the architecture loss, expected cost, argmax cost)``."""
+        expected, current = self.expected_cost(), self.current_cost()
+        extra = self._ceiling_loss()
+        if self.controller is None:
+            lc = cost_loss(expected, current, self.target, self.tolerance, self.full)
+            return (lc if extra is None else lc + extra), self.cost_weight, expected, current
+        ratios = [expected / self.full]
+        if self.sharp_temperature is not None:
+            with self.supernet.sharpened(self.sharp_temperature):
+                ratios.append(self.expected_cost() / self.full)
+        self._ratios = torch.stack([r.reshape(()).double() for r in ratios])
+        lc = self.controller.loss(self._ratios)
+        return (lc if extra is None else lc + self.cost_weight * extra), 1.0, expected, current
+
+    def step(self, images: torch.Tensor, targets: torch.Tensor) -> dict[str, float]:
+        """One Adam step on α and β (then one ascent step on the multipliers); in a distributed run
+        the CE is the global batch's (all ranks)."""
+        ce = F.cross_entropy(self.supernet(images), targets)
+        lc, weight, expected, current = self._cost_loss()
+        loss = ce + weight * lc.to(ce.device)
+        self.optimizer.zero_grad(set_to_none=True)
+        # Only α and β: the weight gradients of this val batch would be discarded anyway.
+        (loss * distributed.loss_scale(targets.numel())).backward(inputs=self.params)
+        n, (ce_sum,) = distributed.reduce_gradients(self.params, targets.numel(), [ce.item() * targets.numel()])
+        ce_value, lc_value = ce_sum / max(n, 1), lc.item()
+        loss_value = ce_value + weight * lc_value
+        if not math.isfinite(loss_value):
+            bad = [n for n, v in (("arch CE", ce_value), ("cost loss", lc_value)) if not math.isfinite(v)]
+            raise DivergedError(f"architecture loss is {loss_value} (non-finite: {', '.join(bad) or 'sum'})")
+        self.optimizer.step()
+        terms = {"arch_loss": loss_value, "arch_ce": ce_value, "cost_loss": lc_value,
+                 "expected_ratio": expected.item() / self.full, "derived_ratio": current / self.full,
+                 "band_low": self.band_low / self.full}
+        if self.controller is not None:
+            ratios = self._ratios.detach().cpu()
+            self.controller.ascend(ratios)
+            lam = self.controller.lambdas
+            terms.update(lambda1=float(lam[0, 0]), lambda2=float(lam[0, 1]))
+            if len(ratios) > 1:
+                terms.update(sharp_ratio=float(ratios[1]), sharp_lambda1=float(lam[1, 0]), sharp_lambda2=float(lam[1, 1]))
+        return terms
+
+    @property
+    def band_low(self) -> float:
+        """The bottom of the budget band the decode aims for (the target itself with ``fill``)."""
+        return self.target if self.fill else self.target - self.tolerance * self.full
+
+    def _cost_of(self, widths: dict[str, int], depths: dict[str, int]) -> float:
+        if self.metric == "latency":
+            return self.latency.exact(widths, depths)
+        return self.supernet.cost.exact(self.metric, widths, depths)
+
+    def _over_ceiling(self, widths: dict[str, int], depths: dict[str, int]) -> bool:
+        if self.ceiling is None:
+            return False
+        metric, ratio = self.ceiling
+        return self.supernet.cost.exact(metric, widths, depths) > ratio * self.supernet.full[metric]
+
+    @torch.no_grad()
+    def decode(self, caps: dict[str, int] | None = None) -> tuple[dict[str, int], dict[str, int], int]:
+        """The final architecture: the argmax, moved into the budget at the least loss of probability.
+
+        A search can end with its argmax outside the tolerance band (the cost loss is a nudge, and
+        short searches take few architecture steps). From the argmax, while the cost is over the
+        target (or a ceiling), one group's width or one stage's depth steps down to its next
+        candidate: the step that gives up the least log-probability per unit of cost saved; while
+        it is under the band, the step up that gains the most log-probability per unit of cost and
+        stays within the budget; then any step up that gains log-probability and still fits. The
+        choice respects what the distributions learned, where gradient steps on the cost alone would
+        move every group alike.
+
+        With ``fill`` the bottom of the band is the target itself: steps up continue, least
+        log-probability given up per unit of cost first, until no step fits. A latency target
+        is one to hit, and its prediction carries a few per cent of error either way; an argmax
+        left at the bottom of a band 0.05 wide would then measure up to 15 % under a 0.5 target.
+
+        ``caps`` bounds groups' widths (SA++: :meth:`~tas.nas.attention.SappController.caps`); the
+        probability of the candidates above a cap counts as the cap's, since they computed its channels.
+
+        Returns:
+            ``(widths, depths, moves)``; ``moves`` is 0 when the argmax already met the budget.
+        """
+        s = self.supernet
+        options = {("w", n): (list(g.widths), torch.log(g.probs().double()).tolist()) for n, g in s.groups().items()}
+        options.update({("d", n): (list(s.stage_depths[n]), torch.log(s.depth_probs(n).double()).tolist())
+                        for n in s.graph.stages})
+        for n, cap in (caps or {}).items():
+            vals, lp = options[("w", n)]
+            k = vals.index(cap)
+            options[("w", n)] = (vals[: k + 1], lp[:k] + [torch.tensor(lp[k:], dtype=torch.float64).logsumexp(0).item()])
+        idx = {k: max(range(len(lp)), key=lp.__getitem__) for k, (_, lp) in options.items()}
+        eps = 1e-12 * self.full
+
+        def arch(i: dict) -> tuple[dict[str, int], dict[str, int]]:
+            return ({n: options[("w", n)][0][i[("w", n)]] for (kind, n) in options if kind == "w"},
+                    {n: options[("d", n)][0][i[("d", n)]] for (kind, n) in options if kind == "d"})
+
+        def fits(trial: dict, trial_cost: float) -> bool:
+            return trial_cost <= self.target and not self._over_ceiling(*arch(trial))
+
+        def best_step(direction: int, score) -> tuple[dict, float] | None:
+            """The one-candidate step (``direction`` -1 down, +1 up) that ``score(gain in
+            log-probability, new cost, trial)`` rates highest; a None score rules a step out."""
+            best = None
+            for k, (vals, lp) in options.items():
+                j = idx[k] + direction
+                if not 0 <= j < len(vals):
+                    continue
+                trial = {**idx, k: j}
+                trial_cost = self._cost_of(*arch(trial))
+                value = score(lp[j] - lp[idx[k]], trial_cost, trial)
+                if value is not None and (best is None or value > best[0]):
+                    best = (value, trial, trial_cost)
+            return None if best is None else best[1:]
+
+        low = self.band_low
+        cost, moves = self._cost_of(*arch(idx)), 0
+        steps = [
+            # over budget: down, least log-probability given up per unit of cost saved
+            (lambda: cost > self.target or self._over_ceiling(*arch(idx)),
+             -1, lambda gain, c, t: gain / max(cost - c, eps)),
+            # under the band: up, most log-probability per unit of cost added, within the budget (a
+            # step that adds no cost, e.g. a width only dropped blocks use, brings nothing closer)
+            (lambda: cost < low, +1, lambda gain, c, t: gain / (c - cost) if cost < c and fits(t, c) else None),
+            # once moved: spend what is left where the logits want it (a shrink step can overshoot
+            # deep into the band, e.g. a whole block)
+            (lambda: moves > 0, +1, lambda gain, c, t: gain if gain > 0 and fits(t, c) else None),
+        ]
+        for needed, direction, score in steps:
+            while needed():
+                step = best_step(direction, score)
+                if step is None:  # nothing left to move (check_target rules this out when shrinking)
+                    break
+                (idx, cost), moves = step, moves + 1
+        widths, depths = arch(idx)
+        return widths, depths, moves
+
+    def within(self, widths: dict[str, int] | None = None, depths: dict[str, int] | None = None) -> bool:
+        """Whether an architecture (default: the current argmax) meets the budget band and the ceiling."""
+        if widths is None or depths is None:
+            widths, depths = self._argmax()
+        cost = self._cost_of(widths, depths)
+        return (self.target - self.tolerance * self.full <= cost <= self.target
+                and not self._over_ceiling(widths, depths))

@@ -1,0 +1,134 @@
+"""The settings of a search (:class:`SearchConfig`): ``tas search``'s flags, checked."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from ..cli import config_from_args
+from ..errors import TasError
+from ..prune.channel_order import CRITERIA
+from .cost import COST_LOSSES
+
+__all__ = ["SearchConfig"]
+
+
+@dataclass
+class SearchConfig:
+    """Every setting of a search; search.py's flags map one to one (dashes -> underscores)."""
+
+    teacher: str | None = None
+    model: str | None = None
+    dataset: str = "digits"
+    data_dir: str | None = None
+    download: bool = False
+    img_size: int | None = None
+    augment: bool = True
+    space: str | None = None
+    flops_ratio: float | None = None
+    params_ratio: float | None = None
+    latency_ratio: float | None = None
+    runtime: str = "ort-cpu"
+    latency_batch: int = 1
+    latency_threads: int | None = None
+    tolerance: float = 0.05
+    fill_budget: bool | None = None
+    cost_weight: float = 2.0
+    cost_loss: str = "lagrangian"
+    dual_lr: float = 1.0
+    dual_penalty: float = 20.0
+    sharp_temperature: float | None = 0.1
+    decode: bool = True
+    channel_order: str | None = None
+    epochs: int = 2
+    batch_size: int = 64
+    lr: float = 0.05
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    arch_lr: float = 0.05
+    arch_weight_decay: float = 1e-3
+    selection: str = "prefix"
+    block_size: int | None = None
+    attn_lr: float = 0.01
+    attn_weight_decay: float = 1e-4
+    sapp_warmup: float = 0.2
+    sapp_sparsify: float = 0.15
+    sapp_sparse: float = 0.1
+    sapp_dense: float = 0.1
+    sapp_rounds: int = 2
+    sapp_anneal: bool = False
+    tau_max: float = 5.0
+    tau_min: float = 0.1
+    tau_schedule: str = "cosine"
+    k: int | None = None
+    seed: int = 0
+    output: str = "runs/search"
+    resume: bool = False
+    overwrite: bool = False
+    workers: int = 0
+    device: str = "auto"
+    limit: int | None = None
+    log_every: int = 10
+    checkpoint_every: int = 50
+    nan_policy: str = "stop"
+    progress: bool = True
+
+    @classmethod
+    def from_args(cls, args: Any) -> "SearchConfig":
+        return config_from_args(cls, args)
+
+    def validate(self) -> None:
+        if self.flops_ratio is None and self.params_ratio is None and self.latency_ratio is None:
+            self.flops_ratio = 0.5
+        if self.flops_ratio is not None and self.params_ratio is not None:
+            raise TasError("give one of --flops-ratio and --params-ratio (a latency target may add one as a ceiling)")
+        for flag in ("epochs", "batch_size"):
+            v = getattr(self, flag)
+            if not isinstance(v, int) or v < 1:
+                raise TasError(f"--{flag.replace('_', '-')} must be a positive integer, got {v!r}")
+        if not 0 <= self.tolerance < 1:
+            raise TasError(f"--tolerance must be in [0, 1), got {self.tolerance}")
+        if self.tau_min <= 0 or self.tau_max < self.tau_min:
+            raise TasError("--tau-min must be > 0 and <= --tau-max")
+        if self.resume and self.overwrite:
+            raise TasError("--resume and --overwrite exclude each other")
+        if self.nan_policy not in ("stop", "skip"):
+            raise TasError(f"--nan-policy must be stop or skip, got {self.nan_policy!r}")
+        if not isinstance(self.checkpoint_every, int) or self.checkpoint_every < 0:
+            raise TasError(f"--checkpoint-every must be a non-negative integer, got {self.checkpoint_every!r}")
+        if self.selection not in ("prefix", "sapp"):
+            raise TasError(f"--selection must be prefix or sapp, got {self.selection!r}")
+        if self.cost_loss not in COST_LOSSES:
+            raise TasError(f"--cost-loss must be one of {', '.join(COST_LOSSES)}, got {self.cost_loss!r}")
+        if self.channel_order is None:
+            # measured for prefix selection; SA++ ranks blocks by its attention, and its resume state and
+            # supernet.safetensors are then read against arch.json without the permutation
+            self.channel_order = "l1" if self.selection == "prefix" else "none"
+        if self.channel_order not in CRITERIA:
+            raise TasError(f"--channel-order must be one of {', '.join(CRITERIA)}, got {self.channel_order!r}")
+
+    @property
+    def metric(self) -> str:
+        if self.latency_ratio is not None:
+            return "latency"
+        return "flops" if self.flops_ratio is not None else "params"
+
+    @property
+    def ratio(self) -> float:
+        if self.latency_ratio is not None:
+            return float(self.latency_ratio)
+        return float(self.flops_ratio if self.flops_ratio is not None else self.params_ratio)
+
+    @property
+    def fill(self) -> bool:
+        """Whether the final decode spends the budget up to the target: by default for a latency
+        target (a number to hit), not for FLOPs or params (TAS's band: anywhere within tolerance)."""
+        return self.metric == "latency" if self.fill_budget is None else bool(self.fill_budget)
+
+    @property
+    def ceiling(self) -> tuple[str, float] | None:
+        """A FLOPs or params ceiling given beside a latency target."""
+        if self.latency_ratio is None:
+            return None
+        if self.flops_ratio is not None:
+            return ("flops", float(self.flops_ratio))
+        return ("params", float(self.params_ratio)) if self.params_ratio is not None else None

@@ -1,0 +1,611 @@
+"""The bi-level TAS search: from a trained teacher to an architecture spec.
+
+One code path, two ways in. :class:`Searcher` searches a teacher network over three loaders
+(``train`` for the weights, ``val`` for the architecture, ``test`` for the per-epoch report) in
+phases -- ``prepare`` (resume state, supernet), ``budget`` (latency table, target check, the
+architecture stepper), ``loop`` (the epochs), ``decode`` (the final architecture, its slim network
+and metrics), ``save`` (the run directory). :func:`tas.search` hands it the user's model and
+loaders; :func:`search` (search.py, ``tas search``) first reads the teacher run and builds the
+loaders of ``--dataset``. Given an output directory, both write the same run::
+
+    runs/search/
+      arch.json            the final argmax architecture (tas.Arch)
+      arch_history.json    the derived architecture after every epoch
+      supernet.safetensors the supernet's weights and architecture logits
+      model.safetensors    the slim network materialised from the supernet (loadable by tas.load_slim)
+      config.json, metrics.json, state/, TensorBoard events
+
+Each step takes a weight step on a batch of the ``train`` half (SGD on the shared weights and
+per-candidate BNs, cross-entropy of the sampled supernet) and an architecture step on a batch of
+the ``val`` half (Adam on α and β, cross-entropy + ``cost_weight`` × the TAS cost loss). τ anneals
+over the whole search.
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import math
+import tempfile
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+
+import torch
+import torch.nn.functional as F
+
+from .. import distributed, tb
+from ..cli import format_table
+from ..data import create_loaders, dataset_info
+from ..deploy import latency
+from ..errors import CheckpointError, DivergedError, TasError
+from ..io.checkpoint import atomic_write_json, has_state, load_state, rng_state, save_state, save_weights, set_rng_state
+from ..io.rundir import is_finished_run, run_lock, save_run
+from ..prune.channel_order import order_teacher, to_original
+from ..prune.load import load_run
+from ..prune.materialize import materialize
+from ..train import engine
+from ..train.loop import seed_everything
+from .arch_step import ArchStepper
+from .attention import PHASES, SappController, SappSchedule
+from .config import SearchConfig
+from .sampling import tau_at
+from .supernet import Supernet, create_supernet
+
+__all__ = ["SearchData", "SearchResult", "Searcher", "search", "check_output", "load_teacher", "load_teacher_and_data",
+           "recalibrate_bn"]
+
+
+@torch.no_grad()
+def recalibrate_bn(model: torch.nn.Module, loader: Any, device: torch.device | str, batches: int = 20) -> None:
+    """Re-estimate BatchNorm running statistics of ``model``'s current (hard-mode) network.
+
+    In search mode every per-candidate BN sees interpolated mixtures, so its running statistics do
+    not describe the single architecture hard mode computes; a few forward passes fix that before
+    it is evaluated or materialised (standard in one-shot NAS).
+    """
+    bns = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    saved = [(m.momentum, m.training) for m in bns]
+    for m in bns:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative average over the calibration batches
+    was_training = model.training
+    model.train()
+    for i, (x, _) in enumerate(loader):
+        if i >= batches:
+            break
+        model(x.to(device))
+    model.train(was_training)
+    for m, (momentum, _) in zip(bns, saved):
+        m.momentum = momentum
+
+
+def _ratio(arch: Any, metric: str, table: Any) -> float:
+    """The architecture's cost as a fraction of the original, in the search's budget metric."""
+    if metric == "latency":
+        return table.exact_arch(arch) / table.full()
+    return getattr(arch, f"{metric}_ratio")
+
+
+def _shared_latency_table(supernet: Supernet, cfg: SearchConfig) -> Any:
+    """The supernet's latency table (cached or measured), measured by rank 0 alone (ranks timing
+    side by side would disturb each other) and sent to the others."""
+    main = distributed.is_main()
+    table = latency.load_or_build(supernet, runtime=cfg.runtime, batch=cfg.latency_batch,
+                          threads=cfg.latency_threads or torch.get_num_threads(), progress=cfg.progress) if main else None
+    if distributed.is_active():
+        table = latency.LatencyTable.from_dict(distributed.broadcast_object(table.to_dict() if main else None))
+    return table
+
+
+def load_teacher_and_data(cfg: Any) -> tuple[torch.nn.Module, dict, Any]:
+    """The teacher, its config, and the dataset info at its input size; refuses a dataset whose
+    classes or channels do not fit the teacher."""
+    teacher, tconfig = load_teacher(cfg)
+    info = dataset_info(cfg.dataset, cfg.data_dir, cfg.img_size or tconfig["input_size"][1])
+    kwargs = tconfig["model_kwargs"]
+    if info.num_classes != kwargs["num_classes"] or info.in_chans != kwargs["in_chans"]:
+        raise TasError(f"the teacher in {cfg.teacher} has {kwargs['num_classes']} classes and {kwargs['in_chans']} "
+                       f"input channels; {cfg.dataset} has {info.num_classes} and {info.in_chans}")
+    return teacher, tconfig, info
+
+
+def load_teacher(cfg: Any) -> tuple[torch.nn.Module, dict]:
+    """The trained network of ``cfg.teacher`` and its config; refuses pruned or mismatching runs."""
+    if not cfg.teacher:
+        raise TasError("--teacher: give the run directory of the trained network to prune (train.py --output)")
+    model, config = load_run(cfg.teacher)
+    if "arch" in config:
+        raise TasError(f"--teacher {cfg.teacher} is already a pruned network; give the original's run")
+    if cfg.model and cfg.model != config["model"]:
+        raise TasError(f"--model {cfg.model} does not match the teacher in {cfg.teacher} ({config['model']})")
+    return model, config
+
+
+def check_output(cfg: SearchConfig) -> Path:
+    """``cfg.output``, checked against ``--resume`` / ``--overwrite`` before anything is read or written."""
+    out = Path(cfg.output)
+    if cfg.resume and not has_state(out):
+        raise CheckpointError(f"--resume: no resumable state in {out}")
+    if not cfg.resume and not cfg.overwrite and (is_finished_run(out) or has_state(out)):
+        raise TasError(f"{out} already holds a search; pass --resume, --overwrite or another --output")
+    return out
+
+
+@dataclass
+class SearchData:
+    """What a search runs on: three loaders of ``(images, labels)`` batches and how to describe them.
+
+    Attributes:
+        train: batches for the weight step.
+        val: batches for the architecture step (cycled to ``train``'s length).
+        test: batches the derived architecture is evaluated on after every epoch and at the end.
+        input_size: ``(C, H, W)`` of one image; the costs are counted at it.
+        name: the data's name, recorded in ``arch.json`` and ``config.json``.
+        info: a :class:`~tas.data.DatasetInfo` whose normalisation ``config.json`` records, when known.
+    """
+
+    train: Iterable
+    val: Iterable
+    test: Iterable
+    input_size: tuple[int, int, int]
+    name: str = "custom"
+    info: Any = None
+
+
+@dataclass
+class SearchResult:
+    """What a search returns (:func:`tas.search`, :meth:`Searcher.run`).
+
+    Attributes:
+        arch: the final architecture (within the budget unless ``metrics["within_tolerance"]`` says not).
+        slim: its dense network, weights from the supernet (``tas.distill`` trains it further).
+        history: one entry per epoch: the derived architecture's ratios, widths, depths, test top-1, τ.
+        metrics: what ``metrics.json`` holds (``top1_hard_mode``, ``flops``, ``params``, their ratios, ...).
+        supernet: the trained supernet (weights and architecture logits).
+        run_dir: the run directory written, or ``None``.
+    """
+
+    arch: Any
+    slim: torch.nn.Module
+    history: list[dict[str, Any]]
+    metrics: dict[str, Any]
+    supernet: Supernet
+    run_dir: Path | None = None
+
+
+def _lr_factor(total_steps: int):
+    return lambda s: 0.5 * (1 + math.cos(math.pi * min(s, total_steps) / total_steps))
+
+
+@dataclass
+class _Progress:
+    """The loop's counters: what the resumable state saves beside the weights and optimisers."""
+
+    epoch: int = 0  # epochs finished
+    step: int = 0  # steps taken in all
+    in_epoch: int = 0  # steps taken in the current epoch (resuming mid-epoch)
+    wall: float = 0.0
+    skipped: int = 0
+    history: list[dict[str, Any]] = field(default_factory=list)
+    rng: Any = None  # the global RNG to restore once the resumed epoch's batch order is fixed
+
+
+class Searcher:
+    """The bi-level search of ``teacher`` (not modified) over ``data`` with the settings ``cfg``.
+
+    :meth:`run` goes through the phases in order; each is a method, so a caller (a benchmark, a
+    test) can run them one by one. With ``output=None`` the resumable state and TensorBoard events go
+    to a temporary directory that :meth:`run` removes, and nothing else is written.
+
+    Args:
+        cfg: the settings (data-loading fields are ignored: ``data`` is given).
+        teacher: the trained network of a supported family.
+        data: the loaders and their description.
+        device: where the supernet runs.
+        model_name, model_kwargs: how timm recreates the teacher (default: read from the model).
+        teacher_source: where the teacher came from, recorded in ``arch.json`` (a run directory).
+        output: the run directory, or ``None``.
+    """
+
+    def __init__(self, cfg: SearchConfig, teacher: torch.nn.Module, data: SearchData, device: torch.device, *,
+                 model_name: str | None = None, model_kwargs: dict | None = None,
+                 teacher_source: str | None = None, output: str | Path | None = None) -> None:
+        self.cfg, self.teacher, self.data, self.device = cfg, teacher, data, device
+        self.model_name, self.model_kwargs, self.teacher_source = model_name, model_kwargs, teacher_source
+        self.output = Path(output) if output is not None else None
+        self.out = self.output  # where state and events go (a temporary directory without output)
+        self.main = distributed.is_main()
+        self.progress = _Progress()
+        self.state: dict[str, Any] | None = None
+        self.latency: Any = None
+        self.writer: Any = None
+
+    def run(self) -> SearchResult:
+        """prepare → budget → loop → decode → save (with an output directory) → report; the
+        finished :class:`SearchResult`."""
+        with tempfile.TemporaryDirectory(prefix="tas-search-") if self.output is None else nullcontext() as tmp:
+            if tmp is not None:
+                self.out = Path(tmp)
+            self.prepare()
+            self.budget()
+            try:
+                self.loop()
+                result = self.decode()
+                if self.main:
+                    if self.output is not None:
+                        self.save(result)
+                    self.report(result)
+            finally:
+                if self.writer is not None:
+                    self.writer.close()
+        return result
+
+    # -- prepare: resume state, supernet ---------------------------------------------------------
+    def prepare(self) -> None:
+        """Read the resumable state (``--resume``), build the supernet (seeded), measure the latency
+        table where the budget or ``divisor: auto`` needs it, and place the Gumbel stream."""
+        cfg = self.cfg
+        if self.output is not None:
+            check_output(dataclasses.replace(cfg, output=str(self.output)))
+        elif cfg.resume:
+            raise TasError("resume needs an output directory to resume from")
+        self.state = load_state(self.out) if cfg.resume else None
+        # The teacher's channels by importance, on a copy (a resumed search re-applies its saved order).
+        self.ordered = copy.deepcopy(self.teacher).to(self.device)
+        saved = self.state.get("channel_perms") if self.state else None
+        self.perms = order_teacher(self.ordered, cfg.channel_order, self.data.train,
+                                   saved=json.loads(saved) if saved is not None else None)
+        self.ordered.cpu()
+        self.supernet = self._build(cfg.space)
+        if cfg.metric == "latency" or self.supernet.space.divisor == "auto":
+            self.latency = _shared_latency_table(self.supernet, cfg)
+        if self.supernet.space.divisor == "auto":
+            self._align_widths()
+        self.supernet.to(self.device)
+        # The Gumbel draws: a stream of their own, seeded alike on every rank, so all ranks sample the
+        # same fragments whatever else consumes random numbers (augmentation, dropout).
+        self.supernet.generator = torch.Generator(device=self.device).manual_seed(cfg.seed)
+
+    def _build(self, space: Any) -> Supernet:
+        seed_everything(self.cfg.seed)  # the same α/β initialisation however often it is built
+        net = create_supernet(self.ordered, space, input_size=self.data.input_size, model_name=self.model_name,
+                              model_kwargs=self.model_kwargs, selection=self.cfg.selection,
+                              block_size=self.cfg.block_size)
+        if self.cfg.k is not None:
+            net.k = self.cfg.k
+        return net
+
+    def _align_widths(self) -> None:
+        """``divisor: auto``: drop the widths the latency table finds no faster than a wider one."""
+        groups = self.supernet.groups()
+        if self.state is not None and "aligned_widths" in self.state:  # a re-measured table must not change them
+            widths = json.loads(self.state["aligned_widths"])
+        else:
+            widths = latency.aligned_candidates(self.latency, {n: g.widths for n, g in groups.items()})
+        dropped = sum(len(g.widths) - len(widths[n]) for n, g in groups.items())
+        print(f"divisor auto: the latency table drops {dropped} candidate widths no faster than a wider one")
+        self.supernet = self._build(dataclasses.replace(self.supernet.space, widths=widths))
+
+    # -- budget: the target and the architecture step ----------------------------------------------
+    def budget(self) -> None:
+        """Refuse an unreachable target (naming the smallest reachable one); build the :class:`ArchStepper`."""
+        cfg, net = self.cfg, self.supernet
+        if cfg.metric == "latency":
+            self.latency.check_target(net, cfg.ratio)
+            if cfg.ceiling:
+                net.check_target(*cfg.ceiling)
+        else:
+            net.check_target(cfg.metric, cfg.ratio)
+        self.stepper = ArchStepper(net, cfg.metric, cfg.ratio, cfg.tolerance, cfg.cost_weight, cfg.arch_lr,
+                                   cfg.arch_weight_decay, latency=self.latency, ceiling=cfg.ceiling, fill=cfg.fill,
+                                   cost_loss=cfg.cost_loss, dual_lr=cfg.dual_lr, dual_penalty=cfg.dual_penalty,
+                                   sharp_temperature=cfg.sharp_temperature)
+
+    # -- loop: the epochs ------------------------------------------------------------------------
+    def _optimizers(self) -> None:
+        """The weight step's SGD and cosine schedule, and SA++'s attention Adam and phase controller."""
+        cfg, net = self.cfg, self.supernet
+        self.steps_per_epoch = len(self.data.train)
+        self.total_steps = cfg.epochs * self.steps_per_epoch
+        self.w_opt = torch.optim.SGD(list(net.weight_parameters()), lr=cfg.lr, momentum=cfg.momentum,
+                                     nesterov=True, weight_decay=cfg.weight_decay)
+        self.w_sched = torch.optim.lr_scheduler.LambdaLR(self.w_opt, _lr_factor(self.total_steps))
+        attn_params = list(net.attention_parameters())
+        self.step_params = [p for group in self.w_opt.param_groups for p in group["params"]] + attn_params
+        self.grad_params = [p for p in self.step_params if p.requires_grad]
+        self.attn_opt = (torch.optim.Adam(attn_params, lr=cfg.attn_lr, weight_decay=cfg.attn_weight_decay)
+                         if attn_params else None)
+        self.sapp = None
+        if self.attn_opt is not None:
+            try:
+                schedule = SappSchedule(self.total_steps, cfg.sapp_warmup, cfg.sapp_sparsify, cfg.sapp_sparse,
+                                        cfg.sapp_dense, cfg.sapp_rounds)
+            except ValueError as e:
+                raise TasError(f"--sapp-* phase lengths: {e}") from None
+            self.sapp = SappController(net, schedule, [self.w_opt, self.attn_opt], anneal=cfg.sapp_anneal,
+                                       widths=lambda: self.stepper.decode()[0])
+
+    def _restore(self) -> None:
+        """Load the resumable state into the supernet, optimisers and counters."""
+        state, p = self.state, self.progress
+        try:
+            self.supernet.load_state_dict(state["supernet"])
+            self.w_opt.load_state_dict(state["w_opt"])
+            self.stepper.optimizer.load_state_dict(state["a_opt"])
+            if self.stepper.controller is not None:
+                self.stepper.controller.load_state_dict(state["dual"])
+            if self.attn_opt is not None:
+                self.attn_opt.load_state_dict(state["attn_opt"])
+                done = int(state["step"])
+                self.sapp.phase_index = self.sapp.schedule.phase(done - 1)[0] if done else None
+            self.w_sched.load_state_dict(state["w_sched"])
+            p.epoch, p.step, p.wall = int(state["epoch"]), int(state["step"]), float(state["wall_time_s"])
+            p.in_epoch, p.skipped = int(state.get("step_in_epoch", 0)), int(state.get("skipped_steps", 0))
+            p.history, p.rng = json.loads(state["history"]), state["rng"]
+            if "gumbel_rng" in state:  # states written before the Gumbel draws had their own stream
+                self.supernet.generator.set_state(state["gumbel_rng"].cpu())
+        except (KeyError, RuntimeError, ValueError) as e:
+            raise CheckpointError(f"--resume: the state in {self.out} does not fit this search ({e})") from None
+        print(f"resuming {self.out} at epoch {p.epoch + 1}/{self.cfg.epochs}, step {p.in_epoch + 1}")
+
+    def _snapshot(self, epoch_done: int, step_in_epoch: int, seconds: float) -> None:
+        if not self.main:
+            return
+        p, net = self.progress, self.supernet
+        save_state(self.out, {"supernet": net.state_dict(), "w_opt": self.w_opt.state_dict(),
+                              "a_opt": self.stepper.optimizer.state_dict(), "w_sched": self.w_sched.state_dict(),
+                              **({"attn_opt": self.attn_opt.state_dict()} if self.attn_opt is not None else {}),
+                              "epoch": epoch_done, "step": p.step, "step_in_epoch": step_in_epoch,
+                              "skipped_steps": p.skipped, "wall_time_s": seconds,
+                              "history": json.dumps(p.history), "rng": rng_state(),
+                              "gumbel_rng": net.generator.get_state(), "channel_perms": json.dumps(self.perms),
+                              **({"dual": self.stepper.controller.state_dict()}
+                                 if self.stepper.controller is not None else {}),
+                              **({"aligned_widths": json.dumps(net.space.widths)}
+                                 if net.space.divisor == "auto" else {})})
+
+    def _check_finite(self, epoch: int, in_epoch: int) -> None:
+        net = self.supernet
+        for name, p in [*((f"width logits of {n}", g.alpha) for n, g in net.groups().items()),
+                        *((f"depth logits of {n}", b) for n, b in net.betas.items())]:
+            if p is not None and not torch.isfinite(p).all():
+                raise DivergedError(f"{name} became non-finite at epoch {epoch + 1}, step {in_epoch + 1}; "
+                                    "the last good checkpoint is kept")
+
+    def loop(self) -> None:
+        """Every epoch from the resume point: weight and architecture steps, then the derived
+        architecture's hard-mode test top-1, TensorBoard, the history and the resumable state."""
+        cfg = self.cfg
+        self._optimizers()
+        if self.state is not None:
+            self._restore()
+        distributed.barrier()  # every rank has checked the output before rank 0 writes to it
+        self.writer = tb.create_writer(self.out, purge_step=self.progress.step + 1 if cfg.resume else None)
+        self.writer.add_custom_scalars(tb.runs.SEARCH_LAYOUT)
+        print(f"searching {self.supernet.model_name} on {self.data.name}: target {cfg.metric} ratio {cfg.ratio} "
+              f"(±{cfg.tolerance} below{', decoded up to the target' if cfg.fill else ''}), "
+              f"{sum(p.numel() for p in self.supernet.arch_parameters())} architecture logits")
+        try:
+            for epoch in range(self.progress.epoch, cfg.epochs):
+                self._epoch(epoch)
+        finally:
+            self.writer.flush()  # closed by run() once the decoded architecture is logged too
+
+    def _epoch_batches(self, epoch: int, skip: int) -> Iterable:
+        """The epoch's (train, val) batch pairs from ``skip`` on, their order fixed by ``(seed, epoch)``."""
+        cfg, data = self.cfg, self.data
+        for loader, offset in ((data.train, 0), (data.val, 500)):
+            gen = getattr(loader, "generator", None)
+            if gen is not None:
+                gen.manual_seed(cfg.seed * 1000 + epoch + offset)
+        # The val half is cycled to the train half's length; both start at the resume point.
+        batches = zip(engine.skip_batches(data.train, skip),
+                      engine.skip_batches(data.val, skip, length=self.steps_per_epoch))
+        if self.progress.rng is not None:  # resuming: after fixing the epoch's batch order, as when it was saved
+            set_rng_state(self.progress.rng)
+            self.progress.rng = None
+        return batches
+
+    def _epoch(self, epoch: int) -> None:
+        cfg, net, p = self.cfg, self.supernet, self.progress
+        t0 = time.perf_counter()
+        skip = p.in_epoch if epoch == p.epoch else 0
+        batches = self._epoch_batches(epoch, skip)
+        net.search().train()
+        bar = engine._progress(batches, cfg.progress, total=self.steps_per_epoch - skip, desc=f"search {epoch + 1}")
+        for in_epoch, ((xt, yt), (xv, yv)) in enumerate(bar, start=skip):
+            terms, w_value = self._step(epoch, in_epoch, xt, yt, xv, yv)
+            if terms is not None:
+                bar.set_postfix(loss=f"{w_value:.3f}", ratio=f"{terms['derived_ratio']:.3f}", refresh=False)
+            if cfg.checkpoint_every and p.step % cfg.checkpoint_every == 0 and in_epoch + 1 < self.steps_per_epoch:
+                self._snapshot(epoch, in_epoch + 1, p.wall + time.perf_counter() - t0)
+        self._end_epoch(epoch, t0)
+
+    def _step(self, epoch: int, in_epoch: int, xt: torch.Tensor, yt: torch.Tensor, xv: torch.Tensor,
+              yv: torch.Tensor) -> tuple[dict[str, float] | None, float]:
+        """One weight step on ``(xt, yt)`` and one architecture step on ``(xv, yv)``; returns the
+        architecture step's loss terms (``None`` for a skipped step) and the weight loss."""
+        cfg, net, p, dev = self.cfg, self.supernet, self.progress, self.device
+        xt, yt, xv, yv = xt.to(dev), yt.to(dev), xv.to(dev), yv.to(dev)
+        net.tau = tau_at(p.step / max(1, self.total_steps - 1), cfg.tau_max, cfg.tau_min, cfg.tau_schedule)
+        phase = sparsity = None
+        if self.sapp is not None:
+            phase, sparsity = self.sapp.step(p.step)
+        w_loss = F.cross_entropy(net(xt), yt)
+        self.w_opt.zero_grad(set_to_none=True)
+        if self.attn_opt is not None:
+            self.attn_opt.zero_grad(set_to_none=True)
+        # Only what this step updates: the Gumbel weights' and α/β's gradients would be
+        # thrown away by the arch step's zero_grad.
+        (w_loss * distributed.loss_scale(yt.numel())).backward(inputs=self.grad_params)
+        n, (w_sum,) = distributed.reduce_gradients(self.step_params, yt.numel(), [w_loss.item() * yt.numel()])
+        w_value = w_sum / max(n, 1)
+        try:
+            if not math.isfinite(w_value):
+                raise DivergedError(f"weight loss (CE of the sampled supernet) is {w_value}")
+            self.w_opt.step()
+            if self.attn_opt is not None:
+                self.attn_opt.step()
+            terms = self.stepper.step(xv, yv)
+        except DivergedError as e:
+            where = f"epoch {epoch + 1}, step {in_epoch + 1}"
+            if cfg.nan_policy != "skip":
+                raise DivergedError(f"search diverged at {where}: {e}; the last good checkpoint is "
+                                    "kept (lower --lr / --arch-lr, or pass --nan-policy skip)") from None
+            p.skipped += 1
+            print(f"warning: {e} at {where}; step skipped (--nan-policy skip)", flush=True)
+            terms = None
+        self.w_sched.step()
+        self._check_finite(epoch, in_epoch)
+        p.step += 1
+        if terms is not None and (p.step % cfg.log_every == 0 or p.step == self.total_steps):
+            self._log_step(w_value, terms, phase, sparsity)
+        return terms, w_value
+
+    def _log_step(self, w_value: float, terms: dict[str, float], phase: str | None, sparsity: float | None) -> None:
+        writer, step = self.writer, self.progress.step
+        writer.add_scalar("search/weight_loss", w_value, step)
+        for k, v in terms.items():
+            writer.add_scalar(f"search/{k}", v, step)
+        writer.add_scalar("search/target_ratio", self.cfg.ratio, step)
+        writer.add_scalar("search/tau", self.supernet.tau, step)
+        writer.add_scalar("search/lr", self.w_opt.param_groups[0]["lr"], step)
+        if self.sapp is not None:
+            writer.add_scalar("sapp/phase", PHASES.index(phase), step)
+            writer.add_scalar("sapp/sparsity", sparsity, step)
+
+    def _evaluate(self, arch: Any) -> dict[str, Any]:
+        """Test metrics of ``arch`` in hard mode, BN recalibrated on the train loader; the supernet
+        is left in hard mode on ``arch``."""
+        self.supernet.set_arch(arch)
+        recalibrate_bn(self.supernet, self.data.train, self.device)
+        return engine.evaluate(self.supernet, self.data.test, self.device)
+
+    def _end_epoch(self, epoch: int, t0: float) -> None:
+        net, p, writer, step = self.supernet, self.progress, self.writer, self.progress.step
+        arch = net.derive_arch(epoch=epoch + 1)
+        val = self._evaluate(arch)
+        net.search()
+        tb.log_search_epoch(writer, net, arch, val["top1"], step)
+        p.wall += time.perf_counter() - t0
+        p.history.append({"epoch": epoch + 1, "flops_ratio": arch.flops_ratio, "params_ratio": arch.params_ratio,
+                          "top1": val["top1"], "tau": net.tau, "widths": arch.widths, "depths": arch.depths})
+        print(f"epoch {epoch + 1}/{self.cfg.epochs}  derived {self.cfg.metric} ratio "
+              f"{_ratio(arch, self.cfg.metric, self.latency):.3f}  hard-mode test top-1 {val['top1']:.2f}%  "
+              f"tau {net.tau:.2f}", flush=True)
+        p.epoch, p.in_epoch = epoch + 1, 0
+        self._snapshot(epoch + 1, 0, p.wall)
+
+    # -- decode: the final architecture, its slim network, the metrics --------------------------------
+    def decode(self) -> SearchResult:
+        """The final architecture (:meth:`ArchStepper.decode`: the argmax, moved into the budget),
+        its hard-mode test top-1, its slim network and the metrics."""
+        cfg, net, p = self.cfg, self.supernet, self.progress
+        pre_decode_ratio = self.stepper.current_cost() / self.stepper.full
+        # SA++: widths within the last phase's masks, then the masks become exactly the kept blocks
+        widths, depths, projection_steps = (self.stepper.decode(caps=self.sapp.caps() if self.sapp is not None else None)
+                                            if cfg.decode else (*self.stepper._argmax(), 0))
+        arch = net.make_arch(widths, depths, meta=dict(
+            epochs=cfg.epochs, projection_steps=projection_steps, pre_decode_ratio=pre_decode_ratio,
+            cost_loss=cfg.cost_loss, decode=cfg.decode, channel_order=cfg.channel_order, metric=cfg.metric,
+            target_ratio=cfg.ratio, tolerance=cfg.tolerance, fill_budget=cfg.fill, seed=cfg.seed, dataset=self.data.name,
+            teacher=self.teacher_source, space=net.space.to_dict()))
+        if self.sapp is not None:
+            self.sapp.finalize(arch)
+        within = self.stepper.within(widths, depths)
+        val = self._evaluate(arch)
+        slim = materialize(net, arch).cpu()
+        arch = to_original(arch, self.perms)  # arch.json refers to the teacher's channels as trained
+        net.search()
+        metrics = {"top1_hard_mode": val["top1"], "flops": arch.flops, "params": arch.params,
+                   "flops_ratio": arch.flops_ratio, "params_ratio": arch.params_ratio, "target_metric": cfg.metric,
+                   "target_ratio": cfg.ratio, "within_tolerance": within, "wall_time_s": round(p.wall, 3),
+                   "epochs": cfg.epochs, "steps": p.step, "projection_steps": projection_steps,
+                   "decode_moves": projection_steps, "pre_decode_ratio": pre_decode_ratio, "skipped_steps": p.skipped}
+        if distributed.is_active():
+            # Checked, not assumed: every rank must end with rank 0's architecture (and SA++) logits.
+            metrics.update(world_size=distributed.world_size(), rank_divergence=distributed.max_divergence(
+                [*net.arch_parameters(), *net.attention_parameters()]))
+        if cfg.metric == "latency" and self.main:
+            metrics.update(latency.check_prediction(self.latency, slim, self.teacher, arch, cfg.latency_batch,
+                                            cfg.latency_threads or torch.get_num_threads()))
+        return SearchResult(arch=arch, slim=slim, history=list(p.history), metrics=metrics, supernet=net,
+                            run_dir=self.output)
+
+    # -- save: the run directory ------------------------------------------------------------------
+    def save(self, result: SearchResult) -> None:
+        """Write the run directory (rank 0)."""
+        out, arch, info = self.output, result.arch, self.data.info
+        data = {"input_size": list(self.data.input_size)}
+        if info is not None:
+            data = {"img_size": info.img_size, "mean": list(info.mean), "std": list(info.std)}
+        arch.to_json(out / "arch.json")
+        atomic_write_json(out / "arch_history.json", result.history)
+        save_weights(out / "supernet.safetensors", result.supernet.state_dict())
+        save_run(out, result.slim, model_name=arch.model, model_kwargs=arch.model_kwargs, input_size=arch.input_size,
+                 metrics=result.metrics, extra_config={"stage": "search", "arch": arch.to_dict(),
+                                                       "dataset": self.data.name, "data": data,
+                                                       "search": dataclasses.asdict(self.cfg)})
+        # the decoded architecture is the final step, one past the last search step
+        step = self.progress.step + 1
+        tb.log_search_end(self.writer, result.supernet, arch, result.slim, step)
+        tb.log_session(self.writer, tb.runs.search_hparams(self.cfg, arch, result.supernet.k),
+                       tb.runs.search_results(result.metrics), step)
+
+    def report(self, result: SearchResult) -> None:
+        """Print the chosen widths and depths and the summary (with the files written, if any)."""
+        print(format_table(result.arch.summary_rows(), header=["group / stage", "original", "chosen"]))
+        print(format_table(_summary_rows(self.cfg, result, self.output), header=["search", "original", "result"]))
+        if self.output is not None:
+            print(f"TensorBoard: tensorboard --logdir {self.output}")
+
+
+def _summary_rows(cfg: SearchConfig, result: SearchResult, out: Path | None) -> list[list[str]]:
+    arch, m = result.arch, result.metrics
+    latency_rows = []
+    if cfg.metric == "latency":
+        latency_rows = [["latency (ms, predicted / measured)",
+                    f"{m['predicted_full_latency_ms']:.3f} / {m['full_latency_ms']:.3f}",
+                    f"{m['predicted_latency_ms']:.3f} / {m['measured_latency_ms']:.3f} "
+                    f"(ratio {m['measured_latency_ratio']:.3f}, predicted {m['predicted_latency_ratio']:.3f}; "
+                    f"error {m['prediction_error']:+.1%} in ms, {m['ratio_prediction_error']:+.1%} as a ratio)"],
+                   ["latency, steady state (ms)", f"{m['steady_full_latency_ms']:.3f}",
+                    f"{m['steady_latency_ms']:.3f} (ratio {m['steady_latency_ratio']:.3f})"]]
+    return [
+        ["FLOPs (MACs)", f"{arch.full_flops:,}", f"{arch.flops:,} ({arch.flops_ratio:.3f})"],
+        ["params", f"{arch.full_params:,}", f"{arch.params:,} ({arch.params_ratio:.3f})"],
+        [f"target {cfg.metric} ratio", "", f"{cfg.ratio} (tolerance {cfg.tolerance}{', filled' if cfg.fill else ''}): "
+                                           f"{'met' if m['within_tolerance'] else 'MISSED'}"],
+        *latency_rows,
+        ["argmax before the decode", "", f"{cfg.metric} ratio {m['pre_decode_ratio']:.3f}; decode moves: "
+                                         f"{m['decode_moves']}{'' if cfg.decode else ' (--no-decode)'}"],
+        ["hard-mode test top-1", "", f"{m['top1_hard_mode']:.2f}%"],
+        ["wall time", "", f"{m['wall_time_s']:.1f} s"],
+        *([["arch", "", str(out / "arch.json")]] if out is not None else []),
+    ]
+
+
+def search(args: Any) -> dict[str, Any]:
+    """Run the search search.py's flags describe: read ``--teacher``, build the loaders of
+    ``--dataset``, and run a :class:`Searcher` into ``--output``; returns the final metrics, the
+    ``arch`` and the ``run_dir``.
+
+    Under ``torchrun`` every rank runs this; see :mod:`tas.distributed` for what is shared.
+    Only rank 0 writes the run directory.
+    """
+    cfg = SearchConfig.from_args(args)
+    with distributed.session(cfg.device) as device, run_lock(cfg.output, enabled=distributed.is_main()):
+        out = check_output(cfg)
+        teacher, tconfig, info = load_teacher_and_data(cfg)
+        seed_everything(cfg.seed)
+        loaders = create_loaders(cfg.dataset, data_dir=cfg.data_dir, batch_size=cfg.batch_size, workers=cfg.workers,
+                                 seed=cfg.seed, download=cfg.download, img_size=info.img_size, search_split=True,
+                                 limit=cfg.limit, distributed=True, augment=cfg.augment)
+        data = SearchData(loaders["train"], loaders["val"], loaders["test"],
+                          input_size=(info.in_chans, info.img_size, info.img_size), name=cfg.dataset, info=info)
+        result = Searcher(cfg, teacher, data, device, model_name=tconfig["model"],
+                          model_kwargs=tconfig["model_kwargs"], teacher_source=str(cfg.teacher), output=out).run()
+    return {**result.metrics, "arch": result.arch, "run_dir": str(out)}
