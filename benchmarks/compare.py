@@ -7,7 +7,7 @@ On Fashion-MNIST (``/usr/share/datasets/fashion-mnist``, Debian ``dataset-fashio
 2. for every FLOPs ratio kept (70 %, 50 %, 30 %), seed and method picks an architecture —
    ``tas`` (:func:`tas.nas.searcher.search`), ``uniform``, ``l1``, ``synflow``, ``random``
    (:func:`tas.baselines.run_baseline`) — and distils it from the teacher
-   (:func:`tas.train.loop.train` in ``distill`` mode, weights inherited from the teacher);
+   (:func:`tas.train.run.train` in ``distill`` mode, weights inherited from the teacher);
 3. gives every method the same post-teacher budget of ``B`` epochs over the same training subset:
    TAS searches ``s`` epochs (one search epoch = one pass over the subset: half for the weight
    steps, half for the architecture steps) and distils ``B − s``; the baselines distil ``B``;

@@ -5,7 +5,7 @@ a ``cifar_resnet20`` teacher trained once, then for every FLOPs target (default 
 selection (``--variants``, default ``prefix`` and ``sapp``) and every seed (default 0 1):
 
 1. **search** (``tas.nas.searcher.search``) with the same epochs, data and seed for every selection;
-2. **distil** the searched architecture from the teacher (``tas.train.loop.train(mode="distill")``,
+2. **distil** the searched architecture from the teacher (``tas.train.run.train(mode="distill")``,
    ``init=inherit``: the teacher's kept channels, KD loss) with the same budget for every selection.
 
 Reported per (target, selection): distilled test top-1 mean ± sample sd over seeds (and each seed),

@@ -122,7 +122,7 @@ def distill(slim: nn.Module, teacher: nn.Module, train_loader: Iterable, val_loa
     ``(1 − kd_alpha)·CE + kd_alpha·T²·KL(teacher ‖ slim)``, the optimiser and schedule of ``tas train``.
 
     Args:
-        slim: the pruned network, e.g. ``tas.search(...).slim`` or ``tas.prune.materialize(teacher, arch)``.
+        slim: the pruned network, e.g. ``tas.search(...).slim`` or ``tas.materialize(teacher, arch)``.
         teacher: the network it was pruned from (frozen, eval mode).
         train_loader, val_loader: ``(images, labels)`` batches to train on and to report test top-1 on.
         epochs: passes over ``train_loader``.

@@ -112,7 +112,7 @@ def test_search_api_and_search_py_write_the_same_arch(tmp_path, search_script, t
 def test_distill_api_trains_the_slim_in_place_and_writes_a_loadable_run(tmp_path):
     model = tas.create_model("cifar_resnet20", num_classes=4, in_chans=1)
     arch = tas.create_supernet(model, input_size=(1, 16, 16)).random_arch()
-    slim = tas.prune.materialize(model, arch)
+    slim = tas.materialize(model, arch)
     before = {k: v.clone() for k, v in slim.state_dict().items()}
     train, val = _loaders(n=32)
     with pytest.raises(TypeError, match="batch_size"):

@@ -78,7 +78,7 @@ def test_every_baseline_meets_its_target_within_rounding(method, model, supernet
         for n, g in supernet.groups().items():
             assert arch.groups[n]["width"] in g.widths
             assert len(arch.groups[n]["indices"]) == arch.groups[n]["width"]
-        slim = tas.prune.materialize(model, arch)
+        slim = tas.materialize(model, arch)
         assert count_flops(slim, SIZE) == arch.flops and count_params(slim) == arch.params
         Arch.from_json(arch.to_json())  # a valid spec
 
@@ -126,7 +126,7 @@ def test_uniform_depth_reaches_ratios_width_only_cannot(model, supernet, no_data
         target = ratio * arch.full_flops
         assert arch.method == "uniform-depth" and arch.flops <= target
         assert any(arch.depths[n] < d for n, d in full_depth.items())
-        slim = tas.prune.materialize(model, arch)
+        slim = tas.materialize(model, arch)
         assert count_flops(slim, SIZE) == arch.flops and count_params(slim) == arch.params
         # it is a uniform point: at its scale w every width is closest to w*C, every depth to w^k*N
         w = arch.meta["uniform_ratio"]

@@ -1,7 +1,7 @@
 """Build any timm model by name, with one-line errors and local pretrained weights.
 
 :func:`create_model` is the only place tas turns a model name into a network: train.py builds the
-teacher with it and :func:`tas.io.rundir.load_run` rebuilds saved runs with it. Nothing here goes to
+teacher with it and :func:`tas.prune.load.load_run` rebuilds saved runs with it. Nothing here goes to
 the network unless ``pretrained=True`` is asked for explicitly; ``pretrained_path`` loads a local
 ``.safetensors`` file (or a torch file, read with ``weights_only=True``) instead.
 """

@@ -69,7 +69,7 @@ METRICS: dict[str, str] = {  # in the order of the HParams table's columns
 
 
 def search_hparams(cfg: Any, arch: Any, k: int) -> dict[str, Any]:
-    """The HParams settings of a search (``cfg`` a :class:`~tas.nas.searcher.SearchConfig`)."""
+    """The HParams settings of a search (``cfg`` a :class:`~tas.nas.config.SearchConfig`)."""
     return {"stage": "search", "model": arch.model, "dataset": cfg.dataset, "method": arch.method,
             "selection": cfg.selection, "metric": cfg.metric, "ratio": cfg.ratio, "k": k,
             "tau_max": cfg.tau_max, "tau_min": cfg.tau_min, "epochs": cfg.epochs, "seed": cfg.seed, "lr": cfg.lr}
