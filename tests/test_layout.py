@@ -33,13 +33,7 @@ LAYERS: list[tuple[str, ...]] = [
 MAX_LINES = 80
 
 #: functions allowed to be longer than MAX_LINES: "module:qualname" -> why
-LONG_OK: dict[str, str] = {
-    "tas.train.loop:fit": "issue 18 phase 2 splits it",
-    "tas.deploy.latency.build:build_latency_table": "issue 18 phase 2 splits it",
-    "tas.prune.families.efficientnet:describe_efficientnet": "issue 18 phase 2 splits it",
-    "tas.commands.search:build_parser": "issue 18 phase 2 splits it",
-    "tas.train.engine:train_one_epoch": "issue 18 phase 2 splits it",
-}
+LONG_OK: dict[str, str] = {}
 
 #: modules that may be imported inside a function (so only when needed), each with its reason
 LAZY_OK: dict[str, str] = {

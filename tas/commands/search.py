@@ -28,6 +28,16 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
                                 epilog="examples:\n" + __doc__.split("::\n\n")[1].split("\n\n")[0],
                                 formatter_class=HelpFormatter)
     p.add_argument("--config", default=None, help="YAML file of flag values; flags given here override it")
+    _model_flags(p, d)
+    _budget_flags(p, d)
+    _data_flags(p, d)
+    _optimisation_flags(p, d)
+    _run_flags(p, d)
+    return p
+
+
+def _model_flags(p: argparse.ArgumentParser, d: SearchConfig) -> None:
+    """The teacher, the method and the search space (incl. SA++)."""
     g = p.add_argument_group("model and space")
     g.add_argument("--teacher", default=d.teacher, help="run directory of the trained network (train.py --output)")
     g.add_argument("--model", default=d.model, help="timm model name; must match the teacher's (optional)")
@@ -50,6 +60,10 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     g.add_argument("--sapp-rounds", type=int, default=d.sapp_rounds, help="SA++ sparsify/sparse/dense rounds")
     g.add_argument("--sapp-anneal", action=argparse.BooleanOptionalAction, default=d.sapp_anneal,
                    help="anneal the SA++ attention to 1 over the last phase instead of folding it into the slim network's BNs")
+
+
+def _budget_flags(p: argparse.ArgumentParser, d: SearchConfig) -> None:
+    """The cost target and how the search meets it."""
     g = p.add_argument_group("budget")
     g.add_argument("--flops-ratio", type=float, default=d.flops_ratio, help="fraction of FLOPs to keep (default 0.5)")
     g.add_argument("--params-ratio", type=float, default=d.params_ratio, help="fraction of params to keep")
@@ -75,6 +89,10 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     g.add_argument("--decode", action=argparse.BooleanOptionalAction, default=d.decode,
                    help="move a final argmax outside the band into it (the safety net); --no-decode keeps the "
                         "argmax as the search left it")
+
+
+def _data_flags(p: argparse.ArgumentParser, d: SearchConfig) -> None:
+    """The dataset."""
     g = p.add_argument_group("data")
     g.add_argument("--dataset", default=d.dataset, help=DATASET_HELP)
     g.add_argument("--data-dir", default=d.data_dir, help="dataset location (digits needs none)")
@@ -84,6 +102,10 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
                    help="no random training augmentation (a distributed search then equals a single-process one)")
     g.add_argument("--limit", type=int, default=d.limit, help="at most this many samples per split (smoke tests)")
     g.add_argument("--workers", type=int, default=d.workers)
+
+
+def _optimisation_flags(p: argparse.ArgumentParser, d: SearchConfig) -> None:
+    """The weight and architecture steps."""
     g = p.add_argument_group("optimisation")
     g.add_argument("--epochs", type=int, default=d.epochs)
     g.add_argument("--batch-size", type=int, default=d.batch_size)
@@ -96,6 +118,10 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     g.add_argument("--tau-min", type=float, default=d.tau_min)
     g.add_argument("--tau-schedule", default=d.tau_schedule, choices=("cosine", "linear"))
     g.add_argument("--seed", type=int, default=d.seed)
+
+
+def _run_flags(p: argparse.ArgumentParser, d: SearchConfig) -> None:
+    """The run directory, device, logging and checkpoints."""
     g = p.add_argument_group("run")
     g.add_argument("--output", default=d.output)
     g.add_argument("--resume", action="store_true")
@@ -107,7 +133,6 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     g.add_argument("--nan-policy", default=d.nan_policy, choices=("stop", "skip"),
                    help="on a NaN/inf loss: stop (exit 3, last good checkpoint kept) or skip the step")
     g.add_argument("--no-progress", action="store_true")
-    return p
 
 
 def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:

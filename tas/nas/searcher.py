@@ -415,7 +415,7 @@ class Searcher:
         skip = p.in_epoch if epoch == p.epoch else 0
         batches = self._epoch_batches(epoch, skip)
         net.search().train()
-        bar = engine._progress(batches, cfg.progress, total=self.steps_per_epoch - skip, desc=f"search {epoch + 1}")
+        bar = engine.progress_bar(batches, cfg.progress, total=self.steps_per_epoch - skip, desc=f"search {epoch + 1}")
         for in_epoch, ((xt, yt), (xv, yv)) in enumerate(bar, start=skip):
             terms, w_value = self._step(epoch, in_epoch, xt, yt, xv, yv)
             if terms is not None:

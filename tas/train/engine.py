@@ -20,7 +20,8 @@ from ..errors import DivergedError, TasError
 from tqdm.auto import tqdm
 from torch.utils.data import DataLoader
 
-__all__ = ["LossFn", "accuracy", "cross_entropy_loss", "evaluate", "train_one_epoch", "current_lr"]
+__all__ = ["LossFn", "accuracy", "cross_entropy_loss", "evaluate", "train_one_epoch", "current_lr", "progress_bar",
+           "skip_batches"]
 
 #: ``loss_fn(model, images, targets) -> (loss, {term name: float or 0-d tensor})``
 LossFn = Callable[[nn.Module, torch.Tensor, torch.Tensor], "tuple[torch.Tensor, Mapping[str, Any]]"]
@@ -56,7 +57,9 @@ def _to_device(batch: Any, device: torch.device | str) -> tuple[torch.Tensor, to
     return images.to(device, non_blocking=non_blocking), targets.to(device, non_blocking=non_blocking)
 
 
-def _progress(iterable: Iterable, progress: bool, **kwargs: Any):
+def progress_bar(iterable: Iterable, progress: bool, **kwargs: Any):
+    """``iterable`` under a tqdm bar on stderr, shown only when ``progress`` and stderr is a terminal;
+    ``kwargs`` go to tqdm (``desc``, ``total``)."""
     return tqdm(iterable, disable=not progress or not sys.stderr.isatty(), leave=False,
                 dynamic_ncols=True, **kwargs)
 
@@ -91,7 +94,7 @@ def evaluate(
     loss_sum = 0.0
     per_hit = per_total = None
     try:
-        for batch in _progress(loader, progress, desc="eval"):
+        for batch in progress_bar(loader, progress, desc="eval"):
             images, targets = _to_device(batch, device)
             logits = model(images)
             c1, c5 = _topk_correct(logits, targets, (1, 5))
@@ -158,6 +161,34 @@ def skip_batches(loader: Any, skip: int, length: int | None = None) -> Any:
                       generator=torch.Generator().manual_seed(0))
 
 
+def _non_finite(value: float, terms: Mapping[str, Any] | None, where: str, optimizer: torch.optim.Optimizer,
+                nan_policy: str, stats: dict[str, int] | None) -> None:
+    """A step whose loss is not finite (on some rank): skipped and counted under ``--nan-policy
+    skip``, else :class:`DivergedError` naming the step and the non-finite terms."""
+    value = value if not math.isfinite(value) else float("nan")
+    bad = [n for n, t in (terms or {}).items() if not math.isfinite(float(t))]
+    if nan_policy == "skip":
+        if stats is not None:
+            stats["skipped"] = stats.get("skipped", 0) + 1
+        print(f"warning: loss is {value} at {where}; step skipped (--nan-policy skip)", flush=True)
+        optimizer.zero_grad(set_to_none=True)
+        return
+    raise DivergedError(f"training diverged: loss is {value} at {where}"
+                        + (f" (non-finite term: {', '.join(bad)})" if bad else "")
+                        + f", lr {current_lr(optimizer):.4g}; the last good checkpoint is kept. "
+                          "Lower --lr, check the data, or pass --nan-policy skip")
+
+
+def _log_step(writer: Any, value: float, terms: Mapping[str, Any] | None, optimizer: torch.optim.Optimizer,
+              num_updates: int) -> None:
+    """``train/loss``, ``train/lr`` and the loss's extra terms (``train/<name>``) at ``num_updates``."""
+    writer.add_scalar("train/loss", value, num_updates)
+    writer.add_scalar("train/lr", current_lr(optimizer), num_updates)
+    for name, term in (terms or {}).items():
+        if name != "loss":
+            writer.add_scalar(f"train/{name}", float(term), num_updates)
+
+
 def train_one_epoch(
     model: nn.Module,
     loader: Iterable,
@@ -198,26 +229,15 @@ def train_one_epoch(
     """
     model.train()
     total, count = totals
-    bar = _progress(skip_batches(loader, start_step), progress, desc=f"epoch {epoch + 1}")
+    bar = progress_bar(skip_batches(loader, start_step), progress, desc=f"epoch {epoch + 1}")
     for step, batch in enumerate(bar, start=start_step):
         images, targets = _to_device(batch, device)
         loss, terms = loss_fn(model, images, targets)
         value = float(loss.detach())
         # Distributed, the ranks decide together: one rank skipping a step DDP waits for would hang.
         if distributed.all_reduce_max(0.0 if math.isfinite(value) else 1.0) > 0:
-            value = value if not math.isfinite(value) else float("nan")
-            bad = [n for n, t in (terms or {}).items() if not math.isfinite(float(t))]
-            where = f"epoch {epoch + 1}, step {step + 1}"
-            if nan_policy == "skip":
-                if stats is not None:
-                    stats["skipped"] = stats.get("skipped", 0) + 1
-                print(f"warning: loss is {value} at {where}; step skipped (--nan-policy skip)", flush=True)
-                optimizer.zero_grad(set_to_none=True)
-                continue
-            raise DivergedError(f"training diverged: loss is {value} at {where}"
-                                + (f" (non-finite term: {', '.join(bad)})" if bad else "")
-                                + f", lr {current_lr(optimizer):.4g}; the last good checkpoint is kept. "
-                                  "Lower --lr, check the data, or pass --nan-policy skip")
+            _non_finite(value, terms, f"epoch {epoch + 1}, step {step + 1}", optimizer, nan_policy, stats)
+            continue
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -228,11 +248,7 @@ def train_one_epoch(
         total += value * bs
         count += bs
         if writer is not None and num_updates % max(1, log_every) == 0:
-            writer.add_scalar("train/loss", value, num_updates)
-            writer.add_scalar("train/lr", current_lr(optimizer), num_updates)
-            for name, term in (terms or {}).items():
-                if name != "loss":
-                    writer.add_scalar(f"train/{name}", float(term), num_updates)
+            _log_step(writer, value, terms, optimizer, num_updates)
         if step % 5 == 0:
             bar.set_postfix(loss=f"{value:.3f}", lr=f"{current_lr(optimizer):.3g}", refresh=False)
         if on_step is not None:

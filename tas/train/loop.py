@@ -261,6 +261,167 @@ def _fmt_count(n: int) -> str:
     return str(n)
 
 
+@dataclass
+class _Progress:
+    """Where a run stands: what its resumable state holds (all zero for a fresh run)."""
+
+    start_epoch: int = 0  # epochs done when this process started
+    num_updates: int = 0
+    wall_time: float = 0.0  # seconds of the epochs done
+    history: list[dict[str, Any]] = field(default_factory=list)
+    start_step: int = 0  # steps done in the epoch under way (a mid-epoch resume)
+    totals: tuple[float, int] = (0.0, 0)  # that epoch's running loss sum and count
+    nan_stats: dict[str, int] = field(default_factory=lambda: {"skipped": 0})
+    rng: Any = None
+
+
+def _state(identity: Mapping[str, Any], p: _Progress, model: nn.Module, optimizer: torch.optim.Optimizer,
+           epoch_done: int, step_in_epoch: int, wall_time: float,
+           loss: tuple[float, int] | None = None) -> dict[str, Any]:
+    """The resumable state: after ``epoch_done`` epochs and ``step_in_epoch`` steps of the next, whose
+    running ``loss`` (sum, count) a mid-epoch state carries."""
+    running = {"loss_sum": loss[0], "loss_count": loss[1]} if loss is not None else {}
+    return {"identity": identity, "epoch": epoch_done, "num_updates": p.num_updates,
+            "step_in_epoch": step_in_epoch, **running, "skipped_steps": p.nan_stats["skipped"],
+            "wall_time_s": wall_time, "history": p.history, "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(), "rng": rng_state()}
+
+
+def _resume(cfg: TrainConfig, ctx: Context, model: nn.Module, spec: RunSpec, optimizer: torch.optim.Optimizer,
+            scheduler: Any, identity: Mapping[str, Any]) -> _Progress:
+    """Load ``--output``'s resumable state into ``model`` and ``optimizer``; refuses a state of other settings."""
+    out = ctx.output
+    state = load_state(out)
+    p = _Progress()
+    try:
+        for key in _RESUME_KEYS:
+            if state["identity"].get(key) != identity[key]:
+                flag = "--" + key.replace("_", "-")
+                raise CheckpointError(
+                    f"--resume: the run in {out} was trained with {flag} {state['identity'].get(key)!r}, "
+                    f"not {identity[key]!r}; resume with the same settings or pass --overwrite to start over")
+        load_state_dict_strict(model, state["model"], model_name=spec.model_name, source=out / "state")
+        optimizer.load_state_dict(state["optimizer"])
+        p.start_epoch, p.num_updates = int(state["epoch"]), int(state["num_updates"])
+        p.wall_time, p.history = float(state["wall_time_s"]), list(state["history"])
+        p.start_step = int(state.get("step_in_epoch", 0))
+        # Rank 0 saved its own running sum: restored on every rank, the epoch's mean would
+        # count it once per rank. The other ranks' pre-resume samples drop out of the mean.
+        p.totals = ((float(state.get("loss_sum", 0.0)), int(state.get("loss_count", 0)))
+                    if distributed.is_main() else (0.0, 0))
+        p.nan_stats["skipped"] = int(state.get("skipped_steps", 0))
+        p.rng = state["rng"]
+    except (KeyError, TypeError, ValueError) as e:
+        raise CheckpointError(f"--resume: the state in {out / 'state'} is incomplete or from another "
+                              f"run ({type(e).__name__}: {e})") from None
+    if scheduler is not None:
+        scheduler.step_update(num_updates=p.num_updates)
+    if p.start_step:
+        print(f"resuming {out} at epoch {p.start_epoch + 1}/{cfg.epochs}, step {p.start_step + 1}")
+    elif p.start_epoch >= cfg.epochs:
+        print(f"{out} was already trained for {p.start_epoch} epochs (--epochs {cfg.epochs}): "
+              "re-evaluating and writing the run")
+    else:
+        print(f"resuming {out} at epoch {p.start_epoch + 1}/{cfg.epochs}")
+    return p
+
+
+def _train_epochs(cfg: TrainConfig, ctx: Context, model: nn.Module, trained: nn.Module,
+                  optimizer: torch.optim.Optimizer, scheduler: Any, loss_fn: engine.LossFn, writer: Any,
+                  p: _Progress, identity: Mapping[str, Any], reference: Mapping[str, float] | None
+                  ) -> dict[str, Any] | None:
+    """The epochs left: train, evaluate on the test split (TensorBoard ``val/*``), save the resumable
+    state. Returns the last evaluation (``None`` when no epoch was left)."""
+    out, device, main = ctx.output, ctx.device, distributed.is_main()
+    train_loader, test_loader = ctx.loaders["train"], ctx.loaders["test"]
+    result = None
+    for epoch in range(p.start_epoch, cfg.epochs):
+        t0 = time.perf_counter()
+        _reseed_loader(train_loader, cfg.seed, epoch)
+        first = epoch == p.start_epoch
+        if cfg.resume and first:
+            set_rng_state(p.rng)  # after the sampler's reseed: the RNG left off where the state was saved
+
+        def on_step(step_in_epoch: int, updates: int, loss_sum: float, loss_count: int) -> None:
+            p.num_updates = updates
+            if (main and cfg.checkpoint_every and updates % cfg.checkpoint_every == 0
+                    and step_in_epoch < len(train_loader)):
+                save_state(out, _state(identity, p, model, optimizer, epoch, step_in_epoch,
+                                       p.wall_time + time.perf_counter() - t0, loss=(loss_sum, loss_count)))
+
+        train_loss, p.num_updates = engine.train_one_epoch(
+            trained, train_loader, optimizer, loss_fn=loss_fn, device=device, scheduler=scheduler,
+            epoch=epoch, num_updates=p.num_updates, writer=writer, progress=cfg.progress,
+            log_every=cfg.log_every, start_step=p.start_step if first else 0,
+            totals=p.totals if first else (0.0, 0), on_step=on_step,
+            nan_policy=cfg.nan_policy, stats=p.nan_stats)
+        # DDP syncs buffers at the start of a forward: after the last step each rank's BN
+        # statistics differ, and evaluation and the saved run must describe rank 0's model.
+        distributed.broadcast_([b for b in model.buffers() if b.is_floating_point()])
+        result = engine.evaluate(model, test_loader, device, per_class=True)
+        if scheduler is not None:
+            scheduler.step(epoch + 1, result["top1"])
+        for key in ("top1", "top5", "loss"):
+            writer.add_scalar(f"val/{key}", result[key], p.num_updates)
+        for tag, value in (reference or {}).items():  # e.g. the teacher's top-1 beside the student's
+            writer.add_scalar(tag, value, p.num_updates)
+        writer.flush()
+        seconds = time.perf_counter() - t0
+        p.wall_time += seconds
+        lr = engine.current_lr(optimizer)
+        p.history.append({"epoch": epoch + 1, "train_loss": train_loss, "top1": result["top1"],
+                          "top5": result["top5"], "loss": result["loss"], "lr": lr})
+        print(f"epoch {epoch + 1}/{cfg.epochs}  train loss {train_loss:.4f}  test top-1 {result['top1']:.2f}%"
+              f"  top-5 {result['top5']:.2f}%  loss {result['loss']:.4f}  lr {lr:.4g}  {seconds:.1f}s",
+              flush=True)
+        if main:
+            save_state(out, _state(identity, p, model, optimizer, epoch + 1, 0, p.wall_time))
+    return result
+
+
+def _write_run(cfg: TrainConfig, ctx: Context, model: nn.Module, spec: RunSpec, metrics: Mapping[str, Any],
+               writer: Any, num_updates: int, stale_events: list[Path]) -> dict[str, Any]:
+    """The finished run (``save_run``), its TensorBoard graph and HParams session; then the replaced
+    run's event files go. Returns ``save_run``'s paths."""
+    extra = {"stage": ctx.mode, "dataset": cfg.dataset,
+             "data": {"img_size": ctx.info.img_size, "mean": list(ctx.info.mean), "std": list(ctx.info.std)},
+             "train": _train_settings(cfg), **spec.extra_config}
+    paths = save_run(ctx.output, model, model_name=spec.model_name, model_kwargs=spec.model_kwargs,
+                     input_size=spec.input_size, metrics=metrics, extra_config=extra)
+    try:
+        tb.log_graph(writer, model, spec.input_size)
+        arch = spec.extra_config.get("arch")
+        tb.log_session(writer, tb.runs.train_hparams(cfg, ctx.mode, arch), tb.runs.train_results(metrics, arch),
+                       num_updates)
+    finally:
+        writer.close()
+    for old in stale_events:  # a replaced run's TensorBoard logs go only once the new run is written
+        old.unlink(missing_ok=True)
+    return paths
+
+
+def _print_summary(cfg: TrainConfig, ctx: Context, spec: RunSpec, metrics: Mapping[str, Any],
+                   paths: Mapping[str, Any]) -> None:
+    out, train_loader, test_loader = ctx.output, ctx.loaders["train"], ctx.loaders["test"]
+    rows = [
+        ["model", spec.model_name],
+        ["dataset", f"{cfg.dataset} ({len(train_loader.dataset)} train / {len(test_loader.dataset)} test, "
+                    f"{'x'.join(map(str, spec.input_size))})"],
+        ["epochs", metrics["epochs"]],
+        ["test top-1", f"{metrics['top1']:.2f}%"],
+        ["test top-5", f"{metrics['top5']:.2f}%"],
+        ["test loss", f"{metrics['loss']:.4f}"],
+        ["params", f"{metrics['params']:,} ({_fmt_count(metrics['params'])})"],
+        ["FLOPs (MACs)", f"{metrics['flops']:,} ({_fmt_count(metrics['flops'])})"],
+        ["wall time", f"{metrics['wall_time_s']:.1f} s"],
+        *([["weights", paths["weights"]], ["config", paths["config"]], ["metrics", paths["metrics"]],
+           ["resume state", out / "state"]] if ctx.persist else []),
+    ]
+    print(format_table(rows, header=[f"{ctx.mode} run", str(out) if ctx.persist else "(not saved)"]))
+    if ctx.persist:
+        print(f"TensorBoard: tensorboard --logdir {out}")
+
+
 def fit(
     cfg: TrainConfig,
     ctx: Context,
@@ -284,153 +445,40 @@ def fit(
         The metrics written to ``metrics.json`` plus ``run_dir``.
     """
     out, device = ctx.output, ctx.device
-    train_loader, test_loader = ctx.loaders["train"], ctx.loaders["test"]
     model.to(device)
     main = distributed.is_main()
     # Under torchrun, DDP averages gradients over the ranks (each rank's BN keeps its own batch
     # statistics, as is usual); evaluation, checkpoints and the run use the bare model.
     trained = distributed.data_parallel(model, device)
     optimizer = create_optimizer(cfg, model)
-    scheduler = create_scheduler(cfg, optimizer, len(train_loader))
+    scheduler = create_scheduler(cfg, optimizer, len(ctx.loaders["train"]))
     identity = _resume_identity(cfg, ctx)
-    start_epoch, num_updates, wall_time, history = 0, 0, 0.0, []
-    start_step, totals, nan_stats = 0, (0.0, 0), {"skipped": 0}
     stale_events = [] if cfg.resume or not main else sorted(out.glob("events.out.tfevents.*"))
-
-    if cfg.resume:
-        state = load_state(out)
-        try:
-            for key in _RESUME_KEYS:
-                if state["identity"].get(key) != identity[key]:
-                    flag = "--" + key.replace("_", "-")
-                    raise CheckpointError(
-                        f"--resume: the run in {out} was trained with {flag} {state['identity'].get(key)!r}, "
-                        f"not {identity[key]!r}; resume with the same settings or pass --overwrite to start over")
-            load_state_dict_strict(model, state["model"], model_name=spec.model_name, source=out / "state")
-            optimizer.load_state_dict(state["optimizer"])
-            start_epoch, num_updates = int(state["epoch"]), int(state["num_updates"])
-            wall_time, history = float(state["wall_time_s"]), list(state["history"])
-            start_step = int(state.get("step_in_epoch", 0))
-            # Rank 0 saved its own running sum: restored on every rank, the epoch's mean would
-            # count it once per rank. The other ranks' pre-resume samples drop out of the mean.
-            totals = (float(state.get("loss_sum", 0.0)), int(state.get("loss_count", 0))) if main else (0.0, 0)
-            nan_stats["skipped"] = int(state.get("skipped_steps", 0))
-            rng = state["rng"]
-        except (KeyError, TypeError, ValueError) as e:
-            raise CheckpointError(f"--resume: the state in {out / 'state'} is incomplete or from another "
-                                  f"run ({type(e).__name__}: {e})") from None
-        if scheduler is not None:
-            scheduler.step_update(num_updates=num_updates)
-        if start_step:
-            print(f"resuming {out} at epoch {start_epoch + 1}/{cfg.epochs}, step {start_step + 1}")
-        elif start_epoch >= cfg.epochs:
-            print(f"{out} was already trained for {start_epoch} epochs (--epochs {cfg.epochs}): "
-                  "re-evaluating and writing the run")
-        else:
-            print(f"resuming {out} at epoch {start_epoch + 1}/{cfg.epochs}")
+    p = _resume(cfg, ctx, model, spec, optimizer, scheduler, identity) if cfg.resume else _Progress()
 
     distributed.barrier()  # every rank has checked --output before rank 0 writes to it
-    writer = tb.create_writer(out, purge_step=num_updates + 1 if cfg.resume else None)
+    writer = tb.create_writer(out, purge_step=p.num_updates + 1 if cfg.resume else None)
     writer.add_custom_scalars(tb.runs.TRAIN_LAYOUT)
-    result: dict[str, Any] | None = None
     try:
-        def state_at(epoch_done: int, step_in_epoch: int, loss_sum: float, loss_count: int) -> dict[str, Any]:
-            return {"identity": identity, "epoch": epoch_done, "num_updates": num_updates,
-                    "step_in_epoch": step_in_epoch, "loss_sum": loss_sum, "loss_count": loss_count,
-                    "skipped_steps": nan_stats["skipped"],
-                    "wall_time_s": wall_time + time.perf_counter() - t0, "history": history,
-                    "model": model.state_dict(), "optimizer": optimizer.state_dict(), "rng": rng_state()}
-
-        for epoch in range(start_epoch, cfg.epochs):
-            t0 = time.perf_counter()
-            _reseed_loader(train_loader, cfg.seed, epoch)
-            if cfg.resume and epoch == start_epoch:
-                set_rng_state(rng)  # after the sampler's reseed: the RNG left off where the state was saved
-
-            def on_step(step_in_epoch: int, updates: int, loss_sum: float, loss_count: int) -> None:
-                nonlocal num_updates
-                num_updates = updates
-                if (main and cfg.checkpoint_every and updates % cfg.checkpoint_every == 0
-                        and step_in_epoch < len(train_loader)):
-                    save_state(out, state_at(epoch, step_in_epoch, loss_sum, loss_count))
-
-            train_loss, num_updates = engine.train_one_epoch(
-                trained, train_loader, optimizer, loss_fn=loss_fn, device=device, scheduler=scheduler,
-                epoch=epoch, num_updates=num_updates, writer=writer, progress=cfg.progress,
-                log_every=cfg.log_every, start_step=start_step if epoch == start_epoch else 0,
-                totals=totals if epoch == start_epoch else (0.0, 0), on_step=on_step,
-                nan_policy=cfg.nan_policy, stats=nan_stats)
-            # DDP syncs buffers at the start of a forward: after the last step each rank's BN
-            # statistics differ, and evaluation and the saved run must describe rank 0's model.
-            distributed.broadcast_([b for b in model.buffers() if b.is_floating_point()])
-            result = engine.evaluate(model, test_loader, device, per_class=True)
-            if scheduler is not None:
-                scheduler.step(epoch + 1, result["top1"])
-            for key in ("top1", "top5", "loss"):
-                writer.add_scalar(f"val/{key}", result[key], num_updates)
-            for tag, value in (reference or {}).items():  # e.g. the teacher's top-1 beside the student's
-                writer.add_scalar(tag, value, num_updates)
-            writer.flush()
-            seconds = time.perf_counter() - t0
-            wall_time += seconds
-            lr = engine.current_lr(optimizer)
-            history.append({"epoch": epoch + 1, "train_loss": train_loss, "top1": result["top1"],
-                            "top5": result["top5"], "loss": result["loss"], "lr": lr})
-            print(f"epoch {epoch + 1}/{cfg.epochs}  train loss {train_loss:.4f}  test top-1 {result['top1']:.2f}%"
-                  f"  top-5 {result['top5']:.2f}%  loss {result['loss']:.4f}  lr {lr:.4g}  {seconds:.1f}s",
-                  flush=True)
-            if main:
-                save_state(out, {"identity": identity, "epoch": epoch + 1, "num_updates": num_updates,
-                                 "step_in_epoch": 0, "skipped_steps": nan_stats["skipped"],
-                                 "wall_time_s": wall_time, "history": history, "model": model.state_dict(),
-                                 "optimizer": optimizer.state_dict(), "rng": rng_state()})
+        result = _train_epochs(cfg, ctx, model, trained, optimizer, scheduler, loss_fn, writer, p, identity,
+                               reference)
     finally:
         writer.flush()  # closed once the run's graph and HParams session are logged too
     if result is None:  # nothing left to train (resumed a finished run)
-        result = engine.evaluate(model, test_loader, device, per_class=True)
+        result = engine.evaluate(model, ctx.loaders["test"], device, per_class=True)
 
     metrics = {
         "top1": result["top1"], "top5": result["top5"], "loss": result["loss"],
         "params": count_params(model), "flops": count_flops(model, spec.input_size),
-        "wall_time_s": round(wall_time, 3), "epochs": max(start_epoch, cfg.epochs),
+        "wall_time_s": round(p.wall_time, 3), "epochs": max(p.start_epoch, cfg.epochs),
         "per_class_recall": result["per_class_recall"],
-        "train_loss": history[-1]["train_loss"] if history else None,
-        "skipped_steps": nan_stats["skipped"],
+        "train_loss": p.history[-1]["train_loss"] if p.history else None,
+        "skipped_steps": p.nan_stats["skipped"],
         **{k.split("/")[-1]: v for k, v in (reference or {}).items()},
         **(extra_metrics or {}),
     }
-    extra = {"stage": ctx.mode, "dataset": cfg.dataset,
-             "data": {"img_size": ctx.info.img_size, "mean": list(ctx.info.mean), "std": list(ctx.info.std)},
-             "train": _train_settings(cfg), **spec.extra_config}
     if not main:
         return {**metrics, "run_dir": str(out)}
-    paths = save_run(out, model, model_name=spec.model_name, model_kwargs=spec.model_kwargs,
-                     input_size=spec.input_size, metrics=metrics, extra_config=extra)
-    try:
-        tb.log_graph(writer, model, spec.input_size)
-        arch = spec.extra_config.get("arch")
-        tb.log_session(writer, tb.runs.train_hparams(cfg, ctx.mode, arch), tb.runs.train_results(metrics, arch),
-                       num_updates)
-    finally:
-        writer.close()
-    for old in stale_events:  # a replaced run's TensorBoard logs go only once the new run is written
-        old.unlink(missing_ok=True)
-
-    rows = [
-        ["model", spec.model_name],
-        ["dataset", f"{cfg.dataset} ({len(train_loader.dataset)} train / {len(test_loader.dataset)} test, "
-                    f"{'x'.join(map(str, spec.input_size))})"],
-        ["epochs", metrics["epochs"]],
-        ["test top-1", f"{metrics['top1']:.2f}%"],
-        ["test top-5", f"{metrics['top5']:.2f}%"],
-        ["test loss", f"{metrics['loss']:.4f}"],
-        ["params", f"{metrics['params']:,} ({_fmt_count(metrics['params'])})"],
-        ["FLOPs (MACs)", f"{metrics['flops']:,} ({_fmt_count(metrics['flops'])})"],
-        ["wall time", f"{metrics['wall_time_s']:.1f} s"],
-        *([["weights", paths["weights"]], ["config", paths["config"]], ["metrics", paths["metrics"]],
-           ["resume state", out / "state"]] if ctx.persist else []),
-    ]
-    print(format_table(rows, header=[f"{ctx.mode} run", str(out) if ctx.persist else "(not saved)"]))
-    if ctx.persist:
-        print(f"TensorBoard: tensorboard --logdir {out}")
+    paths = _write_run(cfg, ctx, model, spec, metrics, writer, p.num_updates, stale_events)
+    _print_summary(cfg, ctx, spec, metrics, paths)
     return {**metrics, "run_dir": str(out)}

@@ -11,18 +11,19 @@ import statistics
 import sys
 import time
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 import torch
 import torch.nn as nn
 
-from ...errors import CheckpointError, TasError
 from timm.layers import Conv2dSame
+from tqdm.auto import tqdm
+
+from ...errors import CheckpointError, TasError
 from .measure import Timer, _check_args, _measure_ort_subprocess, hardware_string, measure
 from .micro import MicroSpec, _Runtime
 from .table import FORMAT_VERSION, LatencyTable, LayerEntry, _graph_fingerprint
-from tqdm.auto import tqdm
 
 DEFAULT_CACHE_DIR = "~/.cache/tas/latency"
 #: parameters (bytes) of the micro-models alive at once; more are measured in several chunks
@@ -153,88 +154,32 @@ def build_latency_table(supernet: Any, runtime: str = "ort-cpu", batch: int = 1,
     if not isinstance(warm_calls, int) or warm_calls < 0:
         raise TasError(f"warm_calls must be an integer >= 0, got {warm_calls!r}")
     t_start = time.perf_counter()
-    steady_ms = None
+    steady_ms = shared_pool = None
     key = cache_key(supernet, runtime, batch, threads, hardware, warm_calls)
     grid = {}
     for n, g in supernet.groups().items():
         ws = set(int(w) for w in g.widths) | set(int(w) for w in (extra_widths or {}).get(n, ())) | {g.channels}
         grid[n] = sorted(ws)
     entries = _entries(supernet, grid)
-
-    # every micro-model: (entry index or -1 whole / -2 null, grid index, spec)
-    items: list[tuple[int, tuple[int, ...], MicroSpec]] = []
-    for k, e in enumerate(entries):
-        for idx, point in e.points():
-            items.append((k, idx, e.spec(point, batch)))
-    c, h, w = supernet.input_size
-    whole_spec = MicroSpec("model", None, c_in=int(c), c_out=0, in_hw=(int(h), int(w)), batch=batch)
-    null_spec = MicroSpec("null", None, c_in=1, c_out=1, batch=batch)
-    chunks: list[list[tuple[int, tuple[int, ...], MicroSpec]]] = [[(-1, (), whole_spec)]]
-    size = sum(p.numel() * 4 for p in supernet.template.parameters())
-    for it in items:
-        if size + it[2].weight_bytes > _CHUNK_BYTES and len(chunks[-1]) > 1:
-            chunks.append([])
-            size = 0
-        chunks[-1].append(it)
-        size += it[2].weight_bytes
+    chunks, whole_spec, num_items = _chunks(supernet, entries, batch)
 
     rt = _Runtime(runtime, threads, exporter)
-    chunks = [[(-2, (), null_spec)] + chunk for chunk in chunks]
-    total = sum(len(c) for c in chunks)
-    shared_pool = None
     try:
         if runtime == "ort-cpu" and timer is None:
-            paths: list[list[Path]] = []
-            with _progress(total, "latency: writing ONNX micro-models", progress) as bar:
-                for chunk in chunks:
-                    paths.append([])
-                    for _, _, spec in chunk:
-                        paths[-1].append(rt.file(spec, supernet.template))
-                        bar.update(1)
-            t_measure = time.perf_counter()
-            with _progress(len(chunks) * (warmup + repeats), f"latency: timing {total} models", progress) as bar:
-                medians, shared_pool = _measure_ort_subprocess(
-                    paths, [[spec.input_shape for _, _, spec in c] for c in chunks], threads, repeats, warmup,
-                    Path(rt._tmp.name), bar, pre=warm_calls)
-            # The whole model again, alone and each timed call right after an untimed one: the
-            # steady state a served network runs in. A network whose weights fit in the cache runs
-            # there up to 2x faster than its cold-timed layers add up to (see steady_scale).
-            steady, _ = _measure_ort_subprocess([[paths[0][1]]], [[whole_spec.input_shape]], threads, repeats,
-                                                warmup, Path(rt._tmp.name), None, pre=max(1, warm_calls))
-            steady_ms = steady[0][0] * 1e3
+            medians, shared_pool, steady_ms, t_measure = _time_ort(rt, chunks, supernet.template, whole_spec,
+                                                                    repeats, warmup, warm_calls, progress)
         else:
-            medians, t_measure = [], time.perf_counter()
-            for ci, chunk in enumerate(chunks):
-                tag = f" {ci + 1}/{len(chunks)}" if len(chunks) > 1 else ""
-                runnables, inputs = [], []
-                with _progress(len(chunk), f"latency: building {runtime} models{tag}", progress) as bar:
-                    for _, _, spec in chunk:
-                        runnables.append(rt.make(spec, supernet.template))
-                        inputs.append(rt.input(spec.input_shape))
-                        bar.update(1)
-                with _progress(warmup + repeats, f"latency: timing {len(chunk)} models{tag}", progress) as bar:
-                    with torch.inference_mode():
-                        medians.append(measure(runnables, inputs, repeats, warmup, timer, pre=warm_calls, progress=bar))
-                del runnables, inputs
+            medians, t_measure = _time_in_process(rt, chunks, supernet.template, repeats, warmup, timer, warm_calls,
+                                                  progress)
         measure_s = time.perf_counter() - t_measure
     finally:
         rt.close()
-    whole_ms, calls = 0.0, []
-    for chunk, med in zip(chunks, medians):
-        med_ms = [m * 1e3 for m in med]
-        null = med_ms[0]
-        calls.append(null)
-        for (k, idx, _), m in zip(chunk[1:], med_ms[1:]):
-            if k == -1:
-                whole_ms = m
-            else:
-                entries[k].times[idx] = max(0.0, m - null)
-    call_ms = float(statistics.median(calls))
+    whole_ms, call_ms = _fill(entries, chunks, medians)
     build_s = time.perf_counter() - t_start
     groups = {n: {"channels": g.channels, "widths": grid[n]} for n, g in supernet.graph.groups.items()}
     stages = {n: {"num_blocks": s.num_blocks, "depths": list(supernet.stage_depths[n])}
               for n, s in supernet.graph.stages.items()}
-    meta = {"repeats": repeats, "warmup": warmup, "warm_calls": warm_calls, "micro_models": len(items), "chunks": len(chunks),
+    meta = {"repeats": repeats, "warmup": warmup, "warm_calls": warm_calls, "micro_models": num_items, "chunks": len(chunks),
             "build_s": round(build_s, 3),
             "measure_s": round(measure_s, 3), "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
             "timer": "perf_counter" if timer is None else getattr(timer, "__name__", type(timer).__name__),
@@ -252,6 +197,94 @@ def build_latency_table(supernet: Any, runtime: str = "ort-cpu", batch: int = 1,
     if save:
         table.save(cache_path(key, cache_dir))
     return table
+
+
+#: one chunk of micro-models timed together: (entry index, or -1 the whole model / -2 the null model;
+#: grid index; spec)
+_Chunk = list[tuple[int, tuple[int, ...], MicroSpec]]
+
+
+def _chunks(supernet: Any, entries: Sequence[LayerEntry], batch: int) -> tuple[list[_Chunk], MicroSpec, int]:
+    """Every micro-model, in chunks whose weights stay under :data:`_CHUNK_BYTES` (the whole model
+    opens the first); each chunk starts with the null model. Returns ``(chunks, the whole model's
+    spec, number of layer micro-models)``."""
+    items: _Chunk = []
+    for k, e in enumerate(entries):
+        for idx, point in e.points():
+            items.append((k, idx, e.spec(point, batch)))
+    c, h, w = supernet.input_size
+    whole_spec = MicroSpec("model", None, c_in=int(c), c_out=0, in_hw=(int(h), int(w)), batch=batch)
+    null_spec = MicroSpec("null", None, c_in=1, c_out=1, batch=batch)
+    chunks: list[_Chunk] = [[(-1, (), whole_spec)]]
+    size = sum(p.numel() * 4 for p in supernet.template.parameters())
+    for it in items:
+        if size + it[2].weight_bytes > _CHUNK_BYTES and len(chunks[-1]) > 1:
+            chunks.append([])
+            size = 0
+        chunks[-1].append(it)
+        size += it[2].weight_bytes
+    return [[(-2, (), null_spec)] + chunk for chunk in chunks], whole_spec, len(items)
+
+
+def _time_ort(rt: "_Runtime", chunks: list[_Chunk], template: nn.Module, whole_spec: MicroSpec, repeats: int,
+              warmup: int, warm_calls: int, progress: bool) -> tuple[list[list[float]], bool, float, float]:
+    """ONNX Runtime: write every micro-model, time them in one worker process; then the whole model in
+    the steady state. Returns ``(medians per chunk (s), shared thread pool?, steady ms, t of the start)``."""
+    total = sum(len(c) for c in chunks)
+    paths: list[list[Path]] = []
+    with _progress(total, "latency: writing ONNX micro-models", progress) as bar:
+        for chunk in chunks:
+            paths.append([])
+            for _, _, spec in chunk:
+                paths[-1].append(rt.file(spec, template))
+                bar.update(1)
+    t_measure = time.perf_counter()
+    with _progress(len(chunks) * (warmup + repeats), f"latency: timing {total} models", progress) as bar:
+        medians, shared_pool = _measure_ort_subprocess(
+            paths, [[spec.input_shape for _, _, spec in c] for c in chunks], rt.threads, repeats, warmup,
+            Path(rt._tmp.name), bar, pre=warm_calls)
+    # The whole model again, alone and each timed call right after an untimed one: the
+    # steady state a served network runs in. A network whose weights fit in the cache runs
+    # there up to 2x faster than its cold-timed layers add up to (see steady_scale).
+    steady, _ = _measure_ort_subprocess([[paths[0][1]]], [[whole_spec.input_shape]], rt.threads, repeats,
+                                        warmup, Path(rt._tmp.name), None, pre=max(1, warm_calls))
+    return medians, shared_pool, steady[0][0] * 1e3, t_measure
+
+
+def _time_in_process(rt: "_Runtime", chunks: list[_Chunk], template: nn.Module, repeats: int, warmup: int,
+                     timer: Timer | None, warm_calls: int, progress: bool) -> tuple[list[list[float]], float]:
+    """torch (or a test's ``timer``): build and time chunk by chunk in this process. Returns
+    ``(medians per chunk (s), t of the start)``."""
+    medians, t_measure = [], time.perf_counter()
+    for ci, chunk in enumerate(chunks):
+        tag = f" {ci + 1}/{len(chunks)}" if len(chunks) > 1 else ""
+        runnables, inputs = [], []
+        with _progress(len(chunk), f"latency: building {rt.runtime} models{tag}", progress) as bar:
+            for _, _, spec in chunk:
+                runnables.append(rt.make(spec, template))
+                inputs.append(rt.input(spec.input_shape))
+                bar.update(1)
+        with _progress(warmup + repeats, f"latency: timing {len(chunk)} models{tag}", progress) as bar:
+            with torch.inference_mode():
+                medians.append(measure(runnables, inputs, repeats, warmup, timer, pre=warm_calls, progress=bar))
+        del runnables, inputs
+    return medians, t_measure
+
+
+def _fill(entries: Sequence[LayerEntry], chunks: list[_Chunk], medians: list[list[float]]) -> tuple[float, float]:
+    """Write each layer's time (its median minus its chunk's null call) into ``entries``; returns
+    ``(whole model ms, median null call ms)``."""
+    whole_ms, calls = 0.0, []
+    for chunk, med in zip(chunks, medians):
+        med_ms = [m * 1e3 for m in med]
+        null = med_ms[0]
+        calls.append(null)
+        for (k, idx, _), m in zip(chunk[1:], med_ms[1:]):
+            if k == -1:
+                whole_ms = m
+            else:
+                entries[k].times[idx] = max(0.0, m - null)
+    return whole_ms, float(statistics.median(calls))
 
 
 def load_or_build(supernet: Any, runtime: str = "ort-cpu", batch: int = 1, threads: int = 2, repeats: int = 30,

@@ -108,65 +108,82 @@ def describe_efficientnet(model: nn.Module) -> ModelGraph:
         if searchable:
             g.stages[sname] = Stage(sname, len(stage))
         for b, block in enumerate(stage):
-            bname = f"{sname}.{b}"
-            key = (sname, b) if searchable else None
-            _check(type(block) in _BLOCKS, f"block type {type(block).__name__} at {bname}")
-            _check(getattr(block, "conv_s2d", None) is None, f"space-to-depth block at {bname}")
-            _check(isinstance(getattr(block, "aa", nn.Identity()), nn.Identity), f"anti-aliased block at {bname}")
-            stream_in = stream
-            proj_name = {DepthwiseSeparableConv: "conv_pw", InvertedResidual: "conv_pwl",
-                         EdgeResidual: "conv_pwl", ConvBnAct: "conv"}[type(block)]
-            proj = _conv(model, f"{bname}.{proj_name}")
-            _check(proj.groups == 1, f"grouped projection conv at {bname}")
-            if block.has_skip:
-                _check(proj.out_channels == g.groups[stream_in].channels, f"skip with a width change at {bname}")
-                g.groups[stream_in].kind = "stream"
-            else:
-                stream = g.add_group(sname if b == 0 else bname, proj.out_channels, "stream")
+            stream = _describe_block(g, model, sname, b, block, stream, (sname, b) if searchable else None)
+    _describe_head(g, model, stream)
+    return g
 
-            if isinstance(block, ConvBnAct):
-                g.add_layer(f"{bname}.conv", "conv", stream_in, stream, key)
-                _bn(model, f"{bname}.bn1", proj.out_channels)
-                g.add_layer(f"{bname}.bn1", "bn", None, stream, key)
-                continue
 
-            if isinstance(block, DepthwiseSeparableConv):
-                dw = _conv(model, f"{bname}.conv_dw")
-                if _depthwise(dw):  # runs on the block's input: it belongs to the input stream
-                    mid = stream_in
-                else:
-                    _check(dw.groups == 1, f"grouped (not depthwise) conv_dw at {bname}")
-                    mid = g.add_group(f"{bname}.mid", dw.out_channels, "inner")
-                g.add_layer(f"{bname}.conv_dw", "conv", stream_in, mid, key)
-                _bn(model, f"{bname}.bn1", dw.out_channels)
-                g.add_layer(f"{bname}.bn1", "bn", None, mid, key)
-                bn_out = "bn2"
-            elif isinstance(block, InvertedResidual):
-                pw = _conv(model, f"{bname}.conv_pw")
-                _check(pw.groups == 1, f"grouped expansion conv at {bname}")
-                dw = _conv(model, f"{bname}.conv_dw")
-                card = 1 if _depthwise(dw) else dw.groups
-                mid = g.add_group(f"{bname}.mid", pw.out_channels, "inner", card)
-                g.add_layer(f"{bname}.conv_pw", "conv", stream_in, mid, key)
-                _bn(model, f"{bname}.bn1", pw.out_channels)
-                g.add_layer(f"{bname}.bn1", "bn", None, mid, key)
-                g.add_layer(f"{bname}.conv_dw", "conv", mid, mid, key)
-                _bn(model, f"{bname}.bn2", dw.out_channels)
-                g.add_layer(f"{bname}.bn2", "bn", None, mid, key)
-                bn_out = "bn3"
-            else:  # EdgeResidual
-                exp = _conv(model, f"{bname}.conv_exp")
-                _check(exp.groups == 1, f"grouped expansion conv at {bname}")
-                mid = g.add_group(f"{bname}.mid", exp.out_channels, "inner")
-                g.add_layer(f"{bname}.conv_exp", "conv", stream_in, mid, key)
-                _bn(model, f"{bname}.bn1", exp.out_channels)
-                g.add_layer(f"{bname}.bn1", "bn", None, mid, key)
-                bn_out = "bn2"
-            _se(g, f"{bname}.se", block.se, mid, key)
-            g.add_layer(f"{bname}.{proj_name}", "conv", mid, stream, key)
-            _bn(model, f"{bname}.{bn_out}", proj.out_channels)
-            g.add_layer(f"{bname}.{bn_out}", "bn", None, stream, key)
+def _describe_block(g: ModelGraph, model: nn.Module, sname: str, b: int, block: nn.Module, stream_in: str,
+                    key: tuple[str, int] | None) -> str:
+    """Add block ``b`` of stage ``sname`` (reading the group ``stream_in``); returns the group it writes."""
+    bname = f"{sname}.{b}"
+    _check(type(block) in _BLOCKS, f"block type {type(block).__name__} at {bname}")
+    _check(getattr(block, "conv_s2d", None) is None, f"space-to-depth block at {bname}")
+    _check(isinstance(getattr(block, "aa", nn.Identity()), nn.Identity), f"anti-aliased block at {bname}")
+    stream = stream_in
+    proj_name = {DepthwiseSeparableConv: "conv_pw", InvertedResidual: "conv_pwl",
+                 EdgeResidual: "conv_pwl", ConvBnAct: "conv"}[type(block)]
+    proj = _conv(model, f"{bname}.{proj_name}")
+    _check(proj.groups == 1, f"grouped projection conv at {bname}")
+    if block.has_skip:
+        _check(proj.out_channels == g.groups[stream_in].channels, f"skip with a width change at {bname}")
+        g.groups[stream_in].kind = "stream"
+    else:
+        stream = g.add_group(sname if b == 0 else bname, proj.out_channels, "stream")
 
+    if isinstance(block, ConvBnAct):
+        g.add_layer(f"{bname}.conv", "conv", stream_in, stream, key)
+        _bn(model, f"{bname}.bn1", proj.out_channels)
+        g.add_layer(f"{bname}.bn1", "bn", None, stream, key)
+        return stream
+    mid, bn_out = _describe_expansion(g, model, bname, block, stream_in, key)
+    _se(g, f"{bname}.se", block.se, mid, key)
+    g.add_layer(f"{bname}.{proj_name}", "conv", mid, stream, key)
+    _bn(model, f"{bname}.{bn_out}", proj.out_channels)
+    g.add_layer(f"{bname}.{bn_out}", "bn", None, stream, key)
+    return stream
+
+
+def _describe_expansion(g: ModelGraph, model: nn.Module, bname: str, block: nn.Module, stream_in: str,
+                        key: tuple[str, int] | None) -> tuple[str, str]:
+    """The layers of a block before its SE and projection; returns ``(the group they write, the name of
+    the projection's BN)``."""
+    if isinstance(block, DepthwiseSeparableConv):
+        dw = _conv(model, f"{bname}.conv_dw")
+        if _depthwise(dw):  # runs on the block's input: it belongs to the input stream
+            mid = stream_in
+        else:
+            _check(dw.groups == 1, f"grouped (not depthwise) conv_dw at {bname}")
+            mid = g.add_group(f"{bname}.mid", dw.out_channels, "inner")
+        g.add_layer(f"{bname}.conv_dw", "conv", stream_in, mid, key)
+        _bn(model, f"{bname}.bn1", dw.out_channels)
+        g.add_layer(f"{bname}.bn1", "bn", None, mid, key)
+        return mid, "bn2"
+    if isinstance(block, InvertedResidual):
+        pw = _conv(model, f"{bname}.conv_pw")
+        _check(pw.groups == 1, f"grouped expansion conv at {bname}")
+        dw = _conv(model, f"{bname}.conv_dw")
+        card = 1 if _depthwise(dw) else dw.groups
+        mid = g.add_group(f"{bname}.mid", pw.out_channels, "inner", card)
+        g.add_layer(f"{bname}.conv_pw", "conv", stream_in, mid, key)
+        _bn(model, f"{bname}.bn1", pw.out_channels)
+        g.add_layer(f"{bname}.bn1", "bn", None, mid, key)
+        g.add_layer(f"{bname}.conv_dw", "conv", mid, mid, key)
+        _bn(model, f"{bname}.bn2", dw.out_channels)
+        g.add_layer(f"{bname}.bn2", "bn", None, mid, key)
+        return mid, "bn3"
+    # EdgeResidual
+    exp = _conv(model, f"{bname}.conv_exp")
+    _check(exp.groups == 1, f"grouped expansion conv at {bname}")
+    mid = g.add_group(f"{bname}.mid", exp.out_channels, "inner")
+    g.add_layer(f"{bname}.conv_exp", "conv", stream_in, mid, key)
+    _bn(model, f"{bname}.bn1", exp.out_channels)
+    g.add_layer(f"{bname}.bn1", "bn", None, mid, key)
+    return mid, "bn2"
+
+
+def _describe_head(g: ModelGraph, model: nn.Module, stream: str) -> None:
+    """The head conv (and its norm), if any, and the classifier, reading ``stream``."""
     pool = model.global_pool
     _check(getattr(pool, "feat_mult", lambda: 1)() == 1, "pooling that concatenates (catavgmax)")
     feat = stream
@@ -188,7 +205,6 @@ def describe_efficientnet(model: nn.Module) -> ModelGraph:
         g.add_layer("classifier", "linear", feat, None)
     else:
         _check(isinstance(fc, nn.Identity), f"classifier {type(fc).__name__}")
-    return g
 
 
 register_family("efficientnet", _is_efficientnet)(describe_efficientnet)
