@@ -17,6 +17,7 @@ from ..prune.graph import ModelGraph
 from ..nas.supernet import Supernet
 from .base import full_depths, register_baseline
 from .scaling import uniform_scaling
+from .shrink import expand_local
 
 __all__ = ["uniform_widths", "l1_channel_scores", "top_channels", "random_channels"]
 
@@ -62,12 +63,6 @@ def _local(scores: torch.Tensor, conv_groups: int) -> torch.Tensor:
     return scores.view(conv_groups, -1).sum(0) if conv_groups > 1 else scores
 
 
-def _expand(local: list[int], channels: int, conv_groups: int) -> list[int]:
-    """Local positions → the channels at those positions in every conv group."""
-    per = channels // conv_groups
-    return sorted(g * per + p for g in range(conv_groups) for p in local)
-
-
 def top_channels(scores: torch.Tensor, width: int, conv_groups: int = 1) -> list[int]:
     """The ``width`` channels of highest score (ties: lower index first).
 
@@ -77,14 +72,14 @@ def top_channels(scores: torch.Tensor, width: int, conv_groups: int = 1) -> list
     local = _local(scores.double(), conv_groups).numpy()
     k = width // conv_groups
     order = np.lexsort((np.arange(local.size), -local))  # descending score, then ascending index
-    return _expand(order[:k].tolist(), scores.numel(), conv_groups)
+    return expand_local(order[:k].tolist(), scores.numel(), conv_groups)
 
 
 def random_channels(channels: int, width: int, conv_groups: int, generator: torch.Generator) -> list[int]:
     """``width`` random channels (the same local positions in every conv group)."""
     per = channels // conv_groups
     local = torch.randperm(per, generator=generator)[: width // conv_groups].tolist()
-    return _expand(local, channels, conv_groups)
+    return expand_local(local, channels, conv_groups)
 
 
 @register_baseline("uniform")

@@ -29,15 +29,15 @@ from __future__ import annotations
 import copy
 from typing import Any, Sequence
 
-import numpy as np
 import torch
 import torch.nn as nn
 
 from ..prune.arch import Arch
 from ..errors import TasError
 from ..nas.supernet import Supernet
-from .base import full_depths, register_baseline
-from .magnitude import _expand, producers
+from .base import register_baseline
+from .magnitude import producers
+from .shrink import WidthState
 
 __all__ = ["linearize", "synflow_scores", "synflow_channel_scores"]
 
@@ -118,47 +118,17 @@ def synflow(supernet: Supernet, model: nn.Module, metric: str, ratio: float, see
     """Iterative, global, data-free SynFlow pruning to ``ratio`` of the full ``metric`` (module docstring)."""
     if not isinstance(rounds, int) or rounds < 1:
         raise TasError(f"SynFlow rounds must be a positive integer, got {rounds!r}")
-    graph, groups = supernet.graph, supernet.groups()
+    graph = supernet.graph
     net = linearize(model, dtype)
     masker = _Masker(net, graph)
-    kept = {n: torch.ones(g.channels, dtype=torch.bool) for n, g in groups.items()}
-    level = {n: len(g.widths) - 1 for n, g in groups.items()}
-    widths = {n: g.widths[-1] for n, g in groups.items()}
-    depths = full_depths(supernet)
+    state = WidthState(supernet, metric)
     full = supernet.full[metric]
-    cost = supernet.cost.exact(metric, widths, depths)
-    order = {n: i for i, n in enumerate(groups)}
     history = []
     for k in range(1, rounds + 1):
         target = full * ratio ** (k / rounds)
-        if cost > target:
+        if state.cost > target:
             scores = synflow_channel_scores(_param_scores(net, supernet.input_size), graph)
-            while cost > target:
-                best = None
-                for n, g in groups.items():
-                    j = level[n]
-                    if j == 0:
-                        continue
-                    cg, per = g.conv_groups, g.channels // g.conv_groups
-                    local = scores[n].view(cg, per).sum(0).numpy()
-                    alive = np.flatnonzero(kept[n].view(cg, per)[0].numpy())
-                    # lowest score first; at a tie the higher index goes first (lower ones are kept)
-                    ranked = alive[np.lexsort((-alive, local[alive]))]
-                    unit = ranked[: (g.widths[j] - g.widths[j - 1]) // cg]
-                    key = (float(local[unit].sum()) / (len(unit) * cg), order[n])
-                    if best is None or key < best[0]:
-                        best = (key, n, unit.tolist())
-                if best is None:  # every group at its narrowest: create_baseline_arch refuses this earlier
-                    raise TasError(f"SynFlow cannot reach {metric} ratio {ratio}")
-                _, n, unit = best
-                g = groups[n]
-                channels = _expand(unit, g.channels, g.conv_groups)
-                kept[n][channels] = False
-                masker.remove(n, channels)
-                level[n] -= 1
-                widths[n] = g.widths[level[n]]
-                cost = supernet.cost.exact(metric, widths, depths)
-        history.append(round(cost / full, 6))
-    indices = {n: kept[n].nonzero().flatten().tolist() for n in groups}
-    return supernet.make_arch(widths, depths, indices=indices, method="synflow",
+            state.shrink_to(target, scores, on_remove=masker.remove)
+        history.append(round(state.cost / full, 6))
+    return supernet.make_arch(state.widths, state.depths, indices=state.indices(), method="synflow",
                               meta={"rounds": rounds, "round_ratios": history, "bn": "eval, running mean 0"})
