@@ -16,6 +16,8 @@ uniform-depth  as uniform, and every stage the depth fraction r^1.91      the fi
 l1             as uniform                                                 largest filter L1 norms   none
 random         as uniform                                                 random (seeded)           none
 synflow        global SynFlow ranking, iterative (20 rounds, exp.)        highest SynFlow scores    none
+plasticity     global filter-magnitude pruning during a fine-tune at a    the surviving masks:      train
+               cubic rising sparsity, with regeneration (GraNet)          magnitude + regrowth      split
 =============  =========================================================  ========================  =======
 
 All but ``uniform-depth`` are width-only: they keep every stage's full depth, so they refuse a target
@@ -24,13 +26,13 @@ target`` and ``target − cost`` below the cost of one candidate step of one gro
 width, where every step is most expensive), see :func:`max_step_cost`; ``uniform-depth`` below the
 cost of its next step, which may be a stage's depth step.
 """
-from . import magnitude, scaling, synflow  # noqa: F401  (register themselves)
-from .base import (BASELINES, DEPTH_SCALING, METHODS, create_baseline_arch, full_depths, list_baselines,
+from . import magnitude, plasticity, scaling, synflow  # noqa: F401  (register themselves)
+from .base import (BASELINES, DEPTH_SCALING, METHODS, TRAINING, create_baseline_arch, full_depths, list_baselines,
                    max_step_cost, register_baseline, width_only_minimum)
 from .magnitude import l1_channel_scores, uniform_widths
 from .run import run_baseline
 from .synflow import synflow_scores
 
-__all__ = ["BASELINES", "DEPTH_SCALING", "METHODS", "register_baseline", "list_baselines", "create_baseline_arch", "run_baseline",
+__all__ = ["BASELINES", "DEPTH_SCALING", "TRAINING", "METHODS", "register_baseline", "list_baselines", "create_baseline_arch", "run_baseline",
            "max_step_cost", "full_depths", "width_only_minimum", "synflow_scores", "l1_channel_scores",
            "uniform_widths"]

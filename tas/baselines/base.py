@@ -9,7 +9,7 @@ from ..prune.arch import Arch
 from ..errors import TasError
 from ..nas.supernet import Supernet, create_supernet
 
-__all__ = ["BASELINES", "DEPTH_SCALING", "METHODS", "register_baseline", "list_baselines", "create_baseline_arch",
+__all__ = ["BASELINES", "DEPTH_SCALING", "TRAINING", "METHODS", "register_baseline", "list_baselines", "create_baseline_arch",
            "max_step_cost", "full_depths", "width_only_minimum"]
 
 #: ``fn(supernet, model, metric, ratio, seed, **options) -> Arch``
@@ -17,18 +17,23 @@ BaselineFn = Callable[..., Arch]
 BASELINES: dict[str, BaselineFn] = {}
 #: the baselines that also choose depths (the others keep every stage's full depth)
 DEPTH_SCALING: set[str] = set()
+#: the baselines that train (they take ``train_loader``, ``epochs``, ``lr``, ``momentum``,
+#: ``weight_decay`` and ``device`` options; their epochs count against a comparison's budget)
+TRAINING: set[str] = set()
 
 #: every ``search.py --method`` (TAS itself and the registered baselines)
-METHODS = ("tas", "uniform", "uniform-depth", "l1", "synflow", "random")
+METHODS = ("tas", "uniform", "uniform-depth", "l1", "synflow", "random", "plasticity")
 
 
-def register_baseline(name: str, scales_depth: bool = False) -> Callable[[BaselineFn], BaselineFn]:
+def register_baseline(name: str, scales_depth: bool = False, trains: bool = False) -> Callable[[BaselineFn], BaselineFn]:
     """Decorator registering a baseline under ``name``; ``scales_depth``: it chooses depths too, so the
-    width-only minimum does not bound its targets."""
+    width-only minimum does not bound its targets; ``trains``: it fine-tunes on training data (:data:`TRAINING`)."""
     def wrap(fn: BaselineFn) -> BaselineFn:
         BASELINES[name] = fn
         if scales_depth:
             DEPTH_SCALING.add(name)
+        if trains:
+            TRAINING.add(name)
         return fn
     return wrap
 
@@ -70,14 +75,17 @@ def create_baseline_arch(method: str, model: nn.Module, ratio: float, metric: st
     """The architecture baseline ``method`` picks for ``model`` at ``ratio`` of its ``metric``.
 
     Args:
-        method: one of :func:`list_baselines` (``uniform``, ``uniform-depth``, ``l1``, ``synflow``, ``random``).
+        method: one of :func:`list_baselines` (``uniform``, ``uniform-depth``, ``l1``, ``synflow``, ``random``,
+            ``plasticity``).
         model: the trained network (not modified).
         ratio: fraction of the full ``metric`` to keep, in (0, 1].
         metric: ``flops`` (multiply-accumulates) or ``params``.
         space, input_size, model_name, model_kwargs: as in :func:`tas.create_supernet`.
         seed: seeds the random baseline (the others are deterministic).
         meta: extra provenance stored in ``arch.meta``.
-        options: method options (``synflow``: ``rounds``, ``dtype``; ``uniform-depth``: ``depth_exponent``).
+        options: method options (``synflow``: ``rounds``, ``dtype``; ``uniform-depth``: ``depth_exponent``;
+            ``plasticity``: ``train_loader`` (required), ``epochs``, ``lr``, ``momentum``, ``weight_decay``,
+            ``device``, ``prune_steps``, ``prune_until``, ``regrowth``).
 
     Raises:
         TasError: an unknown method, or a target below what the space (or a width-only method

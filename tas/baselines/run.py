@@ -1,4 +1,4 @@
-"""``search.py --method uniform|uniform-depth|l1|synflow|random``: a baseline's run directory, in the TAS search's shape.
+"""``search.py --method uniform|uniform-depth|l1|synflow|random|plasticity``: a baseline's run directory, in the TAS search's shape.
 
 :func:`run_baseline` writes what :func:`tas.nas.searcher.search` writes, so everything downstream
 (``train.py --arch``, ``tas.load_slim``, ``python -m tas.export``) takes either::
@@ -21,7 +21,7 @@ from ..io.checkpoint import has_state
 from ..cli import format_table
 from ..errors import TasError
 from ..io.rundir import is_finished_run, run_lock, save_run
-from .base import BASELINES, create_baseline_arch, list_baselines
+from .base import BASELINES, TRAINING, create_baseline_arch, list_baselines
 from ..nas.config import SearchConfig
 from ..train import engine
 from .. import data
@@ -39,7 +39,9 @@ def run_baseline(args: Any) -> dict[str, Any]:
     Uses ``teacher``, ``model``, ``space``, ``flops_ratio`` / ``params_ratio``, ``tolerance``
     (only to report ``within_tolerance`` like TAS), ``dataset``, ``data_dir``, ``img_size``,
     ``limit``, ``batch_size``, ``seed``, ``output``, ``overwrite``, ``device``; TAS's optimisation
-    flags are ignored. Library callers may add ``synflow_rounds``. The architecture is chosen
+    flags are ignored, except by a baseline that trains (:data:`~tas.baselines.TRAINING`: ``plasticity``),
+    which fine-tunes on the training split for ``epochs`` with ``lr``, ``momentum``, ``weight_decay``
+    (``augment`` applies). Library callers may add ``synflow_rounds``. The other baselines choose
     without data; the test split is read only to report ``top1_pruned``.
     """
     values = dict(args) if isinstance(args, Mapping) else dict(vars(args))
@@ -63,16 +65,20 @@ def _run_baseline(cfg: Any, method: str, values: Mapping[str, Any]) -> dict[str,
     seed_everything(cfg.seed)
     input_size = (info.in_chans, info.img_size, info.img_size)
     options = {"rounds": int(values["synflow_rounds"])} if method == "synflow" and values.get("synflow_rounds") else {}
+    if method in TRAINING:
+        options.update(epochs=cfg.epochs, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    loaders = data.create_loaders(cfg.dataset, data_dir=cfg.data_dir, batch_size=cfg.batch_size, workers=cfg.workers,
+                                  seed=cfg.seed, download=cfg.download, img_size=info.img_size, limit=cfg.limit,
+                                  augment=cfg.augment)
 
     print(f"pruning {tconfig['model']} with the {method} baseline: target {cfg.metric} ratio {cfg.ratio}")
     t0 = time.perf_counter()
+    trained = {"train_loader": loaders["train"], "device": device} if method in TRAINING else {}
     arch = create_baseline_arch(method, teacher, cfg.ratio, cfg.metric, space=cfg.space, input_size=input_size,
                                 model_name=tconfig["model"], model_kwargs=tconfig["model_kwargs"], seed=cfg.seed,
-                                meta={"dataset": cfg.dataset, "teacher": str(cfg.teacher)}, **options)
+                                meta={"dataset": cfg.dataset, "teacher": str(cfg.teacher)}, **options, **trained)
     slim = materialize(teacher, arch).cpu()
     wall = time.perf_counter() - t0
-    loaders = data.create_loaders(cfg.dataset, data_dir=cfg.data_dir, batch_size=cfg.batch_size, workers=cfg.workers,
-                             seed=cfg.seed, download=cfg.download, img_size=info.img_size, limit=cfg.limit)
     val = engine.evaluate(slim.to(device), loaders["test"], device, per_class=True)
     slim.cpu()
     achieved = getattr(arch, f"{cfg.metric}_ratio")

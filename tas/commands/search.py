@@ -42,7 +42,8 @@ def _model_flags(p: argparse.ArgumentParser, d: SearchConfig) -> None:
     g.add_argument("--teacher", default=d.teacher, help="run directory of the trained network (train.py --output)")
     g.add_argument("--model", default=d.model, help="timm model name; must match the teacher's (optional)")
     g.add_argument("--method", default="tas", choices=METHODS,
-                   help="tas, or a baseline pruner on the same space (tas.baselines; ignores TAS's optimisation flags)")
+                   help="tas, or a baseline pruner on the same space (tas.baselines; ignores TAS's optimisation "
+                        "flags, except plasticity, which fine-tunes --epochs with --lr, --momentum, --weight-decay)")
     g.add_argument("--space", default=d.space, help="search space preset name or YAML path (default: the model's preset)")
     g.add_argument("--k", type=int, default=d.k, help="fragments sampled per group (default: the space's)")
     g.add_argument("--channel-order", default=d.channel_order, choices=("l1", "bn", "taylor", "none"),
@@ -139,7 +140,7 @@ def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
     args = parse_args(build_parser(prog), argv)
     if args.method != "tas":
         if os.environ.get("RANK", "0") != "0":
-            return 0  # a baseline prunes without training: under torchrun, rank 0 runs it alone
+            return 0  # a baseline runs in one process: under torchrun, rank 0 runs it alone
 
         run_baseline(args)
         return 0
