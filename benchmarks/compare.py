@@ -5,12 +5,14 @@ On Fashion-MNIST (``/usr/share/datasets/fashion-mnist``, Debian ``dataset-fashio
 1. trains ``cifar_resnet20`` (and ``cifar_resnet56`` with ``--full``) once as the teacher (cached:
    a finished run directory with the same settings is reused);
 2. for every FLOPs ratio kept (70 %, 50 %, 30 %), seed and method picks an architecture —
-   ``tas`` (:func:`tas.nas.searcher.search`), ``uniform``, ``l1``, ``synflow``, ``random``
+   ``tas`` (:func:`tas.nas.searcher.search`), ``uniform``, ``l1``, ``synflow``, ``random``, ``plasticity``
    (:func:`tas.baselines.run_baseline`) — and distils it from the teacher
    (:func:`tas.train.run.train` in ``distill`` mode, weights inherited from the teacher);
 3. gives every method the same post-teacher budget of ``B`` epochs over the same training subset:
    TAS searches ``s`` epochs (one search epoch = one pass over the subset: half for the weight
-   steps, half for the architecture steps) and distils ``B − s``; the baselines distil ``B``;
+   steps, half for the architecture steps) and distils ``B − s``; ``plasticity`` fine-tunes the
+   teacher ``s`` epochs while it prunes (one pass over the subset each) and distils ``B − s``; the
+   other baselines distil ``B``;
 4. exports each slim network to ONNX (:func:`tas.deploy.export.export_onnx`) and times them all at batch
    32, interleaved with the teacher (:func:`tas.deploy.latency.ort_latency`);
 5. writes ``docs/benchmarks_compare.md`` (top-1 mean ± sample std over seeds, FLOPs and params
@@ -52,13 +54,14 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 import tas  # noqa: E402
+from tas.baselines import TRAINING  # noqa: E402  (methods whose training counts against the budget)
 from tas.io.checkpoint import atomic_write_bytes, atomic_write_json  # noqa: E402
 from tas.cli import format_table  # noqa: E402
 from tas.data import FASHION_MNIST_DIR  # noqa: E402
 from tas.io.rundir import is_finished_run  # noqa: E402
 from tas.prune.load import load_run
 
-METHODS = ("tas", "uniform", "l1", "synflow", "random")
+METHODS = ("tas", "uniform", "l1", "synflow", "random", "plasticity")
 #: TAS with a measured-latency budget (``ratio`` is then the latency fraction kept, ORT CPU at batch
 #: 32); benchmarks/latency_search.py adds these cells
 LATENCY_METHOD = "tas-latency"
@@ -208,7 +211,7 @@ class Bench:
         timing_path = cdir / "timing.json"
         timing = json.loads(timing_path.read_text()) if timing_path.is_file() else {}
         search_dir, slim_dir = cdir / "search", cdir / "slim"
-        search_epochs = a.search_epochs if method.startswith("tas") else 0
+        search_epochs = a.search_epochs if method.startswith("tas") or method in TRAINING else 0
         distill_epochs = a.budget - search_epochs
         cdir.mkdir(parents=True, exist_ok=True)
         with open(cdir / "log.txt", "a") as logf, contextlib.redirect_stdout(logf if not a.verbose else sys.stdout):
@@ -224,7 +227,9 @@ class Bench:
                     searching.search({**common, "epochs": search_epochs,
                                       "limit": None if a.limit is None else a.limit // 2})
                 else:
-                    run_baseline({**common, "method": method, "limit": a.limit})
+                    # a plasticity epoch = one pass over the whole subset while it prunes
+                    run_baseline({**common, "method": method, "limit": a.limit,
+                                  **({"epochs": search_epochs} if search_epochs else {})})
                 timing = {"prune_s": round(time.perf_counter() - t0, 1)}
                 atomic_write_json(timing_path, timing)
             if "distill_s" not in timing or not is_finished_run(slim_dir):
@@ -406,8 +411,9 @@ def render(args, results: dict, rows: list, rd_rows: list, png: Path | None, why
         f"test images. Teacher: {a.teacher_epochs} epochs of SGD (lr 0.1, cosine). Each method then gets the same "
         f"**{a.budget} epochs** over the same subset: `tas` searches {a.search_epochs} (one search epoch = one "
         f"pass over the subset, half for the weight steps and half for the architecture steps) and distils "
-        f"{a.budget - a.search_epochs}; `uniform`, `l1`, `synflow` and `random` choose their architecture "
-        f"without data and distil {a.budget}. Distillation: `train.py --arch --teacher` (weights inherited "
+        f"{a.budget - a.search_epochs}; `plasticity` fine-tunes the teacher {a.search_epochs} (one pass over the "
+        f"subset each) while it prunes and distils {a.budget - a.search_epochs}; `uniform`, `l1`, `synflow` and "
+        f"`random` choose their architecture without data and distil {a.budget}. Distillation: `train.py --arch --teacher` (weights inherited "
         f"from the teacher's kept channels, KD α 0.9 T 4, SGD lr {a.lr}, cosine), batch {a.batch_size}. All "
         f"architectures are in the same search space (`search_spaces/cifar_resnet.yaml`); the baselines "
         f"keep full depth.",
@@ -438,7 +444,10 @@ def render(args, results: dict, rows: list, rd_rows: list, png: Path | None, why
         "closest to r·C, the largest r within the budget) and the first channels; `l1` (Li et al. 2017) the "
         "same widths and the channels with the largest L1 norms of the filters producing them; `random` the "
         "same widths and random channels; `synflow` (Tanaka et al. 2020) data-free iterative global ranking "
-        "(20 rounds, exponential schedule) that also chooses the widths; `tas` the differentiable search "
+        "(20 rounds, exponential schedule) that also chooses the widths; `plasticity` (Liu et al. 2021, GraNet, "
+        "by channel) global filter-magnitude pruning during a fine-tune at a cubic rising FLOPs sparsity, with "
+        "gradient-based regeneration of zeroed channels, which chooses the widths and the channels; "
+        "`tas` the differentiable search "
         "(widths and depths). Everything meets its FLOPs target from below within the space's rounding "
         "(widths are multiples of 8).",
         "",
