@@ -172,13 +172,13 @@ def test_plasticity_meets_its_flops_target_within_rounding(model):
 def test_search_py_plasticity_then_distil(tmp_path, teacher_run, search_script, train_script):
     out = tmp_path / "plasticity"
     assert search_script.main(["--method", "plasticity", "--teacher", str(teacher_run), "--dataset", "digits",
-                               "--limit", "64", "--batch-size", "16", "--epochs", "1", "--flops-ratio", "0.5",
+                               "--limit", "64", "--batch-size", "16", "--epochs", "2", "--flops-ratio", "0.5",
                                "--device", "cpu", "--no-progress", "--output", str(out)]) == 0
     arch = Arch.from_json(out / "arch.json")
-    assert arch.method == "plasticity" and arch.flops_ratio <= 0.5 and arch.meta["epochs"] == 1
-    assert arch.meta["steps"] == 4 and arch.meta["updates"][-1]["sparsity"] == pytest.approx(0.5)
+    assert arch.method == "plasticity" and arch.flops_ratio <= 0.5 and arch.meta["epochs"] == 2
+    assert arch.meta["steps"] == 8 and arch.meta["updates"][-1]["sparsity"] == pytest.approx(0.5)
     config = json.loads((out / "config.json").read_text())
-    assert config["search"]["method"] == "plasticity" and config["search"]["epochs"] == 1
+    assert config["search"]["method"] == "plasticity" and config["search"]["epochs"] == 2
     slim_dir = tmp_path / "slim"
     assert train_script.main(["--arch", str(out / "arch.json"), "--teacher", str(teacher_run), "--dataset", "digits",
                               "--img-size", "16", "--limit", "64", "--batch-size", "32", "--epochs", "1",

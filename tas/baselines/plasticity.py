@@ -35,8 +35,10 @@ split, the same unit as TAS's search epochs) with channel masks:
   zero in the masked network (its output is zero, and the ReLU after it passes no gradient at
   zero), so it is read where it is defined: with every gate open, the gradient of the loss with
   respect to the channel's producer filters, at the weights a revived channel returns with (a
-  masked channel keeps its last weights; the paper grows weights back at zero, which for a whole
-  channel behind a BN would leave it dead).
+  masked channel keeps its weights, which only the optimizer's momentum and weight decay move while
+  it is masked; the paper grows weights back at zero, which for a whole channel behind a BN would
+  leave it dead). With every gate open that gradient is the dense network's, so it does not depend
+  on which other channels are masked: an approximation of the paper's gradient in the sparse network.
 
 The final masks give the widths *and* the kept channels; the cost lands within one candidate step
 of one group below the target, as for the other baselines.
