@@ -390,6 +390,10 @@ def render(args, results: dict, rows: list, rd_rows: list, png: Path | None, why
            elapsed: float) -> str:
     a = args
     mode = "--full" if a.mode == "full" else "--quick" if a.mode == "quick" else ""
+    if list(a.methods) != list(METHODS):  # a subset or another order: say which, so the command reruns it
+        mode += " --methods " + " ".join(a.methods)
+    if a.ratios != MODES[a.mode]["ratios"]:
+        mode += " --ratios " + " ".join(str(r) for r in a.ratios)
     plot_line = f"![top-1 vs FLOPs kept]({png.name})" if png else f"(no plot: {why})"
     out = Path(a.output).resolve()
     shown = out.relative_to(REPO) if out.is_relative_to(REPO) else out
@@ -411,8 +415,8 @@ def render(args, results: dict, rows: list, rd_rows: list, png: Path | None, why
         f"test images. Teacher: {a.teacher_epochs} epochs of SGD (lr 0.1, cosine). Each method then gets the same "
         f"**{a.budget} epochs** over the same subset: `tas` searches {a.search_epochs} (one search epoch = one "
         f"pass over the subset, half for the weight steps and half for the architecture steps) and distils "
-        f"{a.budget - a.search_epochs}; `plasticity` fine-tunes the teacher {a.search_epochs} (one pass over the "
-        f"subset each) while it prunes and distils {a.budget - a.search_epochs}; `uniform`, `l1`, `synflow` and "
+        f"{a.budget - a.search_epochs}; `plasticity` fine-tunes the teacher for {a.search_epochs} while it prunes "
+        f"(one pass over the subset each) and distils {a.budget - a.search_epochs}; `uniform`, `l1`, `synflow` and "
         f"`random` choose their architecture without data and distil {a.budget}. Distillation: `train.py --arch --teacher` (weights inherited "
         f"from the teacher's kept channels, KD α 0.9 T 4, SGD lr {a.lr}, cosine), batch {a.batch_size}. All "
         f"architectures are in the same search space (`search_spaces/cifar_resnet.yaml`); the baselines "
