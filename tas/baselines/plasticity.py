@@ -42,6 +42,11 @@ split, the same unit as TAS's search epochs) with channel masks:
 
 The final masks give the widths *and* the kept channels; the cost lands within one candidate step
 of one group below the target, as for the other baselines.
+
+Measured (docs/benchmarks_plasticity.md, cifar_resnet20 on Fashion-MNIST): the per-weight
+magnitude ranks the wide, high-fan-in last stage lowest, so it ends at its narrowest candidate and
+the slim network keeps far fewer parameters than the other methods at the same FLOPs (0.18 of
+them at 50 % FLOPs, 0.10 at 30 %), the same bias global magnitude pruning has by weight.
 """
 from __future__ import annotations
 
