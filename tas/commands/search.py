@@ -16,6 +16,7 @@ import os
 from typing import Sequence
 
 from ..baselines import METHODS
+from ..prune.channel_order import CRITERIA
 from ..cli import DATASET_HELP, HelpFormatter, parse_args
 from ..nas.config import SearchConfig
 from ..nas.searcher import search
@@ -46,10 +47,13 @@ def _model_flags(p: argparse.ArgumentParser, d: SearchConfig) -> None:
                         "flags, except plasticity, which fine-tunes --epochs with --lr, --momentum, --weight-decay)")
     g.add_argument("--space", default=d.space, help="search space preset name or YAML path (default: the model's preset)")
     g.add_argument("--k", type=int, default=d.k, help="fragments sampled per group (default: the space's)")
-    g.add_argument("--channel-order", default=d.channel_order, choices=("l1", "bn", "taylor", "none"),
+    g.add_argument("--channel-order", default=d.channel_order, choices=CRITERIA,
                    help="order each group's teacher channels by importance before the search, so a width's "
                         "prefix keeps the most important ones (arch.json indices stay the teacher's; "
-                        "default: l1 for --selection prefix, none for sapp)")
+                        "default: l1 for --selection prefix, none for sapp; task: task-aware calibration, "
+                        "needs --task-classes)")
+    g.add_argument("--task-classes", type=int, nargs="+", default=d.task_classes,
+                   help="class ids of the task that --channel-order task and --method task-aware calibrate on")
     g.add_argument("--selection", default=d.selection, choices=("prefix", "sapp"),
                    help="which channels a width keeps: TAS's first ones, or SA++ block attention")
     g.add_argument("--block-size", type=int, default=d.block_size, help="SA++ channels per block (default: the space's divisor)")

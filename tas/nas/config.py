@@ -39,6 +39,7 @@ class SearchConfig:
     sharp_temperature: float | None = 0.1
     decode: bool = True
     channel_order: str | None = None
+    task_classes: list[int] | None = None
     epochs: int = 2
     batch_size: int = 64
     lr: float = 0.05
@@ -105,6 +106,8 @@ class SearchConfig:
             self.channel_order = "l1" if self.selection == "prefix" else "none"
         if self.channel_order not in CRITERIA:
             raise TasError(f"--channel-order must be one of {', '.join(CRITERIA)}, got {self.channel_order!r}")
+        if self.channel_order == "task" and not self.task_classes:
+            raise TasError("--channel-order task needs --task-classes (the class ids of the task)")
 
     @property
     def metric(self) -> str:

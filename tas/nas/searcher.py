@@ -257,7 +257,8 @@ class Searcher:
         self.ordered = copy.deepcopy(self.teacher).to(self.device)
         saved = self.state.get("channel_perms") if self.state else None
         self.perms = order_teacher(self.ordered, cfg.channel_order, self.data.train,
-                                   saved=json.loads(saved) if saved is not None else None)
+                                   saved=json.loads(saved) if saved is not None else None,
+                                   task_classes=cfg.task_classes)
         self.ordered.cpu()
         self.supernet = self._build(cfg.space)
         if cfg.metric == "latency" or self.supernet.space.divisor == "auto":

@@ -18,6 +18,12 @@ Criteria (:data:`CRITERIA`), each a score per channel summed over the group's la
 * ``taylor``: first-order Taylor estimate of the loss change when the channel is removed from the
   whole group: ``Σ_batches (Σ_BN γ·∂L/∂γ + β·∂L/∂β)²`` over the BNs that write it (Molchanov et al.
   2019, aggregated over the group), on a few training batches with the network in eval mode;
+* ``task``: task-aware calibration (after "Frustratingly Easy Task-aware Pruning for Large Language
+  Models", Tian et al. 2025, carried from weights to channels), see :func:`task_aware_scores`: an
+  activation-aware importance (each reader's ``|W[:, c]|₁ · ‖x_c‖₂``, Wanda's ``|W|·‖X‖`` summed over
+  the channel's weights) on general and on task calibration data; channels whose activation norm on
+  the task data exceeds the general one by more than a threshold are *task-exclusive* and keep the
+  task importance, the others are *shared* and average both (needs ``batches`` and ``task_batches``);
 * ``none``: keep the order (the permutation is the identity).
 
 Grouped convolutions keep one *local* order shared by every conv group (scores summed over the conv
@@ -38,15 +44,20 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .arch import Arch
+from ..errors import TasError
 from .families import describe_model
 from .graph import ModelGraph
 from .. import distributed
 
 __all__ = ["CRITERIA", "channel_scores", "importance_permutations", "permute_channels", "order_channels",
-           "to_original", "order_teacher"]
+           "to_original", "order_teacher", "activation_importance", "task_aware_scores", "class_batches"]
 
 #: channel-importance criteria accepted by :func:`channel_scores` (``none``: identity order)
-CRITERIA = ("l1", "bn", "taylor", "none")
+CRITERIA = ("l1", "bn", "taylor", "task", "none")
+#: default relative excess of a channel's task activation norm over its general one that makes it task-exclusive
+EXCLUSIVE_THRESHOLD = 0.25
+
+Batches = Iterable[tuple[torch.Tensor, torch.Tensor]]
 
 
 def _fixed_groups(graph: ModelGraph) -> set[str]:
@@ -124,9 +135,99 @@ def _taylor_scores(model: nn.Module, graph: ModelGraph, batches: Iterable[tuple[
     return scores
 
 
+def _readers(model: nn.Module, graph: ModelGraph) -> list[tuple[str, nn.Module]]:
+    """``(group, layer)`` for every conv/linear that reads a group's channels as its input."""
+    return [(l.in_group, model.get_submodule(l.name)) for l in graph.layers
+            if l.kind in ("conv", "linear") and l.in_group is not None and l.in_group != l.out_group]
+
+
+@torch.no_grad()
+def activation_importance(model: nn.Module, graph: ModelGraph, batches: Batches
+                          ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """Per group and channel, on ``batches``: ``(importance, norm)``, both summed over the group's readers.
+
+    For each conv/linear reading the group, with ``x_c`` its input channel ``c`` over every sample
+    and position of the batches: ``norm = ‖x_c‖₂`` and ``importance = |W[:, c]|₁ · ‖x_c‖₂`` (Wanda's
+    ``|W_ij|·‖X_j‖`` summed over the weights channel ``c`` feeds), each reader's values divided by
+    their mean so every reader counts alike. The network runs in eval mode (the teacher's function).
+    """
+    readers = _readers(model, graph)
+    sq = [None] * len(readers)
+
+    def hook(i: int) -> Callable:
+        def keep(module: nn.Module, inputs: tuple[torch.Tensor, ...]) -> None:
+            x = inputs[0].detach().float()
+            s = x.pow(2).sum(dim=[d for d in range(x.dim()) if d != 1]).cpu()
+            sq[i] = s if sq[i] is None else sq[i] + s
+        return keep
+
+    handles = [m.register_forward_pre_hook(hook(i)) for i, (_, m) in enumerate(readers)]
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    try:
+        for x, _ in batches:
+            model(x.to(device))
+    finally:
+        model.train(was_training)
+        for h in handles:
+            h.remove()
+    if any(s is None for s in sq):
+        raise ValueError("activation importance needs at least one batch")
+    importance = {n: torch.zeros(g.channels) for n, g in graph.groups.items()}
+    norm = {n: torch.zeros(g.channels) for n, g in graph.groups.items()}
+    for (group, m), s in zip(readers, sq):
+        a = s.sqrt()
+        importance[group] += _normalised(_input_l1(m).float().cpu() * a)
+        norm[group] += a
+    return importance, norm
+
+
+def task_aware_scores(model: nn.Module, graph: ModelGraph, batches: Batches, task_batches: Batches,
+                      threshold: float = EXCLUSIVE_THRESHOLD) -> dict[str, torch.Tensor]:
+    """Task-aware channel importance: general and task calibration, shared / exclusive split, fused.
+
+    With :func:`activation_importance` on the general data ``G`` (``I_G``, norms ``n_G``) and on the
+    task data ``T`` (``I_T``, ``n_T``), each importance divided by its mean over the group so the two
+    are on one scale: channel ``c`` is *task-exclusive* when ``n_T(c) > (1 + threshold) · n_G(c)``
+    (the task drives it clearly harder than general data does) and scores ``I_T(c)``; a *shared*
+    channel scores ``(I_G(c) + I_T(c)) / 2``. The norms are compared per sample (each divided by the
+    square root of its data's sample count), so the two calibration sets may differ in size.
+    """
+    batches, task_batches = list(batches), list(task_batches)
+    if not task_batches:
+        raise ValueError("task-aware scores need task calibration batches (none of the task's classes seen)")
+    ig, ng = activation_importance(model, graph, batches)
+    it, nt = activation_importance(model, graph, task_batches)
+    count_g = sum(len(y) for _, y in batches)
+    count_t = sum(len(y) for _, y in task_batches)
+    scores = {}
+    for n in graph.groups:
+        exclusive = nt[n] / count_t ** 0.5 > (1 + threshold) * ng[n] / count_g ** 0.5
+        g, t = _normalised(ig[n]), _normalised(it[n])
+        scores[n] = torch.where(exclusive, t, (g + t) / 2)
+    return scores
+
+
+def class_batches(loader: Iterable, classes: Iterable[int], batches: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """The first ``batches`` non-empty batches of ``loader`` restricted to the samples of ``classes``."""
+    wanted = torch.tensor(sorted({int(c) for c in classes}))
+    out = []
+    for x, y in loader:
+        keep = torch.isin(y, wanted)
+        if keep.any():
+            out.append((x[keep], y[keep]))
+        if len(out) >= batches:
+            break
+    if not out:
+        raise TasError(f"none of the task classes {wanted.tolist()} occurs in the calibration data")
+    return out
+
+
 def channel_scores(model: nn.Module, criterion: str, graph: ModelGraph | None = None,
-                   batches: Iterable[tuple[torch.Tensor, torch.Tensor]] | None = None,
+                   batches: Batches | None = None,
                    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = F.cross_entropy,
+                   task_batches: Batches | None = None, threshold: float = EXCLUSIVE_THRESHOLD,
                    ) -> dict[str, torch.Tensor]:
     """Importance of every channel of every group (higher = more important).
 
@@ -134,8 +235,10 @@ def channel_scores(model: nn.Module, criterion: str, graph: ModelGraph | None = 
         model: a network of a supported family, with trained weights.
         criterion: one of :data:`CRITERIA` (see the module docstring).
         graph: its :class:`ModelGraph` (default: described here).
-        batches: ``(images, targets)`` pairs, needed by ``taylor``.
+        batches: ``(images, targets)`` pairs, needed by ``taylor`` and ``task`` (its general data).
         loss_fn: the loss ``taylor`` differentiates.
+        task_batches, threshold: ``task``'s task calibration data and exclusivity threshold
+            (:func:`task_aware_scores`).
     """
     if criterion not in CRITERIA:
         raise ValueError(f"unknown channel-order criterion {criterion!r} (one of {', '.join(CRITERIA)})")
@@ -147,7 +250,11 @@ def channel_scores(model: nn.Module, criterion: str, graph: ModelGraph | None = 
     if criterion == "bn":
         return _bn_scores(model, graph)
     if batches is None:
-        raise ValueError("the taylor criterion needs batches of data")
+        raise ValueError(f"the {criterion} criterion needs batches of data")
+    if criterion == "task":
+        if task_batches is None:
+            raise ValueError("the task criterion needs task calibration batches")
+        return task_aware_scores(model, graph, batches, task_batches, threshold)
     return _taylor_scores(model, graph, batches, loss_fn)
 
 
@@ -241,21 +348,27 @@ def to_original(arch: Arch, perms: Mapping[str, Any]) -> Arch:
 
 
 def order_teacher(model: nn.Module, criterion: str, loader: Iterable | None = None, batches: int = 8,
-                  saved: Mapping[str, list[int]] | None = None) -> dict[str, list[int]]:
+                  saved: Mapping[str, list[int]] | None = None,
+                  task_classes: Iterable[int] | None = None) -> dict[str, list[int]]:
     """The search's entry point: order ``model`` in place and return the permutations as lists.
 
     ``saved`` (a resumed search's) is applied as it is rather than recomputed, so a resumed search
     works on exactly the network it started with. In a distributed run rank 0's order is
-    broadcast (each rank's ``taylor`` batches are its own shard).
+    broadcast (each rank's data batches are its own shard). ``taylor`` and ``task`` read ``batches``
+    batches of ``loader``; ``task`` also as many batches of its ``task_classes`` samples.
     """
     graph = describe_model(model)
     if saved is None:
-        data = None
-        if criterion == "taylor":
+        data, task = None, None
+        if criterion in ("taylor", "task"):
             if loader is None:
-                raise ValueError("the taylor criterion needs a data loader")
-            data = (b for i, b in zip(range(batches), loader))
-        perms = importance_permutations(graph, channel_scores(model, criterion, graph, data))
+                raise ValueError(f"the {criterion} criterion needs a data loader")
+            data = [b for i, b in zip(range(batches), loader)]
+        if criterion == "task":
+            if not task_classes:
+                raise ValueError("the task criterion needs the task's classes")
+            task = class_batches(loader, task_classes, batches)
+        perms = importance_permutations(graph, channel_scores(model, criterion, graph, data, task_batches=task))
         saved = {n: p.tolist() for n, p in perms.items()}
         if distributed.is_active():
             saved = distributed.broadcast_object(saved if distributed.is_main() else None)
