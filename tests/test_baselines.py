@@ -92,7 +92,8 @@ def test_params_budget_and_refusals(model, supernet):
         _arch("l1", model, 0.01)
     with pytest.raises(TasError, match="unknown baseline"):
         _arch("magnitude", model, 0.5)
-    assert list_baselines() == ["l1", "plasticity", "random", "synflow", "uniform", "uniform-depth"]
+    assert list_baselines() == ["l1", "plasticity", "random", "synflow", "task-aware", "undecayed", "uniform",
+                                "uniform-depth"]
 
 
 def test_uniform_is_uniform_and_random_is_seeded(model, supernet):

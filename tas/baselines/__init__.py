@@ -18,7 +18,15 @@ random         as uniform                                                 random
 synflow        global SynFlow ranking, iterative (20 rounds, exp.)        highest SynFlow scores    none
 plasticity     global filter-magnitude pruning during a fine-tune at a    the surviving masks:      train
                cubic rising sparsity, with regeneration (GraNet)          magnitude + regrowth      split
+undecayed      as uniform                                                 highest ``|θ ⊙ ∇L|``      8 batches
+               (Good et al. 2022, :mod:`~tas.baselines.undecayed`)        of their filters
+task-aware     as uniform (:mod:`~tas.baselines.task_aware`)              highest task-aware score  8 + 8 of
+                                                                                                    the task
 =============  =========================================================  ========================  =======
+
+The data a baseline reads (:data:`NEEDS_DATA`) are calibration batches of the training split,
+passed as ``batches`` (and ``task_batches``: samples of ``--task-classes`` only); :func:`run_baseline`
+reads them unaugmented.
 
 All but ``uniform-depth`` are width-only: they keep every stage's full depth, so they refuse a target
 below :func:`width_only_minimum`. Each meets its budget within the space's rounding: ``cost ≤
@@ -26,13 +34,13 @@ target`` and ``target − cost`` below the cost of one candidate step of one gro
 width, where every step is most expensive), see :func:`max_step_cost`; ``uniform-depth`` below the
 cost of its next step, which may be a stage's depth step.
 """
-from . import magnitude, plasticity, scaling, synflow  # noqa: F401  (register themselves)
-from .base import (BASELINES, DEPTH_SCALING, METHODS, TRAINING, create_baseline_arch, full_depths, list_baselines,
+from . import magnitude, plasticity, scaling, synflow, task_aware, undecayed  # noqa: F401  (register themselves)
+from .base import (BASELINES, DEPTH_SCALING, METHODS, NEEDS_DATA, TRAINING, create_baseline_arch, full_depths, list_baselines,
                    max_step_cost, register_baseline, width_only_minimum)
 from .magnitude import l1_channel_scores, uniform_widths
 from .run import run_baseline
 from .synflow import synflow_scores
 
-__all__ = ["BASELINES", "DEPTH_SCALING", "TRAINING", "METHODS", "register_baseline", "list_baselines", "create_baseline_arch", "run_baseline",
+__all__ = ["BASELINES", "DEPTH_SCALING", "NEEDS_DATA", "TRAINING", "METHODS", "register_baseline", "list_baselines", "create_baseline_arch", "run_baseline",
            "max_step_cost", "full_depths", "width_only_minimum", "synflow_scores", "l1_channel_scores",
            "uniform_widths"]

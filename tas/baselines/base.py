@@ -9,7 +9,7 @@ from ..prune.arch import Arch
 from ..errors import TasError
 from ..nas.supernet import Supernet, create_supernet
 
-__all__ = ["BASELINES", "DEPTH_SCALING", "TRAINING", "METHODS", "register_baseline", "list_baselines", "create_baseline_arch",
+__all__ = ["BASELINES", "DEPTH_SCALING", "NEEDS_DATA", "TRAINING", "METHODS", "register_baseline", "list_baselines", "create_baseline_arch",
            "max_step_cost", "full_depths", "width_only_minimum"]
 
 #: ``fn(supernet, model, metric, ratio, seed, **options) -> Arch``
@@ -20,20 +20,26 @@ DEPTH_SCALING: set[str] = set()
 #: the baselines that train (they take ``train_loader``, ``epochs``, ``lr``, ``momentum``,
 #: ``weight_decay`` and ``device`` options; their epochs count against a comparison's budget)
 TRAINING: set[str] = set()
+#: the baselines that read calibration data (``batches``; ``task-aware`` also ``task_batches``)
+NEEDS_DATA: set[str] = set()
 
 #: every ``search.py --method`` (TAS itself and the registered baselines)
-METHODS = ("tas", "uniform", "uniform-depth", "l1", "synflow", "random", "plasticity")
+METHODS = ("tas", "uniform", "uniform-depth", "l1", "synflow", "random", "plasticity", "undecayed", "task-aware")
 
 
-def register_baseline(name: str, scales_depth: bool = False, trains: bool = False) -> Callable[[BaselineFn], BaselineFn]:
+def register_baseline(name: str, scales_depth: bool = False, trains: bool = False,
+                      needs_data: bool = False) -> Callable[[BaselineFn], BaselineFn]:
     """Decorator registering a baseline under ``name``; ``scales_depth``: it chooses depths too, so the
-    width-only minimum does not bound its targets; ``trains``: it fine-tunes on training data (:data:`TRAINING`)."""
+    width-only minimum does not bound its targets; ``trains``: it fine-tunes on training data (:data:`TRAINING`);
+    ``needs_data``: it reads calibration batches (:data:`NEEDS_DATA`)."""
     def wrap(fn: BaselineFn) -> BaselineFn:
         BASELINES[name] = fn
         if scales_depth:
             DEPTH_SCALING.add(name)
         if trains:
             TRAINING.add(name)
+        if needs_data:
+            NEEDS_DATA.add(name)
         return fn
     return wrap
 
@@ -76,7 +82,7 @@ def create_baseline_arch(method: str, model: nn.Module, ratio: float, metric: st
 
     Args:
         method: one of :func:`list_baselines` (``uniform``, ``uniform-depth``, ``l1``, ``synflow``, ``random``,
-            ``plasticity``).
+            ``plasticity``, ``undecayed``, ``task-aware``).
         model: the trained network (not modified).
         ratio: fraction of the full ``metric`` to keep, in (0, 1].
         metric: ``flops`` (multiply-accumulates) or ``params``.
@@ -85,7 +91,9 @@ def create_baseline_arch(method: str, model: nn.Module, ratio: float, metric: st
         meta: extra provenance stored in ``arch.meta``.
         options: method options (``synflow``: ``rounds``, ``dtype``; ``uniform-depth``: ``depth_exponent``;
             ``plasticity``: ``train_loader`` (required), ``epochs``, ``lr``, ``momentum``, ``weight_decay``,
-            ``device``, ``prune_steps``, ``prune_until``, ``regrowth``).
+            ``device``, ``prune_steps``, ``prune_until``, ``regrowth``;
+            ``undecayed``: ``batches``, ``weight_decay``; ``task-aware``: ``batches``, ``task_batches``,
+            ``threshold``).
 
     Raises:
         TasError: an unknown method, or a target below what the space (or a width-only method

@@ -18,10 +18,11 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from ..io.checkpoint import has_state
+from ..prune.channel_order import class_batches
 from ..cli import format_table
 from ..errors import TasError
 from ..io.rundir import is_finished_run, run_lock, save_run
-from .base import BASELINES, TRAINING, create_baseline_arch, list_baselines
+from .base import BASELINES, NEEDS_DATA, TRAINING, create_baseline_arch, list_baselines
 from ..nas.config import SearchConfig
 from ..train import engine
 from .. import data
@@ -41,8 +42,11 @@ def run_baseline(args: Any) -> dict[str, Any]:
     ``limit``, ``batch_size``, ``seed``, ``output``, ``overwrite``, ``device``; TAS's optimisation
     flags are ignored, except by a baseline that trains (:data:`~tas.baselines.TRAINING`: ``plasticity``),
     which fine-tunes on the training split for ``epochs`` with ``lr``, ``momentum``, ``weight_decay``
-    (``augment`` applies). Library callers may add ``synflow_rounds``. The other baselines choose
-    without data; the test split is read only to report ``top1_pruned``.
+    (``augment`` applies). Library callers may add ``synflow_rounds``, ``calibration_batches``
+    (default 8) and ``undecayed_weight_decay``. The baselines of :data:`~tas.baselines.NEEDS_DATA`
+    (``undecayed``, ``task-aware``) read ``calibration_batches`` unaugmented training batches
+    (``task-aware`` also as many batches of ``task_classes`` samples); the others choose without
+    data. The test split is read only to report ``top1_pruned``.
     """
     values = dict(args) if isinstance(args, Mapping) else dict(vars(args))
     method = values.get("method")
@@ -51,6 +55,23 @@ def run_baseline(args: Any) -> dict[str, Any]:
     cfg = SearchConfig.from_args(values)
     with run_lock(cfg.output):
         return _run_baseline(cfg, method, values)
+
+
+def _options(method: str, values: Mapping[str, Any], cfg: Any, train: Any) -> dict[str, Any]:
+    """The method's options from the flags; calibration batches for the methods that read data."""
+    if method == "synflow":
+        return {"rounds": int(values["synflow_rounds"])} if values.get("synflow_rounds") else {}
+    if method not in NEEDS_DATA:
+        return {}
+    n = int(values.get("calibration_batches") or 8)
+    options: dict[str, Any] = {"batches": [b for _, b in zip(range(n), train)]}
+    if method == "undecayed":
+        options["weight_decay"] = float(values.get("undecayed_weight_decay") or 0.0)
+    if method == "task-aware":
+        if not cfg.task_classes:
+            raise TasError("--method task-aware needs --task-classes (the class ids of the task)")
+        options["task_batches"] = class_batches(train, cfg.task_classes, n)
+    return options
 
 
 def _run_baseline(cfg: Any, method: str, values: Mapping[str, Any]) -> dict[str, Any]:
@@ -64,12 +85,13 @@ def _run_baseline(cfg: Any, method: str, values: Mapping[str, Any]) -> dict[str,
     device = resolve_device(cfg.device)
     seed_everything(cfg.seed)
     input_size = (info.in_chans, info.img_size, info.img_size)
-    options = {"rounds": int(values["synflow_rounds"])} if method == "synflow" and values.get("synflow_rounds") else {}
-    if method in TRAINING:
-        options.update(epochs=cfg.epochs, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    # calibration batches are read unaugmented; a training baseline trains on the augmented split
     loaders = data.create_loaders(cfg.dataset, data_dir=cfg.data_dir, batch_size=cfg.batch_size, workers=cfg.workers,
                                   seed=cfg.seed, download=cfg.download, img_size=info.img_size, limit=cfg.limit,
-                                  augment=cfg.augment)
+                                  augment=cfg.augment and method not in NEEDS_DATA)
+    options = _options(method, values, cfg, loaders["train"])
+    if method in TRAINING:
+        options.update(epochs=cfg.epochs, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
 
     print(f"pruning {tconfig['model']} with the {method} baseline: target {cfg.metric} ratio {cfg.ratio}")
     t0 = time.perf_counter()
@@ -89,7 +111,8 @@ def _run_baseline(cfg: Any, method: str, values: Mapping[str, Any]) -> dict[str,
                "within_tolerance": within, "wall_time_s": round(wall, 3)}
     out.mkdir(parents=True, exist_ok=True)
     arch.to_json(out / "arch.json")
-    settings = {"method": method, **dataclasses.asdict(cfg), **options}
+    settings = {"method": method, **dataclasses.asdict(cfg),
+                **{k: v for k, v in options.items() if k not in ("batches", "task_batches")}}
     save_run(out, slim, model_name=arch.model, model_kwargs=arch.model_kwargs, input_size=arch.input_size,
              metrics=metrics, extra_config={"stage": "search", "arch": arch.to_dict(), "dataset": cfg.dataset,
                                             "data": {"img_size": info.img_size, "mean": list(info.mean),
