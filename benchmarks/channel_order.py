@@ -38,7 +38,8 @@ from tas.nas.searcher import recalibrate_bn  # noqa: E402
 
 
 def prefix_accuracy(run: str, dataset: str, limit: int | None, ratios: tuple[float, ...] = (0.3, 0.5),
-                    criteria: tuple[str, ...] = CRITERIA) -> dict[str, list[tuple[float, float, float]]]:
+                    criteria: tuple[str, ...] = tuple(c for c in CRITERIA if c != "task"),  # task: no task here
+                    ) -> dict[str, list[tuple[float, float, float]]]:
     """``{criterion: [(target ratio, exact ratio, val top-1), ...]}`` for a teacher run."""
     teacher, cfg = load_run(run)
     size = cfg["input_size"][1]

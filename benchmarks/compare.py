@@ -16,9 +16,12 @@ On Fashion-MNIST (``/usr/share/datasets/fashion-mnist``, Debian ``dataset-fashio
 4. exports each slim network to ONNX (:func:`tas.deploy.export.export_onnx`) and times them all at batch
    32, interleaved with the teacher (:func:`tas.deploy.latency.ort_latency`);
 5. writes ``docs/benchmarks_compare.md`` (top-1 mean ± sample std over seeds, FLOPs and params
-   kept, ORT latency, wall time, recall distortion), a PNG plot of top-1 vs FLOPs kept per method
+   kept, ORT latency, wall time, accuracy under corruptions, recall distortion), a PNG plot of top-1 vs FLOPs kept per method
    (matplotlib; installed with pip on first use unless ``--no-install``), and prints the
-   recall-distortion summary (:func:`tas.metrics.recall_distortion`) of every slim network.
+   recall-distortion summary (:func:`tas.metrics.recall_distortion`) of every slim network;
+6. measures every slim network and the teacher under Gaussian noise, blur, contrast loss and rotation
+   at three severities (:func:`tas.metrics.robustness`, on the first ``--robust-limit`` test images)
+   and says per method whether pruning helped or hurt robustness relative to the teacher.
 
     python benchmarks/compare.py --quick   # ~10 min: 50 % only, 2 seeds, 4000 training images
     python benchmarks/compare.py           # < 2 h: 70/50/30 %, 2 seeds, 12000 training images
@@ -61,7 +64,7 @@ from tas.data import FASHION_MNIST_DIR  # noqa: E402
 from tas.io.rundir import is_finished_run  # noqa: E402
 from tas.prune.load import load_run
 
-METHODS = ("tas", "uniform", "l1", "synflow", "random", "plasticity")
+METHODS = ("tas", "uniform", "l1", "synflow", "random", "plasticity", "undecayed")
 #: TAS with a measured-latency budget (``ratio`` is then the latency fraction kept, ORT CPU at batch
 #: 32); benchmarks/latency_search.py adds these cells
 LATENCY_METHOD = "tas-latency"
@@ -154,6 +157,28 @@ class Bench:
             labels.append(y)
         return torch.cat(preds).numpy(), torch.cat(labels).numpy()
 
+    def robust(self, model) -> dict:
+        """Top-1 under corruptions (:func:`tas.metrics.robustness`) on the first ``--robust-limit`` test images."""
+        from tas.metrics import robustness
+
+        r = robustness(model, self.test_loader().dataset, limit=getattr(self.args, "robust_limit", 1000), seed=0)
+        return {"clean": r["clean"], "mean_corrupted": r["mean_corrupted"], "relative": r["relative"],
+                "accuracy": {n: {str(v): a for v, a in acc.items()} for n, acc in r["accuracy"].items()},
+                "num_samples": r["num_samples"]}
+
+    def add_robustness(self, model_name: str) -> None:
+        """Fill in the robustness of the teacher and of cached cells measured before it existed."""
+        todo = [c for c in self.results["cells"].values() if c["model"] == model_name and "robust" not in c]
+        info = self.results["teachers"][model_name]
+        if "robust" not in info:
+            info["robust"] = self.robust(load_run(self.teacher_dir(model_name))[0])
+            self.save()
+        for c in todo:
+            slim_dir = self.root / model_name / f"r{c['ratio']}" / f"s{c['seed']}" / c["method"] / "slim"
+            if is_finished_run(slim_dir):
+                c["robust"] = self.robust(load_run(slim_dir)[0])
+                self.save()
+
     # -- teacher -------------------------------------------------------------------------------
     def teacher_dir(self, model_name: str) -> Path:
         """The teacher's run directory (every cell of ``model_name`` distils from it)."""
@@ -245,6 +270,7 @@ class Bench:
         preds, labels = self.predict(slim)
         tpreds = np.load(teacher / "test_preds.npy")
         rd = recall_distortion(tpreds, preds, labels)
+        robust = self.robust(slim)
         onnx = cdir / "slim.onnx"
         export_onnx(slim, onnx, config["input_size"])
         return {"model": model_name, "ratio": ratio, "seed": seed, "method": method, "top1": metrics["top1"],
@@ -253,7 +279,7 @@ class Bench:
                 "prune_s": timing["prune_s"], "distill_s": timing["distill_s"],
                 "wall_s": round(timing["prune_s"] + timing["distill_s"], 1), "onnx": str(onnx),
                 "widths": arch.widths, "depths": arch.depths,
-                "test_top1": round(100 * float((preds == labels).mean()), 4),
+                "test_top1": round(100 * float((preds == labels).mean()), 4), "robust": robust,
                 "search_metrics": {k: v for k, v in json.loads((search_dir / "metrics.json").read_text()).items()
                                    if v is None or isinstance(v, (bool, int, float, str))},
                 "recall": {k: rd[k] for k in ("teacher_accuracy", "slim_accuracy", "mean_change_below",
@@ -296,8 +322,9 @@ def summarize(results: dict, models: list[str], ratios: list[float], methods: li
         t = results["teachers"].get(model)
         if t is None:
             continue
-        rows.append([model, "teacher", "1.00", f"{t['top1']:.2f}", "1.000", "1.000",
-                     f"{t.get('latency_ms', float('nan')):.2f}", f"{t['wall_s']:.0f}", "1"])
+        tr = t.get("robust")
+        rows.append([model, "teacher", "1.00", f"{t['top1']:.2f}", f"{tr['mean_corrupted']:.2f}" if tr else "–",
+                     "1.000", "1.000", f"{t.get('latency_ms', float('nan')):.2f}", f"{t['wall_s']:.0f}", "1"])
         for ratio in ratios:
             for method in methods:
                 cs = [c for c in results["cells"].values()
@@ -306,6 +333,7 @@ def summarize(results: dict, models: list[str], ratios: list[float], methods: li
                     continue
                 lat = [c["latency_ms"] for c in cs if "latency_ms" in c]
                 rows.append([model, method, f"{ratio:.2f}", _ms([c["top1"] for c in cs]),
+                             _ms([c["robust"]["mean_corrupted"] for c in cs if "robust" in c]),
                              f"{statistics.mean(c['flops_ratio'] for c in cs):.3f}",
                              f"{statistics.mean(c['params_ratio'] for c in cs):.3f}",
                              f"{statistics.mean(lat):.2f}" if lat else "–",
@@ -321,8 +349,41 @@ def summarize(results: dict, models: list[str], ratios: list[float], methods: li
     return rows, rd_rows
 
 
-HEADER = ["model", "method", "FLOPs target", "top-1 % (mean ± sd)", "FLOPs kept", "params kept",
-          "ORT ms @ bs 32", "wall s", "seeds"]
+HEADER = ["model", "method", "FLOPs target", "top-1 % (mean ± sd)", "corrupted top-1 %", "FLOPs kept",
+          "params kept", "ORT ms @ bs 32", "wall s", "seeds"]
+ROBUST_HEADER = ["model", "method", "FLOPs target", "clean top-1 %", "corrupted top-1 %", "corrupted / clean",
+                 "Δ vs teacher (pp of ratio)", "pruning"]
+
+
+def verdict(deltas: list[float]) -> str:
+    """``helped`` / ``hurt`` when every seed moved the corrupted/clean ratio the same way, else ``mixed``."""
+    if deltas and all(d > 0 for d in deltas):
+        return "helped"
+    if deltas and all(d < 0 for d in deltas):
+        return "hurt"
+    return "mixed" if deltas else "–"
+
+
+def summarize_robustness(results: dict, models: list[str], ratios: list[float], methods: list[str]) -> list:
+    """Rows of the robustness table: per (model, ratio, method), the corrupted/clean ratio against the teacher's."""
+    rows = []
+    for model in models:
+        t = results["teachers"].get(model, {}).get("robust")
+        if t is None:
+            continue
+        rows.append([model, "teacher", "1.00", f"{t['clean']:.2f}", f"{t['mean_corrupted']:.2f}",
+                     f"{t['relative']:.3f}", "", ""])
+        for ratio in ratios:
+            for method in methods:
+                cs = [c["robust"] for c in results["cells"].values() if c["model"] == model and c["ratio"] == ratio
+                      and c["method"] == method and "robust" in c]
+                if not cs:
+                    continue
+                deltas = [c["relative"] - t["relative"] for c in cs]
+                rows.append([model, method, f"{ratio:.2f}", _ms([c["clean"] for c in cs]),
+                             _ms([c["mean_corrupted"] for c in cs]), f"{statistics.mean(c['relative'] for c in cs):.3f}",
+                             f"{100 * statistics.mean(deltas):+.2f}", verdict(deltas)])
+    return rows
 RD_HEADER = ["model", "method", "FLOPs target", "mean Δrecall below-acc. classes %", "mean Δrecall above %",
              "intensification (pp)", "intensified"]
 
@@ -387,7 +448,7 @@ def plot(results: dict, models: list[str], methods: list[str], path: Path, insta
 
 
 def render(args, results: dict, rows: list, rd_rows: list, png: Path | None, why: str | None,
-           elapsed: float) -> str:
+           elapsed: float, robust_rows: list | None = None) -> str:
     a = args
     mode = "--full" if a.mode == "full" else "--quick" if a.mode == "quick" else ""
     if list(a.methods) != list(METHODS):  # a subset or another order: say which, so the command reruns it
@@ -417,7 +478,8 @@ def render(args, results: dict, rows: list, rd_rows: list, png: Path | None, why
         f"pass over the subset, half for the weight steps and half for the architecture steps) and distils "
         f"{a.budget - a.search_epochs}; `plasticity` fine-tunes the teacher for {a.search_epochs} while it prunes "
         f"(one pass over the subset each) and distils {a.budget - a.search_epochs}; `uniform`, `l1`, `synflow` and "
-        f"`random` choose their architecture without data and distil {a.budget}. Distillation: `train.py --arch --teacher` (weights inherited "
+        f"`random` choose their architecture without data, `undecayed` from 8 training batches, and each distils "
+        f"{a.budget}. Distillation: `train.py --arch --teacher` (weights inherited "
         f"from the teacher's kept channels, KD α 0.9 T 4, SGD lr {a.lr}, cosine), batch {a.batch_size}. All "
         f"architectures are in the same search space (`search_spaces/cifar_resnet.yaml`); the baselines "
         f"keep full depth.",
@@ -427,12 +489,26 @@ def render(args, results: dict, rows: list, rd_rows: list, png: Path | None, why
         "kept*: exact multiply-accumulate / parameter ratios of the architecture (mean over seeds). "
         "*ORT ms*: ONNX Runtime CPU latency at batch 32, median of interleaved repeats of all models of the "
         "table (the teacher included), mean over seeds. *wall s*: architecture choice + distillation per "
-        "seed (the teacher's row: its training).",
+        "seed (the teacher's row: its training). *corrupted top-1*: mean accuracy over Gaussian noise, blur, "
+        "contrast and rotation at three severities on the first "
+        f"{getattr(a, 'robust_limit', 1000)} test images (see *Robustness* below).",
         "",
         format_table(rows, HEADER),
         "",
         *([caveat, ""] if caveat else []),
         plot_line,
+        "",
+        "## Robustness",
+        "",
+        "`tas.metrics.robustness(slim, test_images, corruptions, severities)` (\"A Winning Hand\", Diffenderfer et "
+        "al. 2021): top-1 under Gaussian noise (σ 0.08/0.12/0.18), Gaussian blur (σ 0.5/0.8/1.2 px), contrast "
+        "(factor 0.4/0.25/0.15) and rotation (10°/20°/30°), seeded, on the first "
+        f"{getattr(a, 'robust_limit', 1000)} test images. *corrupted / clean*: the mean corrupted top-1 over "
+        "the clean top-1 of the same images; *Δ vs teacher*: that ratio minus the teacher's, mean over seeds; "
+        "*pruning*: `helped` when every seed's ratio is above the teacher's, `hurt` when every one is below, "
+        "else `mixed`.",
+        "",
+        format_table(robust_rows or [], ROBUST_HEADER),
         "",
         "## Recall distortion",
         "",
@@ -450,8 +526,10 @@ def render(args, results: dict, rows: list, rd_rows: list, png: Path | None, why
         "same widths and random channels; `synflow` (Tanaka et al. 2020) data-free iterative global ranking "
         "(20 rounds, exponential schedule) that also chooses the widths; `plasticity` (Liu et al. 2021, GraNet, "
         "by channel) global filter-magnitude pruning during a fine-tune at a cubic rising FLOPs sparsity, with "
-        "gradient-based regeneration of zeroed channels, which chooses the widths and the channels; "
-        "`tas` the differentiable search "
+        "gradient-based regeneration of zeroed channels, which chooses the widths and the channels; `undecayed` "
+        "(Good et al. 2022) the same widths as `l1` and the channels whose producing filters have the largest "
+        "undecayed-pruning score Σ|θ·∂L/∂θ| (the data loss's gradient without the weight-decay term, on 8 "
+        "unaugmented training batches); `tas` the differentiable search "
         "(widths and depths). Everything meets its FLOPs target from below within the space's rounding "
         "(widths are multiples of 8).",
         "",
@@ -480,6 +558,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--lr", type=float, default=0.05, help="distillation learning rate")
     p.add_argument("--latency-repeats", type=int, default=None)
+    p.add_argument("--robust-limit", type=int, default=1000,
+                   help="test images the corruption robustness is measured on (the first ones)")
     p.add_argument("--threads", type=int, default=1, help="torch and ONNX Runtime threads (default 1: shared machine)")
     p.add_argument("--data-dir", default=None)
     p.add_argument("--output", default=None, help="run directories + results.json (default runs/compare/<mode>)")
@@ -528,9 +608,12 @@ def main(argv=None) -> int:
                 f"params {res['params_ratio']:.3f}, prune {res['prune_s']:.0f}s + distil {res['distill_s']:.0f}s "
                 f"({time.perf_counter() - t0:.0f}s; {done / 60:.1f} min so far)")
         bench.latency(model)
+        bench.add_robustness(model)
     results = bench.results
     rows, rd_rows = summarize(results, args.models, args.ratios, args.methods)
+    robust_rows = summarize_robustness(results, args.models, args.ratios, args.methods)
     log("\n" + format_table(rows, HEADER))
+    log("\n" + format_table(robust_rows, ROBUST_HEADER))
     per_model = [[c["model"], c["method"], f"{c['ratio']:.2f}", c["seed"], f"{c['top1']:.2f}",
                   f"{c['recall']['teacher_accuracy']:.2f}", f"{c['recall']['slim_accuracy']:.2f}",
                   f"{100 * c['recall']['mean_change_below']:+.2f}" if c["recall"]["mean_change_below"] is not None else "–",
@@ -549,7 +632,7 @@ def main(argv=None) -> int:
         if why:
             log(f"no plot: {why}")
             png = None
-        text = render(args, results, rows, rd_rows, png, why, time.perf_counter() - start)
+        text = render(args, results, rows, rd_rows, png, why, time.perf_counter() - start, robust_rows)
         atomic_write_bytes(args.doc, text.encode())
         log(f"wrote {args.doc}" + (f" and {png}" if png else ""))
     log(f"done in {(time.perf_counter() - start) / 60:.1f} min")
