@@ -98,3 +98,11 @@ def test_class_batches_keeps_only_the_task():
     assert len(class_batches(loader, [1], 1)) == 1
     with pytest.raises(TasError, match="none of the task classes"):
         class_batches(loader, [9], 2)
+
+
+def test_search_config_needs_the_task_classes():
+    from tas.searching import SearchConfig
+
+    with pytest.raises(TasError, match="--task-classes"):
+        SearchConfig(channel_order="task").validate()
+    SearchConfig(channel_order="task", task_classes=[0, 2]).validate()
