@@ -91,7 +91,7 @@ def main(argv=None) -> int:
                                                              model_name=name)), val,
                    create_loaders("fashion-mnist", batch_size=64, img_size=size, limit=a.limit, augment=False)["train"],
                    a.task_classes)
-    rows.append(["teacher", "1.00", "1.000", f"{base[0]:.2f}", f"{base[1]:.2f}", "–", "–", "1"])
+    rows.append(["teacher", "1.00", "1.000", *(f"{v:.2f}" for v in base), "1"])
     for ratio in a.ratios:
         for method in ("l1", "task-aware"):
             cells = []
