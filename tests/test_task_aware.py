@@ -5,8 +5,10 @@ import torch
 import torch.nn as nn
 
 import tas
+from tas.prune.arch import Arch
 from tas.baselines import create_baseline_arch
 from tas.prune.channel_order import channel_scores, class_batches, order_teacher, task_aware_scores
+from tas.cli import run_main
 from tas.errors import TasError
 from tas.prune.families import describe_model
 
@@ -101,8 +103,30 @@ def test_class_batches_keeps_only_the_task():
 
 
 def test_search_config_needs_the_task_classes():
-    from tas.searching import SearchConfig
+    from tas.nas.config import SearchConfig
 
     with pytest.raises(TasError, match="--task-classes"):
         SearchConfig(channel_order="task").validate()
     SearchConfig(channel_order="task", task_classes=[0, 2]).validate()
+
+
+def _search_flags(teacher_run) -> list[str]:
+    return ["--teacher", str(teacher_run), "--dataset", "digits", "--limit", "64", "--batch-size", "16",
+            "--epochs", "1", "--no-progress", "--device", "cpu", "--flops-ratio", "0.6", "--channel-order", "task"]
+
+
+def test_search_py_channel_order_task_bad_input(tmp_path, teacher_run, search_script, capsys):
+    flags = _search_flags(teacher_run)
+    assert run_main(search_script.main, [*flags, "--output", str(tmp_path / "none")]) == 2
+    assert "--task-classes" in capsys.readouterr().err
+    assert run_main(search_script.main, [*flags, "--task-classes", "11", "--output", str(tmp_path / "absent")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error:") and "none of the task classes [11]" in err
+    assert not (tmp_path / "absent" / "arch.json").exists()
+
+
+@pytest.mark.slow
+def test_search_py_channel_order_task(tmp_path, teacher_run, search_script):
+    flags = _search_flags(teacher_run)
+    assert run_main(search_script.main, [*flags, "--task-classes", "1", "7", "--output", str(tmp_path / "ok")]) == 0
+    assert Arch.from_json(tmp_path / "ok" / "arch.json").meta["channel_order"] == "task"
