@@ -447,6 +447,15 @@ def plot(results: dict, models: list[str], methods: list[str], path: Path, insta
     return None
 
 
+def _corruption_levels() -> str:
+    """The corruptions and their severities 1/2/3, for the text (from tas.metrics.CORRUPTIONS)."""
+    from tas.metrics import CORRUPTIONS
+
+    what = {"gaussian_noise": ("Gaussian noise (σ ", ")"), "blur": ("Gaussian blur (σ ", " px)"),
+            "contrast": ("contrast (factor ", ")"), "rotation": ("rotation (", "°)")}
+    return ", ".join(f"{what[n][0]}{'/'.join(f'{v:g}' for v in levels)}{what[n][1]}" for n, levels in CORRUPTIONS.items())
+
+
 def render(args, results: dict, rows: list, rd_rows: list, png: Path | None, why: str | None,
            elapsed: float, robust_rows: list | None = None) -> str:
     a = args
@@ -501,8 +510,7 @@ def render(args, results: dict, rows: list, rd_rows: list, png: Path | None, why
         "## Robustness",
         "",
         "`tas.metrics.robustness(slim, test_images, corruptions, severities)` (\"A Winning Hand\", Diffenderfer et "
-        "al. 2021): top-1 under Gaussian noise (σ 0.08/0.12/0.18), Gaussian blur (σ 0.5/0.8/1.2 px), contrast "
-        "(factor 0.4/0.25/0.15) and rotation (10°/20°/30°), seeded, on the first "
+        f"al. 2021): top-1 under {_corruption_levels()}, seeded, on the first "
         f"{getattr(a, 'robust_limit', 1000)} test images. *corrupted / clean*: the mean corrupted top-1 over "
         "the clean top-1 of the same images; *Δ vs teacher*: that ratio minus the teacher's, mean over seeds; "
         "*pruning*: `helped` when every seed's ratio is above the teacher's, `hurt` when every one is below, "
