@@ -186,7 +186,8 @@ def robustness(model: nn.Module, dataset: Dataset, corruptions: Iterable[str] | 
         severities: severities to measure, each in ``0..3`` (0 is the clean image).
         mean, std: the dataset's normalisation (default: its ``.mean`` / ``.std``, as
             :class:`~tas.data.TensorImageDataset` has, looked up through subsets).
-        batch_size, device: evaluation batches and where the model runs (default: its parameters').
+        batch_size, device: evaluation batches and where the model runs (default: where its
+            parameters are; the CPU for a model without any).
         seed: seeds the noise.
 
     Returns:
@@ -203,7 +204,10 @@ def robustness(model: nn.Module, dataset: Dataset, corruptions: Iterable[str] | 
     m, s = _normalization(dataset, mean, std)
     if limit is not None:
         dataset = Subset(dataset, range(min(int(limit), len(dataset))))
-    device = torch.device(device) if device is not None else next(model.parameters()).device
+    if device is None:
+        first = next(model.parameters(), None)
+        device = first.device if first is not None else "cpu"
+    device = torch.device(device)
     was_training = model.training
     model.eval()
     cells = [(n, v) for n in names for v in severities]

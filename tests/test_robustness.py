@@ -77,7 +77,6 @@ def test_a_model_that_needs_contrast_loses_it():
     labels = torch.tensor([0, 1] * 10)
     images = torch.stack([0.5 + (0.3 if y else 0.05) * board for y in labels]).unsqueeze(1)
     model = _ContrastDetector()
-    model.weight_for_device = nn.Parameter(torch.zeros(1))  # robustness reads the device off a parameter
     r = robustness(model, TensorImageDataset(images, labels, INFO), ["contrast", "blur"], (1, 2, 3))
     assert r["clean"] == 100.0
     acc = r["accuracy"]["contrast"]
