@@ -99,8 +99,9 @@ def test_per_call_cost_is_subtracted_and_layers_scaled_to_the_whole():
         def __call__(self, runnable, x):
             return 1e-4 if runnable.spec.kind == "model" else super().__call__(runnable, x)
 
+    # uncalibrated (calibrate=0): how a table without whole-network fits predicts
     t = lat.build_latency_table(supernet, runtime="torch-cpu", timer=Slow(), repeats=1, warmup=0, progress=False,
-                                save=False, hardware="test")
+                                save=False, hardware="test", calibrate=0)
     assert t.clamped and t.overhead_ms == 0 and t.overhead_raw_ms < 0
     assert "clamped" in t.meta["notes"][0]
     # layers summing to more than the whole model are scaled together: the full model is predicted
@@ -346,7 +347,14 @@ def test_real_build_end_to_end(runtime, tmp_path):
     assert t.whole_ms > 0 and t.call_ms > 0 and all(np.isfinite(e.times).all() and (e.times >= 0).all() for e in t.layers)
     # invariants only: on a model this small, timing noise can make the narrowest, shallowest
     # architecture predict slower than the full one (CI saw 0.187 vs 0.181 ms)
-    assert t.full() == pytest.approx(t.whole_ms, rel=1e-9)
+    # calibrated, the full model is predicted by the fit to the networks timed whole (the full
+    # one among them), else at the whole model's time
+    if t.calibration is None:
+        assert t.full() == pytest.approx(t.whole_ms, rel=1e-9)
+    else:
+        fit, (layers, mb) = t.calibration["cold"], t.layer_sums(s.full_arch().widths, s.full_arch().depths)
+        assert t.full() == pytest.approx(fit["overhead"] + fit["scale"] * layers + fit["per_mb"] * mb, rel=1e-9)
+        assert t.calibration["samples"][0]["cold_ms"] > 0 and len(t.calibration["samples"]) == 2 + lat.CALIBRATION_ARCHS
     assert 0 <= t.fastest(s)[0] <= t.smallest(s) and np.isfinite(t.smallest(s))
     assert t.key["runtime"] == runtime and t.key["threads"] == 1
     if runtime == "ort-cpu":
@@ -432,8 +440,9 @@ def test_timer_calls_per_visit():
     for warm in (0, 2):
         timer = FakeTimer()
         lat.build_latency_table(supernet, runtime="torch-cpu", timer=timer, repeats=3, warmup=1, progress=False,
-                                save=False, hardware="test", warm_calls=warm)
-        assert timer.calls == (n + 2) * (3 + 1) * (1 + warm)  # + the whole model and the empty one
+                                save=False, hardware="test", warm_calls=warm, calibrate=2)
+        calibration = 4 * (3 + 1) * ((1 + warm) + (1 + max(1, warm)))  # 4 networks, cold and steady
+        assert timer.calls == (n + 2) * (3 + 1) * (1 + warm) + calibration  # + the whole model and the empty one
 
 
 def test_space_widths_override_and_bad_divisor():

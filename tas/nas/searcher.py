@@ -574,7 +574,9 @@ def _summary_rows(cfg: SearchConfig, result: SearchResult, out: Path | None) -> 
                     f"(ratio {m['measured_latency_ratio']:.3f}, predicted {m['predicted_latency_ratio']:.3f}; "
                     f"error {m['prediction_error']:+.1%} in ms, {m['ratio_prediction_error']:+.1%} as a ratio)"],
                    ["latency, steady state (ms)", f"{m['steady_full_latency_ms']:.3f}",
-                    f"{m['steady_latency_ms']:.3f} (ratio {m['steady_latency_ratio']:.3f})"]]
+                    f"{m['steady_latency_ms']:.3f} (ratio {m['steady_latency_ratio']:.3f}"
+                    + (f", predicted {m['predicted_steady_latency_ratio']:.3f})"
+                       if "predicted_steady_latency_ratio" in m else ")")]]
     return [
         ["FLOPs (MACs)", f"{arch.full_flops:,}", f"{arch.flops:,} ({arch.flops_ratio:.3f})"],
         ["params", f"{arch.full_params:,}", f"{arch.params:,} ({arch.params_ratio:.3f})"],

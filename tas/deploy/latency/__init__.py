@@ -58,15 +58,19 @@ Command line::
 from __future__ import annotations
 
 # One module per job: micro (what is timed), measure (timing), table (the table and its costs),
-# build (measuring a table, and its cache), check (a prediction against the exported networks);
+# build (measuring a table, re-measuring its noisy entries, calibrating it, and its cache),
+# calibrate (the fit to whole networks), check (a prediction against the exported networks);
 # the command line is tas.commands.latency. Code outside the package imports the package and calls
 # through it (``latency.load_or_build(...)``), so a name replaced here
 # (``monkeypatch.setattr(tas.deploy.latency, "load_or_build", ...)``) is the one it calls.
-from .build import DEFAULT_CACHE_DIR, build_latency_table, cache_key, cache_path, load_or_build
+from .build import (CALIBRATION_ARCHS, DEFAULT_CACHE_DIR, NOISE_LIMIT, build_latency_table, cache_key, cache_path,
+                    load_or_build, refresh_noisy, warn_if_noisy)
+from .calibrate import calibration_archs, fit_calibration, fit_timing
 from .check import check_prediction
-from .measure import RUNTIMES, hardware_string, measure, measure_onnx, ort_latency, perf_timer
+from .measure import (RUNTIMES, cuda_event_timer, hardware_string, measure, measure_onnx, measure_stats, ort_latency,
+                      perf_timer, spread)
 from .micro import MicroSpec, Runnable
-from .table import LatencyTable, LayerEntry, aligned_candidates
+from .table import TIMINGS, LatencyTable, LayerEntry, aligned_candidates, budget_grids
 
 # Not in __all__, but importable from here as before the split (the tests use the private ones).
 from .build import _entries  # noqa: F401
@@ -76,4 +80,6 @@ from .table import FORMAT_VERSION, _interp  # noqa: F401
 
 __all__ = ["RUNTIMES", "DEFAULT_CACHE_DIR", "MicroSpec", "Runnable", "LayerEntry", "LatencyTable",
            "build_latency_table", "load_or_build", "cache_key", "cache_path", "hardware_string",
-           "aligned_candidates", "check_prediction", "measure", "measure_onnx", "ort_latency", "perf_timer"]
+           "aligned_candidates", "check_prediction", "measure", "measure_onnx", "ort_latency", "perf_timer",
+           "CALIBRATION_ARCHS", "NOISE_LIMIT", "TIMINGS", "refresh_noisy", "warn_if_noisy", "calibration_archs",
+           "fit_calibration", "fit_timing", "cuda_event_timer", "measure_stats", "spread", "budget_grids"]

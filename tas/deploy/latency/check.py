@@ -23,12 +23,14 @@ def check_prediction(table: LatencyTable, slim: torch.nn.Module, original: torch
     prediction and a latency budget refer to; then in the steady state (each timed call right after
     an untimed one, as when a network is served back to back), reported beside it. A network whose
     weights fit in the cache runs relatively faster in the steady state than its cold layers
-    predict; the table's ``steady_scale`` (when measured) maps absolute predictions there.
+    predict; the table's calibration (or, without one, its ``steady_scale``) predicts that timing.
 
     Returns the ``metrics.json`` entries: predicted and measured ms and ratios of both networks,
     ``prediction_error`` (ms), ``ratio_prediction_error`` (both parts of a ratio timed side by
     side: free of the machine's drift), ``full_prediction_error`` (that drift, seen on the
-    original, which the table timed whole) and the steady-state figures.
+    original, which the table timed whole), ``budget_latency_ratio`` (the ratio the search's budget
+    saw: :meth:`LatencyTable.exact`'s) and the steady-state figures (predicted ones when the
+    table predicts that timing).
     """
     size: Sequence[int] = arch.input_size
     with tempfile.TemporaryDirectory(prefix="tas-latency-check-") as tmp:
@@ -38,15 +40,20 @@ def check_prediction(table: LatencyTable, slim: torch.nn.Module, original: torch
         full_ms, slim_ms = measure_onnx(paths, size, batch=batch, threads=threads,
                                         warm_calls=int(table.meta.get("warm_calls", 0)))
         steady_full_ms, steady_ms = measure_onnx(paths, size, batch=batch, threads=threads, warm_calls=1)
-    predicted, predicted_full = table.exact_arch(arch), table.full()
+    full = {n: g["channels"] for n, g in arch.groups.items()}, {n: s["blocks"] for n, s in arch.stages.items()}
+    predicted, predicted_full = table.predict_arch(arch, "cold"), table.predict(*full, "cold")
     predicted_ratio = predicted / predicted_full
     out = {"predicted_latency_ms": predicted, "measured_latency_ms": slim_ms, "full_latency_ms": full_ms,
            "predicted_full_latency_ms": predicted_full, "full_prediction_error": predicted_full / full_ms - 1,
            "predicted_latency_ratio": predicted_ratio, "measured_latency_ratio": slim_ms / full_ms,
+           "budget_latency_ratio": table.exact_arch(arch) / table.full(),
            "prediction_error": predicted / slim_ms - 1,
            "ratio_prediction_error": predicted_ratio / (slim_ms / full_ms) - 1,
            "steady_latency_ms": steady_ms, "steady_full_latency_ms": steady_full_ms,
            "steady_latency_ratio": steady_ms / steady_full_ms, "latency_runtime": table.key.get("runtime")}
-    if table.steady_scale is not None:
-        out["steady_prediction_error"] = predicted * table.steady_scale / steady_ms - 1
+    steady, steady_full = table.predict_arch(arch, "steady"), table.predict(*full, "steady")
+    if steady is not None:
+        out.update(predicted_steady_latency_ms=steady, steady_prediction_error=steady / steady_ms - 1,
+                   predicted_steady_latency_ratio=steady / steady_full,
+                   steady_ratio_prediction_error=steady / steady_full / (steady_ms / steady_full_ms) - 1)
     return out

@@ -34,9 +34,46 @@ def perf_timer(runnable: Runnable, x: Any) -> float:
     return time.perf_counter() - t0
 
 
+def cuda_event_timer(event: Callable[..., Any] | None = None) -> Timer:
+    """A timer for ``torch-cuda``: the GPU time between two CUDA events recorded around the call.
+
+    The wall clock on the host would time the launches, not the kernels (they run asynchronously);
+    the events are stamped on the GPU's stream, and ``elapsed_time`` (ms) between them is read once
+    the end event has completed. ``event`` builds an event (default ``torch.cuda.Event``, with
+    timing enabled); tests pass a fake one.
+    """
+    make = event or torch.cuda.Event
+
+    def timer(runnable: Runnable, x: Any) -> float:
+        start, end = make(enable_timing=True), make(enable_timing=True)
+        start.record()
+        runnable(x)
+        end.record()
+        end.synchronize()
+        return float(start.elapsed_time(end)) / 1e3
+
+    timer.__name__ = "cuda_event"  # type: ignore[attr-defined]
+    return timer
+
+
+def spread(times: Sequence[float]) -> float:
+    """How noisy repeated timings are: interquartile range over median (0 for fewer than 2)."""
+    if len(times) < 2:
+        return 0.0
+    q1, _, q3 = statistics.quantiles(times, n=4, method="inclusive")
+    med = statistics.median(times)
+    return float((q3 - q1) / med) if med > 0 else 0.0
+
+
 def measure(runnables: Sequence[Runnable], inputs: Sequence[Any], repeats: int, warmup: int,
             timer: Timer | None = None, pre: int = 0, progress: Any = None) -> list[float]:
-    """Median seconds of each runnable, measured interleaved.
+    """Median seconds of each runnable, measured interleaved (:func:`measure_stats` without the spreads)."""
+    return measure_stats(runnables, inputs, repeats, warmup, timer, pre, progress)[0]
+
+
+def measure_stats(runnables: Sequence[Runnable], inputs: Sequence[Any], repeats: int, warmup: int,
+                  timer: Timer | None = None, pre: int = 0, progress: Any = None) -> tuple[list[float], list[float]]:
+    """Median seconds and :func:`spread` of each runnable, measured interleaved.
 
     Every repeat visits all runnables once, round-robin, starting one further along each time;
     each visit makes ``pre`` untimed calls (through ``timer``, result ignored) and one timed call.
@@ -55,7 +92,7 @@ def measure(runnables: Sequence[Runnable], inputs: Sequence[Any], repeats: int, 
                 times[i].append(t)
         if progress is not None:
             progress.update(1)
-    return [float(statistics.median(t)) for t in times]
+    return [float(statistics.median(t)) for t in times], [spread(t) for t in times]
 
 
 def _check_args(runtime: str, batch: int, threads: int, repeats: int, warmup: int) -> None:
@@ -119,7 +156,13 @@ def session(path):
     o.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     o.log_severity_level = 3
     return ort.InferenceSession(path, sess_options=o, providers=["CPUExecutionProvider"])
-out = []
+def spread(t):
+    if len(t) < 2:
+        return 0.0
+    q1, _, q3 = statistics.quantiles(t, n=4, method="inclusive")
+    m = statistics.median(t)
+    return (q3 - q1) / m if m > 0 else 0.0
+out, spreads = [], []
 for c, chunk in enumerate(job["chunks"]):
     sessions = [session(it["path"]) for it in chunk]
     arrays, feeds = {}, []
@@ -143,15 +186,19 @@ for c, chunk in enumerate(job["chunks"]):
                 times[i].append(dt)
         print("repeat", c, r, flush=True)
     out.append([statistics.median(t) for t in times])
+    spreads.append([spread(t) for t in times])
     del sessions
 with open(job["result"], "w") as f:
-    json.dump({"medians": out, "shared_pool": shared}, f)
+    json.dump({"medians": out, "spreads": spreads, "shared_pool": shared}, f)
 """
 
 
 def _measure_ort_subprocess(paths: list[list[Path]], shapes: list[list[tuple[int, ...]]], threads: int,
-                            repeats: int, warmup: int, workdir: Path, bar: Any, pre: int = 0) -> tuple[list[list[float]], bool]:
-    """Median seconds per ONNX file, chunk by chunk, measured by :data:`_ORT_WORKER` in a fresh process."""
+                            repeats: int, warmup: int, workdir: Path, bar: Any, pre: int = 0
+                            ) -> tuple[list[list[float]], list[list[float]], bool]:
+    """Median seconds and :func:`spread` per ONNX file, chunk by chunk, measured by
+    :data:`_ORT_WORKER` (which repeats :func:`spread`: it imports nothing of tas) in a fresh process;
+    and whether the worker shared one thread pool."""
     job = {"threads": threads, "repeats": repeats, "warmup": warmup, "pre": pre, "input_name": INPUT_NAME,
            "result": str(workdir / "result.json"),
            "chunks": [[{"path": str(p), "shape": list(sh)} for p, sh in zip(pc, sc)] for pc, sc in zip(paths, shapes)]}
@@ -179,7 +226,7 @@ def _measure_ort_subprocess(paths: list[list[Path]], shapes: list[list[tuple[int
     result = json.loads((workdir / "result.json").read_text())
     for n in notes:
         print(f"note: {n}", file=sys.stderr)
-    return result["medians"], bool(result["shared_pool"])
+    return result["medians"], result["spreads"], bool(result["shared_pool"])
 
 
 def measure_onnx(paths: Sequence[str | os.PathLike], input_size: Sequence[int], batch: int = 1, threads: int = 2,
@@ -191,7 +238,7 @@ def measure_onnx(paths: Sequence[str | os.PathLike], input_size: Sequence[int], 
     _check_args("ort-cpu", batch, threads, repeats, warmup)
     shape = (int(batch), *[int(s) for s in input_size])
     with tempfile.TemporaryDirectory(prefix="tas-latency-") as tmp:
-        med, _ = _measure_ort_subprocess([[Path(p) for p in paths]], [[shape] * len(paths)], threads, repeats, warmup,
+        med, _, _ = _measure_ort_subprocess([[Path(p) for p in paths]], [[shape] * len(paths)], threads, repeats, warmup,
                                          Path(tmp), None, pre=warm_calls)
     return [m * 1e3 for m in med[0]]
 
