@@ -19,6 +19,14 @@ of its layers' full-width entries. When the layers sum to more (each timed alone
 cold), the overhead is 0 and every entry is scaled by ``whole / Σ layers`` instead
 (``layer_scale``), so the full model is always predicted at its measured latency.
 
+Calibration (:mod:`.calibrate`): the build also times the full, the smallest and a few random
+networks of the space whole, cold and in the steady state, and fits per timing ``overhead + scale
+× Σ entries + per_mb × Σ weight MB`` by least squares; a calibrated table predicts each timing
+(:meth:`LatencyTable.predict`) and budgets the blend of the two ratios. Noise: every entry keeps the
+spread of its repeats, noisy ones are measured again, and the table records the load average
+before and after; :func:`warn_if_noisy` says when it stays too noisy to trust. ``torch-cuda``
+times with CUDA events (:func:`cuda_event_timer`).
+
 Measurement (:func:`measure`): every repeat visits *all* micro-models round-robin, starting one
 further along each time, so whatever else the machine does slows every grid point alike; an entry
 is the median over repeats minus the median of an empty model's call (the per-call cost a layer
@@ -37,7 +45,7 @@ each micro-model is written as the ONNX nodes the TorchScript exporter produces 
 :func:`tas.deploy.export.export_onnx` does. The timing runs in a fresh interpreter where all sessions share
 one global intra-op pool of ``threads`` threads: with ORT's default pool per session, hundreds of
 sessions spin hundreds of threads against each other, 100x slower and with inflated medians),
-``torch-cpu`` (eager, ``torch.set_num_threads(threads)``) and ``torch-cuda`` (synchronised).
+``torch-cpu`` (eager, ``torch.set_num_threads(threads)``) and ``torch-cuda`` (CUDA events, synchronised).
 An injected ``timer`` always runs in-process (for ``ort-cpu`` with one pool per session).
 
 Tables are cached as JSON (:func:`load_or_build`) under ``~/.cache/tas/latency``, keyed by the model
