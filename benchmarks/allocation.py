@@ -25,6 +25,7 @@ caches and times the cells). What it changes:
   a plot against FLOPs and against latency.
 
     python benchmarks/allocation.py --quick   # <= 10 min: machinery check, cifar_resnet20, tiny subset
+    python benchmarks/allocation.py --preset cpu   # ~1-2 h on one thread: resnet20, ratios 0.25/0.12, 3 seeds
     python benchmarks/allocation.py           # hours: the benchmark (resumable; rerun to continue)
 
 Resumable like compare.py (``<output>/results.json``). Not a test: nothing here asserts.
@@ -66,7 +67,11 @@ from tas.io.rundir import is_finished_run  # noqa: E402
 
 DATASET = "fashion-mnist-alloc"
 WIDTH_ONLY = ("uniform", "l1", "synflow")
-METHODS = ("tas", LATENCY_METHOD, "uniform", "uniform-depth", "l1", "synflow")
+#: diagnostic: the same seed's ``tas`` architecture distilled for the whole budget, as the baselines are
+#: (isolates the architecture from the epochs TAS spends searching); runs after that ``tas`` cell
+ARCH_ONLY = "tas-arch"
+METHODS = ("tas", LATENCY_METHOD, "uniform", "uniform-depth", "l1", "synflow", ARCH_ONLY)
+SEARCHES = ("tas", LATENCY_METHOD)  # the methods that search (their metrics.json reports the pre-decode argmax)
 REFERENCES = ("uniform", "uniform-depth")  # the trivial rule a ratio is compared against, in order
 
 MODES = {
@@ -75,6 +80,12 @@ MODES = {
               "test_limit": 1000, "teacher_epochs": 2, "teacher_cap": 4, "budget": 2, "search_epochs": 1, "batch_size": 32,
               "latency_repeats": 20, "uniform_depth": "always",
               "methods": ["tas", "uniform", "uniform-depth", "l1", "synflow"]},
+    # a reduced but honest run for one shared CPU thread (about an hour): one cheap model, the two ratios
+    # where allocation matters, three seeds
+    "cpu": {"models": ["cifar_resnet20"], "ratios": [0.25, 0.12], "seeds": [0, 1, 2], "limit": 5000, "val": 1000,
+            "test_limit": 2000, "teacher_epochs": 4, "teacher_cap": 8, "budget": 4, "search_epochs": 1,
+            "batch_size": 64, "latency_repeats": 20, "uniform_depth": "auto",
+            "methods": ["tas", "uniform", "uniform-depth", "l1", ARCH_ONLY]},
     "full": {"models": ["cifar_resnet56", "cifar_mobilenetv2"], "ratios": [0.5, 0.25, 0.12], "seeds": [0, 1, 2],
              "limit": 20000, "val": 5000, "teacher_epochs": 10, "teacher_cap": 80, "budget": 8, "search_epochs": 2,
              "test_limit": None, "batch_size": 64, "latency_repeats": 50, "uniform_depth": "auto", "methods": list(METHODS)},
@@ -171,10 +182,47 @@ class AllocationBench(compare.Bench):
             self.save()
         return info
 
+    def search_epochs(self, method: str) -> int:
+        return 0 if method == ARCH_ONLY else super().search_epochs(method)
+
+    def cell_dir(self, model_name: str, ratio: float, seed: int, method: str) -> Path:
+        return self.root / model_name / f"r{ratio}" / f"s{seed}" / method
+
     def cell(self, model_name: str, ratio: float, seed: int, method: str) -> dict:
+        if method == ARCH_ONLY:
+            self.borrow_search(model_name, ratio, seed)
         res = super().cell(model_name, ratio, seed, method)
         res["val_top1"], res["top1"] = res["top1"], res["test_top1"]
+        # the band's tolerance is a search setting: arch.json's meta records it, metrics.json does not
+        meta = json.loads((self.cell_dir(model_name, ratio, seed, method) / "search" / "arch.json").read_text())
+        res["search_metrics"].setdefault("tolerance", meta.get("meta", {}).get("tolerance"))
         return res
+
+    def borrow_search(self, model_name: str, ratio: float, seed: int) -> None:
+        """Point the :data:`ARCH_ONLY` cell's search at the same seed's ``tas`` search (no second search)."""
+        src = self.cell_dir(model_name, ratio, seed, "tas")
+        if not (src / "search" / "arch.json").is_file():
+            raise TasError(f"{ARCH_ONLY} needs the tas cell of {model_name} r{ratio} s{seed} first")
+        cdir = self.cell_dir(model_name, ratio, seed, ARCH_ONLY)
+        cdir.mkdir(parents=True, exist_ok=True)
+        if not (cdir / "search").exists():
+            (cdir / "search").symlink_to((src / "search").resolve(), target_is_directory=True)
+        if not (cdir / "timing.json").is_file():
+            prune_s = json.loads((src / "timing.json").read_text())["prune_s"]
+            atomic_write_bytes(cdir / "timing.json", json.dumps({"prune_s": prune_s}).encode())
+
+    def is_current(self, key: str) -> bool:
+        """Whether the cached cell ``key`` can be reused; a search cell whose search predates the
+        pre-decode report is dropped (its timing too), so that it is searched and distilled again."""
+        c = self.results["cells"].get(key)
+        if c is None or not Path(c["onnx"]).is_file():
+            return False
+        if c["method"] in SEARCHES and search_diagnostics(c.get("search_metrics", {}))[0] is None:
+            timing = self.cell_dir(c["model"], c["ratio"], c["seed"], c["method"]) / "timing.json"
+            timing.unlink(missing_ok=True)
+            del self.results["cells"][key]
+            return False
+        return True
 
 
 def width_only_minimum(model_name: str, img_size: int) -> float:
@@ -199,10 +247,13 @@ def plan(args, minimum: dict[str, float]) -> list[tuple[str, float, int, str]]:
                     continue
                 if meth == "uniform-depth" and reachable and args.uniform_depth == "auto":
                     continue
+                if meth == ARCH_ONLY and "tas" not in args.methods:
+                    continue
                 cells += [(m, r, s, meth) for s in args.seeds]
         if LATENCY_METHOD in args.methods:
             cells += [(m, r, s, LATENCY_METHOD) for r in args.latency_ratios for s in args.seeds]
-    return cells
+    # seed by seed (a run stopped early still has complete pairs); a tas-arch cell borrows its seed's tas search
+    return sorted(cells, key=lambda c: (c[2], c[3] == ARCH_ONLY))
 
 
 # -- analysis ---------------------------------------------------------------------------------------
@@ -279,7 +330,7 @@ def search_diagnostics(metrics: dict) -> tuple[float | None, int | None]:
 def tas_rows(results: dict, models: list[str]) -> list[list]:
     rows = []
     for c in sorted(results["cells"].values(), key=lambda c: (c["model"], c["method"], -c["ratio"], c["seed"])):
-        if c["model"] not in models or not c["method"].startswith("tas"):
+        if c["model"] not in models or c["method"] not in SEARCHES:
             continue
         sm = c.get("search_metrics", {})
         ratio, moves = search_diagnostics(sm)
@@ -321,7 +372,7 @@ def render(args, results: dict, png: Path | None, why: str | None, elapsed: floa
              if a.mode == "quick" else "")
     lines = [
         "# Where allocation matters: TAS against uniform scaling at low FLOPs (issue 14)", "",
-        f"Generated by `python benchmarks/allocation.py{' --quick' if a.mode == 'quick' else ''}` on "
+        f"Generated by `python benchmarks/allocation.py{'' if a.mode == 'full' else ' --preset ' + a.mode}` on "
         f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC ({elapsed / 60:.1f} min this invocation; cells cached in "
         f"`{_shown(a.output)}/results.json`): {os.cpu_count()} CPU cores ({platform.machine()}, shared, 1-min "
         f"load {a.load[0]:.1f} at the start, {os.getloadavg()[0]:.1f} at the end), torch {torch.__version__}, "
@@ -376,6 +427,8 @@ def render(args, results: dict, png: Path | None, why: str | None, elapsed: floa
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="<= 10 min machinery check (cifar_resnet20, tiny subset)")
+    p.add_argument("--preset", choices=tuple(MODES), default=None,
+                   help="defaults for every unset flag: quick (= --quick), cpu (one thread, ~1-2 h), full (the default)")
     p.add_argument("--models", nargs="+", default=None)
     p.add_argument("--methods", nargs="+", default=None, choices=METHODS)
     p.add_argument("--ratios", type=float, nargs="+", default=None, help="FLOPs fractions kept")
@@ -408,7 +461,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--verbose", action="store_true")
     args = p.parse_args(argv)
-    args.mode = "quick" if args.quick else "full"
+    if args.quick and args.preset not in (None, "quick"):
+        sys.exit("error: --quick is --preset quick; give one of them")
+    args.mode = "quick" if args.quick else (args.preset or "full")
     for key, value in MODES[args.mode].items():
         if getattr(args, key, None) is None:
             setattr(args, key, value)
@@ -419,7 +474,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     if args.teacher_epochs > args.teacher_cap:
         sys.exit("error: --teacher-epochs must be <= --teacher-cap")
     args.output = args.output or str(REPO / "runs" / "allocation" / args.mode)
-    suffix = "_quick" if args.mode == "quick" else ""
+    suffix = "" if args.mode == "full" else f"_{args.mode}"
     args.doc = args.doc or str(REPO / "docs" / f"benchmarks_allocation{suffix}.md")
     return args
 
@@ -441,7 +496,7 @@ def main(argv=None) -> int:
         todo = [c for c in cells if c[0] == model]
         for i, (m, r, s, meth) in enumerate(todo):
             key = f"{m}/r{r}/s{s}/{meth}"
-            if key in bench.results["cells"] and Path(bench.results["cells"][key]["onnx"]).is_file():
+            if bench.is_current(key):
                 log(f"[{i + 1}/{len(todo)}] {key}: cached (top-1 {bench.results['cells'][key]['top1']:.2f}%)")
                 continue
             if key in bench.results["skipped"]:

@@ -223,6 +223,10 @@ class Bench:
         return info
 
     # -- one cell ------------------------------------------------------------------------------
+    def search_epochs(self, method: str) -> int:
+        """Of the post-teacher budget, the epochs ``method`` spends choosing its architecture."""
+        return self.args.search_epochs if method.startswith("tas") or method in TRAINING else 0
+
     def cell(self, model_name: str, ratio: float, seed: int, method: str) -> dict:
         from tas.nas import searcher as searching
         from tas.train import run as train_run
@@ -236,7 +240,7 @@ class Bench:
         timing_path = cdir / "timing.json"
         timing = json.loads(timing_path.read_text()) if timing_path.is_file() else {}
         search_dir, slim_dir = cdir / "search", cdir / "slim"
-        search_epochs = a.search_epochs if method.startswith("tas") or method in TRAINING else 0
+        search_epochs = self.search_epochs(method)
         distill_epochs = a.budget - search_epochs
         cdir.mkdir(parents=True, exist_ok=True)
         with open(cdir / "log.txt", "a") as logf, contextlib.redirect_stdout(logf if not a.verbose else sys.stdout):

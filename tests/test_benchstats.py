@@ -84,3 +84,50 @@ def test_search_diagnostics_read_defensively():
     assert allocation.search_diagnostics({"projection_steps": 3, "flops_ratio": 0.49}) == (None, 3)
     assert allocation.search_diagnostics({"decode_moves": 0, "pre_decode_ratio": 0.48}) == (0.48, 0)
     assert allocation.search_diagnostics({"final_argmax_ratio": 0.47}) == (0.47, None)
+
+
+def _bench(tmp_path):
+    return allocation.AllocationBench(allocation.parse_args(["--preset", "cpu", "--output", str(tmp_path / "b")]))
+
+
+def _cached(bench, tmp_path, method, search_metrics):
+    """A finished cell of ``method`` in ``bench``'s cache: its ONNX file and timing.json exist."""
+    onnx = tmp_path / f"{method}.onnx"
+    onnx.write_bytes(b"x")
+    cdir = bench.cell_dir("m", 0.25, 0, method)
+    cdir.mkdir(parents=True)
+    (cdir / "timing.json").write_text('{"prune_s": 1.0, "distill_s": 2.0}')
+    key = f"m/r0.25/s0/{method}"
+    bench.results["cells"][key] = {**_cell(method, 0.25, 0, 80.0), "onnx": str(onnx), "search_metrics": search_metrics}
+    return key, cdir / "timing.json"
+
+
+def test_a_search_cell_cached_before_the_pre_decode_report_is_searched_again(tmp_path):
+    """The --quick report showed '0/2 cells report the ratio': its tas cells were cached from searches
+    that predate the pre-decode argmax report, and a cached cell was reused whatever it held."""
+    bench = _bench(tmp_path)
+    old, old_timing = _cached(bench, tmp_path, "tas", {"projection_steps": 1, "flops_ratio": 0.24})
+    new, new_timing = _cached(bench, tmp_path, "tas-latency", {"pre_decode_ratio": 0.23, "decode_moves": 0})
+    base, base_timing = _cached(bench, tmp_path, "uniform", {})  # a baseline has no search to report
+    assert not bench.is_current(old)
+    assert old not in bench.results["cells"] and not old_timing.exists()  # compare.Bench.cell searches again
+    assert bench.is_current(new) and new_timing.exists()
+    assert bench.is_current(base) and base_timing.exists()
+    Path(bench.results["cells"][base]["onnx"]).unlink()
+    assert not bench.is_current(base)
+
+
+def test_tas_arch_distils_the_tas_architecture_for_the_whole_budget(tmp_path):
+    bench = _bench(tmp_path)
+    assert bench.search_epochs("tas") == 1 and bench.search_epochs("tas-arch") == 0
+    assert bench.search_epochs("uniform") == 0
+    args = allocation.parse_args(["--preset", "cpu", "--seeds", "0", "1", "--ratios", "0.25"])
+    cells = allocation.plan(args, {"cifar_resnet20": 0.132})
+    order = [(s, meth) for _, _, s, meth in cells]
+    for s in (0, 1):  # each tas-arch cell after the tas search it borrows, seed by seed
+        assert order.index((s, "tas")) < order.index((s, "tas-arch"))
+    assert max(order.index((0, m)) for m in ("tas", "uniform", "l1", "tas-arch")) < order.index((1, "tas"))
+    args.methods = ["uniform", "tas-arch"]  # nothing to borrow from
+    assert [c[3] for c in allocation.plan(args, {"cifar_resnet20": 0.132})] == ["uniform", "uniform"]
+    with pytest.raises(allocation.TasError, match="tas cell"):
+        bench.borrow_search("m", 0.25, 0)

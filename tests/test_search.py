@@ -16,6 +16,9 @@ from tas.cli import run_main
 from tas.prune.flops import count_flops
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "benchmarks"))
+
+import allocation  # noqa: E402  (benchmarks/allocation.py)
 FLAGS = ["--dataset", "digits", "--limit", "256", "--batch-size", "32", "--epochs", "2", "--log-every", "2",
          "--no-progress", "--device", "cpu"]
 
@@ -279,3 +282,14 @@ def test_fill_decode_spends_the_budget_up_to_the_target():
     # the default: filled for a latency target, TAS's band for FLOPs and params
     assert SearchConfig(latency_ratio=0.5).fill and not SearchConfig(flops_ratio=0.5).fill
     assert SearchConfig(flops_ratio=0.5, fill_budget=True).fill
+
+
+def test_the_allocation_benchmark_reads_the_pre_decode_report(search_run):
+    """benchmarks/allocation.py finds the pre-decode argmax ratio and the decode moves in a search's
+    metrics.json under the names the search writes them (arch.json's meta records the same figures)."""
+    metrics = json.loads((search_run / "metrics.json").read_text())
+    meta = json.loads((search_run / "arch.json").read_text())["meta"]
+    ratio, moves = allocation.search_diagnostics(metrics)
+    assert ratio is not None and moves is not None
+    assert ratio == pytest.approx(meta["pre_decode_ratio"]) and moves == meta["projection_steps"]
+    assert 0 < ratio < 1.5
