@@ -38,6 +38,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # see train.py
 
 import argparse  # noqa: E402
 import contextlib  # noqa: E402
+import dataclasses  # noqa: E402
 import json  # noqa: E402
 import platform  # noqa: E402
 import statistics  # noqa: E402
@@ -64,14 +65,22 @@ from tas.io.checkpoint import atomic_write_bytes  # noqa: E402
 from tas.cli import format_table  # noqa: E402
 from tas.errors import TasError  # noqa: E402
 from tas.io.rundir import is_finished_run  # noqa: E402
+from tas.nas.space import load_space  # noqa: E402
 
 DATASET = "fashion-mnist-alloc"
-WIDTH_ONLY = ("uniform", "l1", "synflow")
+WIDTH_ONLY = ("uniform", "l1", "synflow", "tas-width")  # no depth choice: none below the width-only minimum
 #: diagnostic: the same seed's ``tas`` architecture distilled for the whole budget, as the baselines are
 #: (isolates the architecture from the epochs TAS spends searching); runs after that ``tas`` cell
 ARCH_ONLY = "tas-arch"
-METHODS = ("tas", LATENCY_METHOD, "uniform", "uniform-depth", "l1", "synflow", ARCH_ONLY)
-SEARCHES = ("tas", LATENCY_METHOD)  # the methods that search (their metrics.json reports the pre-decode argmax)
+#: TAS variants (diagnostics and candidate fixes): the search settings each changes
+VARIANTS = {
+    # widths only, every block kept: does the search lose by dropping depth?
+    "tas-width": {"space": {**dataclasses.asdict(load_space("cifar_resnet")),
+                            "search": {"stem": True, "stream": True, "inner": True, "depth": False}}},
+}
+METHODS = ("tas", LATENCY_METHOD, "uniform", "uniform-depth", "l1", "synflow", ARCH_ONLY, *VARIANTS)
+#: the methods that search (their metrics.json reports the pre-decode argmax)
+SEARCHES = ("tas", LATENCY_METHOD, *VARIANTS)
 REFERENCES = ("uniform", "uniform-depth")  # the trivial rule a ratio is compared against, in order
 
 MODES = {
@@ -184,6 +193,9 @@ class AllocationBench(compare.Bench):
 
     def search_epochs(self, method: str) -> int:
         return 0 if method == ARCH_ONLY else super().search_epochs(method)
+
+    def search_overrides(self, method: str) -> dict:
+        return VARIANTS.get(method, {})
 
     def cell_dir(self, model_name: str, ratio: float, seed: int, method: str) -> Path:
         return self.root / model_name / f"r{ratio}" / f"s{seed}" / method

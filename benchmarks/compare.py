@@ -227,6 +227,10 @@ class Bench:
         """Of the post-teacher budget, the epochs ``method`` spends choosing its architecture."""
         return self.args.search_epochs if method.startswith("tas") or method in TRAINING else 0
 
+    def search_overrides(self, method: str) -> dict:
+        """Search settings a TAS variant ``method`` changes (none here)."""
+        return {}
+
     def cell(self, model_name: str, ratio: float, seed: int, method: str) -> dict:
         from tas.nas import searcher as searching
         from tas.train import run as train_run
@@ -253,7 +257,7 @@ class Bench:
                     common.update(latency_ratio=ratio, runtime="ort-cpu", latency_batch=32)
                 if method.startswith("tas"):
                     # one search epoch = one pass over the subset (half weights, half architecture)
-                    searching.search({**common, "epochs": search_epochs,
+                    searching.search({**common, "epochs": search_epochs, **self.search_overrides(method),
                                       "limit": None if a.limit is None else a.limit // 2})
                 else:
                     # a plasticity epoch = one pass over the whole subset while it prunes
