@@ -339,6 +339,50 @@ def search_diagnostics(metrics: dict) -> tuple[float | None, int | None]:
     return ratio, moves
 
 
+@torch.no_grad()
+def stage_flops(arch: "tas.Arch") -> dict[str, float]:
+    """Fraction of the *full* network's FLOPs each top-level module of ``arch``'s slim network spends
+    (stem, layer1…, head): where a method puts the budget it keeps."""
+    from tas.flops import layer_macs
+    from tas.materialize import build_slim
+
+    slim, spent = build_slim(arch).eval(), {}
+    hooks = [m.register_forward_hook(lambda mod, inp, out, top=name.split(".")[0]:
+                                     spent.__setitem__(top, spent.get(top, 0) + layer_macs(mod, inp[0], out)))
+             for name, m in slim.named_modules() if name]
+    try:
+        slim(torch.zeros(1, *arch.input_size))
+    finally:
+        for h in hooks:
+            h.remove()
+    return {k: v / arch.full_flops for k, v in spent.items() if v}
+
+
+def stage_rows(results: dict, root: Path, models: list[str], methods: list[str]) -> list[list]:
+    """Per model, ratio and method (mean over seeds): blocks kept per stage, mean width kept per
+    stage (fraction of the stage's channels over its groups), and each part's share of the full FLOPs."""
+    rows = []
+    for model in models:
+        for r in sorted({c["ratio"] for c in results["cells"].values() if c["model"] == model}, reverse=True):
+            for meth in methods:
+                archs = [tas.Arch.from_json(root / model / f"r{r}" / f"s{c['seed']}" / meth / "search" / "arch.json")
+                         for c in _cells(results, model, meth, r)]
+                if not archs:
+                    continue
+                stages = list(archs[0].stages)
+                depth = [statistics.mean(a.stages[st]["depth"] for a in archs) for st in stages]
+                # a stage's groups: those named after it, and for the first stage the stem (its stream)
+                width = [statistics.mean(statistics.mean(g["width"] / g["channels"] for n, g in a.groups.items()
+                                                         if n.split(".")[0] == st or (n == "stem" and st == stages[0]))
+                                         for a in archs) for st in stages]
+                shares = [stage_flops(a) for a in archs]
+                parts = sorted({k for sh in shares for k in sh}, key=lambda k: (k not in ("conv1", "stem"), k))
+                flops = {k: statistics.mean(sh.get(k, 0.0) for sh in shares) for k in parts}
+                rows.append([model, f"{r:.2f}", meth, len(archs), " / ".join(f"{d:.1f}" for d in depth),
+                             " / ".join(f"{w:.2f}" for w in width), " · ".join(f"{k} {v:.3f}" for k, v in flops.items())])
+    return rows
+
+
 def tas_rows(results: dict, models: list[str]) -> list[list]:
     rows = []
     for c in sorted(results["cells"].values(), key=lambda c: (c["model"], c["method"], -c["ratio"], c["seed"])):
@@ -431,6 +475,13 @@ def render(args, results: dict, png: Path | None, why: str | None, elapsed: floa
         + (f", median {statistics.median(int(r[6]) for r in with_moves)}" if with_moves else "") + ".", "",
         format_table(diag, ["model", "method", "target", "seed", "pre-decode argmax ratio", "in band",
                             "decode moves", "FLOPs kept"]) if diag else "(no TAS cells)", "",
+        "## Where the FLOPs go", "",
+        "Mean over seeds: blocks kept per stage, mean width kept per stage (over the stage's channel groups, "
+        "as a fraction of each group's channels) and each top-level part's FLOPs as a fraction of the full "
+        "network's.", "",
+        format_table(stage_rows(results, Path(a.output), a.models, [m for m in a.methods if m != ARCH_ONLY]),
+                     ["model", "FLOPs target", "method", "seeds", "blocks per stage", "width kept per stage",
+                      "FLOPs share (of the full network)"]), "",
         f"![top-1 against FLOPs and measured latency]({png.name})" if png else f"(no plot: {why})", "",
     ]
     return "\n".join(lines)
