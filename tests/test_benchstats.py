@@ -131,3 +131,21 @@ def test_tas_arch_distils_the_tas_architecture_for_the_whole_budget(tmp_path):
     assert [c[3] for c in allocation.plan(args, {"cifar_resnet20": 0.132})] == ["uniform", "uniform"]
     with pytest.raises(allocation.TasError, match="tas cell"):
         bench.borrow_search("m", 0.25, 0)
+
+
+def test_stage_flops_split_the_architectures_flops():
+    """Each part's share, summed, is the arch's FLOPs ratio as the cost model computed it (the shares
+    come from hooks on the slim network); cutting one stage's depth changes that stage's share only."""
+    import tas
+    from tas.baselines import create_baseline_arch
+
+    model = tas.create_model("cifar_resnet20", num_classes=10, in_chans=1)
+    kw = {"input_size": (1, 16, 16), "model_name": "cifar_resnet20", "model_kwargs": {"num_classes": 10, "in_chans": 1}}
+    arch = create_baseline_arch("uniform", model, 0.5, **kw)
+    shares = allocation.stage_flops(arch)
+    assert set(shares) == {"conv1", "layer1", "layer2", "layer3", "fc"}
+    assert sum(shares.values()) == pytest.approx(arch.flops_ratio, rel=1e-9)
+    shallow = tas.Arch.from_dict({**arch.to_dict(), "stages": {**arch.stages, "layer2": {"blocks": 3, "depth": 1}}})
+    cut = allocation.stage_flops(shallow)
+    # layer2's first block carries the stride-2 conv and the downsampling shortcut: not a plain third
+    assert 0.2 < cut["layer2"] / shares["layer2"] < 0.5 and cut["layer3"] == pytest.approx(shares["layer3"])
