@@ -68,6 +68,8 @@ from tas.io.rundir import is_finished_run  # noqa: E402
 from tas.nas.space import load_space  # noqa: E402
 
 DATASET = "fashion-mnist-alloc"
+#: a report's hand-written analysis starts at this line; regenerating the report keeps it
+NOTES = "<!-- notes: kept when the report is regenerated -->"
 WIDTH_ONLY = ("uniform", "l1", "synflow", "tas-width")  # no depth choice: none below the width-only minimum
 #: diagnostic: the same seed's ``tas`` architecture distilled for the whole budget, as the baselines are
 #: (isolates the architecture from the epochs TAS spends searching); runs after that ``tas`` cell
@@ -223,6 +225,18 @@ class AllocationBench(compare.Bench):
             prune_s = json.loads((src / "timing.json").read_text())["prune_s"]
             atomic_write_bytes(cdir / "timing.json", json.dumps({"prune_s": prune_s}).encode())
 
+    def merge(self, other: str) -> None:
+        """Take the finished cells of another output made with the same settings (a second process run
+        in parallel on other seeds or methods); cells already here are kept."""
+        path = Path(other) / "results.json"
+        theirs = json.loads(path.read_text())
+        if theirs.get("settings") != self.settings:
+            sys.exit(f"error: {path} was made with other settings; cannot merge")
+        new = {k: c for k, c in theirs["cells"].items() if k not in self.results["cells"] and Path(c["onnx"]).is_file()}
+        self.results["cells"].update(new)
+        self.save()
+        log(f"merged {len(new)} cells from {path}")
+
     def is_current(self, key: str) -> bool:
         """Whether the cached cell ``key`` can be reused; a search cell whose search predates the
         pre-decode report is dropped (its timing too), so that it is searched and distilled again."""
@@ -358,14 +372,14 @@ def stage_flops(arch: "tas.Arch") -> dict[str, float]:
     return {k: v / arch.full_flops for k, v in spent.items() if v}
 
 
-def stage_rows(results: dict, root: Path, models: list[str], methods: list[str]) -> list[list]:
+def stage_rows(results: dict, models: list[str], methods: list[str]) -> list[list]:
     """Per model, ratio and method (mean over seeds): blocks kept per stage, mean width kept per
     stage (fraction of the stage's channels over its groups), and each part's share of the full FLOPs."""
     rows = []
     for model in models:
         for r in sorted({c["ratio"] for c in results["cells"].values() if c["model"] == model}, reverse=True):
             for meth in methods:
-                archs = [tas.Arch.from_json(root / model / f"r{r}" / f"s{c['seed']}" / meth / "search" / "arch.json")
+                archs = [tas.Arch.from_json(Path(c["onnx"]).parent / "search" / "arch.json")  # the cell's own dir
                          for c in _cells(results, model, meth, r)]
                 if not archs:
                     continue
@@ -479,7 +493,7 @@ def render(args, results: dict, png: Path | None, why: str | None, elapsed: floa
         "Mean over seeds: blocks kept per stage, mean width kept per stage (over the stage's channel groups, "
         "as a fraction of each group's channels) and each top-level part's FLOPs as a fraction of the full "
         "network's.", "",
-        format_table(stage_rows(results, Path(a.output), a.models, [m for m in a.methods if m != ARCH_ONLY]),
+        format_table(stage_rows(results, a.models, [m for m in a.methods if m != ARCH_ONLY]),
                      ["model", "FLOPs target", "method", "seeds", "blocks per stage", "width kept per stage",
                       "FLOPs share (of the full network)"]), "",
         f"![top-1 against FLOPs and measured latency]({png.name})" if png else f"(no plot: {why})", "",
@@ -518,6 +532,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--output", default=None, help="default runs/allocation/<mode>")
     p.add_argument("--doc", default=None, help="markdown to write (default docs/benchmarks_allocation[_quick].md; "
                                                "'-': none)")
+    p.add_argument("--merge", nargs="+", default=[], metavar="DIR",
+                   help="first take the finished cells of these outputs (same settings; e.g. a parallel run)")
     p.add_argument("--fresh", action="store_true")
     p.add_argument("--retime", action="store_true")
     p.add_argument("--no-install", action="store_true")
@@ -550,6 +566,8 @@ def main(argv=None) -> int:
     register_dataset(args.data_dir, args.limit, args.val)
     start = time.perf_counter()
     bench = AllocationBench(args)
+    for other in args.merge:
+        bench.merge(other)
     minimum = {m: width_only_minimum(m, args.img_size) for m in args.models}
     cells = plan(args, minimum)
     log(f"{args.mode}: {len(cells)} cells, budget {args.budget} epochs, {args.limit} images + {args.val} val at 28 px; "
@@ -586,6 +604,10 @@ def main(argv=None) -> int:
         if why:
             png = None
     text = render(args, bench.results, png, why, time.perf_counter() - start)
+    if args.doc != "-" and Path(args.doc).is_file():  # hand-written analysis below the marker survives a rerun
+        old = Path(args.doc).read_text()
+        if NOTES in old:
+            text += "\n" + old[old.index(NOTES):]
     log("\n" + text)
     if args.doc != "-":
         atomic_write_bytes(args.doc, text.encode())
