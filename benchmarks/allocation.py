@@ -288,19 +288,21 @@ def _cells(results: dict, model: str, method: str, ratio: float | None = None) -
             if c["model"] == model and c["method"] == method and (ratio is None or c["ratio"] == ratio)]
 
 
-def paired_rows(results: dict, models: list[str], ratios: list[float], methods: list[str]) -> list[dict]:
-    """Per model, FLOPs ratio and method: top-1 − the reference's top-1 per seed, mean and 95 % CI."""
+def paired_rows(results: dict, models: list[str], ratios: list[float], methods: list[str],
+                key: str = "top1") -> list[dict]:
+    """Per model, FLOPs ratio and method: ``key`` (test ``top1`` or ``val_top1``) − the reference's per
+    seed, mean and 95 % CI."""
     rows = []
     for model in models:
         for r in ratios:
             ref = next((m for m in REFERENCES if _cells(results, model, m, r)), None)
             if ref is None:
                 continue
-            base = {c["seed"]: c["top1"] for c in _cells(results, model, ref, r)}
+            base = {c["seed"]: c[key] for c in _cells(results, model, ref, r)}
             for meth in methods:
                 if meth in (ref, LATENCY_METHOD):
                     continue
-                d = paired_differences({c["seed"]: c["top1"] for c in _cells(results, model, meth, r)}, base)
+                d = paired_differences({c["seed"]: c[key] for c in _cells(results, model, meth, r)}, base)
                 if d is not None:
                     rows.append({"model": model, "ratio": r, "method": meth, "reference": ref, **d})
     return rows
@@ -429,6 +431,8 @@ def render(args, results: dict, png: Path | None, why: str | None, elapsed: floa
     ratios = sorted(set(a.ratios) | set(a.latency_ratios if LATENCY_METHOD in a.methods else []), reverse=True)
     rows, _ = compare.summarize(results, a.models, ratios, list(a.methods))
     paired = paired_rows(results, a.models, a.ratios, list(a.methods))
+    on_val = {(p["model"], p["ratio"], p["method"]): p for p in paired_rows(results, a.models, a.ratios, list(a.methods),
+                                                                            key="val_top1")}
     eq = equal_latency_rows(results, a.models, list(a.methods))
     diag = tas_rows(results, a.models)
     teachers = [[m, t["epochs"], t["stopped"], ", ".join(f"{e}: {v:.2f}" for e, v in t["plateau"]),
@@ -454,6 +458,10 @@ def render(args, results: dict, png: Path | None, why: str | None, elapsed: floa
         f"points (cap {a.teacher_cap}). Every method then gets **{a.budget} epochs**: `tas`/`tas-latency` search "
         f"{a.search_epochs} and distil {a.budget - a.search_epochs}; the baselines distil {a.budget} "
         f"(KD α 0.9 T 4, SGD lr {a.lr}, cosine, batch {a.batch_size}). Seeds {a.seeds}.", "",
+        *([f"Variants: `{ARCH_ONLY}` is the same seed's `tas` architecture distilled for all {a.budget} epochs "
+           "(the architecture without the search's epoch); `tas-width` searches widths only (every block kept)."
+           " Both weights and channels are inherited from the teacher in every method; the search only "
+           "chooses the architecture.", ""] if {ARCH_ONLY, *VARIANTS} & set(a.methods) else []),
         *([quick, ""] if quick else []),
         "## Teachers", "",
         format_table(teachers, ["model", "epochs", "stopped by", "val top-1 per run length", "val top-1",
@@ -467,12 +475,13 @@ def render(args, results: dict, png: Path | None, why: str | None, elapsed: floa
         "## Paired differences against the trivial rule", "",
         "Per seed: method top-1 − reference top-1 (same seed: same data order); mean and 95 % t interval "
         "over the seeds (points). Reference: `uniform`, or `uniform-depth` where width-only scaling cannot "
-        "reach the ratio.", "",
+        "reach the ratio. *val*: the same on the held-out validation split (what any choice here is made on).", "",
         format_table([[p["model"], f"{p['ratio']:.2f}", p["method"], p["reference"], p["n"], _pm(p),
-                       "–" if p["lo"] is None else ("yes" if p["lo"] > 0 or p["hi"] < 0 else "no")]
+                       "–" if p["lo"] is None else ("yes" if p["lo"] > 0 or p["hi"] < 0 else "no"),
+                       _pm(on_val[p["model"], p["ratio"], p["method"]])]
                       for p in paired],
-                     ["model", "FLOPs target", "method", "reference", "seeds", "mean Δ top-1 [95 % CI]",
-                      "CI excludes 0"]) if paired else "(no pairs)", "",
+                     ["model", "FLOPs target", "method", "reference", "seeds", "mean Δ test top-1 [95 % CI]",
+                      "CI excludes 0", "mean Δ val top-1 [95 % CI]"]) if paired else "(no pairs)", "",
         "## Accuracy at equal measured latency", "",
         "For each TAS point (mean over seeds), every baseline's mean top-1 interpolated along its own "
         "accuracy-vs-measured-latency curve at that latency ('–': outside the baseline's measured range).", "",
