@@ -65,6 +65,7 @@ from tas.io.checkpoint import atomic_write_bytes  # noqa: E402
 from tas.cli import format_table  # noqa: E402
 from tas.errors import TasError  # noqa: E402
 from tas.io.rundir import is_finished_run  # noqa: E402
+from tas.prune.load import load_run  # noqa: E402
 from tas.nas.space import load_space  # noqa: E402
 
 DATASET = "fashion-mnist-alloc"
@@ -224,6 +225,30 @@ class AllocationBench(compare.Bench):
         if not (cdir / "timing.json").is_file():
             prune_s = json.loads((src / "timing.json").read_text())["prune_s"]
             atomic_write_bytes(cdir / "timing.json", json.dumps({"prune_s": prune_s}).encode())
+
+    def inherited(self, model_name: str) -> None:
+        """Each cell's ``inherited_val_top1``: its architecture with the teacher's weights at its kept
+        channels, before any training (BatchNorm statistics re-estimated on 20 training batches, as
+        the search does before it evaluates), on the validation split. How much of the teacher's
+        function an architecture keeps when it starts distilling."""
+        from tas import engine, searching
+        from tas.data import create_loaders
+        from tas.materialize import materialize
+
+        todo = [c for c in self.results["cells"].values()
+                if c["model"] == model_name and "inherited_val_top1" not in c and Path(c["onnx"]).is_file()]
+        if not todo:
+            return
+        teacher, _ = load_run(self.teacher_dir(model_name))
+        loaders = create_loaders(DATASET, data_dir=self.args.data_dir, batch_size=self.args.batch_size,
+                                 img_size=self.args.img_size, augment=False)
+        for c in todo:
+            slim = materialize(teacher, tas.Arch.from_json(Path(c["onnx"]).parent / "search" / "arch.json"))
+            torch.manual_seed(0)
+            searching.recalibrate_bn(slim, loaders["train"], "cpu")
+            c["inherited_val_top1"] = engine.evaluate(slim, loaders["test"], "cpu")["top1"]
+        self.save()
+        log(f"inherited accuracy of {len(todo)} {model_name} architectures measured")
 
     def merge(self, other: str) -> None:
         """Take the finished cells of another output made with the same settings (a second process run
@@ -392,10 +417,14 @@ def stage_rows(results: dict, models: list[str], methods: list[str]) -> list[lis
                                                          if n.split(".")[0] == st or (n == "stem" and st == stages[0]))
                                          for a in archs) for st in stages]
                 shares = [stage_flops(a) for a in archs]
-                parts = sorted({k for sh in shares for k in sh}, key=lambda k: (k not in ("conv1", "stem"), k))
+                parts = list(dict.fromkeys(k for sh in shares for k in sh))  # in forward order
                 flops = {k: statistics.mean(sh.get(k, 0.0) for sh in shares) for k in parts}
+                cs = _cells(results, model, meth, r)
+                inh = [c["inherited_val_top1"] for c in cs if "inherited_val_top1" in c]
                 rows.append([model, f"{r:.2f}", meth, len(archs), " / ".join(f"{d:.1f}" for d in depth),
-                             " / ".join(f"{w:.2f}" for w in width), " · ".join(f"{k} {v:.3f}" for k, v in flops.items())])
+                             " / ".join(f"{w:.2f}" for w in width), " · ".join(f"{k} {v:.3f}" for k, v in flops.items()),
+                             f"{statistics.mean(inh):.2f}" if inh else "–",
+                             f"{statistics.mean(c['val_top1'] for c in cs):.2f}"])
     return rows
 
 
@@ -501,10 +530,11 @@ def render(args, results: dict, png: Path | None, why: str | None, elapsed: floa
         "## Where the FLOPs go", "",
         "Mean over seeds: blocks kept per stage, mean width kept per stage (over the stage's channel groups, "
         "as a fraction of each group's channels) and each top-level part's FLOPs as a fraction of the full "
-        "network's.", "",
+        "network's. *Inherited val top-1*: the architecture with the teacher's weights at its kept channels "
+        "before any training (BN statistics re-estimated on 20 training batches).", "",
         format_table(stage_rows(results, a.models, [m for m in a.methods if m != ARCH_ONLY]),
                      ["model", "FLOPs target", "method", "seeds", "blocks per stage", "width kept per stage",
-                      "FLOPs share (of the full network)"]), "",
+                      "FLOPs share (of the full network)", "inherited val top-1", "final val top-1"]), "",
         f"![top-1 against FLOPs and measured latency]({png.name})" if png else f"(no plot: {why})", "",
     ]
     return "\n".join(lines)
@@ -604,6 +634,7 @@ def main(argv=None) -> int:
             log(f"[{i + 1}/{len(todo)}] {key}: test top-1 {res['top1']:.2f}% (val {res['val_top1']:.2f}), "
                 f"FLOPs {res['flops_ratio']:.3f}, depths {res['depths']} ({time.perf_counter() - t0:.0f}s; "
                 f"{(time.perf_counter() - start) / 60:.1f} min so far)")
+        bench.inherited(model)
         bench.latency(model)
     png, why = None, None
     if args.doc != "-":
