@@ -573,6 +573,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                                                "'-': none)")
     p.add_argument("--merge", nargs="+", default=[], metavar="DIR",
                    help="first take the finished cells of these outputs (same settings; e.g. a parallel run)")
+    p.add_argument("--report-only", action="store_true",
+                   help="run no new cell: measure and report the cached ones (e.g. when time is up)")
     p.add_argument("--fresh", action="store_true")
     p.add_argument("--retime", action="store_true")
     p.add_argument("--no-install", action="store_true")
@@ -619,7 +621,7 @@ def main(argv=None) -> int:
             if bench.is_current(key):
                 log(f"[{i + 1}/{len(todo)}] {key}: cached (top-1 {bench.results['cells'][key]['top1']:.2f}%)")
                 continue
-            if key in bench.results["skipped"]:
+            if key in bench.results["skipped"] or args.report_only:
                 continue
             t0 = time.perf_counter()
             try:
