@@ -80,6 +80,9 @@ VARIANTS = {
     # widths only, every block kept: does the search lose by dropping depth?
     "tas-width": {"space": {**dataclasses.asdict(load_space("cifar_resnet")),
                             "search": {"stem": True, "stream": True, "inner": True, "depth": False}}},
+    # the controller aims at the target itself and the decode fills the budget up to it: the default band
+    # (target - 0.05 of the full FLOPs .. target) lets a 0.12 search end at 0.07, 40 % of its budget unspent
+    "tas-fill": {"fill_budget": True},
 }
 METHODS = ("tas", LATENCY_METHOD, "uniform", "uniform-depth", "l1", "synflow", ARCH_ONLY, *VARIANTS)
 #: the methods that search (their metrics.json reports the pre-decode argmax)
@@ -488,7 +491,8 @@ def render(args, results: dict, png: Path | None, why: str | None, elapsed: floa
         f"{a.search_epochs} and distil {a.budget - a.search_epochs}; the baselines distil {a.budget} "
         f"(KD α 0.9 T 4, SGD lr {a.lr}, cosine, batch {a.batch_size}). Seeds {a.seeds}.", "",
         *([f"Variants: `{ARCH_ONLY}` is the same seed's `tas` architecture distilled for all {a.budget} epochs "
-           "(the architecture without the search's epoch); `tas-width` searches widths only (every block kept)."
+           "(the architecture without the search's epoch); `tas-width` searches widths only (every block kept); "
+           "`tas-fill` aims the search at the target and decodes up to it (`--fill-budget`)."
            " Both weights and channels are inherited from the teacher in every method; the search only "
            "chooses the architecture.", ""] if {ARCH_ONLY, *VARIANTS} & set(a.methods) else []),
         *([quick, ""] if quick else []),
