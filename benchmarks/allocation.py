@@ -402,6 +402,15 @@ def stage_flops(arch: "tas.Arch") -> dict[str, float]:
     return {k: v / arch.full_flops for k, v in spent.items() if v}
 
 
+def _in_stage(group: str, stage: str, first: bool, depth: int) -> bool:
+    """Whether ``group`` belongs to ``stage`` and is computed: the stage's stream group, its kept blocks'
+    inner groups (``<stage>.<block>.…``), and for the first stage the stem (its stream)."""
+    parts = group.split(".")
+    if group == "stem":
+        return first
+    return parts[0] == stage and (len(parts) < 2 or not parts[1].isdigit() or int(parts[1]) < depth)
+
+
 def stage_rows(results: dict, models: list[str], methods: list[str]) -> list[list]:
     """Per model, ratio and method (mean over seeds): blocks kept per stage, mean width kept per
     stage (fraction of the stage's channels over its groups), and each part's share of the full FLOPs."""
@@ -415,9 +424,8 @@ def stage_rows(results: dict, models: list[str], methods: list[str]) -> list[lis
                     continue
                 stages = list(archs[0].stages)
                 depth = [statistics.mean(a.stages[st]["depth"] for a in archs) for st in stages]
-                # a stage's groups: those named after it, and for the first stage the stem (its stream)
                 width = [statistics.mean(statistics.mean(g["width"] / g["channels"] for n, g in a.groups.items()
-                                                         if n.split(".")[0] == st or (n == "stem" and st == stages[0]))
+                                                         if _in_stage(n, st, st == stages[0], a.stages[st]["depth"]))
                                          for a in archs) for st in stages]
                 shares = [stage_flops(a) for a in archs]
                 parts = list(dict.fromkeys(k for sh in shares for k in sh))  # in forward order
@@ -532,7 +540,7 @@ def render(args, results: dict, png: Path | None, why: str | None, elapsed: floa
         format_table(diag, ["model", "method", "target", "seed", "pre-decode argmax ratio", "in band",
                             "decode moves", "FLOPs kept"]) if diag else "(no TAS cells)", "",
         "## Where the FLOPs go", "",
-        "Mean over seeds: blocks kept per stage, mean width kept per stage (over the stage's channel groups, "
+        "Mean over seeds: blocks kept per stage, mean width kept per stage (over the stage's computed channel groups: its stream and its kept blocks', "
         "as a fraction of each group's channels) and each top-level part's FLOPs as a fraction of the full "
         "network's. *Inherited val top-1*: the architecture with the teacher's weights at its kept channels "
         "before any training (BN statistics re-estimated on 20 training batches).", "",
