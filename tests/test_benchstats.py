@@ -149,3 +149,12 @@ def test_stage_flops_split_the_architectures_flops():
     cut = allocation.stage_flops(shallow)
     # layer2's first block carries the stride-2 conv and the downsampling shortcut: not a plain third
     assert 0.2 < cut["layer2"] / shares["layer2"] < 0.5 and cut["layer3"] == pytest.approx(shares["layer3"])
+
+
+def test_a_stages_computed_groups():
+    # cifar_resnet groups: stem (layer1's stream), layer2 (stream), layer2.<block>.conv1 (inner)
+    names = ["stem", "layer1.0.conv1", "layer1.2.conv1", "layer2", "layer2.0.conv1", "layer2.1.conv1"]
+    assert [n for n in names if allocation._in_stage(n, "layer1", True, 1)] == ["stem", "layer1.0.conv1"]
+    assert [n for n in names if allocation._in_stage(n, "layer2", False, 2)] == ["layer2", "layer2.0.conv1",
+                                                                                "layer2.1.conv1"]
+    assert not allocation._in_stage("stem", "layer2", False, 3)
