@@ -66,7 +66,12 @@ from tas.cli import format_table  # noqa: E402
 from tas.errors import TasError  # noqa: E402
 from tas.io.rundir import is_finished_run  # noqa: E402
 from tas.prune.load import load_run  # noqa: E402
+from tas.data import create_loaders  # noqa: E402
+from tas.nas.searcher import recalibrate_bn  # noqa: E402
 from tas.nas.space import load_space  # noqa: E402
+from tas.prune.flops import layer_macs  # noqa: E402
+from tas.prune.materialize import build_slim, materialize  # noqa: E402
+from tas.train import engine  # noqa: E402
 
 DATASET = "fashion-mnist-alloc"
 #: a report's hand-written analysis starts at this line; regenerating the report keeps it
@@ -234,10 +239,6 @@ class AllocationBench(compare.Bench):
         channels, before any training (BatchNorm statistics re-estimated on 20 training batches, as
         the search does before it evaluates), on the validation split. How much of the teacher's
         function an architecture keeps when it starts distilling."""
-        from tas import engine, searching
-        from tas.data import create_loaders
-        from tas.materialize import materialize
-
         todo = [c for c in self.results["cells"].values()
                 if c["model"] == model_name and "inherited_val_top1" not in c and Path(c["onnx"]).is_file()]
         if not todo:
@@ -248,7 +249,7 @@ class AllocationBench(compare.Bench):
         for c in todo:
             slim = materialize(teacher, tas.Arch.from_json(Path(c["onnx"]).parent / "search" / "arch.json"))
             torch.manual_seed(0)
-            searching.recalibrate_bn(slim, loaders["train"], "cpu")
+            recalibrate_bn(slim, loaders["train"], "cpu")
             c["inherited_val_top1"] = engine.evaluate(slim, loaders["test"], "cpu")["top1"]
         self.save()
         log(f"inherited accuracy of {len(todo)} {model_name} architectures measured")
@@ -387,9 +388,6 @@ def search_diagnostics(metrics: dict) -> tuple[float | None, int | None]:
 def stage_flops(arch: "tas.Arch") -> dict[str, float]:
     """Fraction of the *full* network's FLOPs each top-level module of ``arch``'s slim network spends
     (stem, layer1…, head): where a method puts the budget it keeps."""
-    from tas.flops import layer_macs
-    from tas.materialize import build_slim
-
     slim, spent = build_slim(arch).eval(), {}
     hooks = [m.register_forward_hook(lambda mod, inp, out, top=name.split(".")[0]:
                                      spent.__setitem__(top, spent.get(top, 0) + layer_macs(mod, inp[0], out)))

@@ -7,6 +7,8 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
 import allocation  # noqa: E402
+import tas  # noqa: E402
+from tas.baselines import create_baseline_arch  # noqa: E402
 from benchstats import interp_at, paired_differences, t_quantile_975  # noqa: E402
 
 
@@ -136,9 +138,6 @@ def test_tas_arch_distils_the_tas_architecture_for_the_whole_budget(tmp_path):
 def test_stage_flops_split_the_architectures_flops():
     """Each part's share, summed, is the arch's FLOPs ratio as the cost model computed it (the shares
     come from hooks on the slim network); cutting one stage's depth changes that stage's share only."""
-    import tas
-    from tas.baselines import create_baseline_arch
-
     model = tas.create_model("cifar_resnet20", num_classes=10, in_chans=1)
     kw = {"input_size": (1, 16, 16), "model_name": "cifar_resnet20", "model_kwargs": {"num_classes": 10, "in_chans": 1}}
     arch = create_baseline_arch("uniform", model, 0.5, **kw)
