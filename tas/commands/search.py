@@ -119,6 +119,12 @@ def _optimisation_flags(p: argparse.ArgumentParser, d: SearchConfig) -> None:
     g.add_argument("--weight-decay", type=float, default=d.weight_decay)
     g.add_argument("--arch-lr", type=float, default=d.arch_lr, help="architecture step: Adam, betas (0.5, 0.999)")
     g.add_argument("--arch-weight-decay", type=float, default=d.arch_weight_decay)
+    g.add_argument("--arch-warmup", type=float, default=d.arch_warmup,
+                   help="fraction of the search's steps that train the weights only, before the first "
+                        "architecture step")
+    g.add_argument("--arch-steps", type=float, default=d.arch_steps,
+                   help="architecture steps per weight step, each on its own val batch (0.5: one after "
+                        "every second weight step)")
     g.add_argument("--tau-max", type=float, default=d.tau_max)
     g.add_argument("--tau-min", type=float, default=d.tau_min)
     g.add_argument("--tau-schedule", default=d.tau_schedule, choices=("cosine", "linear"))

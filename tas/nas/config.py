@@ -47,6 +47,8 @@ class SearchConfig:
     weight_decay: float = 5e-4
     arch_lr: float = 0.05
     arch_weight_decay: float = 1e-3
+    arch_warmup: float = 0.0
+    arch_steps: float = 1.0
     selection: str = "prefix"
     block_size: int | None = None
     attn_lr: float = 0.01
@@ -86,6 +88,10 @@ class SearchConfig:
             v = getattr(self, flag)
             if not isinstance(v, int) or v < 1:
                 raise TasError(f"--{flag.replace('_', '-')} must be a positive integer, got {v!r}")
+        if not 0 <= self.arch_warmup < 1:
+            raise TasError(f"--arch-warmup must be a fraction of the search in [0, 1), got {self.arch_warmup}")
+        if not self.arch_steps > 0:
+            raise TasError(f"--arch-steps must be > 0 (architecture steps per weight step), got {self.arch_steps}")
         if not 0 <= self.tolerance < 1:
             raise TasError(f"--tolerance must be in [0, 1), got {self.tolerance}")
         if self.tau_min <= 0 or self.tau_max < self.tau_min:

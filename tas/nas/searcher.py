@@ -16,9 +16,10 @@ loaders of ``--dataset``. Given an output directory, both write the same run::
       config.json, metrics.json, state/, TensorBoard events
 
 Each step takes a weight step on a batch of the ``train`` half (SGD on the shared weights and
-per-candidate BNs, cross-entropy of the sampled supernet) and an architecture step on a batch of
-the ``val`` half (Adam on α and β, cross-entropy + ``cost_weight`` × the TAS cost loss). τ anneals
-over the whole search.
+per-candidate BNs, cross-entropy of the sampled supernet) and ``arch_steps`` architecture steps
+on batches of the ``val`` half (Adam on α and β, cross-entropy + the budget term; a fraction
+such as 0.5 means one after every second weight step), none during the first ``arch_warmup`` of
+the search. τ anneals over the whole search.
 """
 from __future__ import annotations
 
@@ -31,7 +32,7 @@ import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -176,6 +177,25 @@ class SearchResult:
     run_dir: Path | None = None
 
 
+def arch_quota(steps: int, arch_steps: float) -> int:
+    """Architecture steps due over the first ``steps`` weight steps of an epoch at ``arch_steps``
+    per weight step: ``floor(steps · arch_steps)``. Step ``i`` takes ``quota(i + 1) − quota(i)`` of
+    them (2: two each; 0.5: one after every second), so a resumed epoch knows how many val
+    batches the steps before it used."""
+    return math.floor(steps * arch_steps + 1e-9)
+
+
+def _cycle(batches: Iterable) -> Iterator:
+    """``batches`` over and over (a plain iterable loader, which skip_batches cannot cycle, too)."""
+    while True:
+        empty = True
+        for batch in batches:
+            empty = False
+            yield batch
+        if empty:
+            return
+
+
 def _lr_factor(total_steps: int):
     return lambda s: 0.5 * (1 + math.cos(math.pi * min(s, total_steps) / total_steps))
 
@@ -311,6 +331,7 @@ class Searcher:
         cfg, net = self.cfg, self.supernet
         self.steps_per_epoch = len(self.data.train)
         self.total_steps = cfg.epochs * self.steps_per_epoch
+        self.warmup_steps = round(cfg.arch_warmup * self.total_steps)
         self.w_opt = torch.optim.SGD(list(net.weight_parameters()), lr=cfg.lr, momentum=cfg.momentum,
                                      nesterov=True, weight_decay=cfg.weight_decay)
         self.w_sched = torch.optim.lr_scheduler.LambdaLR(self.w_opt, _lr_factor(self.total_steps))
@@ -396,19 +417,22 @@ class Searcher:
             self.writer.flush()  # closed by run() once the decoded architecture is logged too
 
     def _epoch_batches(self, epoch: int, skip: int) -> Iterable:
-        """The epoch's (train, val) batch pairs from ``skip`` on, their order fixed by ``(seed, epoch)``."""
+        """The epoch's ``(train batch, [val batches])`` from step ``skip`` on, their order fixed by
+        ``(seed, epoch)``: step ``i`` gets the val batches of its :func:`arch_quota` share."""
         cfg, data = self.cfg, self.data
         for loader, offset in ((data.train, 0), (data.val, 500)):
             gen = getattr(loader, "generator", None)
             if gen is not None:
                 gen.manual_seed(cfg.seed * 1000 + epoch + offset)
-        # The val half is cycled to the train half's length; both start at the resume point.
-        batches = zip(engine.skip_batches(data.train, skip),
-                      engine.skip_batches(data.val, skip, length=self.steps_per_epoch))
+        # The val half is cycled to the epoch's architecture steps; both start at the resume point.
+        train = engine.skip_batches(data.train, skip)
+        val = _cycle(engine.skip_batches(data.val, arch_quota(skip, cfg.arch_steps),
+                                         length=arch_quota(self.steps_per_epoch, cfg.arch_steps)))
         if self.progress.rng is not None:  # resuming: after fixing the epoch's batch order, as when it was saved
             set_rng_state(self.progress.rng)
             self.progress.rng = None
-        return batches
+        quota = [arch_quota(i, cfg.arch_steps) for i in range(skip, self.steps_per_epoch + 1)]
+        return ((batch, [next(val) for _ in range(n1 - n0)]) for batch, n0, n1 in zip(train, quota, quota[1:]))
 
     def _epoch(self, epoch: int) -> None:
         cfg, net, p = self.cfg, self.supernet, self.progress
@@ -417,20 +441,23 @@ class Searcher:
         batches = self._epoch_batches(epoch, skip)
         net.search().train()
         bar = engine.progress_bar(batches, cfg.progress, total=self.steps_per_epoch - skip, desc=f"search {epoch + 1}")
-        for in_epoch, ((xt, yt), (xv, yv)) in enumerate(bar, start=skip):
-            terms, w_value = self._step(epoch, in_epoch, xt, yt, xv, yv)
-            if terms is not None:
+        for in_epoch, ((xt, yt), val) in enumerate(bar, start=skip):
+            terms, w_value = self._step(epoch, in_epoch, xt, yt, val)
+            if terms:
                 bar.set_postfix(loss=f"{w_value:.3f}", ratio=f"{terms['derived_ratio']:.3f}", refresh=False)
             if cfg.checkpoint_every and p.step % cfg.checkpoint_every == 0 and in_epoch + 1 < self.steps_per_epoch:
                 self._snapshot(epoch, in_epoch + 1, p.wall + time.perf_counter() - t0)
         self._end_epoch(epoch, t0)
 
-    def _step(self, epoch: int, in_epoch: int, xt: torch.Tensor, yt: torch.Tensor, xv: torch.Tensor,
-              yv: torch.Tensor) -> tuple[dict[str, float] | None, float]:
-        """One weight step on ``(xt, yt)`` and one architecture step on ``(xv, yv)``; returns the
-        architecture step's loss terms (``None`` for a skipped step) and the weight loss."""
+    def _step(self, epoch: int, in_epoch: int, xt: torch.Tensor, yt: torch.Tensor,
+              val: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple[dict[str, float] | None, float]:
+        """One weight step on ``(xt, yt)``, then an architecture step on each val batch in ``val``
+        (none during the ``arch_warmup``); returns the last architecture step's loss terms (empty
+        when none was taken, ``None`` for a skipped step) and the weight loss."""
         cfg, net, p, dev = self.cfg, self.supernet, self.progress, self.device
-        xt, yt, xv, yv = xt.to(dev), yt.to(dev), xv.to(dev), yv.to(dev)
+        xt, yt = xt.to(dev), yt.to(dev)
+        if p.step < self.warmup_steps:
+            val = []  # drawn all the same: the val order stays that of the run without warm-up
         net.tau = tau_at(p.step / max(1, self.total_steps - 1), cfg.tau_max, cfg.tau_min, cfg.tau_schedule)
         phase = sparsity = None
         if self.sapp is not None:
@@ -450,7 +477,9 @@ class Searcher:
             self.w_opt.step()
             if self.attn_opt is not None:
                 self.attn_opt.step()
-            terms = self.stepper.step(xv, yv)
+            terms = {}
+            for xv, yv in val:
+                terms = self.stepper.step(xv.to(dev), yv.to(dev))
         except DivergedError as e:
             where = f"epoch {epoch + 1}, step {in_epoch + 1}"
             if cfg.nan_policy != "skip":
@@ -506,6 +535,8 @@ class Searcher:
         its hard-mode test top-1, its slim network and the metrics."""
         cfg, net, p = self.cfg, self.supernet, self.progress
         pre_decode_ratio = self.stepper.current_cost() / self.stepper.full
+        with torch.no_grad():
+            expected_ratio = self.stepper.expected_cost().item() / self.stepper.full
         # SA++: widths within the last phase's masks, then the masks become exactly the kept blocks
         widths, depths, projection_steps = (self.stepper.decode(caps=self.sapp.caps() if self.sapp is not None else None)
                                             if cfg.decode else (*self.stepper._argmax(), 0))
@@ -525,7 +556,8 @@ class Searcher:
                    "flops_ratio": arch.flops_ratio, "params_ratio": arch.params_ratio, "target_metric": cfg.metric,
                    "target_ratio": cfg.ratio, "within_tolerance": within, "wall_time_s": round(p.wall, 3),
                    "epochs": cfg.epochs, "steps": p.step, "projection_steps": projection_steps,
-                   "decode_moves": projection_steps, "pre_decode_ratio": pre_decode_ratio, "skipped_steps": p.skipped}
+                   "decode_moves": projection_steps, "pre_decode_ratio": pre_decode_ratio,
+                   "expected_ratio": expected_ratio, "skipped_steps": p.skipped}
         if distributed.is_active():
             # Checked, not assumed: every rank must end with rank 0's architecture (and SA++) logits.
             metrics.update(world_size=distributed.world_size(), rank_divergence=distributed.max_divergence(
