@@ -77,3 +77,9 @@ def test_resumed_epoch_gets_the_val_batches_it_would_have(arch_steps):
 def test_bad_schedule_is_refused(flag, value):
     with pytest.raises(TasError, match=flag.replace("_", "-")):
         SearchConfig(**{flag: value}).validate()
+
+
+def test_schedule_flags_reach_the_config(search_script):
+    args = search_script.build_parser().parse_args(["--arch-steps", "0.5", "--arch-warmup", "0.25"])
+    cfg = SearchConfig.from_args(args)
+    assert (cfg.arch_steps, cfg.arch_warmup) == (0.5, 0.25)
