@@ -45,7 +45,7 @@ class SearchConfig:
     lr: float = 0.05
     momentum: float = 0.9
     weight_decay: float = 5e-4
-    arch_lr: float = 0.05
+    arch_lr: float = 0.15
     arch_weight_decay: float = 1e-3
     arch_warmup: float = 0.0
     arch_steps: float = 1.0
