@@ -22,6 +22,7 @@ from .prune.flops import count_flops, count_params  # noqa: E402
 from .prune.load import load_slim  # noqa: E402
 from .prune.materialize import build_slim, materialize  # noqa: E402
 from .models.factory import create_model  # noqa: E402
+from .prune.reconstruct import reconstruct  # noqa: E402
 from .nas.space import SearchSpace, load_space  # noqa: E402
 from .nas.supernet import Supernet, create_supernet  # noqa: E402
 from .deploy.export import export_onnx  # noqa: E402

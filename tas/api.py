@@ -41,7 +41,7 @@ __all__ = ["search", "distill", "SearchResult"]
 _SEARCH_DATA_FLAGS = ("teacher", "model", "data_dir", "download", "img_size", "augment", "limit", "workers",
                       "batch_size")
 _DISTILL_DATA_FLAGS = ("model", "data_dir", "download", "img_size", "limit", "workers", "batch_size",
-                       "pretrained", "pretrained_path", "arch", "teacher", "init")
+                       "pretrained", "pretrained_path", "arch", "teacher", "init", "recon_batches")
 
 
 def _config(cls: type, where: str, replaced: Iterable[str], values: Mapping[str, Any]) -> Any:

@@ -54,6 +54,9 @@ def _model_flags(p: argparse.ArgumentParser, d: SearchConfig) -> None:
                         "needs --task-classes)")
     g.add_argument("--task-classes", type=int, nargs="+", default=d.task_classes,
                    help="class ids of the task that --channel-order task and --method task-aware calibrate on")
+    g.add_argument("--limit-widths", action="store_true",
+                   help="drop every group's candidate widths below its pruning-limit estimate (python -m "
+                        "tas.analyze; Zhang et al. 2024) before the search")
     g.add_argument("--selection", default=d.selection, choices=("prefix", "sapp"),
                    help="which channels a width keeps: TAS's first ones, or SA++ block attention")
     g.add_argument("--block-size", type=int, default=d.block_size, help="SA++ channels per block (default: the space's divisor)")

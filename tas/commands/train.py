@@ -17,7 +17,7 @@ import argparse
 from typing import Sequence
 
 from ..cli import DATASET_HELP, HelpFormatter, parse_args
-from ..train.loop import SCHEDULERS, TrainConfig
+from ..train.loop import INITS, SCHEDULERS, TrainConfig
 from ..train import run as train_run
 
 
@@ -71,8 +71,11 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     g = p.add_argument_group("distillation of a pruned network (stage 3)")
     g.add_argument("--arch", default=d.arch, help="arch.json (or a search run directory): train this slim network")
     g.add_argument("--teacher", default=d.teacher, help="run directory of the network the arch was searched from")
-    g.add_argument("--init", default=d.init, choices=("inherit", "scratch"),
-                   help="start from the teacher's kept channels, or from random weights (the paper)")
+    g.add_argument("--init", default=d.init, choices=INITS,
+                   help="start from the teacher's kept channels, from them refitted layer by layer to the "
+                        "teacher's outputs (L-OBS-style least squares), or from random weights (the paper)")
+    g.add_argument("--recon-batches", type=int, default=d.recon_batches,
+                   help="--init reconstruct: training batches the least squares are fitted on")
     g.add_argument("--kd-alpha", type=float, default=d.kd_alpha, help="weight of the KD term")
     g.add_argument("--kd-temperature", type=float, default=d.kd_temperature, help="softmax temperature T")
     g.add_argument("--no-kd", action="store_true", help="plain cross-entropy (for comparison)")

@@ -40,6 +40,7 @@ class SearchConfig:
     decode: bool = True
     channel_order: str | None = None
     task_classes: list[int] | None = None
+    limit_widths: bool = False
     epochs: int = 2
     batch_size: int = 64
     lr: float = 0.05

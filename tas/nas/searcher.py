@@ -45,6 +45,7 @@ from ..errors import CheckpointError, DivergedError, TasError
 from ..io.checkpoint import atomic_write_json, has_state, load_state, rng_state, save_state, save_weights, set_rng_state
 from ..io.rundir import is_finished_run, run_lock, save_run
 from ..prune.channel_order import order_teacher, to_original
+from ..prune.limits import estimate_limits
 from ..prune.load import load_run
 from ..prune.materialize import materialize
 from ..train import engine
@@ -285,6 +286,8 @@ class Searcher:
             self.latency = _shared_latency_table(self.supernet, cfg)
         if self.supernet.space.divisor == "auto":
             self._align_widths()
+        if cfg.limit_widths:
+            self._bound_widths()
         self.supernet.to(self.device)
         # The Gumbel draws: a stream of their own, seeded alike on every rank, so all ranks sample the
         # same fragments whatever else consumes random numbers (augmentation, dropout).
@@ -308,6 +311,20 @@ class Searcher:
             widths = latency.aligned_candidates(self.latency, {n: g.widths for n, g in groups.items()})
         dropped = sum(len(g.widths) - len(widths[n]) for n, g in groups.items())
         print(f"divisor auto: the latency table drops {dropped} candidate widths no faster than a wider one")
+        self.supernet = self._build(dataclasses.replace(self.supernet.space, widths=widths))
+
+    def _bound_widths(self) -> None:
+        """``--limit-widths``: drop every candidate width below its group's pruning-limit estimate
+        (:func:`tas.prune.limits.estimate_limits` on two training batches); the full width always stays."""
+        groups = self.supernet.groups()
+        if self.state is not None and "bounded_widths" in self.state:  # other batches must not change them
+            widths = json.loads(self.state["bounded_widths"])
+        else:
+            batches = [(x, y) for (x, y), _ in zip(self.data.train, range(2))]
+            limits = estimate_limits(self.ordered, batches, groups=list(groups))
+            widths = {n: [w for w in g.widths if w >= limits[n].width] for n, g in groups.items()}
+        dropped = sum(len(g.widths) - len(widths[n]) for n, g in groups.items())
+        print(f"limit widths: the pruning-limit estimate drops {dropped} candidate widths below a group's limit")
         self.supernet = self._build(dataclasses.replace(self.supernet.space, widths=widths))
 
     # -- budget: the target and the architecture step ----------------------------------------------
@@ -387,7 +404,8 @@ class Searcher:
                               **({"dual": self.stepper.controller.state_dict()}
                                  if self.stepper.controller is not None else {}),
                               **({"aligned_widths": json.dumps(net.space.widths)}
-                                 if net.space.divisor == "auto" else {})})
+                                 if net.space.divisor == "auto" else {}),
+                              **({"bounded_widths": json.dumps(net.space.widths)} if self.cfg.limit_widths else {})})
 
     def _check_finite(self, epoch: int, in_epoch: int) -> None:
         net = self.supernet

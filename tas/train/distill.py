@@ -27,6 +27,7 @@ from .loop import Context, RunSpec, TrainConfig, fit, prepare
 from ..prune.arch import Arch
 from ..prune.materialize import build_slim, materialize
 from ..prune.load import load_run
+from ..prune.reconstruct import calibration_batches, reconstruct
 
 __all__ = ["kd_loss", "distillation_loss", "load_arch", "build_student", "student_spec", "prepare_distillation",
            "distill"]
@@ -87,6 +88,8 @@ def build_student(cfg: TrainConfig, ctx: Context) -> tuple[nn.Module, RunSpec, n
     """The slim network of ``--arch`` and its ``--teacher``: ``(student, spec, teacher)``.
 
     ``--init inherit`` gathers the teacher's kept channels (the cheap practical path);
+    ``--init reconstruct`` then refits every layer whose inputs were pruned to the teacher's outputs
+    on ``--recon-batches`` training batches (:func:`tas.prune.reconstruct.reconstruct`);
     ``--init scratch`` builds the same shape with fresh random weights (the paper's recipe).
     """
     if not cfg.teacher:
@@ -104,8 +107,21 @@ def build_student(cfg: TrainConfig, ctx: Context) -> tuple[nn.Module, RunSpec, n
     if (info.in_chans, info.img_size, info.img_size) != tuple(arch.input_size):
         raise TasError(f"the architecture's costs are for inputs {arch.input_size}, the data is "
                        f"{[info.in_chans, info.img_size, info.img_size]}; pass --img-size {arch.input_size[1]}")
-    student = materialize(teacher, arch) if cfg.init == "inherit" else build_slim(arch)
+    student = build_slim(arch) if cfg.init == "scratch" else materialize(teacher, arch)
+    if cfg.init == "reconstruct":
+        _reconstruct(student, teacher, ctx, cfg.recon_batches)
     return student.train(), student_spec(cfg, arch, str(cfg.teacher), tconfig.get("dataset")), teacher
+
+
+def _reconstruct(student: nn.Module, teacher: nn.Module, ctx: Context, batches: int) -> None:
+    """``--init reconstruct`` on the run's device, with a one-line account of the fit."""
+    device = ctx.device
+    student.to(device), teacher.to(device)
+    fits = reconstruct(student, teacher, calibration_batches(ctx.loaders["train"], batches))
+    before = sum(f.before for f in fits) / max(len(fits), 1)
+    after = sum(f.after for f in fits) / max(len(fits), 1)
+    print(f"reconstruct: {len(fits)} layers refitted on {batches} batches; mean relative output error "
+          f"{before:.4f} (inherited) -> {after:.4f}")
 
 
 def student_spec(cfg: TrainConfig, arch: Any, teacher: str | None, teacher_dataset: str | None = None) -> RunSpec:
@@ -113,6 +129,7 @@ def student_spec(cfg: TrainConfig, arch: Any, teacher: str | None, teacher_datas
     :func:`tas.load_slim` rebuilds it), where its ``teacher`` came from and the dataset it was
     trained on (when known), ``--init`` and the KD settings."""
     extra = {"arch": arch.to_dict(), "teacher": teacher, "teacher_dataset": teacher_dataset, "init": cfg.init,
+             **({"recon_batches": cfg.recon_batches} if cfg.init == "reconstruct" else {}),
              "kd": None if cfg.no_kd else {"alpha": cfg.kd_alpha, "temperature": cfg.kd_temperature}}
     return RunSpec(arch.model, dict(arch.model_kwargs), tuple(arch.input_size), extra)
 

@@ -43,11 +43,14 @@ from ..models.factory import create_model, load_state_dict_strict
 from ..prune.flops import count_flops, count_params
 from . import engine
 
-__all__ = ["TrainConfig", "RunSpec", "Context", "SCHEDULERS", "prepare", "build_teacher", "fit",
+__all__ = ["TrainConfig", "RunSpec", "Context", "SCHEDULERS", "INITS", "prepare", "build_teacher", "fit",
            "seed_everything", "create_optimizer", "create_scheduler"]
 
 #: learning-rate schedules accepted by ``--sched`` (all stepped per update, with linear warmup)
 SCHEDULERS = ("cosine", "tanh", "poly", "multistep", "none")
+#: how a distilled slim network starts (``--init``): the teacher's kept channels, those refitted by
+#: :func:`tas.prune.reconstruct.reconstruct`, or random weights
+INITS = ("inherit", "reconstruct", "scratch")
 
 #: settings a resumed run must share with the run it resumes (others, e.g. --epochs, may change)
 _RESUME_KEYS = ("mode", "model", "dataset", "img_size", "batch_size", "seed", "limit")
@@ -94,6 +97,7 @@ class TrainConfig:
     arch: str | None = None
     teacher: str | None = None
     init: str = "inherit"
+    recon_batches: int = 8
     kd_alpha: float = 0.9
     kd_temperature: float = 4.0
     no_kd: bool = False
@@ -133,8 +137,10 @@ class TrainConfig:
             raise bad("nan-policy", self.nan_policy, "stop or skip")
         if not isinstance(self.checkpoint_every, int) or self.checkpoint_every < 0:
             raise bad("checkpoint-every", self.checkpoint_every, "a non-negative integer (0: epochs only)")
-        if self.init not in ("inherit", "scratch"):
-            raise bad("init", self.init, "inherit or scratch")
+        if self.init not in INITS:
+            raise bad("init", self.init, ", ".join(INITS))
+        if not isinstance(self.recon_batches, int) or self.recon_batches < 1:
+            raise bad("recon-batches", self.recon_batches, "a positive integer")
         if not 0 <= self.kd_alpha <= 1:
             raise bad("kd-alpha", self.kd_alpha, "in [0, 1]")
         if self.kd_temperature <= 0:
