@@ -33,10 +33,18 @@ import torch.nn.functional as F
 from .. import distributed
 from ..prune.slicing import conv_view, conv_weight, fold_scale, slice_bn, slice_conv, slice_linear, take_channels
 from .groups import GroupState
-from .interp import channel_interp
+from .interp import channel_interp, interp_matrix
 
 
-__all__ = ["mix_fragments", "batch_norm_at", "SearchConv", "SearchBN", "SearchLinear", "SearchStage"]
+__all__ = ["FUSED_BN_MAX_CHANNELS", "mix_fragments", "fusable", "fused_candidate_bn", "batch_norm_at", "SearchConv",
+           "SearchBN", "SearchLinear", "SearchStage"]
+
+
+#: Widest group (in channels) whose candidate BatchNorms :class:`SearchBN` fuses in search mode
+#: (:func:`fused_candidate_bn`). The fused 1×1 mixing conv costs ``C²`` per pixel against the K BN
+#: passes and CWI products it replaces, so it wins on narrow layers and loses on wide ones; the
+#: crossing was measured per layer with ``benchmarks/fused_bn.py`` (docs/benchmarks_search_overhead.md).
+FUSED_BN_MAX_CHANNELS = 64
 
 
 class SearchConv(nn.Module):
@@ -144,6 +152,78 @@ def mix_fragments(x: torch.Tensor, group: GroupState, fn) -> torch.Tensor:
     return out
 
 
+def fusable(bns: nn.ModuleList, group: GroupState) -> bool:
+    """Whether :func:`fused_candidate_bn` computes this search-mode forward of ``bns`` exactly.
+
+    It needs training-mode statistics (every candidate then normalises with the same batch mean and
+    variance), plain affine BNs with one ``eps`` (a fused activation would sit between the affine
+    and the mixing), prefix fragments (channels 0..n-1, every fragment under prefix selection) and
+    one process (a distributed run normalises with the global batch's statistics). A single
+    fragment has nothing to mix: its one BN pass is cheaper.
+    """
+    frags = group.fragments
+    if frags is None or len(frags) < 2 or distributed.is_active():
+        return False
+    eps = bns[frags[0][0]].eps
+    for j, pos, chans, _ in frags:
+        bn = bns[j]
+        if (not bn.training or not bn.track_running_stats or not bn.affine or hasattr(bn, "act")
+                or bn.eps != eps or not (pos is None or isinstance(pos, int))
+                or not (chans is None or isinstance(chans, int))):
+            return False
+    return True
+
+
+def _update_running_stats(bn: nn.BatchNorm2d, mean: torch.Tensor, var: torch.Tensor) -> None:
+    """``bn``'s running statistics at channels ``0..len(mean)-1`` after a training-mode batch,
+    updated in place as ``F.batch_norm`` would (``var`` the unbiased batch variance)."""
+    bn.num_batches_tracked.add_(1)
+    f = 1.0 / float(bn.num_batches_tracked) if bn.momentum is None else bn.momentum
+    c = mean.numel()
+    bn.running_mean[:c].mul_(1 - f).add_(mean, alpha=f)
+    bn.running_var[:c].mul_(1 - f).add_(var, alpha=f)
+
+
+def fused_candidate_bn(bns: nn.ModuleList, x: torch.Tensor, group: GroupState) -> torch.Tensor:
+    """The TAS fragment mixture of ``group``'s candidate BNs as one BN and one 1×1 conv.
+
+    In training mode every candidate BN normalises a channel with the same batch statistics, so the
+    candidates differ only in their affine parameters and in whose running statistics they update:
+    ``Σ_j w_j·CWI_j(s·(γ_j·x̂[:, :c_j] + β_j))`` is ``M·x̂ + b`` with the ``C×C`` matrix
+    ``M = Σ_j w_j·I_j·diag(s·γ_j)`` (``I_j`` the ``C×c_j`` CWI matrix, ``s`` the SA++ scale) and
+    ``b = Σ_j w_j·I_j·(s·β_j)``, both built from per-channel tensors. The K BN passes, CWI products
+    and weighted sum become one affine-free ``batch_norm`` and one ``conv2d``; each candidate's
+    running statistics are updated at its channels as :func:`batch_norm_at` does. Only for
+    :func:`fusable` fragments; equal to :func:`mix_fragments` over :func:`batch_norm_at`.
+    """
+    width = x.shape[1]
+    first = bns[group.fragments[0][0]]
+    stats = x.new_zeros(2, width, dtype=first.running_mean.dtype)
+    stats[1] = 1.0
+    # momentum 1: the two buffers receive the batch mean and the unbiased batch variance
+    xhat = F.batch_norm(x, stats[0], stats[1], None, None, True, 1.0, first.eps)
+    mix, bias = None, None
+    for j, pos, _, weight in group.fragments:
+        bn = bns[j]
+        c = width if pos is None else pos
+        with torch.no_grad():
+            _update_running_stats(bn, stats[0, :c], stats[1, :c])
+        gamma, beta = bn.weight[:c], bn.bias[:c]
+        scale = group.scale_at(c)
+        if scale is not None:
+            gamma, beta = gamma * scale, beta * scale
+        if weight is not None:
+            gamma, beta = gamma * weight, beta * weight
+        if c == width:
+            m, b = torch.diag(gamma), beta
+        else:
+            inter = interp_matrix(c, width, x.device, gamma.dtype)  # (width, c)
+            m, b = F.pad(inter * gamma, (0, width - c)), inter @ beta
+        mix = m if mix is None else mix + m
+        bias = b if bias is None else bias + b
+    return F.conv2d(xhat, mix.to(xhat.dtype)[:, :, None, None], bias.to(xhat.dtype))
+
+
 class SearchBN(nn.Module):
     """Per-candidate BatchNorms of one group, mixed with channel-wise interpolation in search mode.
 
@@ -151,12 +231,17 @@ class SearchBN(nn.Module):
     candidate ``j`` is sampled, at that candidate's channels. Keeping every copy full width ties
     its statistics to channel ids rather than positions, so they stay right when a ranking
     (SA++ attention) changes which channels a candidate keeps.
+
+    ``fused`` (set for groups of at most :data:`FUSED_BN_MAX_CHANNELS` channels) computes a
+    training-mode search forward with :func:`fused_candidate_bn` wherever it applies; it changes
+    the cost, not the result.
     """
 
     def __init__(self, bn: nn.BatchNorm2d, group: GroupState) -> None:
         super().__init__()
         self.group = [group]
         self.bns = nn.ModuleList(slice_bn(bn, None) for _ in group.widths)
+        self.fused = group.channels <= FUSED_BN_MAX_CHANNELS
 
     def _hard(self) -> tuple[nn.BatchNorm2d, Any]:
         g = self.group[0]
@@ -170,6 +255,8 @@ class SearchBN(nn.Module):
         if g.fragments is None:
             bn, idx = self._hard()
             return batch_norm_at(bn, x, idx, g.scale_at(g.active))
+        if self.fused and fusable(self.bns, g):
+            return fused_candidate_bn(self.bns, x, g)
         return mix_fragments(x, g, lambda j, t, chans: batch_norm_at(self.bns[j], t, chans, g.scale_at(chans)))
 
     def sliced(self) -> nn.BatchNorm2d:
