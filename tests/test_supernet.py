@@ -281,3 +281,28 @@ def test_resnet_refuses_a_conv_subclass_that_does_not_slice_exactly():
     model.layer1[0].conv1 = StdConv2d(old.in_channels, old.out_channels, 3, padding=1, bias=False)
     with pytest.raises(ModelError, match=r"unsupported ResNet variant: layer1\.0\.conv1 is a StdConv2d"):
         create_supernet(model, input_size=(3, 32, 32), model_name="resnet18")
+
+
+@pytest.mark.parametrize("model,size", [("cifar_resnet20", (3, 16, 16)), ("resnet18", (3, 32, 32))])
+def test_vectorised_expected_cost_equals_the_term_sum(model, size):
+    """Supernet.expected_cost (the padded tables) against CostModel.expected (one term at a time) with
+    every group and stage soft at once, plain and sharpened: values and the α/β gradients."""
+    s = create_supernet(timm.create_model(model, num_classes=10), input_size=size).double()
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for p in s.arch_parameters():
+            p.copy_(torch.randn(p.shape))
+    params = list(s.arch_parameters())
+    assert len(s.betas) > 0
+    for temperature in (1.0, 0.3):
+        with s.sharpened(temperature):
+            wp = {n: (g.probs(), torch.tensor(g.widths, dtype=torch.float64)) for n, g in s.groups().items()}
+            dp = {n: (s.depth_probs(n), torch.tensor(s.stage_depths[n])) for n in s.graph.stages}
+            for metric in ("flops", "params"):
+                ref = s.cost.expected(metric, wp, dp)
+                new = s.expected_cost(metric)
+                assert new.item() == pytest.approx(ref.item(), rel=1e-9), (metric, temperature)
+                g_ref = torch.autograd.grad(ref, params, retain_graph=True)
+                g_new = torch.autograd.grad(new, params)
+                for a, b in zip(g_ref, g_new):
+                    assert torch.allclose(a, b, rtol=1e-7, atol=1e-9 * ref.item())

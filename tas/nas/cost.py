@@ -23,7 +23,7 @@ import torch.nn as nn
 
 from ..prune.graph import ModelGraph
 
-__all__ = ["CostTerm", "CostModel", "build_cost_model", "cost_loss", "LagrangianCost", "COST_LOSSES"]
+__all__ = ["CostTerm", "CostModel", "ExpectedCostTable", "build_cost_model", "cost_loss", "LagrangianCost", "COST_LOSSES"]
 
 #: the architecture step's budget terms: the dual-ascent controller, or the paper's loss
 COST_LOSSES = ("lagrangian", "tas")
@@ -110,6 +110,64 @@ class CostModel:
                 v = v * kept(*t.block)
             total = total + v
         return total + self.fixed[metric]
+
+    def table(self, metric: str, widths: Mapping[str, Sequence[int]], depths: Mapping[str, Sequence[int]]
+              ) -> "ExpectedCostTable":
+        """:meth:`expected` for these groups' candidate widths and stages' candidate depths, vectorised."""
+        return ExpectedCostTable(self, metric, widths, depths)
+
+
+class ExpectedCostTable:
+    """:meth:`CostModel.expected` for one metric and one layout of candidates, as a dozen tensor ops.
+
+    A search evaluates the expected cost at every architecture step; the term-by-term sum builds a
+    few tensors per cost term (hundreds of tiny ops). Here the terms become index tensors, built
+    once: a group's width moments ``E[w^p]`` are one product of the padded ``(groups, candidates)``
+    probability matrix with the widths' powers, each term's product of moments one gather and
+    ``prod``, and each term's block presence a masked sum of its stage's depth probabilities.
+
+    Args:
+        widths: candidate widths per group, in the order the rows of the probability matrix follow.
+        depths: candidate depths per stage, likewise; stages without a row keep all their blocks.
+    """
+
+    def __init__(self, model: CostModel, metric: str, widths: Mapping[str, Sequence[int]],
+                 depths: Mapping[str, Sequence[int]]) -> None:
+        terms = model.terms[metric]
+        self.fixed = float(model.fixed[metric])
+        gidx = {g: i for i, g in enumerate(widths)}
+        sidx = {s: i for i, s in enumerate(depths)}
+        powers = max([max(Counter(t.groups).values(), default=1) for t in terms] + [1])
+        cw = max([len(w) for w in widths.values()] + [1])
+        w = torch.zeros(len(widths), cw, dtype=torch.float64)
+        for i, ws in enumerate(widths.values()):
+            w[i, :len(ws)] = torch.tensor([float(v) for v in ws], dtype=torch.float64)
+        self.width_powers = torch.stack([w.pow(p) for p in range(1, powers + 1)], -1).float()  # (G, cw, P)
+        one = len(widths) * powers  # the index of a constant 1 appended to the flattened moments
+        factors = [[gidx[g] * powers + p - 1 for g, p in Counter(t.groups).items()] for t in terms]
+        n = max([len(f) for f in factors] + [1])
+        self.moment_index = torch.tensor([f + [one] * (n - len(f)) for f in factors], dtype=torch.long).view(len(terms), n)
+        self.coeff = torch.tensor([t.coeff for t in terms], dtype=torch.float32)
+        dw = max([len(d) for d in depths.values()] + [1])
+        stage = torch.full((len(terms),), len(depths), dtype=torch.long)  # row len(depths): probability 1
+        keep = torch.zeros(len(terms), dw)
+        for k, t in enumerate(terms):
+            if t.block is not None and t.block[1] > 0:
+                stage[k] = sidx[t.block[0]]
+                ds = list(depths[t.block[0]])
+                keep[k, :len(ds)] = torch.tensor([float(d > t.block[1]) for d in ds])
+            else:
+                keep[k, 0] = 1.0
+        self.stage_index, self.keep_mask = stage, keep
+
+    def __call__(self, width_probs: torch.Tensor, depth_probs: torch.Tensor) -> torch.Tensor:
+        """The expected cost at ``width_probs`` ``(groups, candidates)`` and ``depth_probs``
+        ``(stages, candidates)``, each row a distribution zero-padded on the right."""
+        moments = (width_probs.unsqueeze(-1) * self.width_powers).sum(1).flatten()
+        factors = torch.cat([moments, moments.new_ones(1)])[self.moment_index].prod(-1)
+        stage_probs = torch.cat([depth_probs, self.keep_mask.new_ones(1, depth_probs.shape[1])])
+        kept = (stage_probs[self.stage_index] * self.keep_mask).sum(-1)
+        return (self.coeff * factors * kept).sum() + self.fixed
 
 
 @torch.no_grad()

@@ -95,6 +95,9 @@ class Supernet(nn.Module):
         self.generator: torch.Generator | None = None
         self.mode = "search"
         self.temperature = 1.0
+        self._cost_tables: dict[str, Any] = {}  # metric -> ExpectedCostTable, see expected_cost()
+        self._width_rows = self._rows([len(g.widths) if g.alpha is not None else None for g in self.groups().values()])
+        self._depth_rows = self._rows([len(depth_cands[n]) if _key(n) in self.betas else None for n in graph.stages])
 
     # -- parameters -------------------------------------------------------------------------
     def groups(self) -> dict[str, GroupState]:
@@ -250,10 +253,41 @@ class Supernet(nn.Module):
             self.temperature = saved[1]
 
     def expected_cost(self, metric: str = "flops") -> torch.Tensor:
-        """Differentiable expected FLOPs or params under softmax(α) and softmax(β)."""
-        wp = {n: (g.probs().cpu(), torch.tensor(g.widths, dtype=torch.float32)) for n, g in self.groups().items()}
-        dp = {n: (self.depth_probs(n).cpu(), torch.tensor(self.stage_depths[n])) for n in self.graph.stages}
-        return self.cost.expected(metric, wp, dp)
+        """Differentiable expected FLOPs or params under softmax(α) and softmax(β).
+
+        :meth:`CostModel.expected <tas.cost.CostModel.expected>` as a few tensor ops
+        (:class:`~tas.cost.ExpectedCostTable`): every group's logits (a single candidate's: 0) are
+        gathered into one padded ``(groups, candidates)`` matrix, padding at −∞, and one softmax
+        gives all the width distributions; likewise the depths. Computed on the CPU.
+        """
+        if metric not in self._cost_tables:
+            self._cost_tables[metric] = self.cost.table(
+                metric, {n: g.widths for n, g in self.groups().items()},
+                {n: self.stage_depths[n] for n in self.graph.stages})
+        table = self._cost_tables[metric]
+        alphas = [g.alpha for g in self.groups().values() if g.alpha is not None]
+        betas = [self.betas[_key(n)] for n in self.graph.stages if _key(n) in self.betas]
+        return table(self._padded_probs(alphas, self._width_rows), self._padded_probs(betas, self._depth_rows))
+
+    def _padded_probs(self, logits: list[torch.Tensor], rows: torch.Tensor) -> torch.Tensor:
+        """``softmax(logits / temperature)`` of each row of ``rows``, an index into ``cat(logits) + [0, −∞]``."""
+        pad = torch.tensor([0.0, float("-inf")])
+        flat = torch.cat([t.cpu() for t in logits] + [pad.to(logits[0].dtype if logits else pad.dtype)])
+        return torch.softmax(flat[rows] / self.temperature, dim=-1)
+
+    @staticmethod
+    def _rows(sizes: list[int | None]) -> torch.Tensor:
+        """Gather rows for :meth:`_padded_probs`: ``sizes[i]`` logits of row i (None: a fixed row)."""
+        total = sum(n for n in sizes if n)
+        width = max([n or 1 for n in sizes] + [1])
+        rows, offset = [], 0
+        for n in sizes:
+            if n:
+                rows.append(list(range(offset, offset + n)) + [total + 1] * (width - n))
+                offset += n
+            else:  # probability 1 on the only candidate
+                rows.append([total] + [total + 1] * (width - 1))
+        return torch.tensor(rows, dtype=torch.long).view(len(sizes), width)
 
     def check_target(self, metric: str, ratio: float) -> None:
         """Refuse a budget below the smallest architecture of the space, naming the reachable minimum."""
