@@ -27,6 +27,13 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescript
     """``--help`` with every flag's default and the examples in the epilog kept as written."""
 
 
+def add_device_flags(group: Any) -> None:
+    """``--amp`` and ``--channels-last`` (:mod:`tas.amp`), shared by train and search."""
+    group.add_argument("--amp", default=None, choices=("bf16", "fp16"),
+                       help="mixed precision: forward under autocast in bf16, or fp16 with loss scaling")
+    group.add_argument("--channels-last", action="store_true", help="models and batches in NHWC (fast on CUDA)")
+
+
 def _load_config(path: str) -> dict:
     p = Path(path)
     if not p.is_file():

@@ -479,6 +479,7 @@ def create_loaders(
         limit: int | None = None,
         distributed: bool = False,
         augment: bool = True,
+        pin_memory: bool = False,
 ) -> dict[str, DataLoader]:
     """Training and test loaders for dataset ``name``.
 
@@ -500,6 +501,8 @@ def create_loaders(
             Augmentation draws from each process's own RNG, so only without it does a
             distributed run see exactly the images a single process would.
         augment: random training augmentation (the dataset's default crop/flip); ``False`` for none.
+        pin_memory: batches in page-locked memory, so that copies to a CUDA device can overlap the
+            step (pass ``device.type == "cuda"``; on a CPU run it would only cost memory).
 
     Returns:
         ``{"train", "test"}`` loaders, plus ``"val"`` with ``search_split``. Each loader's
@@ -517,7 +520,7 @@ def create_loaders(
     halves = (dict(zip(("train", "val"), split_train_val(train_set.targets, seed)))
               if search_split else {"train": range(len(train_set))})
     rank, world = (dist.rank(), dist.world_size()) if distributed else (0, 1)
-    common = dict(num_workers=workers, persistent_workers=workers > 0, pin_memory=torch.cuda.is_available())
+    common = dict(num_workers=workers, persistent_workers=workers > 0, pin_memory=pin_memory)
 
     def batches(sampler: Any, drop_small: bool) -> Any:
         per_batch = BatchSampler(sampler, batch_size, drop_last=False)

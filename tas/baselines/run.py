@@ -88,7 +88,7 @@ def _run_baseline(cfg: Any, method: str, values: Mapping[str, Any]) -> dict[str,
     # calibration batches are read unaugmented; a training baseline trains on the augmented split
     loaders = data.create_loaders(cfg.dataset, data_dir=cfg.data_dir, batch_size=cfg.batch_size, workers=cfg.workers,
                                   seed=cfg.seed, download=cfg.download, img_size=info.img_size, limit=cfg.limit,
-                                  augment=cfg.augment and method not in NEEDS_DATA)
+                                  augment=cfg.augment and method not in NEEDS_DATA, pin_memory=device.type == "cuda")
     options = _options(method, values, cfg, loaders["train"])
     if method in TRAINING:
         options.update(epochs=cfg.epochs, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)

@@ -17,7 +17,7 @@ from typing import Sequence
 
 from ..baselines import METHODS
 from ..prune.channel_order import CRITERIA
-from ..cli import DATASET_HELP, HelpFormatter, parse_args
+from ..cli import DATASET_HELP, HelpFormatter, add_device_flags, parse_args
 from ..nas.config import SearchConfig
 from ..nas.searcher import search
 from ..baselines import run_baseline
@@ -147,6 +147,7 @@ def _run_flags(p: argparse.ArgumentParser, d: SearchConfig) -> None:
     g.add_argument("--nan-policy", default=d.nan_policy, choices=("stop", "skip"),
                    help="on a NaN/inf loss: stop (exit 3, last good checkpoint kept) or skip the step")
     g.add_argument("--no-progress", action="store_true")
+    add_device_flags(g)
 
 
 def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:

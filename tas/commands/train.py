@@ -16,7 +16,7 @@ from __future__ import annotations
 import argparse
 from typing import Sequence
 
-from ..cli import DATASET_HELP, HelpFormatter, parse_args
+from ..cli import DATASET_HELP, HelpFormatter, add_device_flags, parse_args
 from ..train.loop import INITS, SCHEDULERS, TrainConfig
 from ..train import run as train_run
 
@@ -67,6 +67,7 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
                    help="also save the resumable state every N updates (0: only at epoch ends)")
     g.add_argument("--nan-policy", default=d.nan_policy, choices=("stop", "skip"),
                    help="on a NaN/inf loss: stop (exit 3, last good checkpoint kept) or skip the step")
+    add_device_flags(g)
 
     g = p.add_argument_group("distillation of a pruned network (stage 3)")
     g.add_argument("--arch", default=d.arch, help="arch.json (or a search run directory): train this slim network")

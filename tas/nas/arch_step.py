@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from .. import distributed
+from ..train.amp import Precision
 from .cost import COST_LOSSES, LagrangianCost, cost_loss
 from ..errors import DivergedError
 from .supernet import Supernet
@@ -31,13 +32,16 @@ class ArchStepper:
     :class:`~tas.deploy.latency.LatencyTable` passed as ``latency``). ``ceiling=(metric, ratio)`` adds an
     upper bound on FLOPs or params next to a latency target: ``+log E[metric]`` while the argmax
     architecture exceeds it. ``fill=True`` makes :meth:`decode` spend the budget up to the target
-    instead of stopping anywhere in the band.
+    instead of stopping anywhere in the band. ``precision`` runs the CE forward under autocast and
+    scales the backward (:class:`~tas.train.amp.Precision`; the caller calls its ``update`` once per
+    iteration); the cost terms stay float32.
     """
 
     def __init__(self, supernet: Supernet, metric: str, ratio: float, tolerance: float, cost_weight: float,
                  lr: float, weight_decay: float, latency: Any = None,
                  ceiling: tuple[str, float] | None = None, fill: bool = False, cost_loss: str = "lagrangian",
-                 dual_lr: float = 1.0, dual_penalty: float = 20.0, sharp_temperature: float | None = 0.1) -> None:
+                 dual_lr: float = 1.0, dual_penalty: float = 20.0, sharp_temperature: float | None = 0.1,
+                 precision: Precision | None = None) -> None:
         if cost_loss not in COST_LOSSES:
             raise ValueError(f"unknown cost loss {cost_loss!r} (one of {', '.join(COST_LOSSES)})")
         self.supernet, self.metric, self.tolerance, self.cost_weight = supernet, metric, tolerance, cost_weight
@@ -45,6 +49,7 @@ class ArchStepper:
         self.full = latency.full() if metric == "latency" else supernet.full[metric]
         self.target = ratio * self.full
         self.params = list(supernet.arch_parameters())
+        self.precision = precision or Precision(device=next(supernet.parameters()).device)
         self.optimizer = torch.optim.Adam(self.params, lr=lr, betas=(0.5, 0.999), weight_decay=weight_decay)
         # Aimed at the band's middle (its top when filling): both edges are then half a band away.
         aim = ratio if fill else ratio - tolerance / 2
@@ -93,19 +98,20 @@ class ArchStepper:
     def step(self, images: torch.Tensor, targets: torch.Tensor) -> dict[str, float]:
         """One Adam step on α and β (then one ascent step on the multipliers); in a distributed run
         the CE is the global batch's (all ranks)."""
-        ce = F.cross_entropy(self.supernet(images), targets)
+        with self.precision.autocast():
+            ce = F.cross_entropy(self.supernet(images), targets)
         lc, weight, expected, current = self._cost_loss()
         loss = ce + weight * lc.to(ce.device)
         self.optimizer.zero_grad(set_to_none=True)
         # Only α and β: the weight gradients of this val batch would be discarded anyway.
-        (loss * distributed.loss_scale(targets.numel())).backward(inputs=self.params)
+        self.precision.backward(loss * distributed.loss_scale(targets.numel()), inputs=self.params)
         n, (ce_sum,) = distributed.reduce_gradients(self.params, targets.numel(), [ce.item() * targets.numel()])
         ce_value, lc_value = ce_sum / max(n, 1), lc.item()
         loss_value = ce_value + weight * lc_value
         if not math.isfinite(loss_value):
             bad = [n for n, v in (("arch CE", ce_value), ("cost loss", lc_value)) if not math.isfinite(v)]
             raise DivergedError(f"architecture loss is {loss_value} (non-finite: {', '.join(bad) or 'sum'})")
-        self.optimizer.step()
+        self.precision.step(self.optimizer)
         terms = {"arch_loss": loss_value, "arch_ce": ce_value, "cost_loss": lc_value,
                  "expected_ratio": expected.item() / self.full, "derived_ratio": current / self.full,
                  "band_low": self.band_low / self.full}

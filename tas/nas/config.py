@@ -7,6 +7,7 @@ from typing import Any
 from ..cli import config_from_args
 from ..errors import TasError
 from ..prune.channel_order import CRITERIA
+from ..train.amp import check_amp
 from .cost import COST_LOSSES
 
 __all__ = ["SearchConfig"]
@@ -74,6 +75,8 @@ class SearchConfig:
     log_every: int = 10
     checkpoint_every: int = 50
     nan_policy: str = "stop"
+    amp: str | None = None
+    channels_last: bool = False
     progress: bool = True
 
     @classmethod
@@ -101,6 +104,7 @@ class SearchConfig:
             raise TasError("--resume and --overwrite exclude each other")
         if self.nan_policy not in ("stop", "skip"):
             raise TasError(f"--nan-policy must be stop or skip, got {self.nan_policy!r}")
+        check_amp(self.amp)
         if not isinstance(self.checkpoint_every, int) or self.checkpoint_every < 0:
             raise TasError(f"--checkpoint-every must be a non-negative integer, got {self.checkpoint_every!r}")
         if self.selection not in ("prefix", "sapp"):

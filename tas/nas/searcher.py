@@ -49,6 +49,7 @@ from ..prune.limits import estimate_limits
 from ..prune.load import load_run
 from ..prune.materialize import materialize
 from ..train import engine
+from ..train.amp import Precision
 from ..train.loop import seed_everything
 from .arch_step import ArchStepper
 from .attention import PHASES, SappController, SappSchedule
@@ -289,6 +290,8 @@ class Searcher:
         if cfg.limit_widths:
             self._bound_widths()
         self.supernet.to(self.device)
+        self.precision = Precision(cfg.amp, self.device, cfg.channels_last)
+        self.precision.model(self.supernet)
         # The Gumbel draws: a stream of their own, seeded alike on every rank, so all ranks sample the
         # same fragments whatever else consumes random numbers (augmentation, dropout).
         self.supernet.generator = torch.Generator(device=self.device).manual_seed(cfg.seed)
@@ -340,7 +343,7 @@ class Searcher:
         self.stepper = ArchStepper(net, cfg.metric, cfg.ratio, cfg.tolerance, cfg.cost_weight, cfg.arch_lr,
                                    cfg.arch_weight_decay, latency=self.latency, ceiling=cfg.ceiling, fill=cfg.fill,
                                    cost_loss=cfg.cost_loss, dual_lr=cfg.dual_lr, dual_penalty=cfg.dual_penalty,
-                                   sharp_temperature=cfg.sharp_temperature)
+                                   sharp_temperature=cfg.sharp_temperature, precision=self.precision)
 
     # -- loop: the epochs ------------------------------------------------------------------------
     def _optimizers(self) -> None:
@@ -472,32 +475,35 @@ class Searcher:
         """One weight step on ``(xt, yt)``, then an architecture step on each val batch in ``val``
         (none during the ``arch_warmup``); returns the last architecture step's loss terms (empty
         when none was taken, ``None`` for a skipped step) and the weight loss."""
-        cfg, net, p, dev = self.cfg, self.supernet, self.progress, self.device
-        xt, yt = xt.to(dev), yt.to(dev)
+        cfg, net, p, dev, amp = self.cfg, self.supernet, self.progress, self.device, self.precision
+        xt, yt = amp.images(xt, dev), amp.images(yt, dev)
         if p.step < self.warmup_steps:
             val = []  # drawn all the same: the val order stays that of the run without warm-up
         net.tau = tau_at(p.step / max(1, self.total_steps - 1), cfg.tau_max, cfg.tau_min, cfg.tau_schedule)
         phase = sparsity = None
         if self.sapp is not None:
             phase, sparsity = self.sapp.step(p.step)
-        w_loss = F.cross_entropy(net(xt), yt)
+        with amp.autocast():
+            w_loss = F.cross_entropy(net(xt), yt)
         self.w_opt.zero_grad(set_to_none=True)
         if self.attn_opt is not None:
             self.attn_opt.zero_grad(set_to_none=True)
         # Only what this step updates: the Gumbel weights' and α/β's gradients would be
         # thrown away by the arch step's zero_grad.
-        (w_loss * distributed.loss_scale(yt.numel())).backward(inputs=self.grad_params)
+        amp.backward(w_loss * distributed.loss_scale(yt.numel()), inputs=self.grad_params)
         n, (w_sum,) = distributed.reduce_gradients(self.step_params, yt.numel(), [w_loss.item() * yt.numel()])
         w_value = w_sum / max(n, 1)
         try:
             if not math.isfinite(w_value):
                 raise DivergedError(f"weight loss (CE of the sampled supernet) is {w_value}")
-            self.w_opt.step()
+            amp.step(self.w_opt)
             if self.attn_opt is not None:
-                self.attn_opt.step()
+                amp.step(self.attn_opt)
+            amp.update()
             terms = {}
             for xv, yv in val:
-                terms = self.stepper.step(xv.to(dev), yv.to(dev))
+                terms = self.stepper.step(amp.images(xv, dev), amp.images(yv, dev))
+                amp.update()  # after every step: fp16's GradScaler refuses a second step before an update
         except DivergedError as e:
             where = f"epoch {epoch + 1}, step {in_epoch + 1}"
             if cfg.nan_policy != "skip":
@@ -656,7 +662,8 @@ def search(args: Any) -> dict[str, Any]:
         seed_everything(cfg.seed)
         loaders = create_loaders(cfg.dataset, data_dir=cfg.data_dir, batch_size=cfg.batch_size, workers=cfg.workers,
                                  seed=cfg.seed, download=cfg.download, img_size=info.img_size, search_split=True,
-                                 limit=cfg.limit, distributed=True, augment=cfg.augment)
+                                 limit=cfg.limit, distributed=True, augment=cfg.augment,
+                                 pin_memory=device.type == "cuda")
         data = SearchData(loaders["train"], loaders["val"], loaders["test"],
                           input_size=(info.in_chans, info.img_size, info.img_size), name=cfg.dataset, info=info)
         result = Searcher(cfg, teacher, data, device, model_name=tconfig["model"],

@@ -22,6 +22,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from . import engine
+from .amp import Precision
 from ..errors import ArchError, TasError
 from .loop import Context, RunSpec, TrainConfig, fit, prepare
 from ..prune.arch import Arch
@@ -155,7 +156,7 @@ def distill(cfg: TrainConfig, ctx: Context, student: nn.Module, spec: RunSpec, t
             ) -> dict[str, Any]:
     """Train ``student`` from the frozen ``teacher`` (:func:`tas.train.loop.fit`, KD loss, or plain CE
     with ``--no-kd``); the teacher's test top-1 is logged beside the student's for reference."""
-    teacher.to(ctx.device)
+    Precision(device=ctx.device, channels_last=cfg.channels_last).model(teacher.to(ctx.device))
     reference = {"val/teacher_top1": engine.evaluate(teacher, ctx.loaders["test"], ctx.device)["top1"]}
     loss_fn = (engine.cross_entropy_loss(cfg.label_smoothing) if cfg.no_kd
                else distillation_loss(teacher, cfg.kd_alpha, cfg.kd_temperature))

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 
 from .. import distributed
 from ..errors import DivergedError, TasError
+from .amp import Precision
 from tqdm.auto import tqdm
 from torch.utils.data import DataLoader
 
@@ -207,6 +208,7 @@ def train_one_epoch(
     on_step: Callable[[int, int, float, int], None] | None = None,
     nan_policy: str = "stop",
     stats: dict[str, int] | None = None,
+    precision: Precision | None = None,
 ) -> tuple[float, int]:
     """One pass over ``loader``; returns ``(mean loss per sample, num_updates after the epoch)``.
 
@@ -223,24 +225,29 @@ def train_one_epoch(
             (the training loop saves its step checkpoints there).
         nan_policy: ``stop`` raises :class:`DivergedError` on a non-finite loss; ``skip`` drops that
             step (no update) and counts it in ``stats["skipped"]``.
+        precision: autocast, fp16 loss scaling and memory format of the step (:mod:`tas.train.amp`);
+            default float32, the batches' own layout.
 
     Raises:
         DivergedError: the loss became NaN or infinite (names the epoch, step and term).
     """
     model.train()
+    precision = precision or Precision(device=device)
     total, count = totals
     bar = progress_bar(skip_batches(loader, start_step), progress, desc=f"epoch {epoch + 1}")
     for step, batch in enumerate(bar, start=start_step):
-        images, targets = _to_device(batch, device)
-        loss, terms = loss_fn(model, images, targets)
+        images, targets = precision.images(batch[0], device), precision.images(batch[1], device)
+        with precision.autocast():
+            loss, terms = loss_fn(model, images, targets)
         value = float(loss.detach())
         # Distributed, the ranks decide together: one rank skipping a step DDP waits for would hang.
         if distributed.all_reduce_max(0.0 if math.isfinite(value) else 1.0) > 0:
             _non_finite(value, terms, f"epoch {epoch + 1}, step {step + 1}", optimizer, nan_policy, stats)
             continue
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        precision.backward(loss)
+        precision.step(optimizer)
+        precision.update()
         num_updates += 1
         if scheduler is not None:
             scheduler.step_update(num_updates=num_updates)

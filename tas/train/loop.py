@@ -42,6 +42,7 @@ from ..io.rundir import WEIGHTS_NAME, check_output_dir, is_finished_run, save_ru
 from ..models.factory import create_model, load_state_dict_strict
 from ..prune.flops import count_flops, count_params
 from . import engine
+from .amp import Precision, check_amp
 
 __all__ = ["TrainConfig", "RunSpec", "Context", "SCHEDULERS", "INITS", "prepare", "build_teacher", "fit",
            "seed_everything", "create_optimizer", "create_scheduler"]
@@ -93,6 +94,8 @@ class TrainConfig:
     log_every: int = 10
     checkpoint_every: int = 50
     nan_policy: str = "stop"
+    amp: str | None = None
+    channels_last: bool = False
     # distillation of a pruned network (mode "distill")
     arch: str | None = None
     teacher: str | None = None
@@ -135,6 +138,7 @@ class TrainConfig:
             raise TasError("--output must name a directory")
         if self.nan_policy not in ("stop", "skip"):
             raise bad("nan-policy", self.nan_policy, "stop or skip")
+        check_amp(self.amp)
         if not isinstance(self.checkpoint_every, int) or self.checkpoint_every < 0:
             raise bad("checkpoint-every", self.checkpoint_every, "a non-negative integer (0: epochs only)")
         if self.init not in INITS:
@@ -208,7 +212,8 @@ def prepare(cfg: TrainConfig, mode: str = "teacher") -> Context:
     info = dataset_info(cfg.dataset, cfg.data_dir, cfg.img_size)
     loaders = create_loaders(cfg.dataset, data_dir=cfg.data_dir, batch_size=cfg.batch_size,
                              workers=cfg.workers, seed=cfg.seed, download=cfg.download,
-                             img_size=cfg.img_size, limit=cfg.limit, distributed=True)
+                             img_size=cfg.img_size, limit=cfg.limit, distributed=True,
+                             pin_memory=device.type == "cuda")
     return Context(output=out, device=device, info=info, loaders=loaders, mode=mode)
 
 
@@ -341,6 +346,8 @@ def _train_epochs(cfg: TrainConfig, ctx: Context, model: nn.Module, trained: nn.
     out, device, main = ctx.output, ctx.device, distributed.is_main()
     train_loader, test_loader = ctx.loaders["train"], ctx.loaders["test"]
     result = None
+    precision = Precision(cfg.amp, device, cfg.channels_last)  # one loss scale for the whole run
+    precision.model(model)
     for epoch in range(p.start_epoch, cfg.epochs):
         t0 = time.perf_counter()
         _reseed_loader(train_loader, cfg.seed, epoch)
@@ -360,7 +367,7 @@ def _train_epochs(cfg: TrainConfig, ctx: Context, model: nn.Module, trained: nn.
             epoch=epoch, num_updates=p.num_updates, writer=writer, progress=cfg.progress,
             log_every=cfg.log_every, start_step=p.start_step if first else 0,
             totals=p.totals if first else (0.0, 0), on_step=on_step,
-            nan_policy=cfg.nan_policy, stats=p.nan_stats)
+            nan_policy=cfg.nan_policy, stats=p.nan_stats, precision=precision)
         # DDP syncs buffers at the start of a forward: after the last step each rank's BN
         # statistics differ, and evaluation and the saved run must describe rank 0's model.
         distributed.broadcast_([b for b in model.buffers() if b.is_floating_point()])
