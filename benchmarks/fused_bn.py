@@ -1,13 +1,13 @@
 """Where does the fused candidate BN pay? Per layer, fused vs K-fragment, at the layers' real shapes.
 
-For every :class:`tas.ops.SearchBN` of each model's supernet (random weights, search mode, alpha at
+For every :class:`tas.nas.ops.SearchBN` of each model's supernet (random weights, search mode, alpha at
 its initialisation) this times one training-mode forward + backward of that layer alone, on an
 input of the layer's real shape (batch, widest sampled channels, height, width), both ways:
-:func:`tas.ops.fused_candidate_bn` (one BN + one 1×1 mixing conv) and the K-fragment mixture
-(:func:`tas.ops.mix_fragments`: a BN, a CWI product and a weighted sum per fragment). Each round
+:func:`tas.nas.ops.fused_candidate_bn` (one BN + one 1×1 mixing conv) and the K-fragment mixture
+(:func:`tas.nas.ops.mix_fragments`: a BN, a CWI product and a weighted sum per fragment). Each round
 draws one set of fragments and runs both, in alternating order; the table gives, per group width,
 the median over rounds and layers of fused / unfused (below 1: fusing wins). The width where the
-ratio crosses 1 is what :data:`tas.ops.FUSED_BN_MAX_CHANNELS` is set from.
+ratio crosses 1 is what :data:`tas.nas.ops.FUSED_BN_MAX_CHANNELS` is set from.
 
     python benchmarks/fused_bn.py                     # cifar_resnet20 (32 px, B 64) and resnet18 (64 px, B 32)
     python benchmarks/fused_bn.py --threads 1 2 --rounds 40
@@ -30,8 +30,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 import tas  # noqa: E402,F401  (registers cifar_resnet*)
-from tas.ops import SearchBN, batch_norm_at, fusable, fused_candidate_bn, mix_fragments  # noqa: E402
-from tas.supernet import create_supernet  # noqa: E402
+from tas.nas.ops import SearchBN, batch_norm_at, fusable, fused_candidate_bn, mix_fragments  # noqa: E402
+from tas.nas.supernet import create_supernet  # noqa: E402
 
 
 def layer_inputs(model: str, size: int) -> list[tuple[SearchBN, tuple[int, int]]]:
