@@ -33,7 +33,7 @@ from .io.rundir import run_lock
 from .data import DatasetInfo
 from .train.distill import distill as distill_stage
 from .train.distill import student_spec
-from .train.loop import Context, _check_output
+from .train.loop import Context, check_output
 
 __all__ = ["search", "distill", "SearchResult"]
 
@@ -153,7 +153,7 @@ def distill(slim: nn.Module, teacher: nn.Module, train_loader: Iterable, val_loa
     with tempfile.TemporaryDirectory(prefix="tas-distill-") if output is None else nullcontext(output) as out:
         cfg.output = str(out)
         with distributed.session(cfg.device) as dev, _lock(output):
-            ctx = Context(output=_check_output(cfg), device=dev, info=info, mode="distill",
+            ctx = Context(output=check_output(cfg), device=dev, info=info, mode="distill",
                           loaders={"train": train_loader, "test": val_loader}, persist=output is not None)
             metrics = distill_stage(cfg, ctx, slim, student_spec(cfg, arch, None), teacher)
     return {**metrics, "run_dir": str(output) if output is not None else None}

@@ -66,9 +66,11 @@ def teacher_run(tmp_path_factory, train_script) -> Path:
     return out
 
 
-def perturb_bn(module: torch.nn.Module, seed: int = 0) -> None:
-    """Make every BN (per candidate too) distinct, so using the wrong one shows in the logits."""
-    g = torch.Generator().manual_seed(seed)
+def perturb_bn(module: torch.nn.Module, seed: int = 0, generator: torch.Generator | None = None) -> torch.nn.Module:
+    """Trained-looking, distinct statistics and affine terms for every BN (per candidate too), so a
+    BN that is the identity or the wrong one shows in the logits; returns ``module``. The one BN
+    randomiser of the tests (``generator`` continues a caller's stream instead of ``seed``)."""
+    g = generator if generator is not None else torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for m in module.modules():
             if isinstance(m, torch.nn.BatchNorm2d):
@@ -77,6 +79,7 @@ def perturb_bn(module: torch.nn.Module, seed: int = 0) -> None:
                 m.running_var.copy_(0.5 + torch.rand(n, generator=g))
                 m.weight.copy_(1 + 0.1 * torch.randn(n, generator=g))
                 m.bias.copy_(0.1 * torch.randn(n, generator=g))
+    return module
 
 
 def state_step(run: Path) -> int:
@@ -228,13 +231,7 @@ def perturb_like_search(supernet: Supernet, seed: int = 0, scale: float = 0.2) -
     with torch.no_grad():
         for p in supernet.weight_parameters():
             p.add_(scale * p.abs().mean().clamp(min=1e-2) * torch.randn(p.shape, generator=g))
-        for m in supernet.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                n = m.num_features
-                m.weight.copy_(torch.empty(n).uniform_(0.5, 1.5, generator=g))
-                m.bias.copy_(0.2 * torch.randn(n, generator=g))
-                m.running_mean.copy_(0.2 * torch.randn(n, generator=g))
-                m.running_var.copy_(torch.empty(n).uniform_(0.5, 2.0, generator=g))
+    perturb_bn(supernet, generator=g)
 
 
 def grouped_random_indices(supernet: Supernet, arch: Arch, seed: int = 0) -> Arch:

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn as nn
-from conftest import zeroing_oracle
+from conftest import perturb_bn, zeroing_oracle
 
 import tas
 import tas.data
@@ -32,14 +32,7 @@ SIZE = (1, 16, 16)
 def _model(seed: int = 0) -> nn.Module:
     torch.manual_seed(seed)
     model = tas.create_model("cifar_resnet20", num_classes=10, in_chans=1)
-    with torch.no_grad():  # trained-looking BN statistics, so BN is not the identity
-        for m in model.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                m.weight.uniform_(0.5, 1.5)
-                m.bias.uniform_(-0.2, 0.2)
-                m.running_mean.normal_()
-                m.running_var.uniform_(0.5, 2.0)
-    return model.eval()
+    return perturb_bn(model, seed).eval()  # trained-looking BN statistics, so BN is not the identity
 
 
 @pytest.fixture(scope="module")

@@ -24,6 +24,8 @@ from tas.prune.materialize import materialize
 from tas.io.rundir import save_run
 from tas.nas.supernet import create_supernet
 
+from conftest import perturb_bn
+
 REPO = Path(__file__).resolve().parents[1]
 INPUT = (1, 16, 16)
 KWARGS = {"num_classes": 10, "in_chans": 1}
@@ -34,22 +36,9 @@ def _tiny(seed: int = 0) -> torch.nn.Module:
     return timm.create_model("cifar_resnet20", **KWARGS).eval()
 
 
-def _randomise_bn(model: torch.nn.Module, seed: int = 1) -> torch.nn.Module:
-    """Non-trivial BN statistics and affine terms, so a wrong export cannot hide behind identity BNs."""
-    g = torch.Generator().manual_seed(seed)
-    for m in model.modules():
-        if isinstance(m, torch.nn.BatchNorm2d):
-            n = m.num_features
-            m.running_mean.copy_(0.1 * torch.randn(n, generator=g))
-            m.running_var.copy_(0.5 + torch.rand(n, generator=g))
-            m.weight.data.copy_(0.5 + torch.rand(n, generator=g))
-            m.bias.data.copy_(0.1 * torch.randn(n, generator=g))
-    return model
-
-
 @pytest.fixture(scope="module")
 def slim_and_arch():
-    model = _randomise_bn(_tiny())
+    model = perturb_bn(_tiny())
     supernet = create_supernet(model, input_size=INPUT)
     widths = {n: g.widths[max(0, len(g.widths) // 2 - 1)] for n, g in supernet.groups().items()}
     depths = {n: d[-2] if len(d) > 1 else d[-1] for n, d in supernet.stage_depths.items()}
@@ -82,7 +71,7 @@ def _check_file(path: Path, info: dict) -> None:
 
 @pytest.fixture(scope="module")
 def full_export(tmp_path_factory):
-    model = _randomise_bn(_tiny())
+    model = perturb_bn(_tiny())
     path = tmp_path_factory.mktemp("full") / "full.onnx"
     return model, path, ex.export_onnx(model, path, INPUT)
 
@@ -109,7 +98,7 @@ def test_fallback_to_torchscript(tmp_path, monkeypatch):
         raise RuntimeError("simulated torch.export failure")
 
     monkeypatch.setattr(ex, "_export_dynamo", broken)
-    model = _randomise_bn(_tiny())
+    model = perturb_bn(_tiny())
     path = tmp_path / "ts.onnx"
     info = ex.export_onnx(model, path, INPUT, opset=17)
     _check_file(path, info)
@@ -141,8 +130,8 @@ def test_failed_dynamo_attempt_removes_only_its_own_files(tmp_path, monkeypatch)
 
 
 def test_parity_failure_raises_and_writes_nothing(tmp_path, monkeypatch):
-    model = _randomise_bn(_tiny(0))
-    other = _randomise_bn(_tiny(1), seed=2)
+    model = perturb_bn(_tiny(0))
+    other = perturb_bn(_tiny(1), seed=2)
     real = ex.export_graph
     monkeypatch.setattr(ex, "_export_to", lambda m, *a, **k: real(other, *a, **k))  # exports the wrong network
     path = tmp_path / "model.onnx"
@@ -160,14 +149,14 @@ def test_check_parity_against_other_model(full_export):
     model, path, _ = full_export
     assert ex.check_parity(model, path, INPUT) <= 1e-4
     with pytest.raises(TasError, match="disagree"):
-        ex.check_parity(_randomise_bn(_tiny(1), seed=2), path, INPUT)
+        ex.check_parity(perturb_bn(_tiny(1), seed=2), path, INPUT)
     ms = ort_latency([path, path], INPUT, batch=2, repeats=3, warmup=1, threads=1)
     assert len(ms) == 2 and all(m > 0 for m in ms)
 
 
 def _save_runs(tmp_path: Path, slim, arch) -> tuple[Path, Path]:
     teacher_dir = tmp_path / "teacher"
-    save_run(teacher_dir, _randomise_bn(_tiny()), model_name="cifar_resnet20", model_kwargs=KWARGS, input_size=INPUT)
+    save_run(teacher_dir, perturb_bn(_tiny()), model_name="cifar_resnet20", model_kwargs=KWARGS, input_size=INPUT)
     d = arch.to_dict()
     d["meta"] = {**d["meta"], "teacher": str(teacher_dir)}
     slim_dir = tmp_path / "slim"

@@ -12,7 +12,7 @@ import timm
 import torch
 
 import tas  # noqa: F401  (registers cifar_resnet* with timm)
-from conftest import FakeTimer
+from conftest import FakeTimer, perturb_bn
 from tas.commands import latency as latency_command
 from tas.deploy import latency as lat
 from tas.cli import run_main
@@ -149,7 +149,7 @@ def test_expected_is_the_joint_expectation_and_differentiable(table):
             for d, a in reversed(list(enumerate(e.axes))):
                 if at_mean:  # the table at the expected width: what is NOT asked for
                     mean = float(probs[a] @ np.array(s.groups()[a].widths))
-                    v = v @ lat._interp(e.widths[d], mean, a)
+                    v = v @ lat.table._interp(e.widths[d], mean, a)
                 else:
                     v = v @ np.array([sum(probs[a][i] for i, w in enumerate(s.groups()[a].widths) if w == gw)
                                       for gw in e.widths[d]])
@@ -320,13 +320,9 @@ def test_direct_onnx_micro_models_match_the_torchscript_export(tmp_path):
              lat.MicroSpec("linear", "fc", 16, 10, bias=True)]
     for i, spec in enumerate(specs):
         torch.manual_seed(i)
-        module = lat._torch_micro(spec)
-        for m in module.modules():
-            if isinstance(m, torch.nn.BatchNorm2d):
-                m.running_mean.uniform_(-0.5, 0.5)
-                m.running_var.uniform_(0.5, 1.5)
+        module = perturb_bn(lat.micro._torch_micro(spec), seed=i)
         direct = tmp_path / f"d{i}.onnx"
-        direct.write_bytes(lat._onnx_micro(spec, module))
+        direct.write_bytes(lat.micro._onnx_micro(spec, module))
         onnx.checker.check_model(str(direct))
         exported = tmp_path / f"e{i}.onnx"
         x = torch.randn(*spec.input_shape)
@@ -436,7 +432,7 @@ def test_measure_onnx_times_whole_models(tmp_path):
 
 def test_timer_calls_per_visit():
     supernet = _supernet(SMALL_SPACE)
-    n = sum(len(e.points()) for e in lat._entries(supernet, {k: g.widths for k, g in supernet.groups().items()}))
+    n = sum(len(e.points()) for e in lat.build._entries(supernet, {k: g.widths for k, g in supernet.groups().items()}))
     for warm in (0, 2):
         timer = FakeTimer()
         lat.build_latency_table(supernet, runtime="torch-cpu", timer=timer, repeats=3, warmup=1, progress=False,
@@ -481,7 +477,7 @@ def test_tf_same_convs_are_timed_with_the_padding_they_apply(tmp_path):
             continue
         (_, point), = e.points()
         spec = dataclasses.replace(e.spec(point, 1), bn=False)
-        real, micro = modules[e.name], lat._torch_micro(spec)
+        real, micro = modules[e.name], lat.micro._torch_micro(spec)
         conv = next(m for m in micro if isinstance(m, torch.nn.Conv2d))
         conv.load_state_dict(real.state_dict())
         x = torch.randn(*spec.input_shape)
@@ -492,7 +488,7 @@ def test_tf_same_convs_are_timed_with_the_padding_they_apply(tmp_path):
         if len(spec.padding) == 4 and spec.padding[:2] != spec.padding[2:]:
             asymmetric += 1
             path = tmp_path / "m.onnx"
-            path.write_bytes(lat._onnx_micro(spec, micro))
+            path.write_bytes(lat.micro._onnx_micro(spec, micro))
             out = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"input": x.numpy()})[0]
             np.testing.assert_allclose(out, want.numpy(), atol=1e-5, err_msg=e.name)
     assert asymmetric >= 2  # the stride-2 convs at even sizes pad (0, 0, 1, 1)-style

@@ -26,7 +26,7 @@ from ..errors import CheckpointError, ModelError, TasError
 from ..io.rundir import is_finished_run
 from ..models.factory import create_model
 from ..prune.flops import count_flops, count_params
-from ..prune.load import load_run
+from ..prune.load import load_original, load_run
 from .export import MIN_OPSET, export_onnx
 from .latency import ort_latency
 
@@ -50,13 +50,13 @@ def resolve_teacher(config: Mapping[str, Any], teacher: str | os.PathLike | None
     when there is nothing to compare with. ``teacher`` (a run directory) is taken as given; else the
     recorded teacher run if it still exists and fits; else the original rebuilt with random weights."""
     if teacher is not None:
-        model, tconfig = load_run(teacher)
+        model, tconfig = load_original(teacher, f"--teacher {teacher}")
         _check_teacher(config, tconfig, f"--teacher {teacher}")
         return model, f"run {teacher}"
     for cand in _teacher_candidates(config):
         if Path(cand).is_dir() and is_finished_run(cand):
             try:
-                model, tconfig = load_run(cand)
+                model, tconfig = load_original(cand, f"recorded teacher {cand}")
                 _check_teacher(config, tconfig, f"recorded teacher {cand}")
             except TasError as e:
                 print(f"note: ignoring the recorded teacher ({e}); using the rebuilt original", file=sys.stderr)
@@ -73,8 +73,7 @@ def resolve_teacher(config: Mapping[str, Any], teacher: str | os.PathLike | None
 
 
 def _check_teacher(config: Mapping[str, Any], tconfig: Mapping[str, Any], what: str) -> None:
-    if "arch" in tconfig:
-        raise ModelError(f"{what} is a pruned network; give the original's run")
+    """Refuse an (original) teacher of another model or input channels than the slim run's."""
     arch = config.get("arch")
     if isinstance(arch, Mapping) and arch.get("model") and arch["model"] != tconfig.get("model"):
         raise ModelError(f"{what} is a {tconfig.get('model')}, the slim network was pruned from {arch['model']}")

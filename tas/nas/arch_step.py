@@ -57,17 +57,11 @@ class ArchStepper:
         self.controller = (LagrangianCost(aim, dual_lr, 1 if sharp_temperature is None else 2, dual_penalty)
                            if cost_loss == "lagrangian" else None)
 
-    def _argmax(self) -> tuple[dict[str, int], dict[str, int]]:
-        s = self.supernet
-        widths = {n: g.widths[int(g.probs().argmax())] for n, g in s.groups().items()}
-        depths = {n: s.stage_depths[n][int(s.depth_probs(n).argmax())] for n in s.graph.stages}
-        return widths, depths
-
     def current_cost(self) -> float:
         """Cost of the current argmax architecture (cheap: no Arch object is built)."""
         if self.metric == "latency":
             return self.latency.current(self.supernet)
-        return self.supernet.cost.exact(self.metric, *self._argmax())
+        return self.supernet.cost.exact(self.metric, *self.supernet.argmax())
 
     def expected_cost(self) -> torch.Tensor:
         if self.metric == "latency":
@@ -77,7 +71,7 @@ class ArchStepper:
     def _ceiling_loss(self) -> torch.Tensor | None:
         if self.ceiling is None:
             return None
-        over = self._over_ceiling(*self._argmax())
+        over = self._over_ceiling(*self.supernet.argmax())
         return torch.log(self.supernet.expected_cost(self.ceiling[0])) if over else None
 
     def _cost_loss(self) -> tuple[torch.Tensor, float, torch.Tensor, float]:
@@ -222,7 +216,7 @@ class ArchStepper:
     def within(self, widths: dict[str, int] | None = None, depths: dict[str, int] | None = None) -> bool:
         """Whether an architecture (default: the current argmax) meets the budget band and the ceiling."""
         if widths is None or depths is None:
-            widths, depths = self._argmax()
+            widths, depths = self.supernet.argmax()
         cost = self._cost_of(widths, depths)
         return (self.target - self.tolerance * self.full <= cost <= self.target
                 and not self._over_ceiling(widths, depths))

@@ -46,7 +46,7 @@ from ..io.checkpoint import atomic_write_json, has_state, load_state, rng_state,
 from ..io.rundir import is_finished_run, run_lock, save_run
 from ..prune.channel_order import order_teacher, to_original
 from ..prune.limits import estimate_limits
-from ..prune.load import load_run
+from ..prune.load import load_original
 from ..prune.materialize import materialize
 from ..train import engine
 from ..train.amp import Precision
@@ -119,9 +119,7 @@ def load_teacher(cfg: Any) -> tuple[torch.nn.Module, dict]:
     """The trained network of ``cfg.teacher`` and its config; refuses pruned or mismatching runs."""
     if not cfg.teacher:
         raise TasError("--teacher: give the run directory of the trained network to prune (train.py --output)")
-    model, config = load_run(cfg.teacher)
-    if "arch" in config:
-        raise TasError(f"--teacher {cfg.teacher} is already a pruned network; give the original's run")
+    model, config = load_original(cfg.teacher, f"--teacher {cfg.teacher}")
     if cfg.model and cfg.model != config["model"]:
         raise TasError(f"--model {cfg.model} does not match the teacher in {cfg.teacher} ({config['model']})")
     return model, config
@@ -563,7 +561,7 @@ class Searcher:
             expected_ratio = self.stepper.expected_cost().item() / self.stepper.full
         # SA++: widths within the last phase's masks, then the masks become exactly the kept blocks
         widths, depths, projection_steps = (self.stepper.decode(caps=self.sapp.caps() if self.sapp is not None else None)
-                                            if cfg.decode else (*self.stepper._argmax(), 0))
+                                            if cfg.decode else (*net.argmax(), 0))
         arch = net.make_arch(widths, depths, meta=dict(
             epochs=cfg.epochs, projection_steps=projection_steps, pre_decode_ratio=pre_decode_ratio,
             cost_loss=cfg.cost_loss, decode=cfg.decode, channel_order=cfg.channel_order, metric=cfg.metric,

@@ -203,11 +203,15 @@ class Supernet(nn.Module):
                     full_flops=self.full["flops"], full_params=self.full["params"], method=method,
                     meta={"selection": self.selection, **dict(meta or {})})
 
-    def derive_arch(self, **meta: Any) -> Arch:
-        """The argmax architecture of the current width and depth logits."""
+    def argmax(self) -> tuple[dict[str, int], dict[str, int]]:
+        """``(widths, depths)`` of the current width and depth logits' argmax (cheap: no :class:`Arch`)."""
         widths = {n: g.widths[int(g.probs().argmax())] for n, g in self.groups().items()}
         depths = {n: self.stage_depths[n][int(self.depth_probs(n).argmax())] for n in self.graph.stages}
-        return self.make_arch(widths, depths, meta=meta)
+        return widths, depths
+
+    def derive_arch(self, **meta: Any) -> Arch:
+        """The argmax architecture of the current width and depth logits."""
+        return self.make_arch(*self.argmax(), meta=meta)
 
     def random_arch(self, generator: torch.Generator | None = None) -> Arch:
         """An architecture drawn uniformly from the space (for tests and the random baseline)."""

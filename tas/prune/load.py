@@ -12,13 +12,13 @@ from typing import Any, Mapping
 
 import torch.nn as nn
 
-from ..errors import ArchError, CheckpointError
+from ..errors import ArchError, CheckpointError, ModelError
 from ..io.checkpoint import load_weights
 from ..io.rundir import WEIGHTS_NAME, read_config
 from ..models.factory import create_model, load_state_dict_strict
 from .materialize import build_slim
 
-__all__ = ["build_model_from_config", "load_run", "load_slim"]
+__all__ = ["build_model_from_config", "load_run", "load_slim", "load_original"]
 
 
 def build_model_from_config(config: Mapping[str, Any]) -> nn.Module:
@@ -53,3 +53,13 @@ def load_slim(run_dir: str | Path) -> nn.Module:
     if "arch" not in config:
         raise ArchError(f"{run_dir} holds no architecture (config.json has no 'arch'): it is not a slim run")
     return model
+
+
+def load_original(run_dir: str | os.PathLike, what: str) -> tuple[nn.Module, dict[str, Any]]:
+    """:func:`load_run` of a run that must hold an original (unpruned) network: the teacher a search
+    prunes, a distillation learns from or an export compares with. ``what`` names it in the error
+    (``"--teacher runs/t"``); a pruned run (``"arch"`` in its config) raises :class:`ModelError`."""
+    model, config = load_run(run_dir)
+    if "arch" in config:
+        raise ModelError(f"{what} is a pruned network; give the original's run")
+    return model, config

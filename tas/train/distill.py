@@ -27,7 +27,7 @@ from ..errors import ArchError, TasError
 from .loop import Context, RunSpec, TrainConfig, fit, prepare
 from ..prune.arch import Arch
 from ..prune.materialize import build_slim, materialize
-from ..prune.load import load_run
+from ..prune.load import load_original
 from ..prune.reconstruct import calibration_batches, reconstruct
 
 __all__ = ["kd_loss", "distillation_loss", "load_arch", "build_student", "student_spec", "prepare_distillation",
@@ -96,9 +96,7 @@ def build_student(cfg: TrainConfig, ctx: Context) -> tuple[nn.Module, RunSpec, n
     if not cfg.teacher:
         raise TasError("--arch needs --teacher: the run directory of the network the arch was searched from")
     arch = load_arch(cfg.arch)
-    teacher, tconfig = load_run(cfg.teacher)
-    if "arch" in tconfig:
-        raise TasError(f"--teacher {cfg.teacher} is itself a pruned network; give the original's run")
+    teacher, tconfig = load_original(cfg.teacher, f"--teacher {cfg.teacher}")
     if tconfig["model"] != arch.model or any(tconfig["model_kwargs"].get(k) != arch.model_kwargs.get(k)
                                              for k in ("num_classes", "in_chans")):
         raise ArchError(f"the architecture in {cfg.arch} was searched on {arch.model} {arch.model_kwargs}; "

@@ -44,7 +44,7 @@ from ..prune.flops import count_flops, count_params
 from . import engine
 from .amp import Precision, check_amp
 
-__all__ = ["TrainConfig", "RunSpec", "Context", "SCHEDULERS", "INITS", "prepare", "build_teacher", "fit",
+__all__ = ["TrainConfig", "RunSpec", "Context", "SCHEDULERS", "INITS", "check_output", "prepare", "build_teacher", "fit",
            "seed_everything", "create_optimizer", "create_scheduler"]
 
 #: learning-rate schedules accepted by ``--sched`` (all stepped per update, with linear warmup)
@@ -185,7 +185,9 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def _check_output(cfg: TrainConfig) -> Path:
+def check_output(cfg: TrainConfig) -> Path:
+    """``--output`` as a :class:`Path`, checked before anything is read or trained: ``--resume``
+    needs a resumable state there; otherwise a finished or unfinished run there needs ``--overwrite``."""
     out = check_output_dir(cfg.output)
     if cfg.resume:
         if not has_state(out):
@@ -206,7 +208,7 @@ def prepare(cfg: TrainConfig, mode: str = "teacher") -> Context:
     The output directory is checked first, so a run that would be refused fails before any
     data is read.
     """
-    out = _check_output(cfg)
+    out = check_output(cfg)
     device = distributed.rank_device(resolve_device(cfg.device))
     seed_everything(cfg.seed)
     info = dataset_info(cfg.dataset, cfg.data_dir, cfg.img_size)

@@ -80,14 +80,12 @@ from .measure import (RUNTIMES, cuda_event_timer, hardware_string, measure, meas
 from .micro import MicroSpec, Runnable
 from .table import TIMINGS, LatencyTable, LayerEntry, aligned_candidates, budget_grids
 
-# Not in __all__, but importable from here as before the split (the tests use the private ones).
-from .build import _entries  # noqa: F401
-from .measure import Timer  # noqa: F401
-from .micro import _onnx_micro, _torch_micro  # noqa: F401
-from .table import FORMAT_VERSION, _interp  # noqa: F401
+from .measure import Timer
+from .table import FORMAT_VERSION
 
 __all__ = ["RUNTIMES", "DEFAULT_CACHE_DIR", "MicroSpec", "Runnable", "LayerEntry", "LatencyTable",
            "build_latency_table", "load_or_build", "cache_key", "cache_path", "hardware_string",
            "aligned_candidates", "check_prediction", "measure", "measure_onnx", "ort_latency", "perf_timer",
            "CALIBRATION_ARCHS", "NOISE_LIMIT", "TIMINGS", "refresh_noisy", "warn_if_noisy", "calibration_archs",
-           "fit_calibration", "fit_timing", "cuda_event_timer", "measure_stats", "spread", "budget_grids"]
+           "fit_calibration", "fit_timing", "cuda_event_timer", "measure_stats", "spread", "budget_grids", "Timer",
+           "FORMAT_VERSION"]

@@ -24,9 +24,9 @@ from tqdm.auto import tqdm
 from ...errors import CheckpointError, TasError
 from ...prune.materialize import materialize
 from .calibrate import calibration_archs, fit_calibration
-from .measure import Timer, _check_args, _measure_ort_subprocess, cuda_event_timer, hardware_string, measure_stats
-from .micro import MicroSpec, _Runtime
-from .table import FORMAT_VERSION, LatencyTable, LayerEntry, _graph_fingerprint
+from .measure import Timer, check_timing_args, measure_ort_subprocess, cuda_event_timer, hardware_string, measure_stats
+from .micro import MicroSpec, MicroRuntime
+from .table import FORMAT_VERSION, LatencyTable, LayerEntry, graph_fingerprint
 
 DEFAULT_CACHE_DIR = "~/.cache/tas/latency"
 #: parameters (bytes) of the micro-models alive at once; more are measured in several chunks
@@ -43,7 +43,7 @@ def cache_key(supernet: Any, runtime: str = "ort-cpu", batch: int = 1, threads: 
     batch, threads, the hardware string (and the measurement's ``warm_calls``)."""
     return {"format": FORMAT_VERSION, "model": supernet.model_name,
             "model_kwargs": json.loads(json.dumps(dict(supernet.model_kwargs), default=str)),
-            "graph": _graph_fingerprint(supernet.graph), "input_size": [int(s) for s in supernet.input_size],
+            "graph": graph_fingerprint(supernet.graph), "input_size": [int(s) for s in supernet.input_size],
             "runtime": runtime, "batch": int(batch), "threads": int(threads),
             "hardware": hardware if hardware is not None else hardware_string(runtime), "warm_calls": int(warm_calls)}
 
@@ -138,7 +138,7 @@ def _progress(total: int, desc: str, enabled: bool):
 class _Timing:
     """How one build times its models: the runtime, the repeats, the timer, the progress bars."""
 
-    rt: _Runtime
+    rt: MicroRuntime
     threads: int
     repeats: int
     warmup: int
@@ -166,8 +166,8 @@ def _time_chunks(t: _Timing, chunks: list[list[_Model]], pre: int, what: str
                     paths[-1].append(t.rt.file(spec, module))
                     bar.update(1)
         with _progress(len(chunks) * (t.warmup + t.repeats), f"latency: timing {total} {what}", t.progress) as bar:
-            return _measure_ort_subprocess(paths, [[spec.input_shape for spec, _ in c] for c in chunks], t.threads,
-                                           t.repeats, t.warmup, Path(t.rt._tmp.name), bar, pre=pre)
+            return measure_ort_subprocess(paths, [[spec.input_shape for spec, _ in c] for c in chunks], t.threads,
+                                           t.repeats, t.warmup, t.rt.workdir, bar, pre=pre)
     medians, spreads = [], []
     for ci, chunk in enumerate(chunks):
         tag = f" {ci + 1}/{len(chunks)}" if len(chunks) > 1 else ""
@@ -277,7 +277,7 @@ def build_latency_table(supernet: Any, runtime: str = "ort-cpu", batch: int = 1,
         noise_limit, remeasure: entries whose repeats spread more than ``noise_limit`` (IQR / median)
             are measured again, up to ``remeasure`` times; a warning names what stays noisy.
     """
-    _check_args(runtime, batch, threads, repeats, warmup)
+    check_timing_args(runtime, batch, threads, repeats, warmup)
     if not isinstance(warm_calls, int) or warm_calls < 0:
         raise TasError(f"warm_calls must be an integer >= 0, got {warm_calls!r}")
     t_start, load_before = time.perf_counter(), _load()
@@ -292,7 +292,7 @@ def build_latency_table(supernet: Any, runtime: str = "ort-cpu", batch: int = 1,
     whole_spec = MicroSpec("model", None, c_in=int(c), c_out=0, in_hw=(int(h), int(w)), batch=batch)
     if timer is None and runtime == "torch-cuda":
         timer = cuda_event_timer()
-    t = _Timing(_Runtime(runtime, threads, exporter), threads, repeats, warmup, timer, progress)
+    t = _Timing(MicroRuntime(runtime, threads, exporter), threads, repeats, warmup, timer, progress)
     try:
         whole_ms, calls = _measure_entries(t, supernet, entries, [(-1, (), whole_spec), *items], warm_calls)
         groups = {n: {"channels": g.channels, "widths": grid[n]} for n, g in supernet.graph.groups.items()}
@@ -386,7 +386,7 @@ def load_or_build(supernet: Any, runtime: str = "ort-cpu", batch: int = 1, threa
     what stays noisy, on every load.
     ``table.source`` says ``cache`` or ``built``; ``table.path`` where it lives.
     """
-    _check_args(runtime, batch, threads, repeats, warmup)
+    check_timing_args(runtime, batch, threads, repeats, warmup)
     key = cache_key(supernet, runtime, batch, threads, hardware, warm_calls)
     path = cache_path(key, cache_dir)
     extra: dict[str, list[int]] = {}
@@ -425,7 +425,7 @@ def refresh_noisy(table: LatencyTable, supernet: Any, timer: Timer | None = None
     runtime = str(table.key["runtime"])
     if timer is None and runtime == "torch-cuda":
         timer = cuda_event_timer()
-    t = _Timing(_Runtime(runtime, int(threads or table.key["threads"]), exporter), int(threads or table.key["threads"]),
+    t = _Timing(MicroRuntime(runtime, int(threads or table.key["threads"]), exporter), int(threads or table.key["threads"]),
                 int(repeats or table.meta.get("repeats", 30)), int(warmup if warmup is not None else table.meta.get("warmup", 5)),
                 timer, progress)
     table.meta.setdefault("notes", [])

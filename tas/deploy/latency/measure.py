@@ -95,7 +95,7 @@ def measure_stats(runnables: Sequence[Runnable], inputs: Sequence[Any], repeats:
     return [float(statistics.median(t)) for t in times], [spread(t) for t in times]
 
 
-def _check_args(runtime: str, batch: int, threads: int, repeats: int, warmup: int) -> None:
+def check_timing_args(runtime: str, batch: int, threads: int, repeats: int, warmup: int) -> None:
     if runtime not in RUNTIMES:
         raise TasError(f"unknown latency runtime {runtime!r} (one of {', '.join(RUNTIMES)})")
     if runtime == "torch-cuda" and not torch.cuda.is_available():
@@ -193,7 +193,7 @@ with open(job["result"], "w") as f:
 """
 
 
-def _measure_ort_subprocess(paths: list[list[Path]], shapes: list[list[tuple[int, ...]]], threads: int,
+def measure_ort_subprocess(paths: list[list[Path]], shapes: list[list[tuple[int, ...]]], threads: int,
                             repeats: int, warmup: int, workdir: Path, bar: Any, pre: int = 0
                             ) -> tuple[list[list[float]], list[list[float]], bool]:
     """Median seconds and :func:`spread` per ONNX file, chunk by chunk, measured by
@@ -235,10 +235,10 @@ def measure_onnx(paths: Sequence[str | os.PathLike], input_size: Sequence[int], 
     global thread pool, interleaved, ``warm_calls`` untimed calls before each timed one), so a
     prediction and a measurement can be compared like for like (:func:`tas.deploy.latency.ort_latency` is
     this). With ``warm_calls=1`` cifar_resnet20 at 32 px measured 1.25-2x lower than with 0.)"""
-    _check_args("ort-cpu", batch, threads, repeats, warmup)
+    check_timing_args("ort-cpu", batch, threads, repeats, warmup)
     shape = (int(batch), *[int(s) for s in input_size])
     with tempfile.TemporaryDirectory(prefix="tas-latency-") as tmp:
-        med, _, _ = _measure_ort_subprocess([[Path(p) for p in paths]], [[shape] * len(paths)], threads, repeats, warmup,
+        med, _, _ = measure_ort_subprocess([[Path(p) for p in paths]], [[shape] * len(paths)], threads, repeats, warmup,
                                          Path(tmp), None, pre=warm_calls)
     return [m * 1e3 for m in med[0]]
 

@@ -1,7 +1,7 @@
 """The micro-models a latency table times, and how each runtime builds and runs them.
 
 A :class:`MicroSpec` says what one timed model is (a layer's conv + BN + ReLU or linear layer at
-some width, the whole original network, or an empty model); :class:`_Runtime` turns it into a
+some width, the whole original network, or an empty model); :class:`MicroRuntime` turns it into a
 :class:`Runnable` for ``torch-cpu`` / ``torch-cuda``, or into an ONNX file for ``ort-cpu``, written
 directly with ``onnx.helper`` (:func:`_onnx_micro`) rather than through the exporter (see
 :mod:`tas.deploy.latency`).
@@ -156,7 +156,7 @@ def _onnx_micro(spec: MicroSpec, module: nn.Module) -> bytes | None:
     return model.SerializeToString()
 
 
-class _Runtime:
+class MicroRuntime:
     """Builds :class:`Runnable`\\ s and inputs for one runtime; ``close()`` frees what it made."""
 
     def __init__(self, runtime: str, threads: int, exporter: str = "auto") -> None:
@@ -169,6 +169,11 @@ class _Runtime:
         if runtime == "torch-cpu":
             self._saved_threads = torch.get_num_threads()
             torch.set_num_threads(threads)
+
+    @property
+    def workdir(self) -> Path:
+        """The scratch directory of the ONNX files (``ort-cpu`` only)."""
+        return Path(self._tmp.name)
 
     def close(self) -> None:
         if self._saved_threads is not None:

@@ -331,7 +331,7 @@ class LatencyTable:
         if id(supernet) in self._checked:
             return
         graph = supernet.graph
-        if _graph_fingerprint(graph) != self.key.get("graph"):
+        if graph_fingerprint(graph) != self.key.get("graph"):
             raise TasError(f"this latency table was measured for another network ({self.key.get('model')}); "
                            f"the supernet is a {supernet.model_name}: rebuild the table")
         if list(supernet.input_size) != list(self.key.get("input_size", [])):
@@ -476,7 +476,7 @@ def budget_grids(layers: Sequence[LayerEntry], mbs: Sequence[np.ndarray], calibr
     return grids, (1 - w) * cold["overhead"] + k * steady["overhead"]
 
 
-def _graph_fingerprint(graph: Any) -> str:
+def graph_fingerprint(graph: Any) -> str:
     desc = {"family": graph.family,
             "groups": [[n, g.channels, g.conv_groups] for n, g in graph.groups.items()],
             "layers": [[l.name, l.kind, l.in_group, l.out_group, list(l.block) if l.block else None] for l in graph.layers],

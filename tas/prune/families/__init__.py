@@ -7,7 +7,7 @@ partial support. A new family is one module here, imported below so that it regi
 """
 from . import efficientnet, resnet  # noqa: F401  (register themselves)
 from .base import (describe_model, finalize_slim, register_family, register_finalizer, sliceable_conv,
-                   supported_families, sync_feature_info)
+                   supported_families, sync_feature_info, variant_check)
 
 __all__ = ["register_family", "register_finalizer", "describe_model", "finalize_slim", "sync_feature_info",
-           "sliceable_conv", "supported_families"]
+           "sliceable_conv", "supported_families", "variant_check"]

@@ -9,13 +9,14 @@ from __future__ import annotations
 from typing import Callable
 
 import torch.nn as nn
+from timm.layers import EcaModule, SEModule
 
 from ...errors import ModelError
 from ..graph import ModelGraph
 from ..slicing import SLICEABLE_CONVS
 
 __all__ = ["register_family", "register_finalizer", "describe_model", "finalize_slim", "sync_feature_info",
-           "sliceable_conv", "supported_families"]
+           "sliceable_conv", "supported_families", "variant_check", "describe_attention"]
 
 _FAMILIES: dict[str, tuple[Callable[[nn.Module], bool], Callable[[nn.Module], ModelGraph]]] = {}
 
@@ -44,6 +45,33 @@ def finalize_slim(family: str, slim: nn.Module) -> nn.Module:
     """Apply the family's finalizer to a materialised model (no-op when it has none)."""
     fix = _FINALIZERS.get(family)
     return fix(slim) if fix is not None else slim
+
+
+def describe_attention(graph: ModelGraph, name: str, module: nn.Module | None, group: str,
+                       block: tuple[str, int] | None) -> None:
+    """Add a channel-attention module ``name`` on ``group`` (timm's ``SEModule`` or ``EcaModule``; none
+    or ``nn.Identity`` adds nothing) to ``graph``, in ``block``; refuses any other kind."""
+    if module is None or isinstance(module, nn.Identity):
+        return
+    if isinstance(module, SEModule):
+        # The SE bottleneck width stays fixed; only its channel-facing sides follow the block.
+        graph.add_layer(f"{name}.fc1", "conv", group, None, block)
+        if isinstance(module.bn, nn.BatchNorm2d):
+            graph.add_layer(f"{name}.bn", "bn", None, None, block)
+        graph.add_layer(f"{name}.fc2", "conv", None, group, block)
+    elif isinstance(module, EcaModule):
+        graph.add_layer(f"{name}.conv", "channel_conv", group, group, block)
+    else:
+        raise ModelError(f"unsupported attention module {type(module).__name__} at {name} (SE and ECA are)")
+
+
+def variant_check(family: str) -> Callable[[bool, str], None]:
+    """The check an adapter runs on each structural assumption it makes: ``check(cond, what)``
+    raises :class:`ModelError` ("unsupported <family> variant: <what>") unless ``cond`` holds."""
+    def check(cond: bool, what: str) -> None:
+        if not cond:
+            raise ModelError(f"unsupported {family} variant: {what}")
+    return check
 
 
 def sliceable_conv(model: nn.Module, name: str, check: Callable[[bool, str], None], note: str = "") -> nn.Module:

@@ -39,19 +39,16 @@ from timm.models._efficientnet_blocks import (ConvBnAct, DepthwiseSeparableConv,
 from timm.models.efficientnet import EfficientNet
 from timm.models.mobilenetv3 import MobileNetV3
 
-from ...errors import ModelError
 from ..graph import ModelGraph, Stage
-from .base import register_family, register_finalizer, sliceable_conv, sync_feature_info
-from .resnet import _attention as _resnet_attention
+from .base import (describe_attention, register_family, register_finalizer, sliceable_conv, sync_feature_info,
+                   variant_check)
 
 __all__ = ["describe_efficientnet", "sync_head_attributes"]
 
 _BLOCKS = (DepthwiseSeparableConv, InvertedResidual, EdgeResidual, ConvBnAct)
 
 
-def _check(cond: bool, what: str) -> None:
-    if not cond:
-        raise ModelError(f"unsupported EfficientNet/MobileNet variant: {what}")
+_check = variant_check("EfficientNet/MobileNet")
 
 
 def _conv(model: nn.Module, name: str) -> nn.Conv2d:
@@ -76,7 +73,7 @@ def _se(g: ModelGraph, name: str, module: nn.Module, group: str, block) -> None:
         g.add_layer(f"{name}.conv_reduce", "conv", group, None, block)
         g.add_layer(f"{name}.conv_expand", "conv", None, group, block)
     elif isinstance(module, (SEModule, EcaModule)):
-        _resnet_attention(g, name, module, group, block)
+        describe_attention(g, name, module, group, block)
     else:
         _check(isinstance(module, nn.Identity), f"attention module {type(module).__name__} at {name}")
 

@@ -13,13 +13,12 @@ Groups it declares:
 from __future__ import annotations
 
 import torch.nn as nn
-from timm.layers import EcaModule, SEModule
 from timm.models.resnet import BasicBlock, Bottleneck, ResNet
 
-from ...errors import ModelError
 from ..graph import ModelGraph, Stage
 from ...models.cifar_resnet import CifarResNet
-from .base import register_family, register_finalizer, sliceable_conv, sync_feature_info
+from .base import (describe_attention, register_family, register_finalizer, sliceable_conv, sync_feature_info,
+                   variant_check)
 
 
 def _is_resnet(model: nn.Module) -> bool:
@@ -33,25 +32,7 @@ def _stages(model: nn.Module) -> list[str]:
     return names
 
 
-def _check(cond: bool, what: str) -> None:
-    if not cond:
-        raise ModelError(f"unsupported ResNet variant: {what}")
-
-
-def _attention(graph: ModelGraph, name: str, module: nn.Module | None, group: str,
-               block: tuple[str, int]) -> None:
-    if module is None or isinstance(module, nn.Identity):
-        return
-    if isinstance(module, SEModule):
-        # The SE bottleneck width stays fixed; only its channel-facing sides follow the block.
-        graph.add_layer(f"{name}.fc1", "conv", group, None, block)
-        if isinstance(module.bn, nn.BatchNorm2d):
-            graph.add_layer(f"{name}.bn", "bn", None, None, block)
-        graph.add_layer(f"{name}.fc2", "conv", None, group, block)
-    elif isinstance(module, EcaModule):
-        graph.add_layer(f"{name}.conv", "channel_conv", group, group, block)
-    else:
-        raise ModelError(f"unsupported attention module {type(module).__name__} at {name} (SE and ECA are)")
+_check = variant_check("ResNet")
 
 
 @register_family("resnet", _is_resnet)
@@ -115,7 +96,7 @@ def describe_resnet(model: nn.Module) -> ModelGraph:
                 g.add_layer(f"{bname}.bn2", "bn", None, in2, key)
                 g.add_layer(f"{bname}.conv3", "conv", in2, stream, key)
                 g.add_layer(f"{bname}.bn3", "bn", None, stream, key)
-            _attention(g, f"{bname}.se", block.se, stream, key)
+            describe_attention(g, f"{bname}.se", block.se, stream, key)
     fc = model.fc
     if isinstance(fc, nn.Linear):
         g.add_layer("fc", "linear", stream, None)
