@@ -60,8 +60,8 @@ import compare  # noqa: E402  (the cells, their cache, the timing, the plot)
 import tas  # noqa: E402
 import tas.data  # noqa: E402
 from benchstats import interp_at, paired_differences  # noqa: E402
-from compare import LATENCY_METHOD, log  # noqa: E402
-from tas.io.checkpoint import atomic_write_bytes  # noqa: E402
+from benchkit import ensure_dataset, log, write_report  # noqa: E402
+from compare import LATENCY_METHOD  # noqa: E402
 from tas.cli import format_table  # noqa: E402
 from tas.errors import TasError  # noqa: E402
 from tas.io.rundir import is_finished_run  # noqa: E402
@@ -613,7 +613,7 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     args.load = [os.getloadavg()[0]]
     torch.set_num_threads(max(1, args.threads))
-    compare.ensure_dataset(args.data_dir)
+    ensure_dataset(args.data_dir)
     register_dataset(args.data_dir, args.limit, args.val)
     start = time.perf_counter()
     bench = AllocationBench(args)
@@ -662,7 +662,7 @@ def main(argv=None) -> int:
             text += "\n" + old[old.index(NOTES):]
     log("\n" + text)
     if args.doc != "-":
-        atomic_write_bytes(args.doc, text.encode())
+        write_report(args.doc, text)
         log(f"wrote {args.doc}" + (f" and {png}" if png else ""))
     log(f"done in {(time.perf_counter() - start) / 60:.1f} min")
     return 0

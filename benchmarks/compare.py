@@ -48,7 +48,7 @@ import sys  # noqa: E402
 import time  # noqa: E402
 from datetime import datetime, timezone  # noqa: E402
 from pathlib import Path  # noqa: E402
-from typing import Sequence  # noqa: E402
+from typing import Callable, Sequence  # noqa: E402
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
@@ -58,11 +58,11 @@ sys.path.insert(0, str(REPO))
 
 import tas  # noqa: E402
 from tas.baselines import TRAINING  # noqa: E402  (methods whose training counts against the budget)
-from tas.io.checkpoint import atomic_write_bytes, atomic_write_json  # noqa: E402
+from tas.io.checkpoint import atomic_write_json  # noqa: E402
 from tas.cli import format_table  # noqa: E402
-from tas.data import FASHION_MNIST_DIR  # noqa: E402
 from tas.io.rundir import is_finished_run  # noqa: E402
-from tas.prune.load import load_run
+from tas.prune.load import load_run  # noqa: E402
+from benchkit import ensure_dataset, log, write_report  # noqa: E402
 
 METHODS = ("tas", "uniform", "l1", "synflow", "random", "plasticity", "undecayed")
 #: TAS with a measured-latency budget (``ratio`` is then the latency fraction kept, ORT CPU at batch
@@ -82,24 +82,6 @@ MODES = {
 }
 #: the settings a resumed run must share with the results it continues
 KEYS = ("limit", "img_size", "teacher_epochs", "budget", "search_epochs", "batch_size", "lr")
-
-
-def log(msg: str) -> None:
-    print(msg, flush=True)
-
-
-def ensure_dataset(data_dir: str | None) -> None:
-    """Install Debian's dataset-fashion-mnist when the IDX files are missing and apt-get can."""
-    path = Path(data_dir or FASHION_MNIST_DIR)
-    if path.is_dir() and any(path.glob("train-images-idx3-ubyte*")):
-        return
-    if data_dir is None and shutil.which("apt-get") and os.geteuid() == 0:
-        log(f"{path} missing: apt-get install dataset-fashion-mnist")
-        subprocess.run(["apt-get", "update", "-qq"], check=False)
-        subprocess.run(["apt-get", "install", "-y", "-qq", "dataset-fashion-mnist"], check=False)
-        if any(path.glob("train-images-idx3-ubyte*")):
-            return
-    sys.exit(f"error: Fashion-MNIST not found in {path}; `apt-get install dataset-fashion-mnist` or pass --data-dir")
 
 
 class Bench:
@@ -134,6 +116,40 @@ class Bench:
 
     def save(self) -> None:
         atomic_write_json(self.results_path, self.results)
+
+    def run_cells(self, models: list[str], cells: list[tuple[str, float, int, str]], start: float,
+                  describe: Callable[[dict], str], skip: tuple[type[BaseException], ...] = (),
+                  after_model: Callable[[str], None] | None = None) -> None:
+        """Every cell ``(model, ratio, seed, method)`` not cached yet, model by model (its teacher
+        first, the ONNX latencies of all its cells last), saving ``results.json`` after each cell so a
+        killed run resumes there. ``describe(result)`` is the cell's log line; a cell raising one of
+        ``skip`` is recorded under ``results["skipped"]`` (and not retried) instead of failing the run;
+        ``after_model(model)`` runs once a model's cells and latencies are done."""
+        for model in models:
+            self.teacher(model)
+            todo = [c for c in cells if c[0] == model]
+            for i, (m, r, s, meth) in enumerate(todo):
+                key = f"{m}/r{r}/s{s}/{meth}"
+                if key in self.results["cells"] and Path(self.results["cells"][key]["onnx"]).is_file():
+                    log(f"[{i + 1}/{len(todo)}] {key}: cached (top-1 {self.results['cells'][key]['top1']:.2f}%)")
+                    continue
+                if key in self.results.get("skipped", {}):
+                    continue
+                t0 = time.perf_counter()
+                try:
+                    res = self.cell(m, r, s, meth)
+                except skip as e:  # e.g. a latency target below the space's smallest network
+                    self.results["skipped"][key] = str(e)
+                    self.save()
+                    log(f"[{i + 1}/{len(todo)}] {key}: skipped ({e})")
+                    continue
+                self.results["cells"][key] = res
+                self.save()
+                log(f"[{i + 1}/{len(todo)}] {key}: {describe(res)} ({time.perf_counter() - t0:.0f}s; "
+                    f"{(time.perf_counter() - start) / 60:.1f} min so far)")
+            self.latency(model)
+            if after_model is not None:
+                after_model(model)
 
     def common(self, seed: int) -> dict:
         a = self.args
@@ -607,24 +623,9 @@ def main(argv=None) -> int:
     log(f"{args.mode}: {len(cells)} cells ({len(args.models)} model(s) x {len(args.ratios)} ratio(s) x "
         f"{len(args.seeds)} seed(s) x {len(args.methods)} methods), budget {args.budget} epochs, "
         f"{args.limit} images at {args.img_size}px -> {args.output}")
-    for model in args.models:
-        bench.teacher(model)
-        todo = [c for c in cells if c[0] == model]
-        for i, (m, r, s, meth) in enumerate(todo):
-            key = f"{m}/r{r}/s{s}/{meth}"
-            if key in bench.results["cells"] and Path(bench.results["cells"][key]["onnx"]).is_file():
-                log(f"[{i + 1}/{len(todo)}] {key}: cached (top-1 {bench.results['cells'][key]['top1']:.2f}%)")
-                continue
-            t0 = time.perf_counter()
-            res = bench.cell(m, r, s, meth)
-            bench.results["cells"][key] = res
-            bench.save()
-            done = time.perf_counter() - start
-            log(f"[{i + 1}/{len(todo)}] {key}: top-1 {res['top1']:.2f}%, FLOPs {res['flops_ratio']:.3f}, "
-                f"params {res['params_ratio']:.3f}, prune {res['prune_s']:.0f}s + distil {res['distill_s']:.0f}s "
-                f"({time.perf_counter() - t0:.0f}s; {done / 60:.1f} min so far)")
-        bench.latency(model)
-        bench.add_robustness(model)
+    bench.run_cells(args.models, cells, start, lambda res: (
+        f"top-1 {res['top1']:.2f}%, FLOPs {res['flops_ratio']:.3f}, params {res['params_ratio']:.3f}, "
+        f"prune {res['prune_s']:.0f}s + distil {res['distill_s']:.0f}s"), after_model=bench.add_robustness)
     results = bench.results
     rows, rd_rows = summarize(results, args.models, args.ratios, args.methods)
     robust_rows = summarize_robustness(results, args.models, args.ratios, args.methods)
@@ -649,7 +650,7 @@ def main(argv=None) -> int:
             log(f"no plot: {why}")
             png = None
         text = render(args, results, rows, rd_rows, png, why, time.perf_counter() - start, robust_rows)
-        atomic_write_bytes(args.doc, text.encode())
+        write_report(args.doc, text)
         log(f"wrote {args.doc}" + (f" and {png}" if png else ""))
     log(f"done in {(time.perf_counter() - start) / 60:.1f} min")
     return 0

@@ -41,7 +41,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 import tas  # noqa: E402  (registers cifar_resnet* with timm)
-from tas.io.checkpoint import atomic_write_bytes  # noqa: E402
+from benchkit import write_report  # noqa: E402
 from tas.cli import format_table  # noqa: E402
 from tas.deploy.export import export_onnx  # noqa: E402
 from tas.deploy.latency import ort_latency  # noqa: E402
@@ -191,7 +191,7 @@ def main(argv=None) -> int:
     args.load.append(os.getloadavg()[0])
     text = render(rows, args, elapsed, {r["exporter"] for r in rows})
     if args.output != "-":
-        atomic_write_bytes(args.output, text.encode())
+        write_report(args.output, text)
         log(f"wrote {args.output} ({elapsed:.0f}s)")
     print(text)
     return 0

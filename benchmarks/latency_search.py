@@ -51,7 +51,8 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 import compare  # noqa: E402  (benchmarks/compare.py: the Fashion-MNIST accuracy setup)
 from benchstats import interp_at  # noqa: E402
 import tas  # noqa: E402, F401
-from tas.io.checkpoint import atomic_write_bytes, atomic_write_json  # noqa: E402
+from tas.io.checkpoint import atomic_write_json  # noqa: E402
+from benchkit import ensure_dataset, log, write_report  # noqa: E402
 from tas.cli import format_table  # noqa: E402
 from tas.io.rundir import is_finished_run  # noqa: E402
 from tas.prune.load import load_run
@@ -74,10 +75,6 @@ TARGET_MODELS = {
 TOLERANCE = 0.05
 RATIOS = (0.7, 0.5)
 BASELINES = ("uniform", "l1", "synflow", "random")
-
-
-def log(msg: str) -> None:
-    print(msg, flush=True)
 
 
 # -- part A ---------------------------------------------------------------------------------------
@@ -179,7 +176,7 @@ def part_b(args) -> tuple[list[dict], dict]:
     cargs = compare.parse_args(["--output", args.compare_output, "--doc", "-", "--threads", "1",
                                 *(["--no-progress"] if args.no_progress else [])])
     torch.set_num_threads(1)
-    compare.ensure_dataset(cargs.data_dir)
+    ensure_dataset(cargs.data_dir)
     bench = compare.Bench(cargs)
     model = "cifar_resnet20"
     bench.teacher(model)
@@ -370,7 +367,7 @@ def main(argv=None) -> int:
     args.models = args.models or (["cifar_resnet20"] if args.quick else list(TARGET_MODELS))
     args.load = [os.getloadavg()[0]]
     start = time.perf_counter()
-    compare.ensure_dataset(args.data_dir)
+    ensure_dataset(args.data_dir)
     a_rows, b = [], None
     if args.render:  # the doc again from the rows a run saved, nothing measured
         a_rows = json.loads((Path(args.output) / "targets.json").read_text())
@@ -381,8 +378,7 @@ def main(argv=None) -> int:
         def done(rows: list[dict]) -> None:  # the doc as it stands after each model
             atomic_write_json(Path(args.output) / "targets.json", rows)
             if args.doc != "-":
-                atomic_write_bytes(args.doc, _keep_b(args.doc, render(args, rows, None, None,
-                                                                   time.perf_counter() - start)).encode())
+                write_report(args.doc, _keep_b(args.doc, render(args, rows, None, None, time.perf_counter() - start)))
 
         a_rows = part_a(args, done)
     if args.part in ("b", "both") and not args.render:
@@ -396,7 +392,7 @@ def main(argv=None) -> int:
     if b is None and args.doc != "-":
         text = _keep_b(args.doc, text)
     if args.doc != "-":
-        atomic_write_bytes(args.doc, text.encode())
+        write_report(args.doc, text)
         log(f"wrote {args.doc}")
     log(text)
     return 0

@@ -61,7 +61,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 import tas  # noqa: E402,F401  (registers cifar_resnet* with timm)
-from tas.io.checkpoint import atomic_write_bytes  # noqa: E402
+from benchkit import write_report  # noqa: E402
 from tas.cli import format_table  # noqa: E402
 from tas.nas.cost import cost_loss  # noqa: E402
 from tas.nas.arch_step import ArchStepper  # noqa: E402
@@ -356,7 +356,7 @@ def main(argv: list[str] | None = None) -> int:
     print(text)
     if args.output != "-":
         Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_bytes(args.output, text.encode())
+        write_report(args.output, text)
         log(f"wrote {args.output}")
     return 0
 

@@ -6,10 +6,14 @@ On your own model and DataLoaders (:mod:`tas.api`)::
     tas.distill(result.slim, model, train_loader, val_loader, epochs=3)
     tas.export_onnx(result.slim, "slim.onnx")
 
-The pipeline, one module per step::
+The pipeline, one stage subpackage per step (docs/architecture.md draws the layers)::
 
-    data -> teacher (train) -> Supernet -> search -> Arch (JSON) -> materialize -> distil -> export
-    tas.data   tas.train.loop  tas.nas.supernet tas.nas.searcher tas.prune.arch  tas.prune.materialize tas.train.distill tas.deploy.export
+    data -> teacher -> Supernet -> search -> Arch (JSON) -> materialise -> distil -> export
+    tas.data   tas.train    tas.nas   tas.nas     tas.prune     tas.prune     tas.train  tas.deploy
+               (loop, run)  (supernet)(searcher)  (arch)        (materialize) (distill)  (export, latency)
+
+Imports go one way: errors/cli/distributed/metrics/tb < io < models, data < prune < train, deploy
+< nas < baselines < api, pipeline, commands.
 """
 # The version's one home: pyproject.toml reads it from here.
 __version__ = "0.1.0"

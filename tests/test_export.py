@@ -14,7 +14,7 @@ import timm
 import torch
 
 import tas  # noqa: F401  (registers cifar_resnet* with timm)
-from tas.commands import export as export_command
+from tas.commands.export import main as export_main
 from tas.deploy import export as ex
 from tas.deploy import run as export_run_module
 from tas.deploy.latency import ort_latency
@@ -133,7 +133,7 @@ def test_parity_failure_raises_and_writes_nothing(tmp_path, monkeypatch):
     model = perturb_bn(_tiny(0))
     other = perturb_bn(_tiny(1), seed=2)
     real = ex.export_graph
-    monkeypatch.setattr(ex, "_export_to", lambda m, *a, **k: real(other, *a, **k))  # exports the wrong network
+    monkeypatch.setattr(ex, "export_graph", lambda m, *a, **k: real(other, *a, **k))  # exports the wrong network
     path = tmp_path / "model.onnx"
     path.write_bytes(b"previous export")
     with pytest.raises(TasError, match="max abs diff"):
@@ -170,7 +170,7 @@ def test_cli_exports_and_compares(tmp_path, slim_and_arch, capsys):
     out = tmp_path / "out" / "slim.onnx"
     argv = [str(slim_dir), "--output", str(out), "--batch-sizes", "1", "4", "--repeats", "2", "--warmup", "0",
             "--threads", "1", "--json", str(tmp_path / "summary.json")]
-    assert export_command.main(argv) == 0
+    assert export_main(argv) == 0
     stdout = capsys.readouterr().out
     summary = json.loads(stdout.strip().splitlines()[-1])
     assert summary == json.loads((tmp_path / "summary.json").read_text())
@@ -197,12 +197,12 @@ def test_cli_errors_one_line_and_no_output(tmp_path, slim_and_arch, capsys):
     slim_dir, _ = _save_runs(tmp_path, *slim_and_arch)
     (slim_dir / "model.safetensors").unlink()
     out = tmp_path / "out" / "slim.onnx"
-    assert run_main(export_command.main, [str(slim_dir), "--output", str(out)]) == 2
+    assert run_main(export_main, [str(slim_dir), "--output", str(out)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: ") and "model.safetensors" in err[0]
     assert not out.exists() and not out.parent.exists()
 
-    assert run_main(export_command.main, [str(tmp_path / "missing"), "--output", str(out)]) == 2
+    assert run_main(export_main, [str(tmp_path / "missing"), "--output", str(out)]) == 2
     assert capsys.readouterr().err.startswith("error: run directory not found")
 
     proc = subprocess.run([sys.executable, "-m", "tas.export", str(slim_dir), "--output", str(out)],

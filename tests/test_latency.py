@@ -13,7 +13,7 @@ import torch
 
 import tas  # noqa: F401  (registers cifar_resnet* with timm)
 from conftest import FakeTimer, perturb_bn
-from tas.commands import latency as latency_command
+from tas.commands.latency import main as latency_main
 from tas.deploy import latency as lat
 from tas.cli import run_main
 from tas.errors import TasError
@@ -378,17 +378,17 @@ def test_cli_build_and_cache(tmp_path, capsys):
     argv = ["build", "--model", "cifar_resnet20", "--input-size", "1", "8", "8", "--runtime", "torch-cpu",
             "--threads", "1", "--repeats", "1", "--warmup", "0", "--space", str(space), "--cache-dir",
             str(tmp_path / "cache"), "--no-progress"]
-    assert run_main(latency_command.main, argv) == 0
+    assert run_main(latency_main, argv) == 0
     out = capsys.readouterr().out
     assert "whole model (measured)" in out and "latency table:" in out and "measured" in out
     assert "width alignment drops:" in out
     assert len(list((tmp_path / "cache").glob("cifar_resnet20_torch-cpu_b1_t1_*.json"))) == 1
-    assert run_main(latency_command.main, argv) == 0
+    assert run_main(latency_main, argv) == 0
     assert "loaded from cache" in capsys.readouterr().out
-    assert run_main(latency_command.main, argv[:7] + ["--runtime", "torch-cuda" if not torch.cuda.is_available() else "tflite"]) == 2
+    assert run_main(latency_main, argv[:7] + ["--runtime", "torch-cuda" if not torch.cuda.is_available() else "tflite"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error:") and err.count("\n") == 1
-    assert run_main(latency_command.main, ["build", "--model", "no_such_net", "--input-size", "1", "8", "8"]) == 2
+    assert run_main(latency_main, ["build", "--model", "no_such_net", "--input-size", "1", "8", "8"]) == 2
     assert "unknown model" in capsys.readouterr().err
 
 

@@ -1,0 +1,42 @@
+"""The machinery the benchmark scripts share: logging, the Fashion-MNIST files, and writing a report.
+
+Cached, resumable cells (teacher, then prune + distil per model/ratio/seed/method) are
+:class:`compare.Bench` (``run_cells``), which benchmarks/allocation.py subclasses; statistics are
+benchmarks/benchstats.py. Each script answers one question and keeps only its own logic.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+from tas.data import FASHION_MNIST_DIR
+from tas.io.checkpoint import atomic_write_bytes
+
+__all__ = ["log", "ensure_dataset", "write_report"]
+
+
+def log(msg: str) -> None:
+    """One progress line on stdout, flushed (benchmarks run for hours, often under ``tee``)."""
+    print(msg, flush=True)
+
+
+def ensure_dataset(data_dir: str | None) -> None:
+    """Install Debian's dataset-fashion-mnist when the IDX files are missing and apt-get can."""
+    path = Path(data_dir or FASHION_MNIST_DIR)
+    if path.is_dir() and any(path.glob("train-images-idx3-ubyte*")):
+        return
+    if data_dir is None and shutil.which("apt-get") and os.geteuid() == 0:
+        log(f"{path} missing: apt-get install dataset-fashion-mnist")
+        subprocess.run(["apt-get", "update", "-qq"], check=False)
+        subprocess.run(["apt-get", "install", "-y", "-qq", "dataset-fashion-mnist"], check=False)
+        if any(path.glob("train-images-idx3-ubyte*")):
+            return
+    sys.exit(f"error: Fashion-MNIST not found in {path}; `apt-get install dataset-fashion-mnist` or pass --data-dir")
+
+
+def write_report(path: str | os.PathLike, text: str) -> None:
+    """Write a report (markdown) atomically: a killed run never leaves half a document."""
+    atomic_write_bytes(path, text.encode())
