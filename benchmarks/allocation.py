@@ -167,7 +167,7 @@ class AllocationBench(compare.Bench):
 
     def train_teacher(self, model_name: str, out: Path) -> dict:
         """Cosine runs of E, 2E, 4E… epochs until doubling gains < ``plateau_delta`` val points (or the cap)."""
-        from tas.train import loop as training
+        from tas.train import run as train_run
 
         a = self.args
         epochs, runs, stopped = a.teacher_epochs, [], "cap"
@@ -178,7 +178,7 @@ class AllocationBench(compare.Bench):
                 run.mkdir(parents=True, exist_ok=True)
                 with open(run / "log.txt", "a") as logf, \
                         contextlib.redirect_stdout(sys.stdout if a.verbose else logf):
-                    training.train({**self.common(0), "model": model_name, "epochs": epochs, "limit": None,
+                    train_run.train({**self.common(0), "model": model_name, "epochs": epochs, "limit": None,
                                     "batch_size": a.batch_size, "lr": 0.1, "output": str(run), "overwrite": True})
             m = json.loads((run / "metrics.json").read_text())
             runs.append({"epochs": epochs, "val_top1": m["top1"], "run": str(run), "metrics": m})

@@ -82,7 +82,7 @@ def part_a(args, done=None) -> list[dict]:
     """Every model of ``args.models``: teacher, table (measured now unless ``--keep-tables``), one
     search per target; ``done(rows)`` is called after each model (the doc is written as it goes)."""
     from tas.nas import searcher as searching
-    from tas.train import run as training
+    from tas.train import run as train_run
 
     rows: list[dict] = []
     for name in args.models:
@@ -97,7 +97,7 @@ def part_a(args, done=None) -> list[dict]:
         if not is_finished_run(teacher):
             log(f"{name}: teacher, {spec['teacher_epochs']} epoch(s) on {spec['limit']} images")
             with open(_logfile(root), "a") as logf, contextlib.redirect_stdout(logf):
-                training.train({**common, "model": name, "epochs": spec["teacher_epochs"], "limit": spec["limit"],
+                train_run.train({**common, "model": name, "epochs": spec["teacher_epochs"], "limit": spec["limit"],
                                 "batch_size": spec["batch"], "lr": 0.1, "output": str(teacher), "overwrite": True})
         model, config = load_run(teacher)
         table = _table(args, name, spec, model, config)

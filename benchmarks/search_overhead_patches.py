@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 
 import tas.nas.ops as tas_ops
+import tas.prune.slicing as tas_slicing
 from tas.nas import searcher as searching
 from tas.nas.interp import channel_interp, interp_matrix
 
@@ -145,7 +146,7 @@ _PREFIX: dict[tuple[int, int, int], bool] = {}
 
 
 def _prefix_take(t: torch.Tensor, idx: torch.Tensor | None, dim: int) -> torch.Tensor:
-    """``_take`` that slices (a view) when the indices are 0..n-1, as every TAS search selection is
+    """``take_channels`` that slices (a view) when the indices are 0..n-1, as every TAS search selection is
     with the canonical channel order; index_select's backward is a scatter into a zero tensor."""
     if idx is None or idx.numel() == t.shape[dim]:
         return t
@@ -236,7 +237,7 @@ class VectorCost:
 @contextlib.contextmanager
 def patched(bench: Any, names: set[str]) -> Iterator[None]:
     """Apply the named candidate optimisations to tas (and this supernet) for the ``with`` body."""
-    saved_fwd, saved_interp, saved_take = tas_ops.SearchBN.forward, tas_ops.channel_interp, tas_ops._take
+    saved_fwd, saved_interp, saved_take = tas_ops.SearchBN.forward, tas_ops.channel_interp, tas_slicing.take_channels
     had_cost = "expected_cost" in bench.supernet.__dict__
     try:
         if "fold" in names:
@@ -246,12 +247,13 @@ def patched(bench: Any, names: set[str]) -> Iterator[None]:
         if "gather" in names:
             tas_ops.channel_interp = _gather_interp
         if "prefix" in names:
-            tas_ops._take = _prefix_take
+            tas_ops.take_channels = tas_slicing.take_channels = _prefix_take  # both modules call it
         if "vcost" in names:
             bench.supernet.expected_cost = bench.vcost
         yield
     finally:
-        tas_ops.SearchBN.forward, tas_ops.channel_interp, tas_ops._take = saved_fwd, saved_interp, saved_take
+        tas_ops.SearchBN.forward, tas_ops.channel_interp = saved_fwd, saved_interp
+        tas_ops.take_channels = tas_slicing.take_channels = saved_take
         if "vcost" in names and not had_cost:
             del bench.supernet.expected_cost
 

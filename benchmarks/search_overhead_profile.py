@@ -14,7 +14,7 @@ from typing import Any, Callable
 
 import torch
 
-import tas.nas.ops as tas_ops
+import tas.prune.slicing as tas_slicing
 from tas.cli import format_table
 from tas.nas.interp import channel_interp
 from tas.nas.arch_step import ArchStepper
@@ -118,7 +118,7 @@ def ablations(bench: Any, repeats: int, max_seconds: float, log: Callable[[str],
 
     tag = " [already in tas]"
     arch_inputs = tag if source_has(ArchStepper.step, "backward(inputs=") else ""
-    prefix = tag if source_has(tas_ops._take, "narrow") else ""
+    prefix = tag if source_has(tas_slicing.take_channels, "narrow") else ""
     w_inputs = tag if WEIGHT_INPUTS_IN_TAS else ""
     gather = tag if source_has(channel_interp, "index_select") else ""
     variants = [
