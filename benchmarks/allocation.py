@@ -61,6 +61,7 @@ import tas  # noqa: E402
 import tas.data  # noqa: E402
 from benchstats import interp_at, paired_differences  # noqa: E402
 from benchkit import ensure_dataset, log, write_report  # noqa: E402
+from tas.io.checkpoint import atomic_write_bytes  # noqa: E402
 from compare import LATENCY_METHOD  # noqa: E402
 from tas.cli import format_table  # noqa: E402
 from tas.errors import TasError  # noqa: E402
