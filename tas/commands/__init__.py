@@ -14,7 +14,7 @@ from typing import Callable, Sequence
 from ..cli import run_main
 from .. import __version__
 
-__all__ = ["COMMANDS", "main", "train", "search", "export", "latency", "demo"]
+__all__ = ["COMMANDS", "main", "tas_train", "tas_search", "tas_export", "tas_latency", "tas_demo"]
 
 #: sub-command -> (module with ``main(argv, prog)``, one line of help)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -52,9 +52,11 @@ def _entry(name: str) -> Callable[[], int]:
     def entry() -> int:
         return run_main(lambda argv: _command(name)(argv, prog=None))
 
-    entry.__name__ = entry.__qualname__ = name
+    entry.__name__ = entry.__qualname__ = f"tas_{name}"
     entry.__doc__ = f"``tas-{name} ...``: {COMMANDS[name][1]}."
     return entry
 
 
-train, search, export, latency, demo = (_entry(name) for name in COMMANDS)
+# Named tas_<command>, not <command>: importing the submodule tas.commands.<command> binds that name on
+# this package, which would replace a console entry called the same.
+tas_train, tas_search, tas_export, tas_latency, tas_demo = (_entry(name) for name in COMMANDS)
