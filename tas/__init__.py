@@ -33,5 +33,5 @@ from .deploy.export import export_onnx  # noqa: E402
 
 __all__ = ["Arch", "SearchResult", "SearchSpace", "Supernet", "TasError", "build_slim", "count_flops",
            "count_params", "create_model", "create_supernet", "distill", "export_onnx", "load_slim", "load_space",
-           "materialize", "search", "__version__"]
+           "materialize", "reconstruct", "search", "__version__"]
 

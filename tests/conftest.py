@@ -15,7 +15,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-import tas  # noqa: F401  (registers cifar_resnet* with timm)
+import tas  # registers cifar_resnet* with timm
 from tas.prune.arch import Arch
 from tas.prune.families import describe_model
 from tas.nas.ops import SearchBN, SearchConv, SearchLinear
@@ -80,6 +80,21 @@ def perturb_bn(module: torch.nn.Module, seed: int = 0, generator: torch.Generato
                 m.weight.copy_(1 + 0.1 * torch.randn(n, generator=g))
                 m.bias.copy_(0.1 * torch.randn(n, generator=g))
     return module
+
+
+def trained_like_resnet20(seed: int = 0) -> torch.nn.Module:
+    """A 1-channel, 10-class ``cifar_resnet20`` in eval mode whose BNs look trained, with wide and
+    distinct γ, β and statistics, so that channel scores which read them rarely tie."""
+    torch.manual_seed(seed)
+    model = tas.create_model("cifar_resnet20", num_classes=10, in_chans=1)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.weight.uniform_(0.5, 1.5)
+                m.bias.uniform_(-0.2, 0.2)
+                m.running_mean.normal_()
+                m.running_var.uniform_(0.5, 2.0)
+    return model.eval()
 
 
 def state_step(run: Path) -> int:

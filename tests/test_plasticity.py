@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from conftest import zeroing_oracle
+from conftest import zeroing_oracle, trained_like_resnet20
 from torch.utils.data import DataLoader, TensorDataset
 
 import tas
@@ -24,17 +24,7 @@ from tas.nas.supernet import create_supernet
 SIZE = (1, 16, 16)
 
 
-def _model(seed: int = 0) -> nn.Module:
-    torch.manual_seed(seed)
-    model = tas.create_model("cifar_resnet20", num_classes=10, in_chans=1)
-    with torch.no_grad():  # trained-looking BNs (timm zero-initialises none here, but make them distinct)
-        for m in model.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                m.weight.uniform_(0.5, 1.5)
-                m.bias.uniform_(-0.2, 0.2)
-                m.running_mean.normal_()
-                m.running_var.uniform_(0.5, 2.0)
-    return model.eval()
+_model = trained_like_resnet20
 
 
 @pytest.fixture(scope="module")

@@ -2,30 +2,19 @@
 exclusive/shared split and the fusion; the channel order and the l1-style baseline use them."""
 import pytest
 import torch
-import torch.nn as nn
 
-import tas
 from tas.prune.arch import Arch
 from tas.baselines import create_baseline_arch
 from tas.prune.channel_order import channel_scores, class_batches, order_teacher, task_aware_scores
 from tas.cli import run_main
 from tas.errors import TasError
 from tas.prune.families import describe_model
+from conftest import trained_like_resnet20
 
 SIZE = (1, 16, 16)
 
 
-def _model() -> nn.Module:
-    torch.manual_seed(0)
-    model = tas.create_model("cifar_resnet20", num_classes=10, in_chans=1)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                m.weight.uniform_(0.5, 1.5)
-                m.bias.uniform_(-0.2, 0.2)
-                m.running_mean.normal_()
-                m.running_var.uniform_(0.5, 2.0)
-    return model.eval()
+_model = trained_like_resnet20
 
 
 def _data():

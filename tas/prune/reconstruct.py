@@ -184,7 +184,6 @@ def _solve(gram: torch.Tensor, rhs: torch.Tensor, lam: torch.Tensor, rcond: floa
 
 def _write_back(layer: nn.Module, w: torch.Tensor) -> None:
     """Store ``[G, d(+1), C_out/G]`` coefficients back as the layer's weight (and bias)."""
-    g = getattr(layer, "groups", 1)
     if layer.bias is not None:
         layer.bias.copy_(w[:, -1, :].reshape(-1).to(layer.bias))
         w = w[:, :-1, :]
