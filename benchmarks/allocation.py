@@ -270,9 +270,9 @@ class AllocationBench(compare.Bench):
     def is_current(self, key: str) -> bool:
         """Whether the cached cell ``key`` can be reused; a search cell whose search predates the
         pre-decode report is dropped (its timing too), so that it is searched and distilled again."""
-        c = self.results["cells"].get(key)
-        if c is None or not Path(c["onnx"]).is_file():
+        if not super().is_current(key):
             return False
+        c = self.results["cells"][key]
         if c["method"] in SEARCHES and search_diagnostics(c.get("search_metrics", {}))[0] is None:
             timing = self.cell_dir(c["model"], c["ratio"], c["seed"], c["method"]) / "timing.json"
             timing.unlink(missing_ok=True)
@@ -624,31 +624,9 @@ def main(argv=None) -> int:
     cells = plan(args, minimum)
     log(f"{args.mode}: {len(cells)} cells, budget {args.budget} epochs, {args.limit} images + {args.val} val at 28 px; "
         "width-only minimum " + ", ".join(f"{m} {v:.3f}" for m, v in minimum.items()) + f" -> {args.output}")
-    for model in args.models:
-        bench.teacher(model)
-        todo = [c for c in cells if c[0] == model]
-        for i, (m, r, s, meth) in enumerate(todo):
-            key = f"{m}/r{r}/s{s}/{meth}"
-            if bench.is_current(key):
-                log(f"[{i + 1}/{len(todo)}] {key}: cached (top-1 {bench.results['cells'][key]['top1']:.2f}%)")
-                continue
-            if key in bench.results["skipped"] or args.report_only:
-                continue
-            t0 = time.perf_counter()
-            try:
-                res = bench.cell(m, r, s, meth)
-            except TasError as e:  # e.g. a latency target below the space's smallest network
-                bench.results["skipped"][key] = str(e)
-                bench.save()
-                log(f"[{i + 1}/{len(todo)}] {key}: skipped ({e})")
-                continue
-            bench.results["cells"][key] = res
-            bench.save()
-            log(f"[{i + 1}/{len(todo)}] {key}: test top-1 {res['top1']:.2f}% (val {res['val_top1']:.2f}), "
-                f"FLOPs {res['flops_ratio']:.3f}, depths {res['depths']} ({time.perf_counter() - t0:.0f}s; "
-                f"{(time.perf_counter() - start) / 60:.1f} min so far)")
-        bench.inherited(model)
-        bench.latency(model)
+    bench.run_cells(args.models, cells, start, lambda res: (
+        f"test top-1 {res['top1']:.2f}% (val {res['val_top1']:.2f}), FLOPs {res['flops_ratio']:.3f}, "
+        f"depths {res['depths']}"), skip=(TasError,), after_model=bench.inherited, compute=not args.report_only)
     png, why = None, None
     if args.doc != "-":
         png = Path(args.doc).with_suffix(".png")

@@ -117,23 +117,30 @@ class Bench:
     def save(self) -> None:
         atomic_write_json(self.results_path, self.results)
 
+    def is_current(self, key: str) -> bool:
+        """Whether the cached cell ``key`` can be reused: recorded, and its ONNX file still there.
+        Subclasses tighten it (benchmarks/allocation.py drops cells older than a report they need)."""
+        c = self.results["cells"].get(key)
+        return c is not None and Path(c["onnx"]).is_file()
+
     def run_cells(self, models: list[str], cells: list[tuple[str, float, int, str]], start: float,
                   describe: Callable[[dict], str], skip: tuple[type[BaseException], ...] = (),
-                  after_model: Callable[[str], None] | None = None) -> None:
-        """Every cell ``(model, ratio, seed, method)`` not cached yet, model by model (its teacher
-        first, the ONNX latencies of all its cells last), saving ``results.json`` after each cell so a
-        killed run resumes there. ``describe(result)`` is the cell's log line; a cell raising one of
-        ``skip`` is recorded under ``results["skipped"]`` (and not retried) instead of failing the run;
-        ``after_model(model)`` runs once a model's cells and latencies are done."""
+                  after_model: Callable[[str], None] | None = None, compute: bool = True) -> None:
+        """Every cell ``(model, ratio, seed, method)`` not cached yet (:meth:`is_current`), in the order
+        given, model by model (its teacher first, the ONNX latencies of all its cells last), saving
+        ``results.json`` after each cell so a killed run resumes there. ``describe(result)`` is the
+        cell's log line; a cell raising one of ``skip`` is recorded under ``results["skipped"]`` (and
+        not retried) instead of failing the run; ``after_model(model)`` runs once a model's cells and
+        latencies are done. ``compute=False`` runs no new cell: only the cached ones are measured."""
         for model in models:
             self.teacher(model)
             todo = [c for c in cells if c[0] == model]
             for i, (m, r, s, meth) in enumerate(todo):
                 key = f"{m}/r{r}/s{s}/{meth}"
-                if key in self.results["cells"] and Path(self.results["cells"][key]["onnx"]).is_file():
+                if self.is_current(key):
                     log(f"[{i + 1}/{len(todo)}] {key}: cached (top-1 {self.results['cells'][key]['top1']:.2f}%)")
                     continue
-                if key in self.results.get("skipped", {}):
+                if key in self.results.get("skipped", {}) or not compute:
                     continue
                 t0 = time.perf_counter()
                 try:

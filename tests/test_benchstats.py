@@ -119,6 +119,40 @@ def test_a_search_cell_cached_before_the_pre_decode_report_is_searched_again(tmp
     assert not bench.is_current(base)
 
 
+def test_run_cells_reruns_stale_cells_in_plan_order_and_report_only_runs_none(tmp_path, monkeypatch):
+    """allocation.py runs its cells through compare.Bench.run_cells: its staleness check decides
+    what is cached, --report-only (``compute=False``) runs no cell, a TasError is recorded as skipped
+    and not retried, and each model's cells run in the plan's order before its latency and after_model."""
+    bench = _bench(tmp_path)
+    stale, _ = _cached(bench, tmp_path, "tas", {"projection_steps": 1, "flops_ratio": 0.24})
+    fresh, _ = _cached(bench, tmp_path, "uniform", {})
+    calls = []
+    monkeypatch.setattr(bench, "teacher", lambda m: calls.append(("teacher", m)))
+    monkeypatch.setattr(bench, "latency", lambda m: calls.append(("latency", m)))
+
+    def cell(m, r, s, meth):
+        calls.append((meth, s))
+        if meth == "l1":
+            raise allocation.TasError("below the reachable minimum")
+        return {**_cell(meth, r, s, 70.0), "onnx": str(tmp_path / f"{meth}.onnx"),
+                "search_metrics": {"pre_decode_ratio": 0.25, "decode_moves": 0}}
+
+    monkeypatch.setattr(bench, "cell", cell)
+    cells = [("m", 0.25, 0, "tas"), ("m", 0.25, 0, "uniform"), ("m", 0.25, 0, "l1"), ("m", 0.25, 1, "tas")]
+    done = lambda m: calls.append(("after", m))  # noqa: E731
+    bench.run_cells(["m"], cells, 0.0, lambda res: "", skip=(allocation.TasError,), after_model=done, compute=False)
+    assert calls == [("teacher", "m"), ("latency", "m"), ("after", "m")]
+    assert stale not in bench.results["cells"] and fresh in bench.results["cells"]
+    calls.clear()
+    bench.run_cells(["m"], cells, 0.0, lambda res: "", skip=(allocation.TasError,), after_model=done)
+    assert calls == [("teacher", "m"), ("tas", 0), ("l1", 0), ("tas", 1), ("latency", "m"), ("after", "m")]
+    assert bench.results["skipped"] == {"m/r0.25/s0/l1": "below the reachable minimum"}
+    assert bench.results["cells"][stale]["top1"] == 70.0 and bench.results["cells"][fresh]["top1"] == 80.0
+    calls.clear()
+    bench.run_cells(["m"], cells, 0.0, lambda res: "", skip=(allocation.TasError,))
+    assert calls == [("teacher", "m"), ("latency", "m")]  # all cached or skipped (the new tas cells' onnx exists)
+
+
 def test_tas_arch_distils_the_tas_architecture_for_the_whole_budget(tmp_path):
     bench = _bench(tmp_path)
     assert bench.search_epochs("tas") == 1 and bench.search_epochs("tas-arch") == 0
