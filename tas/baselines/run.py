@@ -1,6 +1,6 @@
 """``search.py --method uniform|uniform-depth|l1|synflow|random|plasticity``: a baseline's run directory, in the TAS search's shape.
 
-:func:`run_baseline` writes what :func:`tas.nas.searcher.search` writes, so everything downstream
+:func:`run_baseline` writes what :func:`tas.nas.run.search` writes, so everything downstream
 (``train.py --arch``, ``tas.load_slim``, ``python -m tas.export``) takes either::
 
     runs/l1/
@@ -27,7 +27,7 @@ from ..nas.config import SearchConfig
 from ..train import engine
 from .. import data
 from ..prune.materialize import materialize
-from ..nas.searcher import load_teacher_and_data
+from ..nas.run import load_teacher_and_data
 from ..distributed import resolve_device
 from ..train.loop import seed_everything
 

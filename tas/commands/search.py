@@ -19,7 +19,7 @@ from ..baselines import METHODS
 from ..prune.channel_order import CRITERIA
 from ..cli import DATASET_HELP, HelpFormatter, add_device_flags, parse_args
 from ..nas.config import SearchConfig
-from ..nas.searcher import search
+from ..nas.run import search
 from ..baselines import run_baseline
 
 

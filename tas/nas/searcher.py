@@ -5,7 +5,7 @@ One code path, two ways in. :class:`Searcher` searches a teacher network over th
 phases -- ``prepare`` (resume state, supernet), ``budget`` (latency table, target check, the
 architecture stepper), ``loop`` (the epochs), ``decode`` (the final architecture, its slim network
 and metrics), ``save`` (the run directory). :func:`tas.search` hands it the user's model and
-loaders; :func:`search` (search.py, ``tas search``) first reads the teacher run and builds the
+loaders; :func:`tas.nas.run.search` (search.py, ``tas search``) first reads the teacher run and builds the
 loaders of ``--dataset``. Given an output directory, both write the same run::
 
     runs/search/
@@ -39,14 +39,12 @@ import torch.nn.functional as F
 
 from .. import distributed, tb
 from ..cli import format_table
-from ..data import create_loaders, dataset_info
 from ..deploy import latency
 from ..errors import CheckpointError, DivergedError, TasError
 from ..io.checkpoint import atomic_write_json, has_state, load_state, rng_state, save_state, save_weights, set_rng_state
-from ..io.rundir import is_finished_run, run_lock, save_run
+from ..io.rundir import is_finished_run, save_run
 from ..prune.channel_order import order_teacher, to_original
 from ..prune.limits import estimate_limits
-from ..prune.load import load_original
 from ..prune.materialize import materialize
 from ..train import engine
 from ..train.amp import Precision
@@ -57,8 +55,7 @@ from .config import SearchConfig
 from .sampling import tau_at
 from .supernet import Supernet, create_supernet
 
-__all__ = ["SearchData", "SearchResult", "Searcher", "search", "check_output", "load_teacher", "load_teacher_and_data",
-           "recalibrate_bn"]
+__all__ = ["SearchData", "SearchResult", "Searcher", "check_output", "recalibrate_bn"]
 
 
 @torch.no_grad()
@@ -101,28 +98,6 @@ def _shared_latency_table(supernet: Supernet, cfg: SearchConfig) -> Any:
     if distributed.is_active():
         table = latency.LatencyTable.from_dict(distributed.broadcast_object(table.to_dict() if main else None))
     return table
-
-
-def load_teacher_and_data(cfg: Any) -> tuple[torch.nn.Module, dict, Any]:
-    """The teacher, its config, and the dataset info at its input size; refuses a dataset whose
-    classes or channels do not fit the teacher."""
-    teacher, tconfig = load_teacher(cfg)
-    info = dataset_info(cfg.dataset, cfg.data_dir, cfg.img_size or tconfig["input_size"][1])
-    kwargs = tconfig["model_kwargs"]
-    if info.num_classes != kwargs["num_classes"] or info.in_chans != kwargs["in_chans"]:
-        raise TasError(f"the teacher in {cfg.teacher} has {kwargs['num_classes']} classes and {kwargs['in_chans']} "
-                       f"input channels; {cfg.dataset} has {info.num_classes} and {info.in_chans}")
-    return teacher, tconfig, info
-
-
-def load_teacher(cfg: Any) -> tuple[torch.nn.Module, dict]:
-    """The trained network of ``cfg.teacher`` and its config; refuses pruned or mismatching runs."""
-    if not cfg.teacher:
-        raise TasError("--teacher: give the run directory of the trained network to prune (train.py --output)")
-    model, config = load_original(cfg.teacher, f"--teacher {cfg.teacher}")
-    if cfg.model and cfg.model != config["model"]:
-        raise TasError(f"--model {cfg.model} does not match the teacher in {cfg.teacher} ({config['model']})")
-    return model, config
 
 
 def check_output(cfg: SearchConfig) -> Path:
@@ -643,27 +618,3 @@ def _summary_rows(cfg: SearchConfig, result: SearchResult, out: Path | None) -> 
         ["wall time", "", f"{m['wall_time_s']:.1f} s"],
         *([["arch", "", str(out / "arch.json")]] if out is not None else []),
     ]
-
-
-def search(args: Any) -> dict[str, Any]:
-    """Run the search search.py's flags describe: read ``--teacher``, build the loaders of
-    ``--dataset``, and run a :class:`Searcher` into ``--output``; returns the final metrics, the
-    ``arch`` and the ``run_dir``.
-
-    Under ``torchrun`` every rank runs this; see :mod:`tas.distributed` for what is shared.
-    Only rank 0 writes the run directory.
-    """
-    cfg = SearchConfig.from_args(args)
-    with distributed.session(cfg.device) as device, run_lock(cfg.output, enabled=distributed.is_main()):
-        out = check_output(cfg)
-        teacher, tconfig, info = load_teacher_and_data(cfg)
-        seed_everything(cfg.seed)
-        loaders = create_loaders(cfg.dataset, data_dir=cfg.data_dir, batch_size=cfg.batch_size, workers=cfg.workers,
-                                 seed=cfg.seed, download=cfg.download, img_size=info.img_size, search_split=True,
-                                 limit=cfg.limit, distributed=True, augment=cfg.augment,
-                                 pin_memory=device.type == "cuda")
-        data = SearchData(loaders["train"], loaders["val"], loaders["test"],
-                          input_size=(info.in_chans, info.img_size, info.img_size), name=cfg.dataset, info=info)
-        result = Searcher(cfg, teacher, data, device, model_name=tconfig["model"],
-                          model_kwargs=tconfig["model_kwargs"], teacher_source=str(cfg.teacher), output=out).run()
-    return {**result.metrics, "arch": result.arch, "run_dir": str(out)}
