@@ -60,7 +60,7 @@ import compare  # noqa: E402  (the cells, their cache, the timing, the plot)
 import tas  # noqa: E402
 import tas.data  # noqa: E402
 from benchstats import interp_at, paired_differences  # noqa: E402
-from benchkit import ensure_dataset, log, write_report  # noqa: E402
+from benchkit import log, prepare_run, write_report  # noqa: E402
 from tas.io.checkpoint import atomic_write_bytes  # noqa: E402
 from compare import LATENCY_METHOD  # noqa: E402
 from tas.cli import format_table  # noqa: E402
@@ -612,9 +612,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    args.load = [os.getloadavg()[0]]
-    torch.set_num_threads(max(1, args.threads))
-    ensure_dataset(args.data_dir)
+    prepare_run(args)
     register_dataset(args.data_dir, args.limit, args.val)
     start = time.perf_counter()
     bench = AllocationBench(args)

@@ -12,10 +12,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import torch
+
 from tas.data import FASHION_MNIST_DIR
 from tas.io.checkpoint import atomic_write_bytes
 
-__all__ = ["log", "ensure_dataset", "write_report"]
+__all__ = ["log", "ensure_dataset", "prepare_run", "write_report"]
 
 
 def log(msg: str) -> None:
@@ -35,6 +37,14 @@ def ensure_dataset(data_dir: str | None) -> None:
         if any(path.glob("train-images-idx3-ubyte*")):
             return
     sys.exit(f"error: Fashion-MNIST not found in {path}; `apt-get install dataset-fashion-mnist` or pass --data-dir")
+
+
+def prepare_run(args) -> None:
+    """Before a Fashion-MNIST benchmark's first cell: record the 1-min load average (``args.load``,
+    the report prints it), run on ``args.threads`` threads and make sure the dataset is there."""
+    args.load = [os.getloadavg()[0]]
+    torch.set_num_threads(max(1, args.threads))
+    ensure_dataset(args.data_dir)
 
 
 def write_report(path: str | os.PathLike, text: str) -> None:

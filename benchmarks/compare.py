@@ -5,7 +5,7 @@ On Fashion-MNIST (``/usr/share/datasets/fashion-mnist``, Debian ``dataset-fashio
 1. trains ``cifar_resnet20`` (and ``cifar_resnet56`` with ``--full``) once as the teacher (cached:
    a finished run directory with the same settings is reused);
 2. for every FLOPs ratio kept (70 %, 50 %, 30 %), seed and method picks an architecture —
-   ``tas`` (:func:`tas.nas.searcher.search`), ``uniform``, ``l1``, ``synflow``, ``random``, ``plasticity``
+   ``tas`` (:func:`tas.nas.run.search`), ``uniform``, ``l1``, ``synflow``, ``random``, ``plasticity``
    (:func:`tas.baselines.run_baseline`) — and distils it from the teacher
    (:func:`tas.train.run.train` in ``distill`` mode, weights inherited from the teacher);
 3. gives every method the same post-teacher budget of ``B`` epochs over the same training subset:
@@ -62,7 +62,7 @@ from tas.io.checkpoint import atomic_write_json  # noqa: E402
 from tas.cli import format_table  # noqa: E402
 from tas.io.rundir import is_finished_run  # noqa: E402
 from tas.prune.load import load_run  # noqa: E402
-from benchkit import ensure_dataset, log, write_report  # noqa: E402
+from benchkit import log, prepare_run, write_report  # noqa: E402
 
 METHODS = ("tas", "uniform", "l1", "synflow", "random", "plasticity", "undecayed")
 #: TAS with a measured-latency budget (``ratio`` is then the latency fraction kept, ORT CPU at batch
@@ -621,9 +621,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    args.load = [os.getloadavg()[0]]
-    torch.set_num_threads(max(1, args.threads))
-    ensure_dataset(args.data_dir)
+    prepare_run(args)
     start = time.perf_counter()
     bench = Bench(args)
     cells = [(m, r, s, meth) for m in args.models for r in args.ratios for s in args.seeds for meth in args.methods]

@@ -6,7 +6,7 @@ Part A -- targets (issue 20). For ``cifar_resnet20`` (28 px, batch 32), ``resnet
 (``/usr/share/datasets/fashion-mnist``, one channel): a short teacher run, the latency table
 (measured now, calibrated, cached in ``~/.cache/tas/latency``), then ``search.py --latency-ratio r
 --runtime ort-cpu`` for r = 0.7 and 0.5. The search's own prediction check
-(:func:`tas.nas.searcher.search`) exports the slim and the original network and times them cold
+(:func:`tas.nas.run.search`) exports the slim and the original network and times them cold
 and in the steady state. Reported per cell: the measured ratio in both timings against the target
 (goal: within +-5 %), the table's predicted ratio in each timing and the errors, and per table the
 machine's load while it was built, its noisy entries and the calibration's largest residuals. The

@@ -4,7 +4,7 @@ The acceptance run of the SA++ issue: Fashion-MNIST (the Debian ``dataset-fashio
 a ``cifar_resnet20`` teacher trained once, then for every FLOPs target (default 50% and 30%), every
 selection (``--variants``, default ``prefix`` and ``sapp``) and every seed (default 0 1):
 
-1. **search** (``tas.nas.searcher.search``) with the same epochs, data and seed for every selection;
+1. **search** (``tas.nas.run.search``) with the same epochs, data and seed for every selection;
 2. **distil** the searched architecture from the teacher (``tas.train.run.train(mode="distill")``,
    ``init=inherit``: the teacher's kept channels, KD loss) with the same budget for every selection.
 

@@ -42,9 +42,8 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
 import allocation  # noqa: E402  (the held-out split, the teacher)
-import compare  # noqa: E402  (the cache, the dataset check)
 from benchstats import paired_differences  # noqa: E402
-from compare import log  # noqa: E402
+from benchkit import log, prepare_run  # noqa: E402
 from tas.io.checkpoint import atomic_write_bytes, atomic_write_json  # noqa: E402
 from tas.cli import format_table  # noqa: E402
 from tas.io.rundir import is_finished_run  # noqa: E402
@@ -293,9 +292,7 @@ def past(deadline: str | None) -> bool:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    args.load = [os.getloadavg()[0]]
-    torch.set_num_threads(max(1, args.threads))
-    compare.ensure_dataset(args.data_dir)
+    prepare_run(args)
     allocation.register_dataset(args.data_dir, args.limit, args.val)
     start = time.perf_counter()
     bench = DynamicsBench(args)

@@ -6,7 +6,7 @@ order of the two measurements alternates every repeat, so drift and other load o
 both alike), after warm-up:
 
 (a) **dense step** -- the plain backbone: forward + cross-entropy + backward + SGD step on one batch;
-(b) **search iteration** -- exactly what ``tas.nas.searcher.search`` does per step: the *weight step*
+(b) **search iteration** -- exactly what ``tas.nas.run.search`` does per step: the *weight step*
     (supernet in search mode, CE, backward, SGD on ``Supernet.weight_parameters()``) on one batch,
     then the *architecture step* ``ArchStepper.step`` (CE + cost loss, Adam on alpha/beta) on another
     batch of the same size B. (b) is timed as one block; the two halves are timestamps inside it.
