@@ -255,7 +255,7 @@ class Bench:
         return {}
 
     def cell(self, model_name: str, ratio: float, seed: int, method: str) -> dict:
-        from tas.nas import searcher as searching
+        from tas.nas import run as searching
         from tas.train import run as train_run
         from tas.baselines import run_baseline
         from tas.deploy.export import export_onnx

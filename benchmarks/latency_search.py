@@ -81,7 +81,7 @@ BASELINES = ("uniform", "l1", "synflow", "random")
 def part_a(args, done=None) -> list[dict]:
     """Every model of ``args.models``: teacher, table (measured now unless ``--keep-tables``), one
     search per target; ``done(rows)`` is called after each model (the doc is written as it goes)."""
-    from tas.nas import searcher as searching
+    from tas.nas import run as searching
     from tas.train import run as train_run
 
     rows: list[dict] = []

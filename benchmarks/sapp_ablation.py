@@ -55,7 +55,7 @@ from typing import Any  # noqa: E402
 
 import torch  # noqa: E402
 
-from tas.nas import searcher as searching  # noqa: E402
+from tas.nas import run as searching  # noqa: E402
 from tas.nas.config import SearchConfig  # noqa: E402
 from tas.train import loop as training  # noqa: E402
 from tas.train import run as train_run  # noqa: E402

@@ -47,7 +47,7 @@ from benchkit import log, prepare_run  # noqa: E402
 from tas.io.checkpoint import atomic_write_bytes, atomic_write_json  # noqa: E402
 from tas.cli import format_table  # noqa: E402
 from tas.io.rundir import is_finished_run  # noqa: E402
-from tas.nas import searcher as searching  # noqa: E402
+from tas.nas import run as searching  # noqa: E402
 from tas.train import run as train_run  # noqa: E402
 
 #: factor -> its settings (search overrides) around the defaults; ``{}`` is the defaults' own cell

@@ -20,7 +20,7 @@ from typing import Any, Sequence  # noqa: E402
 
 from .cli import format_table, parse_args, run_main  # noqa: E402
 from .io.rundir import run_lock
-from .nas import searcher as searching
+from .nas import run as searching
 from .train import run as train_run
 from .deploy.run import export_run
 

@@ -134,7 +134,7 @@ def test_nan_policy_skip_counts_skipped_steps(tmp_path, monkeypatch, train_scrip
 
 
 def test_search_nan_guard(tmp_path, monkeypatch, teacher_run):
-    from tas.nas import searcher as searching
+    from tas.nas import run as searching
     from tas.nas.arch_step import ArchStepper
 
     real = ArchStepper.current_cost
