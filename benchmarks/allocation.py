@@ -217,9 +217,6 @@ class AllocationBench(compare.Bench):
             self.borrow_search(model_name, ratio, seed)
         res = super().cell(model_name, ratio, seed, method)
         res["val_top1"], res["top1"] = res["top1"], res["test_top1"]
-        # the band's tolerance is a search setting: arch.json's meta records it, metrics.json does not
-        meta = json.loads((self.cell_dir(model_name, ratio, seed, method) / "search" / "arch.json").read_text())
-        res["search_metrics"].setdefault("tolerance", meta.get("meta", {}).get("tolerance"))
         return res
 
     def borrow_search(self, model_name: str, ratio: float, seed: int) -> None:
@@ -445,8 +442,8 @@ def tas_rows(results: dict, models: list[str]) -> list[list]:
             continue
         sm = c.get("search_metrics", {})
         ratio, moves = search_diagnostics(sm)
-        tol = sm.get("tolerance", 0.05) if isinstance(sm.get("tolerance"), (int, float)) else 0.05
-        band = None if ratio is None else c["ratio"] - tol <= ratio <= c["ratio"]
+        low, high = sm.get("band", (None, None))  # the search's own band (metrics.json)
+        band = None if ratio is None or low is None else low - 1e-9 <= ratio <= high + 1e-9
         rows.append([c["model"], c["method"], f"{c['ratio']:.2f}", c["seed"],
                      "–" if ratio is None else f"{ratio:.3f}", "–" if band is None else ("yes" if band else "no"),
                      "–" if moves is None else moves, f"{c['flops_ratio']:.3f}"])
@@ -531,7 +528,7 @@ def render(args, results: dict, png: Path | None, why: str | None, elapsed: floa
                      ["model", "TAS", "target", "latency ratio", "top-1", *methods_eq, "lead over the best"])
         if eq else "(no latency measurements)", "",
         "## TAS searches: does the search land in the band by itself?", "",
-        f"Pre-decode argmax ratio (in band: within [target − tolerance, target]) and decode moves, from each "
+        f"Pre-decode argmax ratio (in band: within the search's band [target·(1 − tolerance), target]) and decode moves, from each "
         f"search's metrics.json where it reports them: {len(with_ratio)}/{len(diag)} cells report the ratio"
         + (f", {sum(r[5] == 'yes' for r in with_ratio)} in band" if with_ratio else "")
         + f"; {len(with_moves)}/{len(diag)} report decode moves"

@@ -9,7 +9,7 @@ measured on that validation split; the test set is never read. A teacher is trai
 (``--teacher-epochs``, cached); then each cell = (setting, seed) runs ``search.py`` at the FLOPs
 target ``--ratio`` with the search defaults changed by the setting alone, and a fixed
 distillation of ``--distill-epochs`` (``train.py --arch --teacher``). Per cell: the pre-decode
-argmax ratio and whether it lies in ``[target − tolerance, target]``, the decode moves, the
+argmax ratio and whether it lies in the band ``[target·(1 − tolerance), target]``, the decode moves, the
 expected-cost ratio at the end, the hard-mode val top-1 right after the search, the fraction of
 the last quarter's logged steps whose argmax was in the band, val top-1 after distillation, wall
 time. Writes one table per factor (mean ± sd over seeds) to ``docs/benchmarks_search_dynamics.md``.
@@ -48,6 +48,7 @@ from tas.io.checkpoint import atomic_write_bytes, atomic_write_json  # noqa: E40
 from tas.cli import format_table  # noqa: E402
 from tas.io.rundir import is_finished_run  # noqa: E402
 from tas.nas import run as searching  # noqa: E402
+from tas.nas.config import SearchConfig  # noqa: E402
 from tas.train import run as train_run  # noqa: E402
 
 #: factor -> its settings (search overrides) around the defaults; ``{}`` is the defaults' own cell
@@ -76,7 +77,7 @@ def setting_name(overrides: dict) -> str:
     return "default" if not diff else ",".join(f"{k}={v}" for k, v in sorted(diff.items()))
 
 
-def late_in_band(run: Path, target: float, tolerance: float) -> float | None:
+def late_in_band(run: Path, band: tuple[float, float]) -> float | None:
     """Of the steps logged in the search's last quarter, the fraction whose argmax ratio lay in
     the band (TensorBoard's ``search/derived_ratio``): 1.0 means it settled, not just ended there."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -88,7 +89,7 @@ def late_in_band(run: Path, target: float, tolerance: float) -> float | None:
     events = acc.Scalars("search/derived_ratio")
     last = max(e.step for e in events)
     late = [e.value for e in events if e.step > 0.75 * last]
-    return sum(target - tolerance - 1e-9 <= v <= target + 1e-9 for v in late) / len(late) if late else None
+    return sum(band[0] - 1e-9 <= v <= band[1] + 1e-9 for v in late) / len(late) if late else None
 
 
 class DynamicsBench(allocation.AllocationBench):
@@ -133,13 +134,12 @@ class DynamicsBench(allocation.AllocationBench):
                 timing["distill_s"] = round(time.perf_counter() - t0, 1)
                 atomic_write_json(timing_path, timing)
         sm = json.loads((search_dir / "metrics.json").read_text())
-        tol = json.loads((search_dir / "config.json").read_text())["search"]["tolerance"]
-        pre = sm["pre_decode_ratio"]
+        band, pre = sm["band"], sm["pre_decode_ratio"]
         return {"setting": name, "overrides": overrides, "seed": seed, "target": a.ratio,
-                "pre_decode_ratio": pre, "in_band": a.ratio - tol - 1e-9 <= pre <= a.ratio + 1e-9,
+                "pre_decode_ratio": pre, "in_band": band[0] - 1e-9 <= pre <= band[1] + 1e-9,
                 "decode_moves": sm["decode_moves"], "expected_ratio": sm.get("expected_ratio"),
                 "flops_ratio": sm["flops_ratio"], "search_val_top1": sm["top1_hard_mode"],
-                "late_in_band": late_in_band(search_dir, a.ratio, tol),
+                "late_in_band": late_in_band(search_dir, band),
                 "val_top1": json.loads((slim_dir / "metrics.json").read_text())["top1"],
                 "search_s": timing["search_s"], "distill_s": timing["distill_s"]}
 
@@ -228,8 +228,8 @@ def render(args, results: dict, elapsed: float) -> str:
         f"{a.search_epochs} epochs at batch {a.batch_size} with the project's defaults except the setting named, "
         f"then {a.distill_epochs} epochs of distillation (KD α 0.9 T 4, SGD lr {a.lr}, cosine). Seeds "
         f"{sorted({c['seed'] for c in cells})} (not every setting has every seed: see the *in band* counts).", "",
-        "**Columns.** *in band*: cells whose pre-decode argmax FLOPs ratio lies in [target − tolerance, target] = "
-        f"[{a.ratio - 0.05:.2f}, {a.ratio:.2f}]. *expected ratio*: the softmax-expected FLOPs ratio at the end "
+        "**Columns.** *in band*: cells whose pre-decode argmax FLOPs ratio lies in the search's band "
+        f"[target·(1 − tolerance), target] (by default [{a.ratio * (1 - SearchConfig.tolerance):.3f}, {a.ratio:.2f}]). *expected ratio*: the softmax-expected FLOPs ratio at the end "
         "of the search. *last-quarter steps in band*: of the logged steps (every 5th) in the search's last "
         "quarter, the fraction whose argmax was in the band (1.00: settled there, not just passing). *val "
         "top-1 after search*: the decoded architecture in hard mode, BN recalibrated. *Δ distil vs default*: "

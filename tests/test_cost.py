@@ -6,12 +6,12 @@ import torch
 
 from tas.nas.cost import cost_loss
 
-FULL, TARGET, TOL = 1000.0, 500.0, 0.05  # the band is [450, 500]
+TARGET, TOL = 500.0, 0.1  # the band is [450, 500]: 10 % of the target
 
 
 def _loss_and_grad(expected: float, current: float) -> tuple[torch.Tensor, float | None]:
     e = torch.tensor(expected, dtype=torch.float64, requires_grad=True)
-    lc = cost_loss(e, current, TARGET, TOL, FULL)
+    lc = cost_loss(e, current, TARGET, TOL)
     grad = torch.autograd.grad(lc, e)[0].item() if lc.requires_grad else None
     return lc, grad
 
@@ -34,7 +34,7 @@ def test_too_small_grows_with_minus_log_expected(current):
 
 @pytest.mark.parametrize("current", [450.0, 475.0, 500.0])
 def test_inside_the_band_is_zero_and_pulls_nowhere(current):
-    """In [target - tolerance·full, target] (both ends included) the loss is 0 and carries no gradient."""
+    """In [target·(1 - tolerance), target] (both ends included) the loss is 0 and carries no gradient."""
     lc, grad = _loss_and_grad(480.0, current)
     assert lc.item() == 0.0 and lc.shape == ()
     assert grad is None or grad == 0.0
@@ -47,7 +47,7 @@ def test_descent_on_the_loss_moves_expected_cost_toward_the_band():
         opt = torch.optim.SGD([log_e], lr=0.1)
         for _ in range(5):
             opt.zero_grad()
-            cost_loss(log_e.exp(), current, TARGET, TOL, FULL).backward()
+            cost_loss(log_e.exp(), current, TARGET, TOL).backward()
             opt.step()
         # d(±log E)/d(log E) = ±1, so 5 steps of lr 0.1 move log E by exactly ∓0.5
         assert log_e.item() == pytest.approx(math.log(start) + direction * 0.5, rel=1e-12)

@@ -36,7 +36,7 @@ def _toy(start: str) -> ArchStepper:
         for p in s.arch_parameters():
             p.zero_()
             p[-1 if start == "above" else 0] = 2.0
-    return ArchStepper(s, "flops", 0.5, 0.05, 2.0, 0.05, 1e-3)
+    return ArchStepper(s, "flops", 0.5, 0.1, 2.0, 0.05, 1e-3)
 
 
 @pytest.mark.parametrize("start", ["above", "below"])
@@ -57,11 +57,37 @@ def test_controller_brings_expected_and_argmax_cost_into_the_band(start):
     assert max(t["derived_ratio"] for t in trace[-10:]) - min(t["derived_ratio"] for t in trace[-10:]) < 0.1, shown
 
 
+def test_the_band_is_a_fraction_of_the_target():
+    """At a low target the band narrows with it: an argmax 20 % under the target is outside a 10 %
+    band (the decode moves it up into [0.9·target, target]) though it is within 0.05 of the full
+    network's cost (TAS's absolute band would have kept it), and inside a 25 % band (0 moves)."""
+    torch.manual_seed(0)
+    s = tas.create_supernet(timm.create_model("cifar_resnet20", num_classes=10), input_size=(3, 8, 8))
+    with torch.no_grad():  # every group at its narrowest, every stage at its deepest
+        for p in s.arch_parameters():
+            p.zero_()
+            p[0] = 2.0
+        for b in s.betas.values():
+            b.zero_()
+            b[-1] = 2.0
+    full = s.full["flops"]
+    argmax = s.cost.exact("flops", *s.argmax()) / full
+    target = argmax / 0.8
+    assert target - argmax < 0.05 and argmax < 0.2  # inside the paper's absolute band
+    narrow = ArchStepper(s, "flops", target, 0.1, 2.0, 0.05, 1e-3)
+    assert not narrow.within()
+    widths, depths, moves = narrow.decode()
+    kept = s.cost.exact("flops", widths, depths) / full
+    assert moves > 0 and 0.9 * target <= kept <= target
+    wide = ArchStepper(s, "flops", target, 0.25, 2.0, 0.05, 1e-3)
+    assert wide.within() and wide.decode()[2] == 0
+
+
 @pytest.mark.parametrize("start", ["above"])
 def test_tas_loss_is_still_available(start):
     torch.manual_seed(0)
     stepper = _toy(start)
-    tas_stepper = ArchStepper(stepper.supernet, "flops", 0.5, 0.05, 2.0, 0.05, 1e-3, cost_loss="tas")
+    tas_stepper = ArchStepper(stepper.supernet, "flops", 0.5, 0.1, 2.0, 0.05, 1e-3, cost_loss="tas")
     assert tas_stepper.controller is None
     x, y = torch.randn(4, 3, 8, 8), torch.randint(0, 10, (4,))
     t = tas_stepper.step(x, y)

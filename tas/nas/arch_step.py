@@ -14,7 +14,7 @@ import torch.nn.functional as F
 
 from .. import distributed
 from ..train.amp import Precision
-from .cost import COST_LOSSES, LagrangianCost, cost_loss
+from .cost import COST_LOSSES, LagrangianCost, budget_band, cost_loss
 from ..errors import DivergedError
 from .supernet import Supernet
 
@@ -52,7 +52,7 @@ class ArchStepper:
         self.precision = precision or Precision(device=next(supernet.parameters()).device)
         self.optimizer = torch.optim.Adam(self.params, lr=lr, betas=(0.5, 0.999), weight_decay=weight_decay)
         # Aimed at the band's middle (its top when filling): both edges are then half a band away.
-        aim = ratio if fill else ratio - tolerance / 2
+        aim = ratio if fill else sum(budget_band(ratio, tolerance)) / 2
         self.sharp_temperature = sharp_temperature
         self.controller = (LagrangianCost(aim, dual_lr, 1 if sharp_temperature is None else 2, dual_penalty)
                            if cost_loss == "lagrangian" else None)
@@ -79,7 +79,7 @@ class ArchStepper:
         expected, current = self.expected_cost(), self.current_cost()
         extra = self._ceiling_loss()
         if self.controller is None:
-            lc = cost_loss(expected, current, self.target, self.tolerance, self.full)
+            lc = cost_loss(expected, current, self.target, self.tolerance)
             return (lc if extra is None else lc + extra), self.cost_weight, expected, current
         ratios = [expected / self.full]
         if self.sharp_temperature is not None:
@@ -121,7 +121,7 @@ class ArchStepper:
     @property
     def band_low(self) -> float:
         """The bottom of the budget band the decode aims for (the target itself with ``fill``)."""
-        return self.target if self.fill else self.target - self.tolerance * self.full
+        return self.target if self.fill else budget_band(self.target, self.tolerance)[0]
 
     def _cost_of(self, widths: dict[str, int], depths: dict[str, int]) -> float:
         if self.metric == "latency":
@@ -150,7 +150,7 @@ class ArchStepper:
         With ``fill`` the bottom of the band is the target itself: steps up continue, least
         log-probability given up per unit of cost first, until no step fits. A latency target
         is one to hit, and its prediction carries a few per cent of error either way; an argmax
-        left at the bottom of a band 0.05 wide would then measure up to 15 % under a 0.5 target.
+        left at the bottom of a band 10 % of the target wide would then measure up to 15 % under it.
 
         ``caps`` bounds groups' widths (SA++: :meth:`~tas.nas.attention.SappController.caps`); the
         probability of the candidates above a cap counts as the cap's, since they computed its channels.
@@ -218,5 +218,5 @@ class ArchStepper:
         if widths is None or depths is None:
             widths, depths = self.supernet.argmax()
         cost = self._cost_of(widths, depths)
-        return (self.target - self.tolerance * self.full <= cost <= self.target
-                and not self._over_ceiling(widths, depths))
+        low, high = budget_band(self.target, self.tolerance)
+        return low <= cost <= high and not self._over_ceiling(widths, depths)

@@ -8,7 +8,7 @@ from ..cli import config_from_args
 from ..errors import TasError
 from ..prune.channel_order import CRITERIA
 from ..train.amp import check_amp
-from .cost import COST_LOSSES
+from .cost import COST_LOSSES, budget_band
 
 __all__ = ["SearchConfig"]
 
@@ -31,7 +31,7 @@ class SearchConfig:
     runtime: str = "ort-cpu"
     latency_batch: int = 1
     latency_threads: int | None = None
-    tolerance: float = 0.05
+    tolerance: float = 0.1
     fill_budget: bool | None = None
     cost_weight: float = 2.0
     cost_loss: str = "lagrangian"
@@ -131,6 +131,11 @@ class SearchConfig:
         if self.latency_ratio is not None:
             return float(self.latency_ratio)
         return float(self.flops_ratio if self.flops_ratio is not None else self.params_ratio)
+
+    @property
+    def band(self) -> tuple[float, float]:
+        """The accepted final cost ratio, ``[ratio·(1 − tolerance), ratio]`` (:func:`~tas.nas.cost.budget_band`)."""
+        return budget_band(self.ratio, self.tolerance)
 
     @property
     def fill(self) -> bool:

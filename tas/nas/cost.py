@@ -214,16 +214,27 @@ def build_cost_model(model: nn.Module, graph: ModelGraph, input_size: Sequence[i
     return CostModel(flops, params, fixed)
 
 
-def cost_loss(expected: torch.Tensor, current: float, target: float, tolerance: float, full: float
-              ) -> torch.Tensor:
+def budget_band(target: float, tolerance: float) -> tuple[float, float]:
+    """The budget band ``[target·(1 − tolerance), target]`` a search's final cost must land in.
+
+    The tolerance is a fraction of the *target*, so the band keeps its meaning at every ratio: at a
+    0.5 target the default 0.1 accepts [0.45, 0.5] of the full cost (TAS's t = 0.05 of the full
+    network), at 0.12 it accepts [0.108, 0.12]. A tolerance in units of the full cost (the paper's)
+    would let a 0.12 search end a third under its budget and still count as on target.
+    """
+    return target * (1.0 - tolerance), target
+
+
+def cost_loss(expected: torch.Tensor, current: float, target: float, tolerance: float) -> torch.Tensor:
     """The TAS cost loss around ``target`` (all in the same unit).
 
     ``+log E[cost]`` while the current argmax architecture costs more than ``target`` (shrink),
-    ``-log E[cost]`` while it costs less than ``target - tolerance·full`` (grow), else 0.
+    ``-log E[cost]`` while it costs less than the band's bottom (:func:`budget_band`; grow), else 0.
     """
-    if current > target:
+    low, high = budget_band(target, tolerance)
+    if current > high:
         return torch.log(expected)
-    if current < target - tolerance * full:
+    if current < low:
         return -torch.log(expected)
     return expected.new_zeros(())
 

@@ -402,7 +402,7 @@ class Searcher:
         self.writer = tb.create_writer(self.out, purge_step=self.progress.step + 1 if cfg.resume else None)
         self.writer.add_custom_scalars(tb.runs.SEARCH_LAYOUT)
         print(f"searching {self.supernet.model_name} on {self.data.name}: target {cfg.metric} ratio {cfg.ratio} "
-              f"(±{cfg.tolerance} below{', decoded up to the target' if cfg.fill else ''}), "
+              f"(band {cfg.band[0]:.3g}-{cfg.ratio}{', decoded up to the target' if cfg.fill else ''}), "
               f"{sum(p.numel() for p in self.supernet.arch_parameters())} architecture logits")
         try:
             for epoch in range(self.progress.epoch, cfg.epochs):
@@ -551,7 +551,7 @@ class Searcher:
         net.search()
         metrics = {"top1_hard_mode": val["top1"], "flops": arch.flops, "params": arch.params,
                    "flops_ratio": arch.flops_ratio, "params_ratio": arch.params_ratio, "target_metric": cfg.metric,
-                   "target_ratio": cfg.ratio, "within_tolerance": within, "wall_time_s": round(p.wall, 3),
+                   "target_ratio": cfg.ratio, "band": list(cfg.band), "within_tolerance": within, "wall_time_s": round(p.wall, 3),
                    "epochs": cfg.epochs, "steps": p.step, "projection_steps": projection_steps,
                    "decode_moves": projection_steps, "pre_decode_ratio": pre_decode_ratio,
                    "expected_ratio": expected_ratio, "skipped_steps": p.skipped}
@@ -609,7 +609,7 @@ def _summary_rows(cfg: SearchConfig, result: SearchResult, out: Path | None) -> 
     return [
         ["FLOPs (MACs)", f"{arch.full_flops:,}", f"{arch.flops:,} ({arch.flops_ratio:.3f})"],
         ["params", f"{arch.full_params:,}", f"{arch.params:,} ({arch.params_ratio:.3f})"],
-        [f"target {cfg.metric} ratio", "", f"{cfg.ratio} (tolerance {cfg.tolerance}{', filled' if cfg.fill else ''}): "
+        [f"target {cfg.metric} ratio", "", f"{cfg.ratio} (band {cfg.band[0]:.3g}-{cfg.ratio}{', filled' if cfg.fill else ''}): "
                                            f"{'met' if m['within_tolerance'] else 'MISSED'}"],
         *latency_rows,
         ["argmax before the decode", "", f"{cfg.metric} ratio {m['pre_decode_ratio']:.3f}; decode moves: "
