@@ -81,6 +81,12 @@ WIDTH_ONLY = ("uniform", "l1", "synflow", "tas-width")  # no depth choice: none 
 #: diagnostic: the same seed's ``tas`` architecture distilled for the whole budget, as the baselines are
 #: (isolates the architecture from the epochs TAS spends searching); runs after that ``tas`` cell
 ARCH_ONLY = "tas-arch"
+#: cells that reuse the same seed's ``tas`` search and change only its distillation (its settings here)
+BORROWERS = {
+    ARCH_ONLY: {},
+    # the search's own weights (the supernet's, trained while it searched) as the start, not the teacher's
+    "tas-init": {"init": "search"},
+}
 #: TAS variants (diagnostics and candidate fixes): the search settings each changes
 VARIANTS = {
     # widths only, every block kept: does the search lose by dropping depth?
@@ -90,7 +96,7 @@ VARIANTS = {
     # (target - 0.05 of the full FLOPs .. target) lets a 0.12 search end at 0.07, 40 % of its budget unspent
     "tas-fill": {"fill_budget": True},
 }
-METHODS = ("tas", LATENCY_METHOD, "uniform", "uniform-depth", "l1", "synflow", ARCH_ONLY, *VARIANTS)
+METHODS = ("tas", LATENCY_METHOD, "uniform", "uniform-depth", "l1", "synflow", *BORROWERS, *VARIANTS)
 #: the methods that search (their metrics.json reports the pre-decode argmax)
 SEARCHES = ("tas", LATENCY_METHOD, *VARIANTS)
 REFERENCES = ("uniform", "uniform-depth")  # the trivial rule a ratio is compared against, in order
@@ -212,19 +218,22 @@ class AllocationBench(compare.Bench):
     def cell_dir(self, model_name: str, ratio: float, seed: int, method: str) -> Path:
         return self.root / model_name / f"r{ratio}" / f"s{seed}" / method
 
+    def distill_overrides(self, method: str) -> dict:
+        return BORROWERS.get(method, {})
+
     def cell(self, model_name: str, ratio: float, seed: int, method: str) -> dict:
-        if method == ARCH_ONLY:
-            self.borrow_search(model_name, ratio, seed)
+        if method in BORROWERS:
+            self.borrow_search(model_name, ratio, seed, method)
         res = super().cell(model_name, ratio, seed, method)
         res["val_top1"], res["top1"] = res["top1"], res["test_top1"]
         return res
 
-    def borrow_search(self, model_name: str, ratio: float, seed: int) -> None:
-        """Point the :data:`ARCH_ONLY` cell's search at the same seed's ``tas`` search (no second search)."""
+    def borrow_search(self, model_name: str, ratio: float, seed: int, method: str) -> None:
+        """Point a :data:`BORROWERS` cell's search at the same seed's ``tas`` search (no second search)."""
         src = self.cell_dir(model_name, ratio, seed, "tas")
         if not (src / "search" / "arch.json").is_file():
-            raise TasError(f"{ARCH_ONLY} needs the tas cell of {model_name} r{ratio} s{seed} first")
-        cdir = self.cell_dir(model_name, ratio, seed, ARCH_ONLY)
+            raise TasError(f"{method} needs the tas cell of {model_name} r{ratio} s{seed} first")
+        cdir = self.cell_dir(model_name, ratio, seed, method)
         cdir.mkdir(parents=True, exist_ok=True)
         if not (cdir / "search").exists():
             (cdir / "search").symlink_to((src / "search").resolve(), target_is_directory=True)
@@ -300,13 +309,13 @@ def plan(args, minimum: dict[str, float]) -> list[tuple[str, float, int, str]]:
                     continue
                 if meth == "uniform-depth" and reachable and args.uniform_depth == "auto":
                     continue
-                if meth == ARCH_ONLY and "tas" not in args.methods:
+                if meth in BORROWERS and "tas" not in args.methods:
                     continue
                 cells += [(m, r, s, meth) for s in args.seeds]
         if LATENCY_METHOD in args.methods:
             cells += [(m, r, s, LATENCY_METHOD) for r in args.latency_ratios for s in args.seeds]
-    # seed by seed (a run stopped early still has complete pairs); a tas-arch cell borrows its seed's tas search
-    return sorted(cells, key=lambda c: (c[2], c[3] == ARCH_ONLY))
+    # seed by seed (a run stopped early still has complete pairs); a borrower follows its seed's tas search
+    return sorted(cells, key=lambda c: (c[2], c[3] in BORROWERS))
 
 
 # -- analysis ---------------------------------------------------------------------------------------
@@ -496,9 +505,10 @@ def render(args, results: dict, png: Path | None, why: str | None, elapsed: floa
         f"(KD α 0.9 T 4, SGD lr {a.lr}, cosine, batch {a.batch_size}). Seeds {a.seeds}.", "",
         *([f"Variants: `{ARCH_ONLY}` is the same seed's `tas` architecture distilled for all {a.budget} epochs "
            "(the architecture without the search's epoch); `tas-width` searches widths only (every block kept); "
-           "`tas-fill` aims the search at the target and decodes up to it (`--fill-budget`)."
-           " Both weights and channels are inherited from the teacher in every method; the search only "
-           "chooses the architecture.", ""] if {ARCH_ONLY, *VARIANTS} & set(a.methods) else []),
+           "`tas-fill` aims the search at the target and decodes up to it (`--fill-budget`); `tas-init` distils "
+           "the same seed's `tas` architecture from the search's own weights (`train.py --init search`)."
+           " Every other method inherits both weights and channels from the teacher; the search only "
+           "chooses the architecture.", ""] if {*BORROWERS, *VARIANTS} & set(a.methods) else []),
         *([quick, ""] if quick else []),
         "## Teachers", "",
         format_table(teachers, ["model", "epochs", "stopped by", "val top-1 per run length", "val top-1",
@@ -540,7 +550,7 @@ def render(args, results: dict, png: Path | None, why: str | None, elapsed: floa
         "as a fraction of each group's channels) and each top-level part's FLOPs as a fraction of the full "
         "network's. *Inherited val top-1*: the architecture with the teacher's weights at its kept channels "
         "before any training (BN statistics re-estimated on 20 training batches).", "",
-        format_table(stage_rows(results, a.models, [m for m in a.methods if m != ARCH_ONLY]),
+        format_table(stage_rows(results, a.models, [m for m in a.methods if m not in BORROWERS]),
                      ["model", "FLOPs target", "method", "seeds", "blocks per stage", "width kept per stage",
                       "FLOPs share (of the full network)", "inherited val top-1", "final val top-1"]), "",
         f"![top-1 against FLOPs and measured latency]({png.name})" if png else f"(no plot: {why})", "",

@@ -254,6 +254,10 @@ class Bench:
         """Search settings a TAS variant ``method`` changes (none here)."""
         return {}
 
+    def distill_overrides(self, method: str) -> dict:
+        """Distillation settings ``method`` changes (none here)."""
+        return {}
+
     def cell(self, model_name: str, ratio: float, seed: int, method: str) -> dict:
         from tas.nas import run as searching
         from tas.train import run as train_run
@@ -292,7 +296,8 @@ class Bench:
                 t0 = time.perf_counter()
                 train_run.train({**self.common(seed), "arch": str(search_dir / "arch.json"), "teacher": str(teacher),
                                 "epochs": distill_epochs, "limit": a.limit, "batch_size": a.batch_size, "lr": a.lr,
-                                "output": str(slim_dir), "overwrite": True}, mode="distill")
+                                "output": str(slim_dir), "overwrite": True, **self.distill_overrides(method)},
+                                mode="distill")
                 timing["distill_s"] = round(time.perf_counter() - t0, 1)
                 atomic_write_json(timing_path, timing)
         arch = tas.Arch.from_json(search_dir / "arch.json")

@@ -119,6 +119,15 @@ def test_init_inherit_starts_from_teacher_weights_and_scratch_does_not(pipeline,
     scratch, _, _ = distill.build_student(cfg, ctx)
     assert not torch.equal(scratch.conv1.weight, conv)
     assert scratch.conv1.weight.shape == conv.shape
+    # search: the weights the search saved beside arch.json (the supernet's, trained for 2 epochs)
+    from safetensors.torch import load_file
+
+    cfg.init = "search"
+    searched, _, _ = distill.build_student(cfg, ctx)
+    saved = load_file(str(root / "search" / "model.safetensors"))
+    state = searched.state_dict()
+    assert set(state) == set(saved) and all(torch.equal(state[k], saved[k]) for k in saved)
+    assert not torch.equal(searched.conv1.weight, conv)  # the search moved them away from the teacher's
 
 
 def test_distill_bad_inputs(tmp_path, pipeline, train_script, capsys):
@@ -136,6 +145,14 @@ def test_distill_bad_inputs(tmp_path, pipeline, train_script, capsys):
         err = capsys.readouterr().err
         assert code == 2 and message in err and "Traceback" not in err, err
         assert not (tmp_path / "o" / "model.safetensors").exists()
+    # --init search with an arch.json that has no search run around it
+    (tmp_path / "alone").mkdir()
+    (tmp_path / "alone" / "arch.json").write_text(json.dumps(arch))
+    capsys.readouterr()
+    code = run_main(train_script.main, [*TINY, "--arch", str(tmp_path / "alone" / "arch.json"), "--teacher",
+                                        str(teacher_dir), "--init", "search", "--epochs", "1", "--output", str(tmp_path / "o")])
+    err = capsys.readouterr().err
+    assert code == 2 and "--init search needs --arch to be a search run directory" in err and "Traceback" not in err, err
     r = subprocess.run([sys.executable, "-m", "tas.export", str(tmp_path), "--output", str(tmp_path / "x.onnx")],
                        cwd=REPO, capture_output=True, text=True)
     assert r.returncode == 2 and not (tmp_path / "x.onnx").exists()

@@ -74,7 +74,8 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     g.add_argument("--teacher", default=d.teacher, help="run directory of the network the arch was searched from")
     g.add_argument("--init", default=d.init, choices=INITS,
                    help="start from the teacher's kept channels, from them refitted layer by layer to the "
-                        "teacher's outputs (L-OBS-style least squares), or from random weights (the paper)")
+                        "teacher's outputs (L-OBS-style least squares), from random weights (the paper), or "
+                        "from the search's own weights (the supernet's, saved in the --arch run directory)")
     g.add_argument("--recon-batches", type=int, default=d.recon_batches,
                    help="--init reconstruct: training batches the least squares are fitted on")
     g.add_argument("--kd-alpha", type=float, default=d.kd_alpha, help="weight of the KD term")

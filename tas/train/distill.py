@@ -27,7 +27,7 @@ from ..errors import ArchError, TasError
 from .loop import Context, RunSpec, TrainConfig, fit, prepare
 from ..prune.arch import Arch
 from ..prune.materialize import build_slim, materialize
-from ..prune.load import load_original
+from ..prune.load import load_original, load_run
 from ..prune.reconstruct import calibration_batches, reconstruct
 
 __all__ = ["kd_loss", "distillation_loss", "load_arch", "build_student", "student_spec", "prepare_distillation",
@@ -91,7 +91,9 @@ def build_student(cfg: TrainConfig, ctx: Context) -> tuple[nn.Module, RunSpec, n
     ``--init inherit`` gathers the teacher's kept channels (the cheap practical path);
     ``--init reconstruct`` then refits every layer whose inputs were pruned to the teacher's outputs
     on ``--recon-batches`` training batches (:func:`tas.prune.reconstruct.reconstruct`);
-    ``--init scratch`` builds the same shape with fresh random weights (the paper's recipe).
+    ``--init scratch`` builds the same shape with fresh random weights (the paper's recipe);
+    ``--init search`` starts from the weights saved beside ``arch.json`` (a search run's: the
+    supernet's, trained during the search, at the chosen channels and candidate BNs).
     """
     if not cfg.teacher:
         raise TasError("--arch needs --teacher: the run directory of the network the arch was searched from")
@@ -106,10 +108,27 @@ def build_student(cfg: TrainConfig, ctx: Context) -> tuple[nn.Module, RunSpec, n
     if (info.in_chans, info.img_size, info.img_size) != tuple(arch.input_size):
         raise TasError(f"the architecture's costs are for inputs {arch.input_size}, the data is "
                        f"{[info.in_chans, info.img_size, info.img_size]}; pass --img-size {arch.input_size[1]}")
-    student = build_slim(arch) if cfg.init == "scratch" else materialize(teacher, arch)
+    if cfg.init == "search":
+        student = _searched_weights(cfg.arch, arch)
+    else:
+        student = build_slim(arch) if cfg.init == "scratch" else materialize(teacher, arch)
     if cfg.init == "reconstruct":
         _reconstruct(student, teacher, ctx, cfg.recon_batches)
     return student.train(), student_spec(cfg, arch, str(cfg.teacher), tconfig.get("dataset")), teacher
+
+
+def _searched_weights(arch_path: str, arch: Arch) -> nn.Module:
+    """``--init search``: the slim network saved in the run directory ``arch_path`` names (or holds)."""
+    run = Path(arch_path)
+    run = run if run.is_dir() else run.parent
+    if not (run / "config.json").is_file():
+        raise TasError(f"--init search needs --arch to be a search run directory (or its arch.json); {run} holds "
+                       "no config.json and weights")
+    student, config = load_run(run)
+    saved = Arch.from_dict(config["arch"]) if "arch" in config else None
+    if saved is None or (saved.groups, saved.depths) != (arch.groups, arch.depths):
+        raise ArchError(f"--init search: the weights in {run} are for another architecture than {arch_path}")
+    return student
 
 
 def _reconstruct(student: nn.Module, teacher: nn.Module, ctx: Context, batches: int) -> None:

@@ -51,7 +51,7 @@ __all__ = ["TrainConfig", "RunSpec", "Context", "SCHEDULERS", "INITS", "check_ou
 SCHEDULERS = ("cosine", "tanh", "poly", "multistep", "none")
 #: how a distilled slim network starts (``--init``): the teacher's kept channels, those refitted by
 #: :func:`tas.prune.reconstruct.reconstruct`, or random weights
-INITS = ("inherit", "reconstruct", "scratch")
+INITS = ("inherit", "reconstruct", "scratch", "search")
 
 #: settings a resumed run must share with the run it resumes (others, e.g. --epochs, may change)
 _RESUME_KEYS = ("mode", "model", "dataset", "img_size", "batch_size", "seed", "limit")
