@@ -12,13 +12,13 @@ import os
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # see train.py
 
 import argparse  # noqa: E402
-import json  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import Any, Sequence  # noqa: E402
 
 from .cli import format_table, parse_args, run_main  # noqa: E402
+from .io.checkpoint import atomic_write_json
 from .io.rundir import run_lock
 from .nas import run as searching
 from .train import run as train_run
@@ -83,7 +83,7 @@ def _run_pipeline(out: Path, model: str, dataset: str, data_dir: str | None, flo
         ["inspect the search", f"tensorboard --logdir {out / 'search'}"],
     ]
     print(format_table(rows, header=["tas pipeline", f"{model} on {dataset}"]))
-    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    atomic_write_json(out / "summary.json", summary)
     return summary
 
 

@@ -115,6 +115,12 @@ def test_search_resume_continues(tmp_path, search_script, teacher_run):
     assert search_script.main(base + ["--resume"]) == 0
     history = json.loads((out / "arch_history.json").read_text())
     assert [h["epoch"] for h in history] == [1, 2]
+    # started over: the replaced run's TensorBoard logs go (both the first run's and the resume's)
+    before = set(out.glob("events.out.tfevents.*"))
+    assert len(before) == 2
+    assert search_script.main(base + ["--overwrite"]) == 0
+    after = set(out.glob("events.out.tfevents.*"))
+    assert len(after) == 1 and not after & before
 
 
 def _run(args, cwd=REPO):

@@ -224,6 +224,9 @@ class Searcher:
         with tempfile.TemporaryDirectory(prefix="tas-search-") if self.output is None else nullcontext() as tmp:
             if tmp is not None:
                 self.out = Path(tmp)
+            # the TensorBoard logs of a run this one replaces (--overwrite), dropped once it is saved
+            stale = ([] if self.cfg.resume or not self.main or self.output is None
+                     else sorted(self.output.glob("events.out.tfevents.*")))
             self.prepare()
             self.budget()
             try:
@@ -232,6 +235,8 @@ class Searcher:
                 if self.main:
                     if self.output is not None:
                         self.save(result)
+                        for old in stale:
+                            old.unlink(missing_ok=True)
                     self.report(result)
             finally:
                 if self.writer is not None:
