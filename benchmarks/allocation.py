@@ -153,7 +153,7 @@ def register_dataset(data_dir: str | None, limit: int, val: int) -> None:
     train, held = split_indices(targets, limit, val)
 
     # tas.data has no public registry call; its decorator is what its own datasets use.
-    @tas.data._register(replace(base, name=DATASET))
+    @tas.data.registry._register(replace(base, name=DATASET))
     def _build(split, _dir, download, augment, info):
         ds = tas.data.create_dataset("fashion-mnist", "train", data_dir, img_size=info.img_size,
                                      augment=augment and split == "train")
