@@ -95,7 +95,12 @@ VARIANTS = {
     # the controller aims at the target itself and the decode fills the budget up to it: the default band
     # (target - 0.05 of the full FLOPs .. target) lets a 0.12 search end at 0.07, 40 % of its budget unspent
     "tas-fill": {"fill_budget": True},
+    # the weight step distils from the teacher (KD α 0.9, T 4, as the distillation), and the distillation
+    # starts from those weights (tas-init's start, trained on soft targets rather than labels)
+    "tas-kd": {"kd_alpha": 0.9},
 }
+#: a variant's distillation settings
+VARIANT_DISTILL = {"tas-kd": {"init": "search"}}
 METHODS = ("tas", LATENCY_METHOD, "uniform", "uniform-depth", "l1", "synflow", *BORROWERS, *VARIANTS)
 #: the methods that search (their metrics.json reports the pre-decode argmax)
 SEARCHES = ("tas", LATENCY_METHOD, *VARIANTS)
@@ -219,7 +224,7 @@ class AllocationBench(compare.Bench):
         return self.root / model_name / f"r{ratio}" / f"s{seed}" / method
 
     def distill_overrides(self, method: str) -> dict:
-        return BORROWERS.get(method, {})
+        return {**BORROWERS.get(method, {}), **VARIANT_DISTILL.get(method, {})}
 
     def cell(self, model_name: str, ratio: float, seed: int, method: str) -> dict:
         if method in BORROWERS:
@@ -506,7 +511,8 @@ def render(args, results: dict, png: Path | None, why: str | None, elapsed: floa
         *([f"Variants: `{ARCH_ONLY}` is the same seed's `tas` architecture distilled for all {a.budget} epochs "
            "(the architecture without the search's epoch); `tas-width` searches widths only (every block kept); "
            "`tas-fill` aims the search at the target and decodes up to it (`--fill-budget`); `tas-init` distils "
-           "the same seed's `tas` architecture from the search's own weights (`train.py --init search`)."
+           "the same seed's `tas` architecture from the search's own weights (`train.py --init search`); `tas-kd` "
+           "searches with a KD weight step (`--kd-alpha 0.9`) and distils from the search's weights."
            " Every other method inherits both weights and channels from the teacher; the search only "
            "chooses the architecture.", ""] if {*BORROWERS, *VARIANTS} & set(a.methods) else []),
         *([quick, ""] if quick else []),

@@ -123,6 +123,40 @@ def test_search_resume_continues(tmp_path, search_script, teacher_run):
     assert len(after) == 1 and not after & before
 
 
+def test_search_kd_trains_the_weights_on_the_teachers_soft_targets(tmp_path, search_script, teacher_run, monkeypatch):
+    """--kd-alpha: every weight step's loss is the KD objective against the frozen teacher, with the
+    given α and T (the architecture step keeps its CE); the teacher's logits are its own (a forward
+    of the loaded teacher in eval mode on the same images gives them), not the supernet's."""
+    from tas.nas import searcher
+    from tas.prune.load import load_run
+
+    teacher, _ = load_run(teacher_run)
+    calls = []
+    real_teacher_forward = {}
+
+    def recording(student, t_logits, targets, alpha, temperature):
+        calls.append((student.requires_grad, t_logits.requires_grad, alpha, temperature, t_logits.detach().clone()))
+        return searcher_kd(student, t_logits, targets, alpha, temperature)
+
+    searcher_kd = searcher.kd_loss
+    monkeypatch.setattr(searcher, "kd_loss", recording)
+    original_step = searcher.Searcher._step
+
+    def step(self, epoch, in_epoch, xt, yt, val):  # the images of each weight step, for the check below
+        real_teacher_forward[len(calls)] = teacher.eval()(xt).detach()
+        return original_step(self, epoch, in_epoch, xt, yt, val)
+
+    monkeypatch.setattr(searcher.Searcher, "_step", step)
+    out = tmp_path / "kd"
+    assert search_script.main(FLAGS + ["--teacher", str(teacher_run), "--kd-alpha", "0.7", "--kd-temperature", "3",
+                                       "--output", str(out)]) == 0
+    steps = json.loads((out / "metrics.json").read_text())["steps"]
+    assert len(calls) == steps > 0
+    assert all(c[:4] == (True, False, 0.7, 3.0) for c in calls)
+    for i, c in enumerate(calls):
+        assert torch.allclose(c[4], real_teacher_forward[i], atol=1e-5)
+
+
 def _run(args, cwd=REPO):
     return subprocess.run([sys.executable, "search.py", *args], cwd=cwd, capture_output=True, text=True)
 

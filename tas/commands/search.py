@@ -122,6 +122,10 @@ def _optimisation_flags(p: argparse.ArgumentParser, d: SearchConfig) -> None:
     g.add_argument("--weight-decay", type=float, default=d.weight_decay)
     g.add_argument("--arch-lr", type=float, default=d.arch_lr, help="architecture step: Adam, betas (0.5, 0.999)")
     g.add_argument("--arch-weight-decay", type=float, default=d.arch_weight_decay)
+    g.add_argument("--kd-alpha", type=float, default=d.kd_alpha,
+                   help="weight step: weight of the KD term from the teacher, (1-a)*CE + a*T^2*KL (0: CE "
+                        "alone, the paper's); what train.py --init search then starts from")
+    g.add_argument("--kd-temperature", type=float, default=d.kd_temperature)
     g.add_argument("--arch-warmup", type=float, default=d.arch_warmup,
                    help="fraction of the search's steps that train the weights only, before the first "
                         "architecture step")

@@ -49,6 +49,8 @@ class SearchConfig:
     weight_decay: float = 5e-4
     arch_lr: float = 0.15
     arch_weight_decay: float = 1e-3
+    kd_alpha: float = 0.0
+    kd_temperature: float = 4.0
     arch_warmup: float = 0.0
     arch_steps: float = 1.0
     selection: str = "prefix"
@@ -96,6 +98,9 @@ class SearchConfig:
             raise TasError(f"--arch-warmup must be a fraction of the search in [0, 1), got {self.arch_warmup}")
         if not self.arch_steps > 0:
             raise TasError(f"--arch-steps must be > 0 (architecture steps per weight step), got {self.arch_steps}")
+        if not 0 <= self.kd_alpha <= 1 or self.kd_temperature <= 0:
+            raise TasError(f"--kd-alpha must be in [0, 1] and --kd-temperature > 0, got {self.kd_alpha}, "
+                           f"{self.kd_temperature}")
         if not 0 <= self.tolerance < 1:
             raise TasError(f"--tolerance must be in [0, 1), got {self.tolerance}")
         if self.tau_min <= 0 or self.tau_max < self.tau_min:

@@ -48,6 +48,7 @@ from ..prune.limits import estimate_limits
 from ..prune.materialize import materialize
 from ..train import engine
 from ..train.amp import Precision
+from ..train.distill import kd_loss
 from ..train.loop import seed_everything
 from .arch_step import ArchStepper
 from .attention import PHASES, SappController, SappSchedule
@@ -217,6 +218,7 @@ class Searcher:
         self.state: dict[str, Any] | None = None
         self.latency: Any = None
         self.writer: Any = None
+        self.kd_teacher: torch.nn.Module | None = None
 
     def run(self) -> SearchResult:
         """prepare → budget → loop → decode → save (with an output directory) → report; the
@@ -260,6 +262,9 @@ class Searcher:
                                    saved=json.loads(saved) if saved is not None else None,
                                    task_classes=cfg.task_classes)
         self.ordered.cpu()
+        # --kd-alpha: a frozen copy of the teacher for the weight step (the supernet takes over self.ordered)
+        self.kd_teacher = (copy.deepcopy(self.teacher).to(self.device).eval().requires_grad_(False)
+                           if cfg.kd_alpha > 0 else None)
         self.supernet = self._build(cfg.space)
         if cfg.metric == "latency" or self.supernet.space.divisor == "auto":
             self.latency = _shared_latency_table(self.supernet, cfg)
@@ -462,7 +467,13 @@ class Searcher:
         if self.sapp is not None:
             phase, sparsity = self.sapp.step(p.step)
         with amp.autocast():
-            w_loss = F.cross_entropy(net(xt), yt)
+            logits = net(xt)
+            if self.kd_teacher is not None:  # the teacher's soft targets: weights a distillation may start from
+                with torch.no_grad():
+                    t_logits = self.kd_teacher(xt)
+                w_loss = kd_loss(logits, t_logits, yt, cfg.kd_alpha, cfg.kd_temperature)[0]
+            else:
+                w_loss = F.cross_entropy(logits, yt)
         self.w_opt.zero_grad(set_to_none=True)
         if self.attn_opt is not None:
             self.attn_opt.zero_grad(set_to_none=True)
