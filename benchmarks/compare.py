@@ -317,7 +317,8 @@ class Bench:
                 "widths": arch.widths, "depths": arch.depths,
                 "test_top1": round(100 * float((preds == labels).mean()), 4), "robust": robust,
                 "search_metrics": {k: v for k, v in json.loads((search_dir / "metrics.json").read_text()).items()
-                                   if v is None or isinstance(v, (bool, int, float, str))},
+                                   if v is None or isinstance(v, (bool, int, float, str))
+                                   or (isinstance(v, list) and all(isinstance(x, (int, float)) for x in v))},
                 "recall": {k: rd[k] for k in ("teacher_accuracy", "slim_accuracy", "mean_change_below",
                                               "mean_change_above", "intensification", "intensified", "below")}}
 

@@ -70,6 +70,21 @@ def test_bn_order_puts_largest_gamma_sum_first():
     assert torch.allclose(after, expected[perms["layer2"]], atol=1e-5)
 
 
+def test_filters_order_sums_the_producers_filter_l1_unnormalised():
+    """``filters`` (the l1 baseline's criterion): Σ|W| of every filter writing the group, as is."""
+    model = _model("cifar_resnet20")
+    names = ["layer2.0.conv2", "layer2.1.conv2", "layer2.2.conv2", "layer2.0.downsample.0"]
+    with torch.no_grad():  # one producer far larger than the rest: normalising would hide it
+        model.get_submodule(names[0]).weight.mul_(50)
+    orig = {n: model.get_submodule(n).weight.detach().abs().flatten(1).sum(1).double().clone() for n in names}
+    expected = sum(orig.values())
+    perms = order_channels(model, "filters")
+    assert set(perms["layer2"][:16].tolist()) == set(torch.topk(expected, 16).indices.tolist())
+    after = channel_scores(model, "filters")["layer2"]
+    assert torch.allclose(after, expected[perms["layer2"]], rtol=1e-6)
+    assert torch.all(after[:-1] >= after[1:])
+
+
 def test_l1_order_is_descending_on_the_permuted_model():
     model = _model("cifar_resnet20")
     order_channels(model, "l1")

@@ -13,6 +13,7 @@ import torch
 import torch.nn as nn
 
 from ..prune.arch import Arch
+from ..prune.channel_order import filter_l1_scores
 from ..prune.graph import ModelGraph
 from ..nas.supernet import Supernet
 from .base import full_depths, register_baseline
@@ -41,21 +42,8 @@ def producers(graph: ModelGraph, group: str) -> list[str]:
     return [l.name for l in graph.layers if l.kind == "conv" and l.out_group == group]
 
 
-def l1_channel_scores(model: nn.Module, graph: ModelGraph) -> dict[str, torch.Tensor]:
-    """Per group and channel: the L1 norm of every filter producing it, summed over its producers.
-
-    A filter is one output channel of a conv whose ``out_group`` is the group: a residual stream's
-    channel is written by several convs (each block's last conv, the downsample, an SE gate), and
-    its score is the sum of their filters' ``Σ|W|``. A group no conv produces scores zeros.
-    """
-    scores = {}
-    for n, g in graph.groups.items():
-        s = torch.zeros(g.channels, dtype=torch.float64)
-        for name in producers(graph, n):
-            w = model.get_submodule(name).weight.detach()
-            s += w.abs().flatten(1).sum(1).double().cpu()
-        scores[n] = s
-    return scores
+#: the ``l1`` baseline's score (Li et al. 2017); also the ``filters`` channel order of a search
+l1_channel_scores = filter_l1_scores
 
 
 def _local(scores: torch.Tensor, conv_groups: int) -> torch.Tensor:

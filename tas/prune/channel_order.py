@@ -14,6 +14,8 @@ Criteria (:data:`CRITERIA`), each a score per channel summed over the group's la
 * ``l1``: the L1 norm of each channel's weights in every conv/linear that writes the group (its
   filters) or reads it (its input slices), each layer's scores divided by their mean so that every
   layer counts alike (group L1, as structural pruners aggregate it);
+* ``filters``: the L1 norm of each channel's filters in every conv that writes the group, summed
+  unnormalised (Li et al. 2017, the ``l1`` baseline's criterion, :func:`filter_l1_scores`);
 * ``bn``: ``|γ|`` of every BatchNorm that writes the group, each divided by its mean;
 * ``taylor``: first-order Taylor estimate of the loss change when the channel is removed from the
   whole group: ``Σ_batches (Σ_BN γ·∂L/∂γ + β·∂L/∂β)²`` over the BNs that write it (Molchanov et al.
@@ -49,11 +51,11 @@ from .families import describe_model
 from .graph import ModelGraph
 from .. import distributed
 
-__all__ = ["CRITERIA", "channel_scores", "importance_permutations", "permute_channels", "order_channels",
+__all__ = ["CRITERIA", "channel_scores", "filter_l1_scores", "importance_permutations", "permute_channels", "order_channels",
            "to_original", "order_teacher", "activation_importance", "task_aware_scores", "class_batches"]
 
 #: channel-importance criteria accepted by :func:`channel_scores` (``none``: identity order)
-CRITERIA = ("l1", "bn", "taylor", "task", "none")
+CRITERIA = ("l1", "filters", "bn", "taylor", "task", "none")
 #: default relative excess of a channel's task activation norm over its general one that makes it task-exclusive
 EXCLUSIVE_THRESHOLD = 0.25
 
@@ -81,6 +83,21 @@ def _input_l1(m: nn.Module) -> torch.Tensor:
     per_out = m.out_channels // groups
     # [G, out/G, in/G, k, k] -> one value per (conv group, local input position) = input channel
     return w.view(groups, per_out, *w.shape[1:]).sum(dim=(1, 3, 4)).reshape(-1)
+
+
+def filter_l1_scores(model: nn.Module, graph: ModelGraph) -> dict[str, torch.Tensor]:
+    """Per group and channel: the L1 norm of every filter producing it, summed over its producers.
+
+    A filter is one output channel of a conv whose ``out_group`` is the group: a residual stream's
+    channel is written by several convs (each block's last conv, the downsample, an SE gate), and
+    its score is the sum of their filters' ``Σ|W|``. A group no conv produces scores zeros.
+    """
+    scores = {n: torch.zeros(g.channels, dtype=torch.float64) for n, g in graph.groups.items()}
+    for layer in graph.layers:
+        if layer.kind == "conv" and layer.out_group is not None:
+            w = model.get_submodule(layer.name).weight.detach()
+            scores[layer.out_group] += w.abs().flatten(1).sum(1).double().cpu()
+    return scores
 
 
 def _l1_scores(model: nn.Module, graph: ModelGraph) -> dict[str, torch.Tensor]:
@@ -247,6 +264,8 @@ def channel_scores(model: nn.Module, criterion: str, graph: ModelGraph | None = 
         return {n: torch.zeros(g.channels) for n, g in graph.groups.items()}
     if criterion == "l1":
         return _l1_scores(model, graph)
+    if criterion == "filters":
+        return filter_l1_scores(model, graph)
     if criterion == "bn":
         return _bn_scores(model, graph)
     if batches is None:
