@@ -77,7 +77,7 @@ from tas.train import engine  # noqa: E402
 DATASET = "fashion-mnist-alloc"
 #: a report's hand-written analysis starts at this line; regenerating the report keeps it
 NOTES = "<!-- notes: kept when the report is regenerated -->"
-WIDTH_ONLY = ("uniform", "l1", "synflow", "tas-width")  # no depth choice: none below the width-only minimum
+WIDTH_ONLY = ("uniform", "l1", "synflow", "tas-width", "tas-width-filters")  # no depth choice: none below the width-only minimum
 #: diagnostic: the same seed's ``tas`` architecture distilled for the whole budget, as the baselines are
 #: (isolates the architecture from the epochs TAS spends searching); runs after that ``tas`` cell
 ARCH_ONLY = "tas-arch"
@@ -98,7 +98,10 @@ VARIANTS = {
     # the weight step distils from the teacher (KD α 0.9, T 4, as the distillation), and the distillation
     # starts from those weights (tas-init's start, trained on soft targets rather than labels)
     "tas-kd": {"kd_alpha": 0.9},
+    # the channel order of the l1 baseline (producers' filter L1, unnormalised) instead of the group L1
+    "tas-filters": {"channel_order": "filters"},
 }
+VARIANTS["tas-width-filters"] = {**VARIANTS["tas-width"], **VARIANTS["tas-filters"]}
 #: a variant's distillation settings
 VARIANT_DISTILL = {"tas-kd": {"init": "search"}}
 METHODS = ("tas", LATENCY_METHOD, "uniform", "uniform-depth", "l1", "synflow", *BORROWERS, *VARIANTS)
@@ -512,7 +515,9 @@ def render(args, results: dict, png: Path | None, why: str | None, elapsed: floa
            "(the architecture without the search's epoch); `tas-width` searches widths only (every block kept); "
            "`tas-fill` aims the search at the target and decodes up to it (`--fill-budget`); `tas-init` distils "
            "the same seed's `tas` architecture from the search's own weights (`train.py --init search`); `tas-kd` "
-           "searches with a KD weight step (`--kd-alpha 0.9`) and distils from the search's weights."
+           "searches with a KD weight step (`--kd-alpha 0.9`) and distils from the search's weights; `tas-filters` "
+           "orders the teacher's channels by the l1 baseline's criterion (`--channel-order filters`), "
+           "`tas-width-filters` the same with widths only."
            " Every other method inherits both weights and channels from the teacher; the search only "
            "chooses the architecture.", ""] if {*BORROWERS, *VARIANTS} & set(a.methods) else []),
         *([quick, ""] if quick else []),

@@ -1,7 +1,7 @@
 """Which channel order gives the best inherited prefix? The untrained prefix subnetwork per criterion.
 
-For a trained teacher run and each ``--channel-order`` criterion (``none``, ``l1``, ``bn``,
-``taylor``) this reorders a copy of the teacher (:func:`tas.prune.channel_order.order_teacher`), builds
+For a trained teacher run and each ``--channel-order`` criterion (``none``, ``l1``, ``filters``,
+``bn``, ``taylor``) this reorders a copy of the teacher (:func:`tas.prune.channel_order.order_teacher`), builds
 the supernet, takes the uniform-width architecture at 30 % and 50 % of the FLOPs (full depth,
 :func:`tas.baselines.magnitude.uniform_widths`), recalibrates BN in hard mode on the search's train
 half and reports its top-1 on the search's val half (never the test set), with no training at all:
@@ -67,10 +67,13 @@ def main() -> None:
     p.add_argument("run", help="trained teacher run directory (train.py --output)")
     p.add_argument("--dataset", default="digits")
     p.add_argument("--limit", type=int, default=None, help="at most this many images per search half")
+    p.add_argument("--ratios", type=float, nargs="+", default=[0.3, 0.5], help="FLOPs fractions kept")
+    p.add_argument("--criteria", nargs="+", default=[c for c in CRITERIA if c != "task"],
+                   choices=[c for c in CRITERIA if c != "task"])
     a = p.parse_args()
     torch.set_num_threads(1)
     t0 = time.perf_counter()
-    results = prefix_accuracy(a.run, a.dataset, a.limit)
+    results = prefix_accuracy(a.run, a.dataset, a.limit, tuple(a.ratios), tuple(a.criteria))
     print("| criterion | " + " | ".join(f"{r:.0%} FLOPs (exact {x:.3f})" for r, x, _ in next(iter(results.values()))) + " |")
     print("|---|" + "---|" * len(next(iter(results.values()))))
     for criterion, rows in results.items():
