@@ -100,6 +100,8 @@ VARIANTS = {
     "tas-kd": {"kd_alpha": 0.9},
     # the channel order of the l1 baseline (producers' filter L1, unnormalised) instead of the group L1
     "tas-filters": {"channel_order": "filters"},
+    # two architecture steps per weight step: twice the controller's steps in the same search epoch
+    "tas-arch2": {"arch_steps": 2.0},
 }
 VARIANTS["tas-width-filters"] = {**VARIANTS["tas-width"], **VARIANTS["tas-filters"]}
 #: a variant's distillation settings

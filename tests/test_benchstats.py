@@ -166,7 +166,12 @@ def test_tas_arch_distils_the_tas_architecture_for_the_whole_budget(tmp_path):
     args.methods = ["uniform", "tas-arch"]  # nothing to borrow from
     assert [c[3] for c in allocation.plan(args, {"cifar_resnet20": 0.132})] == ["uniform", "uniform"]
     with pytest.raises(allocation.TasError, match="tas cell"):
-        bench.borrow_search("m", 0.25, 0)
+        bench.borrow_search("m", 0.25, 0, "tas-arch")
+    # tas-init borrows the same way, and distils from the search's own weights
+    args.methods = ["tas-init", "uniform", "tas"]
+    order = [(s, meth) for _, _, s, meth in allocation.plan(args, {"cifar_resnet20": 0.132})]
+    assert all(order.index((s, "tas")) < order.index((s, "tas-init")) for s in (0, 1))
+    assert bench.distill_overrides("tas-init") == {"init": "search"} and bench.distill_overrides("tas") == {}
 
 
 def test_stage_flops_split_the_architectures_flops():
