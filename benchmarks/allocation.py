@@ -519,7 +519,7 @@ def render(args, results: dict, png: Path | None, why: str | None, elapsed: floa
            "the same seed's `tas` architecture from the search's own weights (`train.py --init search`); `tas-kd` "
            "searches with a KD weight step (`--kd-alpha 0.9`) and distils from the search's weights; `tas-filters` "
            "orders the teacher's channels by the l1 baseline's criterion (`--channel-order filters`), "
-           "`tas-width-filters` the same with widths only."
+           "`tas-width-filters` the same with widths only; `tas-arch2` takes two architecture steps per weight step."
            " Every other method inherits both weights and channels from the teacher; the search only "
            "chooses the architecture.", ""] if {*BORROWERS, *VARIANTS} & set(a.methods) else []),
         *([quick, ""] if quick else []),
