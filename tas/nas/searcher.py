@@ -30,9 +30,8 @@ import math
 import tempfile
 import time
 from contextlib import nullcontext
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any, Iterable
 
 import torch
 import torch.nn.functional as F
@@ -41,8 +40,8 @@ from .. import distributed, tb
 from ..cli import format_table
 from ..deploy import latency
 from ..errors import CheckpointError, DivergedError, TasError
-from ..io.checkpoint import atomic_write_json, has_state, load_state, rng_state, save_state, save_weights, set_rng_state
-from ..io.rundir import is_finished_run, save_run
+from ..io.checkpoint import atomic_write_json, load_state, rng_state, save_state, save_weights, set_rng_state
+from ..io.rundir import save_run
 from ..prune.channel_order import order_teacher, to_original
 from ..prune.limits import estimate_limits
 from ..prune.materialize import materialize
@@ -52,35 +51,14 @@ from ..train.distill import kd_loss
 from ..train.loop import seed_everything
 from .arch_step import ArchStepper
 from .attention import PHASES, SappController, SappSchedule
+from .calibrate import recalibrate_bn
 from .config import SearchConfig
+from .progress import Progress, arch_quota, check_output, cycle_batches, lr_factor
+from .result import SearchData, SearchResult, summary_rows
 from .sampling import tau_at
 from .supernet import Supernet, create_supernet
 
 __all__ = ["SearchData", "SearchResult", "Searcher", "check_output", "recalibrate_bn"]
-
-
-@torch.no_grad()
-def recalibrate_bn(model: torch.nn.Module, loader: Any, device: torch.device | str, batches: int = 20) -> None:
-    """Re-estimate BatchNorm running statistics of ``model``'s current (hard-mode) network.
-
-    In search mode every per-candidate BN sees interpolated mixtures, so its running statistics do
-    not describe the single architecture hard mode computes; a few forward passes fix that before
-    it is evaluated or materialised (standard in one-shot NAS).
-    """
-    bns = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
-    saved = [(m.momentum, m.training) for m in bns]
-    for m in bns:
-        m.reset_running_stats()
-        m.momentum = None  # cumulative average over the calibration batches
-    was_training = model.training
-    model.train()
-    for i, (x, _) in enumerate(loader):
-        if i >= batches:
-            break
-        model(x.to(device))
-    model.train(was_training)
-    for m, (momentum, _) in zip(bns, saved):
-        m.momentum = momentum
 
 
 def _ratio(arch: Any, metric: str, table: Any) -> float:
@@ -99,94 +77,6 @@ def _shared_latency_table(supernet: Supernet, cfg: SearchConfig) -> Any:
     if distributed.is_active():
         table = latency.LatencyTable.from_dict(distributed.broadcast_object(table.to_dict() if main else None))
     return table
-
-
-def check_output(cfg: SearchConfig) -> Path:
-    """``cfg.output``, checked against ``--resume`` / ``--overwrite`` before anything is read or written."""
-    out = Path(cfg.output)
-    if cfg.resume and not has_state(out):
-        raise CheckpointError(f"--resume: no resumable state in {out}")
-    if not cfg.resume and not cfg.overwrite and (is_finished_run(out) or has_state(out)):
-        raise TasError(f"{out} already holds a search; pass --resume, --overwrite or another --output")
-    return out
-
-
-@dataclass
-class SearchData:
-    """What a search runs on: three loaders of ``(images, labels)`` batches and how to describe them.
-
-    Attributes:
-        train: batches for the weight step.
-        val: batches for the architecture step (cycled to ``train``'s length).
-        test: batches the derived architecture is evaluated on after every epoch and at the end.
-        input_size: ``(C, H, W)`` of one image; the costs are counted at it.
-        name: the data's name, recorded in ``arch.json`` and ``config.json``.
-        info: a :class:`~tas.data.DatasetInfo` whose normalisation ``config.json`` records, when known.
-    """
-
-    train: Iterable
-    val: Iterable
-    test: Iterable
-    input_size: tuple[int, int, int]
-    name: str = "custom"
-    info: Any = None
-
-
-@dataclass
-class SearchResult:
-    """What a search returns (:func:`tas.search`, :meth:`Searcher.run`).
-
-    Attributes:
-        arch: the final architecture (within the budget unless ``metrics["within_tolerance"]`` says not).
-        slim: its dense network, weights from the supernet (``tas.distill`` trains it further).
-        history: one entry per epoch: the derived architecture's ratios, widths, depths, test top-1, τ.
-        metrics: what ``metrics.json`` holds (``top1_hard_mode``, ``flops``, ``params``, their ratios, ...).
-        supernet: the trained supernet (weights and architecture logits).
-        run_dir: the run directory written, or ``None``.
-    """
-
-    arch: Any
-    slim: torch.nn.Module
-    history: list[dict[str, Any]]
-    metrics: dict[str, Any]
-    supernet: Supernet
-    run_dir: Path | None = None
-
-
-def arch_quota(steps: int, arch_steps: float) -> int:
-    """Architecture steps due over the first ``steps`` weight steps of an epoch at ``arch_steps``
-    per weight step: ``floor(steps · arch_steps)``. Step ``i`` takes ``quota(i + 1) − quota(i)`` of
-    them (2: two each; 0.5: one after every second), so a resumed epoch knows how many val
-    batches the steps before it used."""
-    return math.floor(steps * arch_steps + 1e-9)
-
-
-def _cycle(batches: Iterable) -> Iterator:
-    """``batches`` over and over (a plain iterable loader, which skip_batches cannot cycle, too)."""
-    while True:
-        empty = True
-        for batch in batches:
-            empty = False
-            yield batch
-        if empty:
-            return
-
-
-def _lr_factor(total_steps: int):
-    return lambda s: 0.5 * (1 + math.cos(math.pi * min(s, total_steps) / total_steps))
-
-
-@dataclass
-class _Progress:
-    """The loop's counters: what the resumable state saves beside the weights and optimisers."""
-
-    epoch: int = 0  # epochs finished
-    step: int = 0  # steps taken in all
-    in_epoch: int = 0  # steps taken in the current epoch (resuming mid-epoch)
-    wall: float = 0.0
-    skipped: int = 0
-    history: list[dict[str, Any]] = field(default_factory=list)
-    rng: Any = None  # the global RNG to restore once the resumed epoch's batch order is fixed
 
 
 class Searcher:
@@ -214,7 +104,7 @@ class Searcher:
         self.output = Path(output) if output is not None else None
         self.out = self.output  # where state and events go (a temporary directory without output)
         self.main = distributed.is_main()
-        self.progress = _Progress()
+        self.progress = Progress()
         self.state: dict[str, Any] | None = None
         self.latency: Any = None
         self.writer: Any = None
@@ -337,7 +227,7 @@ class Searcher:
         self.warmup_steps = round(cfg.arch_warmup * self.total_steps)
         self.w_opt = torch.optim.SGD(list(net.weight_parameters()), lr=cfg.lr, momentum=cfg.momentum,
                                      nesterov=True, weight_decay=cfg.weight_decay)
-        self.w_sched = torch.optim.lr_scheduler.LambdaLR(self.w_opt, _lr_factor(self.total_steps))
+        self.w_sched = torch.optim.lr_scheduler.LambdaLR(self.w_opt, lr_factor(self.total_steps))
         attn_params = list(net.attention_parameters())
         self.step_params = [p for group in self.w_opt.param_groups for p in group["params"]] + attn_params
         self.grad_params = [p for p in self.step_params if p.requires_grad]
@@ -430,7 +320,7 @@ class Searcher:
                 gen.manual_seed(cfg.seed * 1000 + epoch + offset)
         # The val half is cycled to the epoch's architecture steps; both start at the resume point.
         train = engine.skip_batches(data.train, skip)
-        val = _cycle(engine.skip_batches(data.val, arch_quota(skip, cfg.arch_steps),
+        val = cycle_batches(engine.skip_batches(data.val, arch_quota(skip, cfg.arch_steps),
                                          length=arch_quota(self.steps_per_epoch, cfg.arch_steps)))
         if self.progress.rng is not None:  # resuming: after fixing the epoch's batch order, as when it was saved
             set_rng_state(self.progress.rng)
@@ -604,33 +494,6 @@ class Searcher:
     def report(self, result: SearchResult) -> None:
         """Print the chosen widths and depths and the summary (with the files written, if any)."""
         print(format_table(result.arch.summary_rows(), header=["group / stage", "original", "chosen"]))
-        print(format_table(_summary_rows(self.cfg, result, self.output), header=["search", "original", "result"]))
+        print(format_table(summary_rows(self.cfg, result, self.output), header=["search", "original", "result"]))
         if self.output is not None:
             print(f"TensorBoard: tensorboard --logdir {self.output}")
-
-
-def _summary_rows(cfg: SearchConfig, result: SearchResult, out: Path | None) -> list[list[str]]:
-    arch, m = result.arch, result.metrics
-    latency_rows = []
-    if cfg.metric == "latency":
-        latency_rows = [["latency (ms, predicted / measured)",
-                    f"{m['predicted_full_latency_ms']:.3f} / {m['full_latency_ms']:.3f}",
-                    f"{m['predicted_latency_ms']:.3f} / {m['measured_latency_ms']:.3f} "
-                    f"(ratio {m['measured_latency_ratio']:.3f}, predicted {m['predicted_latency_ratio']:.3f}; "
-                    f"error {m['prediction_error']:+.1%} in ms, {m['ratio_prediction_error']:+.1%} as a ratio)"],
-                   ["latency, steady state (ms)", f"{m['steady_full_latency_ms']:.3f}",
-                    f"{m['steady_latency_ms']:.3f} (ratio {m['steady_latency_ratio']:.3f}"
-                    + (f", predicted {m['predicted_steady_latency_ratio']:.3f})"
-                       if "predicted_steady_latency_ratio" in m else ")")]]
-    return [
-        ["FLOPs (MACs)", f"{arch.full_flops:,}", f"{arch.flops:,} ({arch.flops_ratio:.3f})"],
-        ["params", f"{arch.full_params:,}", f"{arch.params:,} ({arch.params_ratio:.3f})"],
-        [f"target {cfg.metric} ratio", "", f"{cfg.ratio} (band {cfg.band[0]:.3g}-{cfg.ratio}{', filled' if cfg.fill else ''}): "
-                                           f"{'met' if m['within_tolerance'] else 'MISSED'}"],
-        *latency_rows,
-        ["argmax before the decode", "", f"{cfg.metric} ratio {m['pre_decode_ratio']:.3f}; decode moves: "
-                                         f"{m['decode_moves']}{'' if cfg.decode else ' (--no-decode)'}"],
-        ["hard-mode test top-1", "", f"{m['top1_hard_mode']:.2f}%"],
-        ["wall time", "", f"{m['wall_time_s']:.1f} s"],
-        *([["arch", "", str(out / "arch.json")]] if out is not None else []),
-    ]
