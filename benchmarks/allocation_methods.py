@@ -1,0 +1,43 @@
+"""The allocation benchmark's methods: which exist, which search, which borrow a search, and the
+settings each TAS variant changes (``benchmarks/allocation.py`` runs them, ``allocation_report.py``
+reports them)."""
+from __future__ import annotations
+
+import dataclasses
+
+from compare import LATENCY_METHOD
+from tas.nas.space import load_space
+
+WIDTH_ONLY = ("uniform", "l1", "synflow", "tas-width", "tas-width-filters")  # no depth choice: none below the width-only minimum
+#: diagnostic: the same seed's ``tas`` architecture distilled for the whole budget, as the baselines are
+#: (isolates the architecture from the epochs TAS spends searching); runs after that ``tas`` cell
+ARCH_ONLY = "tas-arch"
+#: cells that reuse the same seed's ``tas`` search and change only its distillation (its settings here)
+BORROWERS = {
+    ARCH_ONLY: {},
+    # the search's own weights (the supernet's, trained while it searched) as the start, not the teacher's
+    "tas-init": {"init": "search"},
+}
+#: TAS variants (diagnostics and candidate fixes): the search settings each changes
+VARIANTS = {
+    # widths only, every block kept: does the search lose by dropping depth?
+    "tas-width": {"space": {**dataclasses.asdict(load_space("cifar_resnet")),
+                            "search": {"stem": True, "stream": True, "inner": True, "depth": False}}},
+    # the controller aims at the target itself and the decode fills the budget up to it: the default band
+    # (target - 0.05 of the full FLOPs .. target) lets a 0.12 search end at 0.07, 40 % of its budget unspent
+    "tas-fill": {"fill_budget": True},
+    # the weight step distils from the teacher (KD α 0.9, T 4, as the distillation), and the distillation
+    # starts from those weights (tas-init's start, trained on soft targets rather than labels)
+    "tas-kd": {"kd_alpha": 0.9},
+    # the channel order of the l1 baseline (producers' filter L1, unnormalised) instead of the group L1
+    "tas-filters": {"channel_order": "filters"},
+    # two architecture steps per weight step: twice the controller's steps in the same search epoch
+    "tas-arch2": {"arch_steps": 2.0},
+}
+VARIANTS["tas-width-filters"] = {**VARIANTS["tas-width"], **VARIANTS["tas-filters"]}
+#: a variant's distillation settings
+VARIANT_DISTILL = {"tas-kd": {"init": "search"}}
+METHODS = ("tas", LATENCY_METHOD, "uniform", "uniform-depth", "l1", "synflow", *BORROWERS, *VARIANTS)
+#: the methods that search (their metrics.json reports the pre-decode argmax)
+SEARCHES = ("tas", LATENCY_METHOD, *VARIANTS)
+REFERENCES = ("uniform", "uniform-depth")  # the trivial rule a ratio is compared against, in order
