@@ -78,7 +78,8 @@ from .check import check_prediction
 from .measure import (RUNTIMES, cuda_event_timer, hardware_string, measure, measure_onnx, measure_stats, ort_latency,
                       perf_timer, spread)
 from .micro import MicroSpec, Runnable
-from .table import TIMINGS, LatencyTable, LayerEntry, aligned_candidates, budget_grids
+from .align import aligned_candidates
+from .table import TIMINGS, LatencyTable, LayerEntry, budget_grids
 
 from .measure import Timer
 from .table import FORMAT_VERSION

@@ -1,6 +1,5 @@
 """The latency table: per-layer latency grids plus the fixed overhead, and the costs read from it
-(exact, differentiable expected, per group), saved as JSON; :func:`aligned_candidates` filters a
-search space's widths by it (see :mod:`tas.deploy.latency`).
+(exact, differentiable expected, per group), saved as JSON (see :mod:`tas.deploy.latency`).
 """
 from __future__ import annotations
 
@@ -8,7 +7,6 @@ import bisect
 import hashlib
 import itertools
 import json
-import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -482,29 +480,3 @@ def graph_fingerprint(graph: Any) -> str:
             "layers": [[l.name, l.kind, l.in_group, l.out_group, list(l.block) if l.block else None] for l in graph.layers],
             "stages": [[n, s.num_blocks] for n, s in graph.stages.items()]}
     return hashlib.sha256(json.dumps(desc, sort_keys=True).encode()).hexdigest()[:16]
-
-
-def aligned_candidates(table: LatencyTable, candidates: Mapping[str, Sequence[int]] | None = None,
-                       tolerance: float = 0.0) -> dict[str, list[int]]:
-    """Per group, the candidate widths that survive latency alignment (``divisor: auto``).
-
-    A width is dropped when a wider candidate of the same group is no slower (its latency, summed
-    over the layers the group touches with every other group at full width, is at most
-    ``(1 + tolerance)`` times this one's): it would cost as much for fewer channels. What remains
-    gets strictly faster as it gets narrower; the full width is always kept.
-
-    Args:
-        candidates: the widths to filter per group (default: the table's grid).
-        tolerance: a wider width within this fraction of a narrower one's latency also drops it.
-    """
-    out: dict[str, list[int]] = {}
-    for n, g in table.groups.items():
-        ws = sorted(int(w) for w in (candidates[n] if candidates is not None and n in candidates else g["widths"]))
-        lat = [table.group_latency(n, w) for w in ws]
-        keep, best = [], math.inf  # best: the fastest latency among wider candidates
-        for w, t in zip(reversed(ws), reversed(lat)):
-            if not best <= t * (1 + tolerance):
-                keep.append(w)
-            best = min(best, t)
-        out[n] = sorted(keep)
-    return out
