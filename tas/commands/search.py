@@ -84,7 +84,9 @@ def _budget_flags(p: argparse.ArgumentParser, d: SearchConfig) -> None:
     g.add_argument("--latency-threads", type=int, default=d.latency_threads,
                    help="threads latency is measured with (default: torch's; under torchrun, which sets "
                         "OMP_NUM_THREADS=1, give the deployment's)")
-    g.add_argument("--tolerance", type=float, default=d.tolerance, help="accepted shortfall below the target, as a fraction of the target (0.1: a 0.5 FLOPs target accepts 0.45-0.5 of the full FLOPs)")
+    g.add_argument("--tolerance", type=float, default=d.tolerance,
+                   help="accepted shortfall below the target, as a fraction of the target (0.1: a 0.5 FLOPs "
+                        "target accepts 0.45-0.5 of the full FLOPs)")
     g.add_argument("--fill-budget", action=argparse.BooleanOptionalAction, default=d.fill_budget,
                    help="decode the final architecture up to the target rather than anywhere in the tolerance "
                         "band (default: on for --latency-ratio, off for FLOPs/params)")
