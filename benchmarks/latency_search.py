@@ -158,6 +158,7 @@ def _row(name: str, spec: dict, r: float, m: dict, table: dict, secs: float) -> 
            "cold_ratio_error": m["ratio_prediction_error"], "steady_ratio_error": m.get("steady_ratio_prediction_error"),
            "cold_ms_error": m["prediction_error"], "steady_ms_error": m.get("steady_prediction_error"),
            "full_ms": m["full_latency_ms"], "steady_full_ms": m["steady_full_latency_ms"],
+           "feedback": [h["measured_ratio"] for h in m.get("latency_feedback", [])],
            "search_s": round(secs, 1), "table": table}
     return row
 
@@ -259,7 +260,10 @@ def _render_a(args, rows: list[dict]) -> list[str]:
             "timed call right after the other model's) and in the steady state (each timed call right after an "
             "untimed one of the same model); *ratio* = slim ms / original ms in the same run. *pred.*: the "
             "table's predicted ratio in that timing; *ratio err.* = predicted / measured ratio − 1; *ms err.* = "
-            "predicted / measured ms − 1 (adds the machine's drift since the table was built). "
+            "predicted / measured ms − 1 (adds the machine's drift since the table was built). *feedback*: "
+            "the measured ratio (mean of the two timings) of each architecture the search decoded, the table's "
+            "own choice first; after a miss of more than 2.5 % the decode ran again against a target corrected "
+            "by it (`--latency-feedback`, default 2 rounds). "
             f"**{hits} of {2 * len(rows)} cells within ±{TOLERANCE:.0%}.**", "",
             format_table([[r["model"], f"{r['size']} px", r["batch"], f"{r['target']:.2f}", f"{r['flops_ratio']:.3f}",
                            _fmt(r["budget_ratio"], ".3f"),
@@ -267,12 +271,13 @@ def _render_a(args, rows: list[dict]) -> list[str]:
                            _fmt(r["cold_ratio_error"], "+.1%"), _fmt(r["cold_ms_error"], "+.1%"),
                            f"{r['steady_ratio']:.3f}", _hit(r["steady_ratio"], r["target"]),
                            _fmt(r["pred_steady_ratio"], ".3f"), _fmt(r["steady_ratio_error"], "+.1%"),
-                           _fmt(r["steady_ms_error"], "+.1%"), f"{r['full_ms']:.2f} / {r['steady_full_ms']:.2f}"]
+                           _fmt(r["steady_ms_error"], "+.1%"), " → ".join(f"{x:.3f}" for x in r.get("feedback", [])) or "–",
+                           f"{r['full_ms']:.2f} / {r['steady_full_ms']:.2f}"]
                           for r in rows],
                          ["model", "input", "batch", "target", "FLOPs ratio", "budget ratio",
                           "cold ratio", f"cold ±{TOLERANCE:.0%}", "pred. cold", "cold ratio err.", "cold ms err.",
                           "steady ratio", f"steady ±{TOLERANCE:.0%}", "pred. steady", "steady ratio err.",
-                          "steady ms err.", "original ms cold / steady"]), "",
+                          "steady ms err.", "feedback", "original ms cold / steady"]), "",
             "The tables (built right before each model's searches):", "",
             format_table([[m, _fmt(t["load_before"], ".1f") + " → " + _fmt(t["load_after"], ".1f"),
                            f"{t['noisy']} of {t['entries']}", "yes" if t["calibrated"] else "no",

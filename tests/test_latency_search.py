@@ -59,7 +59,7 @@ def test_latency_search_reports_prediction_against_measurement(tmp_path, teacher
     monkeypatch.setattr(latency_check, "measure_onnx", fake_measure)  # what check_prediction calls
     out = tmp_path / "s"
     assert search_script.main(["--teacher", str(teacher_run), "--latency-ratio", "0.6", "--latency-batch", "2",
-                               "--dataset", "digits", "--limit", "64", "--batch-size", "32", "--epochs", "1",
+                               "--latency-feedback", "0", "--dataset", "digits", "--limit", "64", "--batch-size", "32", "--epochs", "1",
                                "--device", "cpu", "--no-progress", "--output", str(out)]) == 0
     m = json.loads((out / "metrics.json").read_text())
     assert measured == [(2, 2, 0), (2, 2, 1)]  # like the table (cold), then the steady state

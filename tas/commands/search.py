@@ -84,6 +84,10 @@ def _budget_flags(p: argparse.ArgumentParser, d: SearchConfig) -> None:
     g.add_argument("--latency-threads", type=int, default=d.latency_threads,
                    help="threads latency is measured with (default: torch's; under torchrun, which sets "
                         "OMP_NUM_THREADS=1, give the deployment's)")
+    g.add_argument("--latency-feedback", type=int, default=d.latency_feedback, metavar="ROUNDS",
+                   help="after a --latency-ratio search (ort-cpu), time the slim network beside the original and, "
+                        "while it misses the target by more than 2.5%%, decode again against a target corrected "
+                        "by the miss, up to ROUNDS times (0: trust the table)")
     g.add_argument("--tolerance", type=float, default=d.tolerance,
                    help="accepted shortfall below the target, as a fraction of the target (0.1: a 0.5 FLOPs "
                         "target accepts 0.45-0.5 of the full FLOPs)")

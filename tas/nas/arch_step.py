@@ -121,7 +121,10 @@ class ArchStepper:
     @property
     def band_low(self) -> float:
         """The bottom of the budget band the decode aims for (the target itself with ``fill``)."""
-        return self.target if self.fill else budget_band(self.target, self.tolerance)[0]
+        return self._band_low(self.target)
+
+    def _band_low(self, target: float) -> float:
+        return target if self.fill else budget_band(target, self.tolerance)[0]
 
     def _cost_of(self, widths: dict[str, int], depths: dict[str, int]) -> float:
         if self.metric == "latency":
@@ -135,7 +138,8 @@ class ArchStepper:
         return self.supernet.cost.exact(metric, widths, depths) > ratio * self.supernet.full[metric]
 
     @torch.no_grad()
-    def decode(self, caps: dict[str, int] | None = None) -> tuple[dict[str, int], dict[str, int], int]:
+    def decode(self, caps: dict[str, int] | None = None, target: float | None = None
+               ) -> tuple[dict[str, int], dict[str, int], int]:
         """The final architecture: the argmax, moved into the budget at the least loss of probability.
 
         A search can end with its argmax outside the tolerance band (the cost loss is a nudge, and
@@ -152,6 +156,7 @@ class ArchStepper:
         is one to hit, and its prediction carries a few per cent of error either way; an argmax
         left at the bottom of a band 10 % of the target wide would then measure up to 15 % under it.
 
+        ``target`` replaces the budget's for this decode (:mod:`tas.nas.latency_budget`'s corrections).
         ``caps`` bounds groups' widths (SA++: :meth:`~tas.nas.attention.SappController.caps`); the
         probability of the candidates above a cap counts as the cap's, since they computed its channels.
 
@@ -168,13 +173,14 @@ class ArchStepper:
             options[("w", n)] = (vals[: k + 1], lp[:k] + [torch.tensor(lp[k:], dtype=torch.float64).logsumexp(0).item()])
         idx = {k: max(range(len(lp)), key=lp.__getitem__) for k, (_, lp) in options.items()}
         eps = 1e-12 * self.full
+        target = self.target if target is None else float(target)
 
         def arch(i: dict) -> tuple[dict[str, int], dict[str, int]]:
             return ({n: options[("w", n)][0][i[("w", n)]] for (kind, n) in options if kind == "w"},
                     {n: options[("d", n)][0][i[("d", n)]] for (kind, n) in options if kind == "d"})
 
         def fits(trial: dict, trial_cost: float) -> bool:
-            return trial_cost <= self.target and not self._over_ceiling(*arch(trial))
+            return trial_cost <= target and not self._over_ceiling(*arch(trial))
 
         def best_step(direction: int, score) -> tuple[dict, float] | None:
             """The one-candidate step (``direction`` -1 down, +1 up) that ``score(gain in
@@ -191,11 +197,11 @@ class ArchStepper:
                     best = (value, trial, trial_cost)
             return None if best is None else best[1:]
 
-        low = self.band_low
+        low = self._band_low(target)
         cost, moves = self._cost_of(*arch(idx)), 0
         steps = [
             # over budget: down, least log-probability given up per unit of cost saved
-            (lambda: cost > self.target or self._over_ceiling(*arch(idx)),
+            (lambda: cost > target or self._over_ceiling(*arch(idx)),
              -1, lambda gain, c, t: gain / max(cost - c, eps)),
             # under the band: up, most log-probability per unit of cost added, within the budget (a
             # step that adds no cost, e.g. a width only dropped blocks use, brings nothing closer)

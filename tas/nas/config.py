@@ -32,6 +32,7 @@ class SearchConfig:
     latency_batch: int = 1
     latency_threads: int | None = None
     tolerance: float = 0.1
+    latency_feedback: int = 2
     fill_budget: bool | None = None
     cost_weight: float = 2.0
     cost_loss: str = "lagrangian"
@@ -101,6 +102,8 @@ class SearchConfig:
         if not 0 <= self.kd_alpha <= 1 or self.kd_temperature <= 0:
             raise TasError(f"--kd-alpha must be in [0, 1] and --kd-temperature > 0, got {self.kd_alpha}, "
                            f"{self.kd_temperature}")
+        if not isinstance(self.latency_feedback, int) or self.latency_feedback < 0:
+            raise TasError(f"--latency-feedback must be a non-negative integer, got {self.latency_feedback!r}")
         if not 0 <= self.tolerance < 1:
             raise TasError(f"--tolerance must be in [0, 1), got {self.tolerance}")
         if self.tau_min <= 0 or self.tau_max < self.tau_min:

@@ -71,6 +71,10 @@ def summary_rows(cfg: SearchConfig, result: SearchResult, out: Path | None) -> l
                     f"{m['steady_latency_ms']:.3f} (ratio {m['steady_latency_ratio']:.3f}"
                     + (f", predicted {m['predicted_steady_latency_ratio']:.3f})"
                        if "predicted_steady_latency_ratio" in m else ")")]]
+        if "latency_feedback" in m:
+            latency_rows.append(["latency feedback (measured ratio per decode)", "",
+                                 " -> ".join(f"{h['measured_ratio']:.3f}" for h in m["latency_feedback"])
+                                 + f" ({m['latency_feedback_rounds']} correction(s) of the table's target)"])
     return [
         ["FLOPs (MACs)", f"{arch.full_flops:,}", f"{arch.flops:,} ({arch.flops_ratio:.3f})"],
         ["params", f"{arch.full_params:,}", f"{arch.params:,} ({arch.params_ratio:.3f})"],

@@ -53,30 +53,13 @@ from .arch_step import ArchStepper
 from .attention import PHASES, SappController, SappSchedule
 from .calibrate import recalibrate_bn
 from .config import SearchConfig
+from .latency_budget import FEEDBACK_TOLERANCE, budget_ratio, measured_landing, shared_latency_table
 from .progress import Progress, arch_quota, check_output, cycle_batches, lr_factor
 from .result import SearchData, SearchResult, summary_rows
 from .sampling import tau_at
 from .supernet import Supernet, create_supernet
 
 __all__ = ["SearchData", "SearchResult", "Searcher", "check_output", "recalibrate_bn"]
-
-
-def _ratio(arch: Any, metric: str, table: Any) -> float:
-    """The architecture's cost as a fraction of the original, in the search's budget metric."""
-    if metric == "latency":
-        return table.exact_arch(arch) / table.full()
-    return getattr(arch, f"{metric}_ratio")
-
-
-def _shared_latency_table(supernet: Supernet, cfg: SearchConfig) -> Any:
-    """The supernet's latency table (cached or measured), measured by rank 0 alone (ranks timing
-    side by side would disturb each other) and sent to the others."""
-    main = distributed.is_main()
-    table = latency.load_or_build(supernet, runtime=cfg.runtime, batch=cfg.latency_batch,
-                          threads=cfg.latency_threads or torch.get_num_threads(), progress=cfg.progress) if main else None
-    if distributed.is_active():
-        table = latency.LatencyTable.from_dict(distributed.broadcast_object(table.to_dict() if main else None))
-    return table
 
 
 class Searcher:
@@ -157,7 +140,7 @@ class Searcher:
                            if cfg.kd_alpha > 0 else None)
         self.supernet = self._build(cfg.space)
         if cfg.metric == "latency" or self.supernet.space.divisor == "auto":
-            self.latency = _shared_latency_table(self.supernet, cfg)
+            self.latency = shared_latency_table(self.supernet, cfg)
         if self.supernet.space.divisor == "auto":
             self._align_widths()
         if cfg.limit_widths:
@@ -427,7 +410,7 @@ class Searcher:
         p.history.append({"epoch": epoch + 1, "flops_ratio": arch.flops_ratio, "params_ratio": arch.params_ratio,
                           "top1": val["top1"], "tau": net.tau, "widths": arch.widths, "depths": arch.depths})
         print(f"epoch {epoch + 1}/{self.cfg.epochs}  derived {self.cfg.metric} ratio "
-              f"{_ratio(arch, self.cfg.metric, self.latency):.3f}  hard-mode test top-1 {val['top1']:.2f}%  "
+              f"{budget_ratio(arch, self.cfg.metric, self.latency):.3f}  hard-mode test top-1 {val['top1']:.2f}%  "
               f"tau {net.tau:.2f}", flush=True)
         p.epoch, p.in_epoch = epoch + 1, 0
         self._snapshot(epoch + 1, 0, p.wall)
@@ -441,8 +424,11 @@ class Searcher:
         with torch.no_grad():
             expected_ratio = self.stepper.expected_cost().item() / self.stepper.full
         # SA++: widths within the last phase's masks, then the masks become exactly the kept blocks
-        widths, depths, projection_steps = (self.stepper.decode(caps=self.sapp.caps() if self.sapp is not None else None)
-                                            if cfg.decode else (*net.argmax(), 0))
+        caps = self.sapp.caps() if self.sapp is not None else None
+        widths, depths, projection_steps = self.stepper.decode(caps=caps) if cfg.decode else (*net.argmax(), 0)
+        landing: list[dict] = []
+        if cfg.decode and cfg.metric == "latency" and cfg.latency_feedback and cfg.runtime == "ort-cpu":
+            widths, depths, projection_steps, landing = measured_landing(self.stepper, self.teacher, cfg, caps)
         arch = net.make_arch(widths, depths, meta=dict(
             epochs=cfg.epochs, projection_steps=projection_steps, pre_decode_ratio=pre_decode_ratio,
             cost_loss=cfg.cost_loss, decode=cfg.decode, channel_order=cfg.channel_order, metric=cfg.metric,
@@ -451,6 +437,9 @@ class Searcher:
         if self.sapp is not None:
             self.sapp.finalize(arch)
         within = self.stepper.within(widths, depths)
+        if landing:  # judged on the measurement the architecture was chosen by, not the table
+            chosen = next(h for h in landing if h["widths"] == widths and h["depths"] == depths)
+            within = cfg.band[0] <= chosen["measured_ratio"] <= cfg.ratio * (1 + FEEDBACK_TOLERANCE)
         val = self._evaluate(arch)
         slim = materialize(net, arch).cpu()
         arch = to_original(arch, self.perms)  # arch.json refers to the teacher's channels as trained
@@ -461,6 +450,8 @@ class Searcher:
                    "epochs": cfg.epochs, "steps": p.step, "projection_steps": projection_steps,
                    "decode_moves": projection_steps, "pre_decode_ratio": pre_decode_ratio,
                    "expected_ratio": expected_ratio, "skipped_steps": p.skipped}
+        if landing:
+            metrics.update(latency_feedback=landing, latency_feedback_rounds=len(landing) - 1)
         if distributed.is_active():
             # Checked, not assumed: every rank must end with rank 0's architecture (and SA++) logits.
             metrics.update(world_size=distributed.world_size(), rank_divergence=distributed.max_divergence(

@@ -74,7 +74,7 @@ from __future__ import annotations
 from .build import (CALIBRATION_ARCHS, DEFAULT_CACHE_DIR, NOISE_LIMIT, build_latency_table, cache_key, cache_path,
                     load_or_build, refresh_noisy, warn_if_noisy)
 from .calibrate import calibration_archs, fit_calibration, fit_timing
-from .check import check_prediction
+from .check import check_prediction, measure_pair
 from .measure import (RUNTIMES, cuda_event_timer, hardware_string, measure, measure_onnx, measure_stats, ort_latency,
                       perf_timer, spread)
 from .micro import MicroSpec, Runnable
@@ -86,7 +86,7 @@ from .table import FORMAT_VERSION
 
 __all__ = ["RUNTIMES", "DEFAULT_CACHE_DIR", "MicroSpec", "Runnable", "LayerEntry", "LatencyTable",
            "build_latency_table", "load_or_build", "cache_key", "cache_path", "hardware_string",
-           "aligned_candidates", "check_prediction", "measure", "measure_onnx", "ort_latency", "perf_timer",
+           "aligned_candidates", "check_prediction", "measure_pair", "measure", "measure_onnx", "ort_latency", "perf_timer",
            "CALIBRATION_ARCHS", "NOISE_LIMIT", "TIMINGS", "refresh_noisy", "warn_if_noisy", "calibration_archs",
            "fit_calibration", "fit_timing", "cuda_event_timer", "measure_stats", "spread", "budget_grids", "Timer",
            "FORMAT_VERSION"]

@@ -12,7 +12,7 @@ from ..export import export_onnx
 from .measure import measure_onnx
 from .table import LatencyTable
 
-__all__ = ["check_prediction"]
+__all__ = ["check_prediction", "measure_pair"]
 
 
 def check_prediction(table: LatencyTable, slim: torch.nn.Module, original: torch.nn.Module, arch: Any,
@@ -32,14 +32,8 @@ def check_prediction(table: LatencyTable, slim: torch.nn.Module, original: torch
     saw: :meth:`LatencyTable.exact`'s) and the steady-state figures (predicted ones when the
     table predicts that timing).
     """
-    size: Sequence[int] = arch.input_size
-    with tempfile.TemporaryDirectory(prefix="tas-latency-check-") as tmp:
-        paths = [Path(tmp) / "original.onnx", Path(tmp) / "slim.onnx"]
-        export_onnx(original.cpu().eval(), paths[0], size)
-        export_onnx(slim.cpu().eval(), paths[1], size)
-        full_ms, slim_ms = measure_onnx(paths, size, batch=batch, threads=threads,
-                                        warm_calls=int(table.meta.get("warm_calls", 0)))
-        steady_full_ms, steady_ms = measure_onnx(paths, size, batch=batch, threads=threads, warm_calls=1)
+    full_ms, slim_ms, steady_full_ms, steady_ms = measure_pair(
+        slim, original, arch.input_size, batch, threads, int(table.meta.get("warm_calls", 0)))
     full = {n: g["channels"] for n, g in arch.groups.items()}, {n: s["blocks"] for n, s in arch.stages.items()}
     predicted, predicted_full = table.predict_arch(arch, "cold"), table.predict(*full, "cold")
     predicted_ratio = predicted / predicted_full
@@ -57,3 +51,17 @@ def check_prediction(table: LatencyTable, slim: torch.nn.Module, original: torch
                    predicted_steady_latency_ratio=steady / steady_full,
                    steady_ratio_prediction_error=steady / steady_full / (steady_ms / steady_full_ms) - 1)
     return out
+
+
+def measure_pair(slim: torch.nn.Module, original: torch.nn.Module, input_size: Sequence[int], batch: int,
+                 threads: int, warm_calls: int = 0) -> tuple[float, float, float, float]:
+    """``(original ms, slim ms)`` measured side by side, cold (each timed call after ``warm_calls``
+    untimed ones of the same model: 0, right after the other model's) and then in the steady state
+    (after one): ``(original cold, slim cold, original steady, slim steady)``, ONNX Runtime on the CPU."""
+    with tempfile.TemporaryDirectory(prefix="tas-latency-check-") as tmp:
+        paths = [Path(tmp) / "original.onnx", Path(tmp) / "slim.onnx"]
+        export_onnx(original.cpu().eval(), paths[0], input_size)
+        export_onnx(slim.cpu().eval(), paths[1], input_size)
+        full_ms, slim_ms = measure_onnx(paths, input_size, batch=batch, threads=threads, warm_calls=warm_calls)
+        steady_full_ms, steady_ms = measure_onnx(paths, input_size, batch=batch, threads=threads, warm_calls=1)
+    return full_ms, slim_ms, steady_full_ms, steady_ms
