@@ -28,7 +28,7 @@ from . import distributed
 from .errors import TasError
 from .nas.config import SearchConfig
 from .nas.searcher import SearchData, Searcher, SearchResult
-from .train.loop import TrainConfig
+from .train.config import TrainConfig
 from .io.rundir import run_lock
 from .data import DatasetInfo
 from .train.distill import distill as distill_stage

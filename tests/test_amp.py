@@ -87,3 +87,29 @@ def test_fp16_loss_scaling_skips_an_overflowing_step():
     assert torch.equal(w.grad, torch.full((3,), 2.0))
     with plain.autocast():
         assert torch.get_autocast_dtype("cpu") and not torch.is_autocast_enabled("cpu")
+
+
+@pytest.mark.parametrize("stage", ["train", "search"])
+def test_fp16_loss_scale_survives_a_resume(stage, tmp_path, train_script, search_script, teacher_run, monkeypatch):
+    """The fp16 loss scale is part of the resumable state (training and search): a run whose first
+    step overflowed (scale halved from 2^16) resumes at the halved scale, not at a fresh one."""
+    scales, overflow = [], [True]
+    backward = Precision.backward
+
+    def spy(self, loss, inputs=None):
+        scales.append(self.scaler.get_scale())
+        if overflow[0]:  # the first backward overflows: that step is skipped and the scale halves
+            overflow[0] = False
+            loss = loss * float("inf")
+        return backward(self, loss, inputs)
+
+    monkeypatch.setattr(Precision, "backward", spy)
+    out = tmp_path / "run"
+    script, flags = ((train_script, ["--model", "cifar_resnet20", "--img-size", "16"]) if stage == "train" else
+                     (search_script, ["--teacher", str(teacher_run)]))
+    flags += ["--amp", "fp16", "--output", str(out)]
+    assert script.main(TINY + flags) == 0
+    assert scales[0] == 2.0 ** 16 and scales[-1] == 2.0 ** 15  # halved once, grown no more
+    scales.clear()
+    assert script.main(TINY[:-3] + ["--epochs", "2", "--device", "cpu", "--resume"] + flags) == 0
+    assert scales[0] == 2.0 ** 15

@@ -17,7 +17,7 @@ import argparse
 from typing import Sequence
 
 from ..cli import DATASET_HELP, HelpFormatter, add_device_flags, parse_args
-from ..train.loop import INITS, SCHEDULERS, TrainConfig
+from ..train.config import INITS, SCHEDULERS, TrainConfig
 from ..train import run as train_run
 
 

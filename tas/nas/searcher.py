@@ -243,6 +243,7 @@ class Searcher:
             p.epoch, p.step, p.wall = int(state["epoch"]), int(state["step"]), float(state["wall_time_s"])
             p.in_epoch, p.skipped = int(state.get("step_in_epoch", 0)), int(state.get("skipped_steps", 0))
             p.history, p.rng = json.loads(state["history"]), state["rng"]
+            self.precision.load_state_dict(state.get("scaler"))
             if "gumbel_rng" in state:  # states written before the Gumbel draws had their own stream
                 self.supernet.generator.set_state(state["gumbel_rng"].cpu())
         except (KeyError, RuntimeError, ValueError) as e:
@@ -260,6 +261,7 @@ class Searcher:
                               "skipped_steps": p.skipped, "wall_time_s": seconds,
                               "history": json.dumps(p.history), "rng": rng_state(),
                               "gumbel_rng": net.generator.get_state(), "channel_perms": json.dumps(self.perms),
+                              "scaler": self.precision.state_dict(),
                               **({"dual": self.stepper.controller.state_dict()}
                                  if self.stepper.controller is not None else {}),
                               **({"aligned_widths": json.dumps(net.space.widths)}

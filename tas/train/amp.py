@@ -9,7 +9,7 @@ forward and a backward:
   CUDA and on CPUs (where PyTorch's CPU autocast supports it).
 * ``fp16``: autocast with float16 and a ``GradScaler``: the loss is scaled before the backward, the
   gradients unscaled before each optimiser step, and a step whose gradients overflowed is skipped
-  while the scale shrinks. (A resumed run starts the scale afresh: it re-adapts in a few steps.)
+  while the scale shrinks. The scale and its growth counter are part of a run's resumable state.
 * ``channels_last``: models and image batches in NHWC, the layout CUDA's tensor-core kernels run
   fastest in; the values are the same.
 
@@ -18,7 +18,7 @@ Parameters and their optimiser states stay float32 in every mode.
 from __future__ import annotations
 
 import contextlib
-from typing import Iterable
+from typing import Any, Iterable, Mapping
 
 import torch
 import torch.nn as nn
@@ -82,3 +82,13 @@ class Precision:
     def update(self) -> None:
         """After the iteration's last :meth:`step`: adapt the fp16 loss scale (nothing otherwise)."""
         self.scaler.update()
+
+    def state_dict(self) -> dict[str, Any]:
+        """The fp16 loss scale and its growth counter (empty without fp16): a resumable state's part."""
+        return dict(self.scaler.state_dict())
+
+    def load_state_dict(self, state: Mapping[str, Any] | None) -> None:
+        """Continue from :meth:`state_dict`'s scale (a state without one, e.g. saved before fp16 was
+        on or by an older version, leaves the scale fresh)."""
+        if state and self.scaler.is_enabled():
+            self.scaler.load_state_dict(dict(state))

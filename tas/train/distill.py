@@ -24,7 +24,8 @@ import torch.nn.functional as F
 from . import engine
 from .amp import Precision
 from ..errors import ArchError, TasError
-from .loop import Context, RunSpec, TrainConfig, fit, prepare
+from .config import TrainConfig
+from .loop import Context, RunSpec, fit, prepare
 from ..prune.arch import Arch
 from ..prune.materialize import build_slim, materialize
 from ..prune.load import load_original, load_run

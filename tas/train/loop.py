@@ -33,7 +33,7 @@ from timm.optim import create_optimizer_v2
 from timm.scheduler import create_scheduler_v2
 
 from .. import distributed, tb
-from ..cli import config_from_args, format_table
+from ..cli import format_table
 from ..data import create_loaders, dataset_info
 from ..distributed import resolve_device
 from ..errors import CheckpointError, TasError
@@ -42,113 +42,14 @@ from ..io.rundir import WEIGHTS_NAME, check_output_dir, is_finished_run, save_ru
 from ..models.factory import create_model, load_state_dict_strict
 from ..prune.flops import count_flops, count_params
 from . import engine
-from .amp import Precision, check_amp
+from .amp import Precision
+from .config import INITS, SCHEDULERS, TrainConfig
 
 __all__ = ["TrainConfig", "RunSpec", "Context", "SCHEDULERS", "INITS", "check_output", "prepare", "build_teacher", "fit",
            "seed_everything", "create_optimizer", "create_scheduler"]
 
-#: learning-rate schedules accepted by ``--sched`` (all stepped per update, with linear warmup)
-SCHEDULERS = ("cosine", "tanh", "poly", "multistep", "none")
-#: how a distilled slim network starts (``--init``): the teacher's kept channels, those refitted by
-#: :func:`tas.prune.reconstruct.reconstruct`, or random weights
-INITS = ("inherit", "reconstruct", "scratch", "search")
-
 #: settings a resumed run must share with the run it resumes (others, e.g. --epochs, may change)
 _RESUME_KEYS = ("mode", "model", "dataset", "img_size", "batch_size", "seed", "limit")
-
-
-@dataclass
-class TrainConfig:
-    """Every setting of a training run; train.py's flags map one to one (dashes -> underscores).
-
-    The defaults train cifar_resnet20 on the bundled digits set to >90% test top-1 in 3 epochs
-    on two CPU cores; for CIFAR use e.g. ``--epochs 200 --batch-size 128``.
-    """
-
-    model: str = "cifar_resnet20"
-    dataset: str = "digits"
-    data_dir: str | None = None
-    download: bool = False
-    img_size: int | None = None
-    epochs: int = 3
-    batch_size: int = 32
-    lr: float = 0.1
-    weight_decay: float = 5e-4
-    momentum: float = 0.9
-    opt: str = "sgd"
-    sched: str = "cosine"
-    warmup_epochs: float = 0.5
-    warmup_lr: float = 1e-3
-    min_lr: float = 0.0
-    label_smoothing: float = 0.0
-    seed: int = 0
-    output: str = "runs/teacher"
-    resume: bool = False
-    overwrite: bool = False
-    workers: int = 0
-    device: str = "auto"
-    limit: int | None = None
-    pretrained: bool = False
-    pretrained_path: str | None = None
-    progress: bool = True
-    log_every: int = 10
-    checkpoint_every: int = 50
-    nan_policy: str = "stop"
-    amp: str | None = None
-    channels_last: bool = False
-    # distillation of a pruned network (mode "distill")
-    arch: str | None = None
-    teacher: str | None = None
-    init: str = "inherit"
-    recon_batches: int = 8
-    kd_alpha: float = 0.9
-    kd_temperature: float = 4.0
-    no_kd: bool = False
-
-    @classmethod
-    def from_args(cls, args: Any) -> "TrainConfig":
-        """From an argparse ``Namespace``, a mapping or a ``TrainConfig``; unknown keys are ignored,
-        missing ones take the defaults, and ``no_progress`` maps to ``progress``."""
-        return config_from_args(cls, args)
-
-    def validate(self) -> None:
-        """Raise :class:`TasError` naming the first flag with an impossible value."""
-        def bad(flag: str, value: Any, need: str) -> TasError:
-            return TasError(f"--{flag} must be {need}, got {value!r}")
-
-        if not isinstance(self.epochs, int) or self.epochs < 1:
-            raise bad("epochs", self.epochs, "a positive integer")
-        if not isinstance(self.batch_size, int) or self.batch_size < 1:
-            raise bad("batch-size", self.batch_size, "a positive integer")
-        if not isinstance(self.workers, int) or self.workers < 0:
-            raise bad("workers", self.workers, "a non-negative integer")
-        for name in ("lr", "weight_decay", "momentum", "warmup_epochs", "warmup_lr", "min_lr", "label_smoothing"):
-            value = getattr(self, name)
-            if not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0:
-                raise bad(name.replace("_", "-"), value, "a non-negative number")
-        if self.lr <= 0:
-            raise bad("lr", self.lr, "positive")
-        if self.sched not in SCHEDULERS:
-            raise bad("sched", self.sched, f"one of {', '.join(SCHEDULERS)}")
-        if self.device not in ("auto", "cpu", "cuda") and not str(self.device).startswith("cuda:"):
-            raise bad("device", self.device, "auto, cpu or cuda")
-        if self.resume and self.overwrite:
-            raise TasError("--resume continues the run in --output and --overwrite starts it over: give one")
-        if not self.output:
-            raise TasError("--output must name a directory")
-        if self.nan_policy not in ("stop", "skip"):
-            raise bad("nan-policy", self.nan_policy, "stop or skip")
-        check_amp(self.amp)
-        if not isinstance(self.checkpoint_every, int) or self.checkpoint_every < 0:
-            raise bad("checkpoint-every", self.checkpoint_every, "a non-negative integer (0: epochs only)")
-        if self.init not in INITS:
-            raise bad("init", self.init, ", ".join(INITS))
-        if not isinstance(self.recon_batches, int) or self.recon_batches < 1:
-            raise bad("recon-batches", self.recon_batches, "a positive integer")
-        if not 0 <= self.kd_alpha <= 1:
-            raise bad("kd-alpha", self.kd_alpha, "in [0, 1]")
-        if self.kd_temperature <= 0:
-            raise bad("kd-temperature", self.kd_temperature, "positive")
 
 
 @dataclass
@@ -286,18 +187,19 @@ class _Progress:
     totals: tuple[float, int] = (0.0, 0)  # that epoch's running loss sum and count
     nan_stats: dict[str, int] = field(default_factory=lambda: {"skipped": 0})
     rng: Any = None
+    scaler: dict[str, Any] = field(default_factory=dict)  # the fp16 loss scale (Precision.state_dict)
 
 
 def _state(identity: Mapping[str, Any], p: _Progress, model: nn.Module, optimizer: torch.optim.Optimizer,
            epoch_done: int, step_in_epoch: int, wall_time: float,
-           loss: tuple[float, int] | None = None) -> dict[str, Any]:
+           loss: tuple[float, int] | None = None, scaler: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """The resumable state: after ``epoch_done`` epochs and ``step_in_epoch`` steps of the next, whose
     running ``loss`` (sum, count) a mid-epoch state carries."""
     running = {"loss_sum": loss[0], "loss_count": loss[1]} if loss is not None else {}
     return {"identity": identity, "epoch": epoch_done, "num_updates": p.num_updates,
             "step_in_epoch": step_in_epoch, **running, "skipped_steps": p.nan_stats["skipped"],
             "wall_time_s": wall_time, "history": p.history, "model": model.state_dict(),
-            "optimizer": optimizer.state_dict(), "rng": rng_state()}
+            "optimizer": optimizer.state_dict(), "rng": rng_state(), "scaler": dict(scaler or {})}
 
 
 def _resume(cfg: TrainConfig, ctx: Context, model: nn.Module, spec: RunSpec, optimizer: torch.optim.Optimizer,
@@ -323,7 +225,7 @@ def _resume(cfg: TrainConfig, ctx: Context, model: nn.Module, spec: RunSpec, opt
         p.totals = ((float(state.get("loss_sum", 0.0)), int(state.get("loss_count", 0)))
                     if distributed.is_main() else (0.0, 0))
         p.nan_stats["skipped"] = int(state.get("skipped_steps", 0))
-        p.rng = state["rng"]
+        p.rng, p.scaler = state["rng"], dict(state.get("scaler") or {})
     except (KeyError, TypeError, ValueError) as e:
         raise CheckpointError(f"--resume: the state in {out / 'state'} is incomplete or from another "
                               f"run ({type(e).__name__}: {e})") from None
@@ -350,6 +252,7 @@ def _train_epochs(cfg: TrainConfig, ctx: Context, model: nn.Module, trained: nn.
     result = None
     precision = Precision(cfg.amp, device, cfg.channels_last)  # one loss scale for the whole run
     precision.model(model)
+    precision.load_state_dict(p.scaler)
     for epoch in range(p.start_epoch, cfg.epochs):
         t0 = time.perf_counter()
         _reseed_loader(train_loader, cfg.seed, epoch)
@@ -362,7 +265,8 @@ def _train_epochs(cfg: TrainConfig, ctx: Context, model: nn.Module, trained: nn.
             if (main and cfg.checkpoint_every and updates % cfg.checkpoint_every == 0
                     and step_in_epoch < len(train_loader)):
                 save_state(out, _state(identity, p, model, optimizer, epoch, step_in_epoch,
-                                       p.wall_time + time.perf_counter() - t0, loss=(loss_sum, loss_count)))
+                                       p.wall_time + time.perf_counter() - t0, loss=(loss_sum, loss_count),
+                                       scaler=precision.state_dict()))
 
         train_loss, p.num_updates = engine.train_one_epoch(
             trained, train_loader, optimizer, loss_fn=loss_fn, device=device, scheduler=scheduler,
@@ -390,7 +294,8 @@ def _train_epochs(cfg: TrainConfig, ctx: Context, model: nn.Module, trained: nn.
               f"  top-5 {result['top5']:.2f}%  loss {result['loss']:.4f}  lr {lr:.4g}  {seconds:.1f}s",
               flush=True)
         if main:
-            save_state(out, _state(identity, p, model, optimizer, epoch + 1, 0, p.wall_time))
+            save_state(out, _state(identity, p, model, optimizer, epoch + 1, 0, p.wall_time,
+                                   scaler=precision.state_dict()))
     return result
 
 

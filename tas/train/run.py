@@ -14,7 +14,8 @@ from ..io.rundir import run_lock
 from ..models.factory import check_model_name
 from . import engine
 from .distill import distill, prepare_distillation
-from .loop import TrainConfig, build_teacher, fit, prepare
+from .config import TrainConfig
+from .loop import build_teacher, fit, prepare
 
 __all__ = ["train"]
 
