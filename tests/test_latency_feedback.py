@@ -114,3 +114,25 @@ def test_search_lands_its_measured_latency(tmp_path, teacher_run, search_script,
         arch = json.loads((out / "arch.json").read_text())
         assert {n: g["width"] for n, g in arch["groups"].items()} == min(
             m["latency_feedback"], key=lambda h: abs(h["measured_ratio"] / 0.5 - 1))["widths"]
+
+
+def test_feedback_judges_an_architecture_by_its_worst_timing():
+    """Measured cold and steady, an architecture lands only when both do: the correction follows
+    their mean, the choice their larger miss."""
+    calls = []
+
+    def decode(scale):
+        calls.append(scale)
+        return {"g": max(x for x in GRID if x / 100 <= 0.5 * scale + 1e-12)}, {}, 0
+
+    def measure(widths, depths):  # cold 30 % over the table, steady 10 %: the mean is 20 % over
+        return 1.3 * widths["g"] / 100, 1.1 * widths["g"] / 100
+
+    widths, _, _, history = land_latency(decode, measure, ratio=0.5, rounds=3)
+    assert calls[1] == pytest.approx(1 / 1.2)  # corrected by the mean of the two timings
+    assert history[1]["measured_ratios"] == pytest.approx([1.3 * 0.41, 1.1 * 0.41])
+    # 41: cold +6.6 %, steady -9.8 %; 42: cold +9.2 %, steady -7.6 %; the next correction decodes 41
+    # again. No width meets both timings within 2.5 %: the least worst miss is kept, not w=50
+    # (cold 30 % over)
+    assert [h["widths"]["g"] for h in history] == [50, 41, 42]
+    assert widths == {"g": 42}

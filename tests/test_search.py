@@ -294,6 +294,34 @@ def test_budget_decode_gives_up_the_least_probable_width_first():
     assert stepper.decode() == (widths, depths, 0)
 
 
+def test_budget_decode_does_not_cut_below_the_band_when_it_can_land_in_it():
+    """Over the budget, a step that cuts below the band (here a whole block, which the flat depth
+    logits give up almost for free) is taken only when no step stays in or above the band: the
+    ratio of log-probability to cost alone would drop the block and end under the band, where no
+    step up fits (the widths are full, the block costs more than the band is wide)."""
+    import timm
+
+    from tas.nas.arch_step import ArchStepper
+    from tas.nas.supernet import create_supernet
+
+    s = create_supernet(timm.create_model("cifar_resnet20", num_classes=10), input_size=(3, 32, 32))
+    with torch.no_grad():
+        for g in s.groups().values():
+            if g.alpha is not None:
+                g.alpha.zero_()
+                g.alpha[-1] = 5.0
+        for b in s.betas.values():
+            b.zero_()
+            b[-1] = 0.5
+    stepper = ArchStepper(s, "flops", 0.95, 0.05, 2.0, 0.05, 0.0)  # the band [0.9025, 0.95]
+    block = 1 - s.cost.exact("flops", *s.argmax()) / stepper.full  # the argmax is the full network
+    dropped = {**s.argmax()[1], "layer1": s.stage_depths["layer1"][-2]}
+    below = s.cost.exact("flops", s.argmax()[0], dropped) / stepper.full
+    assert block == 0 and below < 0.9025  # one block of layer1 cuts below the band
+    widths, depths, moves = stepper.decode()
+    assert moves > 0 and stepper.within(widths, depths), stepper._cost_of(widths, depths) / stepper.full
+
+
 def test_fill_decode_spends_the_budget_up_to_the_target():
     """fill: an argmax inside the band still grows until no single step up fits under the target."""
     import timm

@@ -145,11 +145,11 @@ class ArchStepper:
         A search can end with its argmax outside the tolerance band (the cost loss is a nudge, and
         short searches take few architecture steps). From the argmax, while the cost is over the
         target (or a ceiling), one group's width or one stage's depth steps down to its next
-        candidate: the step that gives up the least log-probability per unit of cost saved; while
-        it is under the band, the step up that gains the most log-probability per unit of cost and
-        stays within the budget; then any step up that gains log-probability and still fits. The
-        choice respects what the distributions learned, where gradient steps on the cost alone would
-        move every group alike.
+        candidate (into the band before still over it, before under it), the one that gives up
+        the least log-probability per unit of cost saved; while it is under the band,
+        the step up that gains the most log-probability per unit of cost and stays within the budget;
+        then any step up that gains log-probability and still fits. The choice respects what the
+        distributions learned, where gradient steps on the cost alone would move every group alike.
 
         With ``fill`` the bottom of the band is the target itself: steps up continue, least
         log-probability given up per unit of cost first, until no step fits. A latency target
@@ -200,9 +200,9 @@ class ArchStepper:
         low = self._band_low(target)
         cost, moves = self._cost_of(*arch(idx)), 0
         steps = [
-            # over budget: down, least log-probability given up per unit of cost saved
+            # over budget: down, least log-probability per cost saved; into the band > over > under it
             (lambda: cost > target or self._over_ceiling(*arch(idx)),
-             -1, lambda gain, c, t: gain / max(cost - c, eps)),
+             -1, lambda gain, c, t: (0 if self.fill else (c >= low) + (low <= c <= target), gain / max(cost - c, eps))),
             # under the band: up, most log-probability per unit of cost added, within the budget (a
             # step that adds no cost, e.g. a width only dropped blocks use, brings nothing closer)
             (lambda: cost < low, +1, lambda gain, c, t: gain / (c - cost) if cost < c and fits(t, c) else None),

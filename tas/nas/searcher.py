@@ -441,7 +441,7 @@ class Searcher:
         within = self.stepper.within(widths, depths)
         if landing:  # judged on the measurement the architecture was chosen by, not the table
             chosen = next(h for h in landing if h["widths"] == widths and h["depths"] == depths)
-            within = cfg.band[0] <= chosen["measured_ratio"] <= cfg.ratio * (1 + FEEDBACK_TOLERANCE)
+            within = all(cfg.band[0] <= r <= cfg.ratio * (1 + FEEDBACK_TOLERANCE) for r in chosen["measured_ratios"])
         val = self._evaluate(arch)
         slim = materialize(net, arch).cpu()
         arch = to_original(arch, self.perms)  # arch.json refers to the teacher's channels as trained

@@ -60,8 +60,10 @@ def measure_pair(slim: torch.nn.Module, original: torch.nn.Module, input_size: S
     (after one): ``(original cold, slim cold, original steady, slim steady)``, ONNX Runtime on the CPU."""
     with tempfile.TemporaryDirectory(prefix="tas-latency-check-") as tmp:
         paths = [Path(tmp) / "original.onnx", Path(tmp) / "slim.onnx"]
-        export_onnx(original.cpu().eval(), paths[0], input_size)
-        export_onnx(slim.cpu().eval(), paths[1], input_size)
+        # timed, not served: a parity check would only add a failure mode (a supernet's slim network
+        # mid-search, with untrained BN statistics, has logits large enough to miss a 1e-4 atol)
+        export_onnx(original.cpu().eval(), paths[0], input_size, check=False)
+        export_onnx(slim.cpu().eval(), paths[1], input_size, check=False)
         full_ms, slim_ms = measure_onnx(paths, input_size, batch=batch, threads=threads, warm_calls=warm_calls)
         steady_full_ms, steady_ms = measure_onnx(paths, input_size, batch=batch, threads=threads, warm_calls=1)
     return full_ms, slim_ms, steady_full_ms, steady_ms
