@@ -263,7 +263,7 @@ def _render_a(args, rows: list[dict]) -> list[str]:
             "predicted / measured ms − 1 (adds the machine's drift since the table was built). *feedback*: "
             "the measured ratio (mean of the two timings) of each architecture the search decoded, the table's "
             "own choice first; after a miss of more than 2.5 % the decode ran again against a target corrected "
-            "by it (`--latency-feedback`, default 2 rounds). "
+            "by it (`--latency-feedback`, default 4 rounds). "
             f"**{hits} of {2 * len(rows)} cells within ±{TOLERANCE:.0%}.**", "",
             format_table([[r["model"], f"{r['size']} px", r["batch"], f"{r['target']:.2f}", f"{r['flops_ratio']:.3f}",
                            _fmt(r["budget_ratio"], ".3f"),

@@ -32,7 +32,7 @@ class SearchConfig:
     latency_batch: int = 1
     latency_threads: int | None = None
     tolerance: float = 0.1
-    latency_feedback: int = 2
+    latency_feedback: int = 4
     fill_budget: bool | None = None
     cost_weight: float = 2.0
     cost_loss: str = "lagrangian"

@@ -63,8 +63,9 @@ def land_latency(decode: Callable[[float], tuple[dict[str, int], dict[str, int],
     miss is more than ``tolerance``, the scale is multiplied by ``ratio / m`` (``m`` the timings'
     mean) and the decode runs again, at most ``rounds`` times; it stops early when a decode returns
     an architecture already measured (the space's grid cannot move it closer). Of the architectures
-    measured, the one with the least miss is returned; where none is within ``tolerance``, those
-    under the target come first (a latency budget is a ceiling). With it come its decode's
+    measured, the one with the least miss is returned, over the target or under it alike (a
+    latency target is one to hit: preferring the side under it kept, in the benchmark, a 6.8 % miss
+    under 0.5 over a 2.8 % one above it). With it come its decode's
     ``moves`` and one record per round: ``{"round", "scale", "measured_ratio" (the mean),
     "measured_ratios", "moves", "widths", "depths"}``.
     """
@@ -72,7 +73,7 @@ def land_latency(decode: Callable[[float], tuple[dict[str, int], dict[str, int],
     widths, depths, moves = decode(scale)
     history: list[dict] = []
     seen: set[tuple] = set()
-    best: tuple[tuple[int, float], Arch, int] | None = None
+    best: tuple[float, Arch, int] | None = None
     for r in range(rounds + 1):
         seen.add(_key(widths, depths))
         got = measure(widths, depths)
@@ -81,9 +82,8 @@ def land_latency(decode: Callable[[float], tuple[dict[str, int], dict[str, int],
         history.append({"round": r, "scale": scale, "measured_ratio": measured, "measured_ratios": ratios,
                         "moves": moves, "widths": dict(widths), "depths": dict(depths)})
         miss = max(abs(x / ratio - 1) for x in ratios)
-        rank = (0 if miss <= tolerance else 1 if max(ratios) < ratio else 2, miss)
-        if best is None or rank < best[0]:
-            best = (rank, (widths, depths), moves)
+        if best is None or miss < best[0]:
+            best = (miss, (widths, depths), moves)
         if miss <= tolerance or r == rounds:
             break
         scale *= ratio / measured
