@@ -136,3 +136,14 @@ def test_feedback_judges_an_architecture_by_its_worst_timing():
     # 0.6, its cold timing 30 % over)
     assert [h["widths"]["g"] for h in history] == [50, 41, 42]
     assert widths == {"g": 42}
+
+
+def test_a_negative_feedback_round_count_is_one_error_line(tmp_path, teacher_run, search_script, capsys):
+    from tas.cli import run_main
+
+    out = tmp_path / "s"
+    code = run_main(search_script.main, ["--teacher", str(teacher_run), "--latency-ratio", "0.5",
+                                         "--latency-feedback", "-1", "--dataset", "digits", "--output", str(out)])
+    err = capsys.readouterr().err
+    assert code == 2 and err.strip() == "error: --latency-feedback must be a non-negative integer, got -1"
+    assert not out.exists()

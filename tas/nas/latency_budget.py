@@ -22,7 +22,8 @@ from ..prune.materialize import materialize
 from .config import SearchConfig
 from .supernet import Supernet
 
-__all__ = ["FEEDBACK_TOLERANCE", "budget_ratio", "land_latency", "measured_landing", "shared_latency_table"]
+__all__ = ["FEEDBACK_TOLERANCE", "budget_ratio", "land_latency", "landed_within", "measured_landing",
+           "shared_latency_table"]
 
 #: a measured ratio within this fraction of the target ends the feedback (a pair of timings of a
 #: 2 ms network spreads by 1-2 % here; the acceptance for a latency target is 5 %)
@@ -115,6 +116,13 @@ def measured_landing(stepper: Any, teacher: torch.nn.Module, cfg: SearchConfig, 
         out = land_latency(lambda scale: stepper.decode(caps=caps, target=scale * stepper.target), measure,
                            cfg.ratio, cfg.latency_feedback)
     return distributed.broadcast_object(out) if distributed.is_active() else out
+
+
+def landed_within(history: Sequence[dict], widths: dict[str, int], depths: dict[str, int], cfg: SearchConfig) -> bool:
+    """Whether the architecture :func:`land_latency` chose met the budget as it was measured (every
+    timing in ``[band bottom, target·(1 + FEEDBACK_TOLERANCE)]``), not as the table predicted it."""
+    chosen = next(h for h in history if h["widths"] == widths and h["depths"] == depths)
+    return all(cfg.band[0] <= r <= cfg.ratio * (1 + FEEDBACK_TOLERANCE) for r in chosen["measured_ratios"])
 
 
 def _key(widths: dict[str, int], depths: dict[str, int]) -> tuple:

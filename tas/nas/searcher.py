@@ -53,7 +53,7 @@ from .arch_step import ArchStepper
 from .attention import PHASES, SappController, SappSchedule
 from .calibrate import recalibrate_bn
 from .config import SearchConfig
-from .latency_budget import FEEDBACK_TOLERANCE, budget_ratio, measured_landing, shared_latency_table
+from .latency_budget import budget_ratio, landed_within, measured_landing, shared_latency_table
 from .progress import Progress, arch_quota, check_output, cycle_batches, lr_factor
 from .result import SearchData, SearchResult, summary_rows
 from .sampling import tau_at
@@ -438,10 +438,7 @@ class Searcher:
             teacher=self.teacher_source, space=net.space.to_dict()))
         if self.sapp is not None:
             self.sapp.finalize(arch)
-        within = self.stepper.within(widths, depths)
-        if landing:  # judged on the measurement the architecture was chosen by, not the table
-            chosen = next(h for h in landing if h["widths"] == widths and h["depths"] == depths)
-            within = all(cfg.band[0] <= r <= cfg.ratio * (1 + FEEDBACK_TOLERANCE) for r in chosen["measured_ratios"])
+        within = landed_within(landing, widths, depths, cfg) if landing else self.stepper.within(widths, depths)
         val = self._evaluate(arch)
         slim = materialize(net, arch).cpu()
         arch = to_original(arch, self.perms)  # arch.json refers to the teacher's channels as trained
