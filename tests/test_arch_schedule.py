@@ -73,13 +73,18 @@ def test_resumed_epoch_gets_the_val_batches_it_would_have(arch_steps):
     assert resumed == full[3:]
 
 
-@pytest.mark.parametrize("flag, value", [("arch_steps", 0.0), ("arch_warmup", 1.0), ("arch_warmup", -0.1)])
+@pytest.mark.parametrize("flag, value", [("arch_steps", 0.0), ("arch_warmup", 1.0), ("arch_warmup", -0.1),
+                                         ("arch_lr_hold", 1.0), ("arch_lr_hold", -0.1), ("entropy_weight", -1.0),
+                                         ("arch_lr_schedule", "step")])
 def test_bad_schedule_is_refused(flag, value):
     with pytest.raises(TasError, match=flag.replace("_", "-")):
         SearchConfig(**{flag: value}).validate()
 
 
 def test_schedule_flags_reach_the_config(search_script):
-    args = search_script.build_parser().parse_args(["--arch-steps", "0.5", "--arch-warmup", "0.25"])
+    args = search_script.build_parser().parse_args(["--arch-steps", "0.5", "--arch-warmup", "0.25",
+                                                    "--arch-lr-schedule", "constant", "--arch-lr-hold", "0.3",
+                                                    "--entropy-weight", "0.5"])
     cfg = SearchConfig.from_args(args)
     assert (cfg.arch_steps, cfg.arch_warmup) == (0.5, 0.25)
+    assert (cfg.arch_lr_schedule, cfg.arch_lr_hold, cfg.entropy_weight) == ("constant", 0.3, 0.5)

@@ -1,6 +1,8 @@
 """The budget controller: dual ascent brings the search's own argmax into the band, from either side."""
 import json
+import math
 
+import numpy as np
 import pytest
 import timm
 import torch
@@ -109,3 +111,71 @@ def test_no_decode_from_the_cli_keeps_the_search_argmax(tmp_path, search_script,
     arch = Arch.from_json(tmp_path / "n" / "arch.json")
     assert arch.flops_ratio == pytest.approx(kept["pre_decode_ratio"])
     assert arch.meta["decode"] is False and arch.meta["channel_order"] == "l1"
+
+
+def _stepper(lr: float = 0.05, **kw) -> ArchStepper:
+    torch.manual_seed(0)
+    s = tas.create_supernet(timm.create_model("cifar_resnet20", num_classes=10), input_size=(3, 8, 8))
+    return ArchStepper(s, "flops", 0.5, 0.1, 2.0, lr, 0.0, **kw)
+
+
+def _batch() -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(0)
+    return torch.randn(8, 3, 8, 8, generator=g), torch.randint(0, 10, (8,), generator=g)
+
+
+@pytest.mark.parametrize("hold, progress, factor", [(0.0, 0.0, 1.0), (0.0, 0.5, 0.5), (0.0, 1.0, 0.0),
+                                                   (0.5, 0.4, 1.0), (0.5, 0.75, 0.5), (0.5, 1.0, 0.0)])
+def test_cosine_arch_lr_scales_the_step(hold, progress, factor):
+    """Adam's first step moves every logit with a gradient by exactly its learning rate, so the
+    largest move is the scheduled rate: 0.05 until ``hold``, then 0.05 · ½(1 + cos πq) over the rest."""
+    stepper = _stepper(lr_schedule="cosine", lr_hold=hold)
+    before = [p.detach().clone() for p in stepper.params]
+    stepper.progress = progress
+    terms = stepper.step(*_batch())
+    moved = max((p.detach() - b).abs().max().item() for p, b in zip(stepper.params, before))
+    assert moved == pytest.approx(0.05 * factor, rel=1e-3, abs=1e-9)
+    assert terms["arch_lr"] == pytest.approx(0.05 * factor, abs=1e-12)
+
+
+def test_mean_entropy_is_the_normalised_entropy_of_every_distribution():
+    stepper = _stepper()
+    logits = list(stepper.params)
+    with torch.no_grad():
+        for p in logits:
+            p.zero_()
+    assert stepper.mean_entropy().item() == pytest.approx(1.0)  # equal logits: uniform
+    with torch.no_grad():
+        logits[0][0] = 3.0  # one distribution away from uniform, computed here independently
+    p = np.exp(logits[0].detach().double().numpy())
+    p /= p.sum()
+    h = -(p * np.log(p)).sum() / np.log(len(p))
+    assert stepper.mean_entropy().item() == pytest.approx((h + len(logits) - 1) / len(logits), rel=1e-5)
+
+
+def test_entropy_weight_commits_the_distributions():
+    x, y = _batch()
+    ends = {}
+    for weight in (0.0, 5.0):
+        stepper = _stepper(lr=0.3, entropy_weight=weight)
+        stepper.progress = 1.0  # the ramp's full weight
+        for _ in range(20):
+            stepper.step(x, y)
+        ends[weight] = stepper.mean_entropy().item()
+    assert ends[5.0] < ends[0.0] - 0.05, ends
+
+
+def test_search_logs_the_scheduled_arch_lr(tmp_path, search_script, teacher_run):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    out = tmp_path / "s"
+    assert search_script.main(FLAGS + ["--teacher", str(teacher_run), "--output", str(out), "--log-every", "1",
+                                       "--epochs", "1", "--arch-lr", "0.1", "--arch-lr-schedule", "cosine",
+                                       "--arch-lr-hold", "0.25"]) == 0
+    acc = EventAccumulator(str(out), size_guidance={"scalars": 0})
+    acc.Reload()
+    lrs = [e.value for e in acc.Scalars("search/arch_lr")]
+    n = len(lrs)
+    assert n > 2
+    q = [max(0.0, i / (n - 1) - 0.25) / 0.75 for i in range(n)]
+    assert lrs == pytest.approx([0.1 * 0.5 * (1 + math.cos(math.pi * v)) for v in q], abs=1e-7)

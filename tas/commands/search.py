@@ -18,6 +18,7 @@ from typing import Sequence
 from ..baselines import METHODS
 from ..prune.channel_order import CRITERIA
 from ..cli import DATASET_HELP, HelpFormatter, add_device_flags, parse_args
+from ..nas.arch_step import ARCH_LR_SCHEDULES
 from ..nas.config import SearchConfig
 from ..nas.run import search
 from ..baselines import run_baseline
@@ -128,6 +129,16 @@ def _optimisation_flags(p: argparse.ArgumentParser, d: SearchConfig) -> None:
     g.add_argument("--weight-decay", type=float, default=d.weight_decay)
     g.add_argument("--arch-lr", type=float, default=d.arch_lr, help="architecture step: Adam, betas (0.5, 0.999)")
     g.add_argument("--arch-weight-decay", type=float, default=d.arch_weight_decay)
+    g.add_argument("--arch-lr-schedule", default=d.arch_lr_schedule, choices=ARCH_LR_SCHEDULES,
+                   help="architecture step's learning rate over the search: constant (the paper's) or, after "
+                        "--arch-lr-hold, cosine to 0, which freezes the logits late so the argmax stops flipping "
+                        "across the band's edges")
+    g.add_argument("--arch-lr-hold", type=float, default=d.arch_lr_hold,
+                   help="fraction of the search the architecture step runs at --arch-lr before the cosine decay "
+                        "(time for the budget controller to bring the costs to the band)")
+    g.add_argument("--entropy-weight", type=float, default=d.entropy_weight,
+                   help="weight of the mean normalised entropy of the width and depth distributions in the "
+                        "architecture loss, ramped from 0 to this over the search (commits each distribution)")
     g.add_argument("--kd-alpha", type=float, default=d.kd_alpha,
                    help="weight step: weight of the KD term from the teacher, (1-a)*CE + a*T^2*KL (0: CE "
                         "alone, the paper's); what train.py --init search then starts from")

@@ -18,7 +18,10 @@ from .cost import COST_LOSSES, LagrangianCost, budget_band, cost_loss
 from ..errors import DivergedError
 from .supernet import Supernet
 
-__all__ = ["ArchStepper"]
+__all__ = ["ArchStepper", "ARCH_LR_SCHEDULES"]
+
+#: how the architecture step's learning rate moves over the search (``ArchStepper.progress``)
+ARCH_LR_SCHEDULES = ("constant", "cosine")
 
 
 class ArchStepper:
@@ -35,13 +38,23 @@ class ArchStepper:
     instead of stopping anywhere in the band. ``precision`` runs the CE forward under autocast and
     scales the backward (:class:`~tas.train.amp.Precision`; the caller calls its ``update`` once per
     iteration); the cost terms stay float32.
+
+    Landing (``docs/benchmarks_search_landing.md``): ``lr_schedule="cosine"`` keeps the Adam learning
+    rate for the first ``lr_hold`` of the search (the controller's time to bring the costs to the
+    band) and then decays it to 0, and ``entropy_weight`` adds ``progress × weight ×`` the mean
+    normalised entropy of the distributions (:meth:`mean_entropy`): the logits commit and settle, so
+    the argmax, which is the final architecture, stops flipping across the band's edges in the last
+    steps. The caller sets :attr:`progress` (0 at the first step, 1 at the last) before each step.
     """
 
     def __init__(self, supernet: Supernet, metric: str, ratio: float, tolerance: float, cost_weight: float,
                  lr: float, weight_decay: float, latency: Any = None,
                  ceiling: tuple[str, float] | None = None, fill: bool = False, cost_loss: str = "lagrangian",
                  dual_lr: float = 1.0, dual_penalty: float = 20.0, sharp_temperature: float | None = 0.1,
+                 entropy_weight: float = 0.0, lr_schedule: str = "constant", lr_hold: float = 0.0,
                  precision: Precision | None = None) -> None:
+        if lr_schedule not in ARCH_LR_SCHEDULES:
+            raise ValueError(f"unknown arch lr schedule {lr_schedule!r} (one of {', '.join(ARCH_LR_SCHEDULES)})")
         if cost_loss not in COST_LOSSES:
             raise ValueError(f"unknown cost loss {cost_loss!r} (one of {', '.join(COST_LOSSES)})")
         self.supernet, self.metric, self.tolerance, self.cost_weight = supernet, metric, tolerance, cost_weight
@@ -54,8 +67,25 @@ class ArchStepper:
         # Aimed at the band's middle (its top when filling): both edges are then half a band away.
         aim = ratio if fill else sum(budget_band(ratio, tolerance)) / 2
         self.sharp_temperature = sharp_temperature
+        self.entropy_weight, self.progress = entropy_weight, 0.0
+        self.lr, self.lr_schedule, self.lr_hold = lr, lr_schedule, lr_hold
         self.controller = (LagrangianCost(aim, dual_lr, 1 if sharp_temperature is None else 2, dual_penalty)
                            if cost_loss == "lagrangian" else None)
+
+    def current_lr(self) -> float:
+        """The architecture step's learning rate at :attr:`progress`: ``lr`` (constant), or ``lr`` until
+        ``lr_hold`` of the search and a cosine from there to 0 at its end."""
+        if self.lr_schedule == "constant":
+            return self.lr
+        q = max(0.0, self.progress - self.lr_hold) / (1.0 - self.lr_hold)
+        return self.lr * 0.5 * (1 + math.cos(math.pi * q))
+
+    def mean_entropy(self) -> torch.Tensor:
+        """Mean normalised entropy (0 one-hot, 1 uniform) of every width and depth distribution."""
+        s = self.supernet
+        dists = [g.probs() for g in s.groups().values()] + [s.depth_probs(n) for n in s.graph.stages]
+        hs = [-(p * torch.log(p.clamp_min(1e-12))).sum() / math.log(len(p)) for p in dists if len(p) > 1]
+        return torch.stack(hs).mean() if hs else torch.zeros(())
 
     def current_cost(self) -> float:
         """Cost of the current argmax architecture (cheap: no Arch object is built)."""
@@ -96,6 +126,9 @@ class ArchStepper:
             ce = F.cross_entropy(self.supernet(images), targets)
         lc, weight, expected, current = self._cost_loss()
         loss = ce + weight * lc.to(ce.device)
+        entropy = self.mean_entropy()
+        if self.entropy_weight:  # ramped: the early search explores, the late one commits
+            loss = loss + self.entropy_weight * self.progress * entropy.to(ce.device)
         self.optimizer.zero_grad(set_to_none=True)
         # Only α and β: the weight gradients of this val batch would be discarded anyway.
         self.precision.backward(loss * distributed.loss_scale(targets.numel()), inputs=self.params)
@@ -105,8 +138,12 @@ class ArchStepper:
         if not math.isfinite(loss_value):
             bad = [n for n, v in (("arch CE", ce_value), ("cost loss", lc_value)) if not math.isfinite(v)]
             raise DivergedError(f"architecture loss is {loss_value} (non-finite: {', '.join(bad) or 'sum'})")
+        lr = self.current_lr()
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
         self.precision.step(self.optimizer)
-        terms = {"arch_loss": loss_value, "arch_ce": ce_value, "cost_loss": lc_value,
+        terms = {"arch_loss": loss_value, "arch_ce": ce_value, "cost_loss": lc_value, "arch_lr": lr,
+                 "entropy": entropy.item(),
                  "expected_ratio": expected.item() / self.full, "derived_ratio": current / self.full,
                  "band_low": self.band_low / self.full}
         if self.controller is not None:

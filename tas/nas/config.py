@@ -8,6 +8,7 @@ from ..cli import config_from_args
 from ..errors import TasError
 from ..prune.channel_order import CRITERIA
 from ..train.amp import check_amp
+from .arch_step import ARCH_LR_SCHEDULES
 from .cost import COST_LOSSES, budget_band
 
 __all__ = ["SearchConfig"]
@@ -50,6 +51,9 @@ class SearchConfig:
     weight_decay: float = 5e-4
     arch_lr: float = 0.15
     arch_weight_decay: float = 1e-3
+    arch_lr_schedule: str = "cosine"
+    arch_lr_hold: float = 0.5
+    entropy_weight: float = 3.0
     kd_alpha: float = 0.0
     kd_temperature: float = 4.0
     arch_warmup: float = 0.0
@@ -106,6 +110,12 @@ class SearchConfig:
             raise TasError(f"--latency-feedback must be a non-negative integer, got {self.latency_feedback!r}")
         if not 0 <= self.tolerance < 1:
             raise TasError(f"--tolerance must be in [0, 1), got {self.tolerance}")
+        if self.arch_lr_schedule not in ARCH_LR_SCHEDULES:
+            raise TasError(f"--arch-lr-schedule must be one of {', '.join(ARCH_LR_SCHEDULES)}, got {self.arch_lr_schedule!r}")
+        if not 0 <= self.arch_lr_hold < 1:
+            raise TasError(f"--arch-lr-hold must be a fraction of the search in [0, 1), got {self.arch_lr_hold}")
+        if not self.entropy_weight >= 0:
+            raise TasError(f"--entropy-weight must be >= 0, got {self.entropy_weight}")
         if self.tau_min <= 0 or self.tau_max < self.tau_min:
             raise TasError("--tau-min must be > 0 and <= --tau-max")
         if self.resume and self.overwrite:

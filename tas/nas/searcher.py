@@ -199,7 +199,9 @@ class Searcher:
         self.stepper = ArchStepper(net, cfg.metric, cfg.ratio, cfg.tolerance, cfg.cost_weight, cfg.arch_lr,
                                    cfg.arch_weight_decay, latency=self.latency, ceiling=cfg.ceiling, fill=cfg.fill,
                                    cost_loss=cfg.cost_loss, dual_lr=cfg.dual_lr, dual_penalty=cfg.dual_penalty,
-                                   sharp_temperature=cfg.sharp_temperature, precision=self.precision)
+                                   sharp_temperature=cfg.sharp_temperature, entropy_weight=cfg.entropy_weight,
+                                   lr_schedule=cfg.arch_lr_schedule,
+                                   lr_hold=cfg.arch_lr_hold, precision=self.precision)
 
     # -- loop: the epochs ------------------------------------------------------------------------
     def _optimizers(self) -> None:
@@ -365,6 +367,7 @@ class Searcher:
                 amp.step(self.attn_opt)
             amp.update()
             terms = {}
+            self.stepper.progress = p.step / max(1, self.total_steps - 1)
             for xv, yv in val:
                 terms = self.stepper.step(amp.images(xv, dev), amp.images(yv, dev))
                 amp.update()  # after every step: fp16's GradScaler refuses a second step before an update
