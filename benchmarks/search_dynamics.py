@@ -16,6 +16,12 @@ time. Writes one table per factor (mean ± sd over seeds) to ``docs/benchmarks_s
 
     python benchmarks/search_dynamics.py --quick   # machinery check (~3 min)
     python benchmarks/search_dynamics.py           # the sweep (~1 h on one thread; resumable)
+    python benchmarks/search_dynamics.py --factors landing --ratios 0.7 0.5 0.25 0.12 --seeds 0 1 2 3 4 \
+        --distill-only "arch_lr_schedule=constant,entropy_weight=0.0" default \
+        --output runs/search_dynamics/landing --doc docs/benchmarks_search_landing.md   # the landing study
+
+A cell is (setting, target, seed); ``--ratios`` takes several targets, ``--distill-only`` limits the
+distillation (the slow half of a cell) to the named settings.
 
 Resumable: finished cells live in ``<output>/results.json``; a rerun skips them. Not a test.
 """
@@ -58,16 +64,22 @@ FACTORS = {
     "K": [{"k": 1}, {"k": 2}, {"k": 3}],
     "tau schedule": [{"tau_schedule": "cosine", "tau_min": 0.1}, {"tau_schedule": "linear"}, {"tau_min": 0.03}],
     "arch steps per weight step": [{"arch_steps": 0.5}, {"arch_steps": 1.0}, {"arch_steps": 2.0}],
+    "landing": [{"arch_lr_schedule": "constant", "entropy_weight": 0.0},
+                {"arch_lr_schedule": "cosine", "arch_lr_hold": 0.0, "entropy_weight": 0.0},
+                {"arch_lr_schedule": "cosine", "arch_lr_hold": 0.0, "entropy_weight": 1.0},
+                {"arch_lr_schedule": "cosine", "arch_lr_hold": 0.5, "entropy_weight": 1.0},
+                {"arch_lr_schedule": "cosine", "arch_lr_hold": 0.5, "entropy_weight": 3.0}],
 }
 #: the current defaults, as the factors name them: a setting equal to these is the defaults' cell
-DEFAULTS = {"arch_warmup": 0.0, "arch_lr": 0.05, "k": 2, "tau_schedule": "cosine", "tau_min": 0.1, "arch_steps": 1.0}
+DEFAULTS = {"arch_warmup": 0.0, "arch_lr": 0.15, "k": 2, "tau_schedule": "cosine", "tau_min": 0.1, "arch_steps": 1.0,
+            "arch_lr_schedule": "cosine", "arch_lr_hold": 0.5, "entropy_weight": 3.0}
 MODES = {
     "quick": {"limit": 600, "val": 300, "teacher_epochs": 1, "search_epochs": 1, "distill_epochs": 1,
               "batch_size": 64, "seeds": [0], "factors": ["arch steps per weight step"]},
     "full": {"limit": 3000, "val": 600, "teacher_epochs": 5, "search_epochs": 1, "distill_epochs": 2,
              "batch_size": 32, "seeds": [0, 1], "factors": list(FACTORS)},
 }
-KEYS = ("limit", "val", "img_size", "teacher_epochs", "search_epochs", "distill_epochs", "ratio", "batch_size", "lr",
+KEYS = ("limit", "val", "img_size", "teacher_epochs", "search_epochs", "distill_epochs", "batch_size", "lr",
         "model")
 
 
@@ -110,9 +122,9 @@ class DynamicsBench(allocation.AllocationBench):
         log(f"teacher {model_name}: val top-1 {info['val_top1']:.2f}% ({self.teacher_dir(model_name)})")
         return info
 
-    def dynamics_cell(self, name: str, overrides: dict, seed: int) -> dict:
+    def dynamics_cell(self, name: str, overrides: dict, seed: int, ratio: float, distill: bool = True) -> dict:
         a = self.args
-        cdir = self.root / a.model / f"r{a.ratio}" / name / f"s{seed}"
+        cdir = self.root / a.model / f"r{ratio}" / name / f"s{seed}"
         search_dir, slim_dir = cdir / "search", cdir / "slim"
         timing_path = cdir / "timing.json"
         timing = json.loads(timing_path.read_text()) if timing_path.is_file() else {}
@@ -121,12 +133,12 @@ class DynamicsBench(allocation.AllocationBench):
         with open(cdir / "log.txt", "a") as logf, contextlib.redirect_stdout(sys.stdout if a.verbose else logf):
             if "search_s" not in timing or not is_finished_run(search_dir):
                 t0 = time.perf_counter()
-                searching.search({**self.common(seed), "teacher": str(teacher), "flops_ratio": a.ratio,
+                searching.search({**self.common(seed), "teacher": str(teacher), "flops_ratio": ratio,
                                   "epochs": a.search_epochs, "batch_size": a.batch_size, "output": str(search_dir),
                                   "overwrite": True, "log_every": 5, **overrides})
                 timing = {"search_s": round(time.perf_counter() - t0, 1)}
                 atomic_write_json(timing_path, timing)
-            if "distill_s" not in timing or not is_finished_run(slim_dir):
+            if distill and ("distill_s" not in timing or not is_finished_run(slim_dir)):
                 t0 = time.perf_counter()
                 train_run.train({**self.common(seed), "arch": str(search_dir / "arch.json"), "teacher": str(teacher),
                                 "epochs": a.distill_epochs, "batch_size": a.batch_size, "lr": a.lr,
@@ -135,13 +147,13 @@ class DynamicsBench(allocation.AllocationBench):
                 atomic_write_json(timing_path, timing)
         sm = json.loads((search_dir / "metrics.json").read_text())
         band, pre = sm["band"], sm["pre_decode_ratio"]
-        return {"setting": name, "overrides": overrides, "seed": seed, "target": a.ratio,
+        return {"setting": name, "overrides": overrides, "seed": seed, "target": ratio,
                 "pre_decode_ratio": pre, "in_band": band[0] - 1e-9 <= pre <= band[1] + 1e-9,
                 "decode_moves": sm["decode_moves"], "expected_ratio": sm.get("expected_ratio"),
                 "flops_ratio": sm["flops_ratio"], "search_val_top1": sm["top1_hard_mode"],
                 "late_in_band": late_in_band(search_dir, band),
-                "val_top1": json.loads((slim_dir / "metrics.json").read_text())["top1"],
-                "search_s": timing["search_s"], "distill_s": timing["distill_s"]}
+                "val_top1": json.loads((slim_dir / "metrics.json").read_text())["top1"] if distill else None,
+                "search_s": timing["search_s"], "distill_s": timing.get("distill_s", 0.0) if distill else 0.0}
 
 
 # -- report -----------------------------------------------------------------------------------------
@@ -156,34 +168,39 @@ def _ms(values: list[float], fmt: str = ".2f") -> str:
 
 def setting_row(label: str, cells: list[dict], base: list[dict]) -> list[str]:
     """One table row: landing, costs, accuracies (mean ± sd) and the paired Δ against the defaults."""
-    diff = paired_differences({c["seed"]: c["val_top1"] for c in cells}, {c["seed"]: c["val_top1"] for c in base})
+    distilled = [c for c in cells if c["val_top1"] is not None]  # --distill-only leaves some undistilled
+    diff = paired_differences({c["seed"]: c["val_top1"] for c in distilled},
+                              {c["seed"]: c["val_top1"] for c in base if c["val_top1"] is not None})
     late = [c["late_in_band"] for c in cells if c["late_in_band"] is not None]
-    return [label, f"{sum(c['in_band'] for c in cells)}/{len(cells)}", _ms([c["pre_decode_ratio"] for c in cells], ".3f"),
+    return [label, f"{cells[0]['target']:g}", f"{sum(c['in_band'] for c in cells)}/{len(cells)}", _ms([c["pre_decode_ratio"] for c in cells], ".3f"),
             f"{statistics.median(c['decode_moves'] for c in cells):g}",
             _ms([c["expected_ratio"] for c in cells if c["expected_ratio"] is not None], ".3f"),
-            _ms(late, ".2f"), _ms([c["search_val_top1"] for c in cells]), _ms([c["val_top1"] for c in cells]),
-            "–" if diff is None or label.endswith("(default)") else
+            _ms(late, ".2f"), _ms([c["search_val_top1"] for c in cells]), _ms([c["val_top1"] for c in distilled]),
+            "–" if diff is None or cells[0]["setting"] == "default" else
             " / ".join(f"{d:+.2f}" for d in diff["diffs"]),
             f"{statistics.mean(c['search_s'] + c['distill_s'] for c in cells):.0f}"]
 
 
-HEADER = ["setting", "in band", "pre-decode argmax ratio", "median decode moves", "expected ratio (end)",
+HEADER = ["setting", "target", "in band", "pre-decode argmax ratio", "median decode moves", "expected ratio (end)",
           "last-quarter steps in band", "val top-1 after search", "val top-1 after distil",
           "Δ distil vs default per seed", "wall s"]
 
 
 def factor_tables(results: dict, factors: list[str]) -> list[str]:
     cells = results["cells"].values()
-    base = [c for c in cells if c["setting"] == "default"]
+    targets = sorted({c["target"] for c in cells}, reverse=True)
     lines = []
     for factor in factors:
         rows = []
-        for overrides in FACTORS[factor]:
-            name = setting_name(overrides)
-            done = [c for c in cells if c["setting"] == name]
-            if done:
-                label = ", ".join(f"{k}={v}" for k, v in overrides.items()) + (" (default)" if name == "default" else "")
-                rows.append(setting_row(label, done, base))
+        for target in targets:  # a row per setting and target; Δ against the defaults at the same target
+            base = [c for c in cells if c["setting"] == "default" and c["target"] == target]
+            for overrides in FACTORS[factor]:
+                name = setting_name(overrides)
+                done = [c for c in cells if c["setting"] == name and c["target"] == target]
+                if done:
+                    label = (", ".join(f"{k}={v}" for k, v in overrides.items()) or "defaults") + \
+                        (" (default)" if name == "default" and overrides else "")
+                    rows.append(setting_row(label, done, base))
         lines += [f"### {factor}", "", format_table(rows, HEADER) if rows else "(no cells yet)", ""]
     return lines
 
@@ -192,20 +209,23 @@ def noise_summary(results: dict) -> str:
     """The seed noise: the pooled within-setting sd of the distilled val top-1 and of the argmax ratio."""
     by: dict[str, list[dict]] = {}
     for c in results["cells"].values():
-        by.setdefault(c["setting"], []).append(c)
+        by.setdefault(f"{c['setting']}@{c['target']}", []).append(c)
     pairs = [cs for cs in by.values() if len(cs) > 1]
     if not pairs:
         return "Seed noise: fewer than two seeds per setting so far."
 
     def pooled(key: str) -> float:
-        num = sum((len(cs) - 1) * statistics.variance([c[key] for c in cs]) for cs in pairs)
-        return (num / sum(len(cs) - 1 for cs in pairs)) ** 0.5
+        groups = [[c[key] for c in cs if c[key] is not None] for cs in pairs]
+        groups = [g for g in groups if len(g) > 1]
+        num = sum((len(g) - 1) * statistics.variance(g) for g in groups)
+        return (num / max(1, sum(len(g) - 1 for g in groups))) ** 0.5
 
-    means = [statistics.mean(c["val_top1"] for c in cs) for cs in pairs]
+    means = [statistics.mean(v) for cs in pairs if (v := [c["val_top1"] for c in cs if c["val_top1"] is not None])]
     return (f"Seed noise (pooled within-setting sd over {len(pairs)} settings with ≥ 2 seeds): distilled val "
             f"top-1 {pooled('val_top1'):.2f} points, val top-1 right after the search "
             f"{pooled('search_val_top1'):.2f}, pre-decode argmax ratio {pooled('pre_decode_ratio'):.3f}. The "
-            f"setting means of the distilled val top-1 span {min(means):.2f}–{max(means):.2f}.")
+            f"setting means of the distilled val top-1 span {min(means, default=float('nan')):.2f}–"
+            f"{max(means, default=float('nan')):.2f}.")
 
 
 def render(args, results: dict, elapsed: float) -> str:
@@ -224,12 +244,12 @@ def render(args, results: dict, elapsed: float) -> str:
         f"halves them: weight steps on one half, architecture steps on the other) and a held-out, class-balanced "
         f"validation split of {a.val} *training* images. Every accuracy below is on that validation split; the "
         f"test set is never read. Teacher: {a.teacher_epochs} epochs of SGD (lr 0.1, cosine), val top-1 "
-        f"{t.get('val_top1', float('nan')):.2f}%. Each cell: `search.py --flops-ratio {a.ratio}` for "
+        f"{t.get('val_top1', float('nan')):.2f}%. Each cell: `search.py --flops-ratio R` (R in {a.ratios}) for "
         f"{a.search_epochs} epochs at batch {a.batch_size} with the project's defaults except the setting named, "
         f"then {a.distill_epochs} epochs of distillation (KD α 0.9 T 4, SGD lr {a.lr}, cosine). Seeds "
         f"{sorted({c['seed'] for c in cells})} (not every setting has every seed: see the *in band* counts).", "",
         "**Columns.** *in band*: cells whose pre-decode argmax FLOPs ratio lies in the search's band "
-        f"[target·(1 − tolerance), target] (by default [{a.ratio * (1 - SearchConfig.tolerance):.3f}, {a.ratio:.2f}]). *expected ratio*: the softmax-expected FLOPs ratio at the end "
+        f"[target·(1 − tolerance), target] (tolerance {SearchConfig.tolerance} by default). *expected ratio*: the softmax-expected FLOPs ratio at the end "
         "of the search. *last-quarter steps in band*: of the logged steps (every 5th) in the search's last "
         "quarter, the fraction whose argmax was in the band (1.00: settled there, not just passing). *val "
         "top-1 after search*: the decoded architecture in hard mode, BN recalibrated. *Δ distil vs default*: "
@@ -247,7 +267,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="machinery check: tiny subset, one factor, one seed")
     p.add_argument("--model", default="cifar_resnet20")
-    p.add_argument("--ratio", type=float, default=0.25, help="FLOPs fraction kept")
+    p.add_argument("--ratios", type=float, nargs="+", default=[0.25], help="FLOPs fractions kept (a cell each)")
     p.add_argument("--factors", nargs="+", default=None, choices=list(FACTORS))
     p.add_argument("--seeds", type=int, nargs="+", default=None)
     p.add_argument("--only", nargs="+", default=None, metavar="SETTING",
@@ -257,6 +277,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--teacher-epochs", type=int, default=None)
     p.add_argument("--search-epochs", type=int, default=None)
     p.add_argument("--distill-epochs", type=int, default=None)
+    p.add_argument("--distill-only", nargs="+", default=None, metavar="SETTING",
+                   help="distil only these settings' cells (the others report the landing and the "
+                        "hard-mode val top-1 after the search)")
     p.add_argument("--batch-size", type=int, default=None, help="search and distillation batch")
     p.add_argument("--lr", type=float, default=0.05, help="distillation learning rate")
     p.add_argument("--threads", type=int, default=1)
@@ -300,22 +323,25 @@ def main(argv=None) -> int:
     # sweep still has one seed of every setting
     settings = {setting_name(o): {k: v for k, v in o.items() if DEFAULTS.get(k) != v}
                 for f in args.factors for o in FACTORS[f]}
-    todo = [(n, o, s) for s in args.seeds for n, o in settings.items() if args.only is None or n in args.only]
+    todo = [(n, o, s, r) for s in args.seeds for r in args.ratios for n, o in settings.items()
+            if args.only is None or n in args.only]
     if not args.report_only:
         bench.teacher(args.model)
-        for i, (name, overrides, seed) in enumerate(todo):
-            key = f"{name}/s{seed}"
-            if key in bench.results["cells"]:
+        for i, (name, overrides, seed, ratio) in enumerate(todo):
+            key = f"{name}/r{ratio}/s{seed}"
+            distill = args.distill_only is None or name in args.distill_only
+            done = bench.results["cells"].get(key)
+            if done is not None and (done["val_top1"] is not None or not distill):
                 continue
             if past(args.deadline):
                 log(f"deadline {args.deadline} UTC passed: no new cells")
                 break
             t0 = time.perf_counter()
-            c = bench.results["cells"][key] = bench.dynamics_cell(name, overrides, seed)
+            c = bench.results["cells"][key] = bench.dynamics_cell(name, overrides, seed, ratio, distill)
             bench.save()
             log(f"[{i + 1}/{len(todo)}] {key}: argmax {c['pre_decode_ratio']:.3f} ({'in' if c['in_band'] else 'OUT of'} "
                 f"band), moves {c['decode_moves']}, expected {c['expected_ratio']:.3f}, val top-1 search "
-                f"{c['search_val_top1']:.2f} distil {c['val_top1']:.2f} ({time.perf_counter() - t0:.0f}s; "
+                f"{c['search_val_top1']:.2f} distil {c['val_top1'] or float('nan'):.2f} ({time.perf_counter() - t0:.0f}s; "
                 f"{(time.perf_counter() - start) / 60:.1f} min so far)")
     text = render(args, bench.results, time.perf_counter() - start)
     log("\n" + text)
