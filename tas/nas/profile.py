@@ -10,7 +10,6 @@ import statistics
 from dataclasses import dataclass
 from typing import Callable, Mapping
 
-import torch
 from torch.profiler import ProfilerActivity, profile
 
 from .supernet import Supernet
