@@ -16,7 +16,7 @@ import yaml
 
 from .errors import EXIT_DIVERGED, EXIT_IO, EXIT_USAGE, DivergedError, RunIOError, TasError, run_io_error
 
-__all__ = ["parse_args", "run_main", "format_table", "config_from_args", "HelpFormatter", "DATASET_HELP"]
+__all__ = ["parse_args", "run_main", "format_table", "config_from_args", "RunSettings", "HelpFormatter", "DATASET_HELP"]
 
 #: ``--dataset``'s help, shared by the commands
 DATASET_HELP = ("digits, fashion-mnist, mnist, cifar10, cifar100, imagefolder, or module:function naming your "
@@ -64,6 +64,41 @@ def parse_args(parser: argparse.ArgumentParser, argv: Sequence[str] | None = Non
             raise TasError(f"--config {pre.config}: unknown keys {unknown}")
         parser.set_defaults(**{k.replace("-", "_"): v for k, v in cfg.items()})
     return parser.parse_args(argv)
+
+
+@dataclasses.dataclass
+class RunSettings:
+    """The settings every run of ``tas train`` and ``tas search`` has: its directory, seed, device,
+    data loading, logging and checkpoints. The commands' configs extend it (each with its own
+    ``output`` default) and call :meth:`validate_run` from their ``validate``."""
+
+    seed: int = 0
+    output: str = "runs/run"
+    resume: bool = False
+    overwrite: bool = False
+    workers: int = 0
+    device: str = "auto"
+    limit: int | None = None
+    progress: bool = True
+    log_every: int = 10
+    checkpoint_every: int = 50
+    nan_policy: str = "stop"
+
+    def validate_run(self) -> None:
+        """Raise :class:`TasError` naming the first of these flags with an impossible value."""
+        if not isinstance(self.workers, int) or self.workers < 0:
+            raise TasError(f"--workers must be a non-negative integer, got {self.workers!r}")
+        if self.device not in ("auto", "cpu", "cuda") and not str(self.device).startswith("cuda:"):
+            raise TasError(f"--device must be auto, cpu or cuda, got {self.device!r}")
+        if self.resume and self.overwrite:
+            raise TasError("--resume continues the run in --output and --overwrite starts it over: give one")
+        if not self.output:
+            raise TasError("--output must name a directory")
+        if self.nan_policy not in ("stop", "skip"):
+            raise TasError(f"--nan-policy must be stop or skip, got {self.nan_policy!r}")
+        if not isinstance(self.checkpoint_every, int) or self.checkpoint_every < 0:
+            raise TasError(f"--checkpoint-every must be a non-negative integer (0: epochs only), got "
+                           f"{self.checkpoint_every!r}")
 
 
 def config_from_args(cls, args: Any):

@@ -4,7 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from ..cli import config_from_args
+from ..cli import RunSettings, config_from_args
 from ..errors import TasError
 from ..prune.channel_order import CRITERIA
 from ..train.amp import check_amp
@@ -15,7 +15,7 @@ __all__ = ["SearchConfig"]
 
 
 @dataclass
-class SearchConfig:
+class SearchConfig(RunSettings):
     """Every setting of a search; search.py's flags map one to one (dashes -> underscores)."""
 
     teacher: str | None = None
@@ -72,19 +72,9 @@ class SearchConfig:
     tau_min: float = 0.1
     tau_schedule: str = "cosine"
     k: int | None = None
-    seed: int = 0
     output: str = "runs/search"
-    resume: bool = False
-    overwrite: bool = False
-    workers: int = 0
-    device: str = "auto"
-    limit: int | None = None
-    log_every: int = 10
-    checkpoint_every: int = 50
-    nan_policy: str = "stop"
     amp: str | None = None
     channels_last: bool = False
-    progress: bool = True
 
     @classmethod
     def from_args(cls, args: Any) -> "SearchConfig":
@@ -118,13 +108,8 @@ class SearchConfig:
             raise TasError(f"--entropy-weight must be >= 0, got {self.entropy_weight}")
         if self.tau_min <= 0 or self.tau_max < self.tau_min:
             raise TasError("--tau-min must be > 0 and <= --tau-max")
-        if self.resume and self.overwrite:
-            raise TasError("--resume and --overwrite exclude each other")
-        if self.nan_policy not in ("stop", "skip"):
-            raise TasError(f"--nan-policy must be stop or skip, got {self.nan_policy!r}")
+        self.validate_run()
         check_amp(self.amp)
-        if not isinstance(self.checkpoint_every, int) or self.checkpoint_every < 0:
-            raise TasError(f"--checkpoint-every must be a non-negative integer, got {self.checkpoint_every!r}")
         if self.selection not in ("prefix", "sapp"):
             raise TasError(f"--selection must be prefix or sapp, got {self.selection!r}")
         if self.cost_loss not in COST_LOSSES:

@@ -4,7 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from ..cli import config_from_args
+from ..cli import RunSettings, config_from_args
 from ..errors import TasError
 from .amp import check_amp
 
@@ -18,7 +18,7 @@ INITS = ("inherit", "reconstruct", "scratch", "search")
 
 
 @dataclass
-class TrainConfig:
+class TrainConfig(RunSettings):
     """Every setting of a training run; train.py's flags map one to one (dashes -> underscores).
 
     The defaults train cifar_resnet20 on the bundled digits set to >90% test top-1 in 3 epochs
@@ -41,19 +41,9 @@ class TrainConfig:
     warmup_lr: float = 1e-3
     min_lr: float = 0.0
     label_smoothing: float = 0.0
-    seed: int = 0
     output: str = "runs/teacher"
-    resume: bool = False
-    overwrite: bool = False
-    workers: int = 0
-    device: str = "auto"
-    limit: int | None = None
     pretrained: bool = False
     pretrained_path: str | None = None
-    progress: bool = True
-    log_every: int = 10
-    checkpoint_every: int = 50
-    nan_policy: str = "stop"
     amp: str | None = None
     channels_last: bool = False
     # distillation of a pruned network (mode "distill")
@@ -80,8 +70,6 @@ class TrainConfig:
             raise bad("epochs", self.epochs, "a positive integer")
         if not isinstance(self.batch_size, int) or self.batch_size < 1:
             raise bad("batch-size", self.batch_size, "a positive integer")
-        if not isinstance(self.workers, int) or self.workers < 0:
-            raise bad("workers", self.workers, "a non-negative integer")
         for name in ("lr", "weight_decay", "momentum", "warmup_epochs", "warmup_lr", "min_lr", "label_smoothing"):
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0:
@@ -90,17 +78,8 @@ class TrainConfig:
             raise bad("lr", self.lr, "positive")
         if self.sched not in SCHEDULERS:
             raise bad("sched", self.sched, f"one of {', '.join(SCHEDULERS)}")
-        if self.device not in ("auto", "cpu", "cuda") and not str(self.device).startswith("cuda:"):
-            raise bad("device", self.device, "auto, cpu or cuda")
-        if self.resume and self.overwrite:
-            raise TasError("--resume continues the run in --output and --overwrite starts it over: give one")
-        if not self.output:
-            raise TasError("--output must name a directory")
-        if self.nan_policy not in ("stop", "skip"):
-            raise bad("nan-policy", self.nan_policy, "stop or skip")
+        self.validate_run()
         check_amp(self.amp)
-        if not isinstance(self.checkpoint_every, int) or self.checkpoint_every < 0:
-            raise bad("checkpoint-every", self.checkpoint_every, "a non-negative integer (0: epochs only)")
         if self.init not in INITS:
             raise bad("init", self.init, ", ".join(INITS))
         if not isinstance(self.recon_batches, int) or self.recon_batches < 1:
