@@ -37,7 +37,8 @@ VARIANTS = {
 VARIANTS["tas-width-filters"] = {**VARIANTS["tas-width"], **VARIANTS["tas-filters"]}
 #: a variant's distillation settings
 VARIANT_DISTILL = {"tas-kd": {"init": "search"}}
-METHODS = ("tas", LATENCY_METHOD, "uniform", "uniform-depth", "l1", "synflow", *BORROWERS, *VARIANTS)
+#: ``random-arch`` (a seeded random allocation, channels by L1) says how much allocation alone moves accuracy
+METHODS = ("tas", LATENCY_METHOD, "uniform", "uniform-depth", "l1", "synflow", "random-arch", *BORROWERS, *VARIANTS)
 #: the methods that search (their metrics.json reports the pre-decode argmax)
 SEARCHES = ("tas", LATENCY_METHOD, *VARIANTS)
 REFERENCES = ("uniform", "uniform-depth")  # the trivial rule a ratio is compared against, in order

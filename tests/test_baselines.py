@@ -17,6 +17,7 @@ import tas.data
 from tas.prune.arch import Arch
 from tas.baselines import create_baseline_arch, list_baselines, max_step_cost, synflow_scores, width_only_minimum
 from tas.baselines.magnitude import l1_channel_scores, top_channels
+from tas.baselines.random_arch import random_scales
 from tas.baselines.scaling import COMPOUND_DEPTH_EXPONENT
 from tas.baselines.synflow import synflow_channel_scores
 from tas.cli import run_main
@@ -85,8 +86,8 @@ def test_params_budget_and_refusals(model, supernet):
         _arch("l1", model, 0.01)
     with pytest.raises(TasError, match="unknown baseline"):
         _arch("magnitude", model, 0.5)
-    assert list_baselines() == ["l1", "plasticity", "random", "synflow", "task-aware", "undecayed", "uniform",
-                                "uniform-depth"]
+    assert list_baselines() == ["l1", "plasticity", "random", "random-arch", "synflow", "task-aware", "undecayed",
+                                "uniform", "uniform-depth"]
 
 
 def test_uniform_is_uniform_and_random_is_seeded(model, supernet):
@@ -139,6 +140,44 @@ def test_uniform_depth_reaches_ratios_width_only_cannot(model, supernet, no_data
                 fitting.append(cost)
         assert max(fitting) <= arch.flops, (ratio, max(fitting) / arch.full_flops, arch.flops_ratio)
     assert all(d == 1 for d in arch.depths.values())  # at 0.12 every stage is down to one block
+
+
+# ---- random-arch (a random allocation) --------------------------------------------------------
+def test_random_arch_is_a_seeded_scaled_point_with_l1_channels(model, supernet, no_data):
+    k = COMPOUND_DEPTH_EXPONENT
+    full_depth = {n: s.num_blocks for n, s in supernet.graph.stages.items()}
+    scores = l1_channel_scores(model, supernet.graph)
+    scales = np.linspace(0.002, 3.0, 1500)
+    archs = {}
+    for seed in (0, 1):
+        width_scale, depth_scale = random_scales(supernet, seed)
+        assert len(set(width_scale.values())) == len(width_scale)  # one factor per group, not one shared
+        for ratio in (0.5, 0.12):
+            arch = archs[seed, ratio] = _arch("random-arch", model, ratio, seed=seed)
+            target = ratio * arch.full_flops
+            assert arch.method == "random-arch" and arch.flops <= target
+            assert count_flops(tas.materialize(model, arch), SIZE) == arch.flops
+            # at its scale w every width is closest to s_g*w*C and every depth to (s*w)^k*N ...
+            w = arch.meta["uniform_ratio"]
+            for n, g in supernet.groups().items():
+                assert arch.groups[n]["width"] in _closest(width_scale[n] * w * g.channels, g.widths), n
+                assert arch.groups[n]["indices"] == top_channels(scores[n], arch.groups[n]["width"], g.conv_groups)
+            for n, N in full_depth.items():
+                assert arch.depths[n] in _closest(min(1.0, depth_scale[n] * w) ** k * N, supernet.stage_depths[n]), n
+            # ... and no point of a fine grid of scales with the same factors that fits the budget is bigger
+            fitting = []
+            for x in scales:
+                widths = {n: min(g.widths, key=lambda c: abs(c - width_scale[n] * x * g.channels))
+                          for n, g in supernet.groups().items()}
+                depths = {n: min(supernet.stage_depths[n], key=lambda c: abs(c - (depth_scale[n] * x) ** k * N))
+                          for n, N in full_depth.items()}
+                cost = supernet.cost.exact("flops", widths, depths)
+                if cost <= target:
+                    fitting.append(cost)
+            assert max(fitting) <= arch.flops, (seed, ratio)
+    assert _arch("random-arch", model, 0.5, seed=0).groups == archs[0, 0.5].groups  # seeded
+    assert archs[0, 0.5].widths != archs[1, 0.5].widths  # another seed spreads the budget differently
+    assert archs[0, 0.5].widths != _arch("uniform-depth", model, 0.5).widths
 
 
 # ---- L1 --------------------------------------------------------------------------------------

@@ -15,6 +15,8 @@ uniform-depth  as uniform, and every stage the depth fraction r^1.91      the fi
                (EfficientNet compound scaling, :mod:`~tas.baselines.scaling`)
 l1             as uniform                                                 largest filter L1 norms   none
 random         as uniform                                                 random (seeded)           none
+random-arch    as uniform-depth, each group's and stage's scale times a   largest filter L1 norms   none
+               random log-normal factor (seeded, :mod:`~tas.baselines.random_arch`)
 synflow        global SynFlow ranking, iterative (20 rounds, exp.)        highest SynFlow scores    none
 plasticity     global filter-magnitude pruning during a fine-tune at a    the surviving masks:      train
                cubic rising sparsity, with regeneration (GraNet)          magnitude + regrowth      split
@@ -28,13 +30,13 @@ The data a baseline reads (:data:`NEEDS_DATA`) are calibration batches of the tr
 passed as ``batches`` (and ``task_batches``: samples of ``--task-classes`` only); :func:`run_baseline`
 reads them unaugmented.
 
-All but ``uniform-depth`` are width-only: they keep every stage's full depth, so they refuse a target
+All but ``uniform-depth`` and ``random-arch`` are width-only: they keep every stage's full depth, so they refuse a target
 below :func:`width_only_minimum`. Each meets its budget within the space's rounding: ``cost ≤
 target`` and ``target − cost`` below the cost of one candidate step of one group (measured at full
-width, where every step is most expensive), see :func:`max_step_cost`; ``uniform-depth`` below the
+width, where every step is most expensive), see :func:`max_step_cost`; ``uniform-depth`` and ``random-arch`` below the
 cost of its next step, which may be a stage's depth step.
 """
-from . import magnitude, plasticity, scaling, synflow, task_aware, undecayed  # noqa: F401  (register themselves)
+from . import magnitude, plasticity, random_arch, scaling, synflow, task_aware, undecayed  # noqa: F401  (register themselves)
 from .base import (BASELINES, DEPTH_SCALING, METHODS, NEEDS_DATA, TRAINING, create_baseline_arch, full_depths, list_baselines,
                    max_step_cost, register_baseline, width_only_minimum)
 from .magnitude import l1_channel_scores, uniform_widths

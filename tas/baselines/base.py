@@ -24,7 +24,7 @@ TRAINING: set[str] = set()
 NEEDS_DATA: set[str] = set()
 
 #: every ``search.py --method`` (TAS itself and the registered baselines)
-METHODS = ("tas", "uniform", "uniform-depth", "l1", "synflow", "random", "plasticity", "undecayed", "task-aware")
+METHODS = ("tas", "uniform", "uniform-depth", "l1", "synflow", "random", "random-arch", "plasticity", "undecayed", "task-aware")
 
 
 def register_baseline(name: str, scales_depth: bool = False, trains: bool = False,
@@ -82,14 +82,15 @@ def create_baseline_arch(method: str, model: nn.Module, ratio: float, metric: st
 
     Args:
         method: one of :func:`list_baselines` (``uniform``, ``uniform-depth``, ``l1``, ``synflow``, ``random``,
-            ``plasticity``, ``undecayed``, ``task-aware``).
+            ``random-arch``, ``plasticity``, ``undecayed``, ``task-aware``).
         model: the trained network (not modified).
         ratio: fraction of the full ``metric`` to keep, in (0, 1].
         metric: ``flops`` (multiply-accumulates) or ``params``.
         space, input_size, model_name, model_kwargs: as in :func:`tas.create_supernet`.
-        seed: seeds the random baseline (the others are deterministic).
+        seed: seeds the ``random`` and ``random-arch`` baselines (the others are deterministic).
         meta: extra provenance stored in ``arch.meta``.
         options: method options (``synflow``: ``rounds``, ``dtype``; ``uniform-depth``: ``depth_exponent``;
+            ``random-arch``: ``sigma``, ``depth_exponent``;
             ``plasticity``: ``train_loader`` (required), ``epochs``, ``lr``, ``momentum``, ``weight_decay``,
             ``device``, ``prune_steps``, ``prune_until``, ``regrowth``;
             ``undecayed``: ``batches``, ``weight_decay``; ``task-aware``: ``batches``, ``task_batches``,

@@ -12,7 +12,7 @@ by α^φ and width by β^φ with α = 1.2, β = 1.1 (found by grid search so tha
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Mapping
 
 import torch.nn as nn
 
@@ -26,27 +26,35 @@ __all__ = ["COMPOUND_DEPTH_EXPONENT", "uniform_scaling"]
 COMPOUND_DEPTH_EXPONENT = math.log(1.2) / math.log(1.1)
 
 
-def _events(supernet: Supernet, depth_exponent: float | None) -> list[tuple]:
+def _events(supernet: Supernet, depth_exponent: float | None, width_scale: Mapping[str, float] | None = None,
+            depth_scale: Mapping[str, float] | None = None) -> list[tuple]:
     """Every point of the scale ``w`` where one group's width or one stage's depth moves up one candidate.
 
-    Each group keeps the candidate closest to ``w·C``: it moves from ``a`` to ``b`` at
-    ``w = (a + b) / 2C``. Each stage keeps the depth candidate closest to ``d·N`` with ``d = w^k``:
-    from ``a`` to ``b`` at ``w = ((a + b) / 2N)^(1/k)``. Sorted by ``w``; ties in graph order,
-    widths first (at a tie either candidate is closest).
+    Each group keeps the candidate closest to ``s·w·C`` (``s``: its factor in ``width_scale``, default
+    1): it moves from ``a`` to ``b`` at ``w = (a + b) / 2sC``. Each stage keeps the depth candidate
+    closest to ``d·N`` with ``d = (s·w)^k`` (``s`` from ``depth_scale``): from ``a`` to ``b`` at
+    ``w = ((a + b) / 2N)^(1/k) / s``.
+    Sorted by ``w``; ties in graph order, widths first (at a tie either candidate is closest).
     """
-    events = [((a + b) / (2 * g.channels), 0, order, n, b)
+    width_scale, depth_scale = width_scale or {}, depth_scale or {}
+    events = [((a + b) / (2 * g.channels) / width_scale.get(n, 1.0), 0, order, n, b)
               for order, (n, g) in enumerate(supernet.groups().items()) for a, b in zip(g.widths, g.widths[1:])]
     if depth_exponent is not None:
         for order, (n, stage) in enumerate(supernet.graph.stages.items()):
             cands = supernet.stage_depths[n]
-            events += [(((a + b) / (2 * stage.num_blocks)) ** (1 / depth_exponent), 1, order, n, b)
+            events += [(((a + b) / (2 * stage.num_blocks)) ** (1 / depth_exponent) / depth_scale.get(n, 1.0),
+                        1, order, n, b)
                        for a, b in zip(cands, cands[1:])]
     return sorted(events)
 
 
-def uniform_scaling(supernet: Supernet, metric: str, ratio: float, depth_exponent: float | None = None
+def uniform_scaling(supernet: Supernet, metric: str, ratio: float, depth_exponent: float | None = None,
+                    width_scale: Mapping[str, float] | None = None, depth_scale: Mapping[str, float] | None = None
                     ) -> tuple[dict[str, int], dict[str, int], float]:
     """The largest uniformly scaled architecture within ``ratio`` of the full ``metric``: ``(widths, depths, w)``.
+
+    ``width_scale`` / ``depth_scale`` multiply ``w`` for single groups / stages (by name;
+    ``random-arch`` draws these factors): the architecture is uniform up to those factors.
 
     Walks the events of :func:`_events` in order of ``w`` from the smallest architecture (every
     group at its narrowest candidate; every stage at its shallowest, or at full depth when
@@ -61,7 +69,7 @@ def uniform_scaling(supernet: Supernet, metric: str, ratio: float, depth_exponen
         depths = {n: supernet.stage_depths[n][0] for n in supernet.graph.stages}
     target = ratio * supernet.full[metric]
     w = 0.0
-    for at, kind, _, n, value in _events(supernet, depth_exponent):
+    for at, kind, _, n, value in _events(supernet, depth_exponent, width_scale, depth_scale):
         trial_w, trial_d = ({**widths, n: value}, depths) if kind == 0 else (widths, {**depths, n: value})
         if supernet.cost.exact(metric, trial_w, trial_d) > target:
             break
