@@ -32,6 +32,7 @@ import os
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # see train.py
 
 import argparse  # noqa: E402
+import math  # noqa: E402
 import contextlib  # noqa: E402
 import json  # noqa: E402
 import platform  # noqa: E402
@@ -60,7 +61,7 @@ from tas.train import run as train_run  # noqa: E402
 #: factor -> its settings (search overrides) around the defaults; ``{}`` is the defaults' own cell
 FACTORS = {
     "arch warm-up": [{"arch_warmup": 0.0}, {"arch_warmup": 0.1}, {"arch_warmup": 0.3}],
-    "arch lr": [{"arch_lr": 0.015}, {"arch_lr": 0.05}, {"arch_lr": 0.15}],
+    "arch lr": [{"arch_lr": 0.015}, {"arch_lr": 0.05}, {"arch_lr": 0.075}, {"arch_lr": 0.15}, {"arch_lr": 0.3}],
     "K": [{"k": 1}, {"k": 2}, {"k": 3}],
     "tau schedule": [{"tau_schedule": "cosine", "tau_min": 0.1}, {"tau_schedule": "linear"}, {"tau_min": 0.03}],
     "arch steps per weight step": [{"arch_steps": 0.5}, {"arch_steps": 1.0}, {"arch_steps": 2.0}],
@@ -214,18 +215,21 @@ def noise_summary(results: dict) -> str:
     if not pairs:
         return "Seed noise: fewer than two seeds per setting so far."
 
+    def known(v) -> bool:  # a search-only cell has no distilled top-1 (None, or NaN in older results)
+        return v is not None and not math.isnan(v)
+
     def pooled(key: str) -> float:
-        groups = [[c[key] for c in cs if c[key] is not None] for cs in pairs]
+        groups = [[c[key] for c in cs if known(c[key])] for cs in pairs]
         groups = [g for g in groups if len(g) > 1]
         num = sum((len(g) - 1) * statistics.variance(g) for g in groups)
         return (num / max(1, sum(len(g) - 1 for g in groups))) ** 0.5
 
-    means = [statistics.mean(v) for cs in pairs if (v := [c["val_top1"] for c in cs if c["val_top1"] is not None])]
-    return (f"Seed noise (pooled within-setting sd over {len(pairs)} settings with ≥ 2 seeds): distilled val "
-            f"top-1 {pooled('val_top1'):.2f} points, val top-1 right after the search "
-            f"{pooled('search_val_top1'):.2f}, pre-decode argmax ratio {pooled('pre_decode_ratio'):.3f}. The "
-            f"setting means of the distilled val top-1 span {min(means, default=float('nan')):.2f}–"
-            f"{max(means, default=float('nan')):.2f}.")
+    means = [statistics.mean(v) for cs in pairs if (v := [c["val_top1"] for c in cs if known(c["val_top1"])])]
+    distilled = (f"distilled val top-1 {pooled('val_top1'):.2f} points, " if means else "")
+    spread = (f" The setting means of the distilled val top-1 span {min(means):.2f}–{max(means):.2f}." if means else "")
+    return (f"Seed noise (pooled within-setting sd over {len(pairs)} settings with ≥ 2 seeds): {distilled}"
+            f"val top-1 right after the search {pooled('search_val_top1'):.2f}, pre-decode argmax ratio "
+            f"{pooled('pre_decode_ratio'):.3f}.{spread}")
 
 
 def render(args, results: dict, elapsed: float) -> str:
