@@ -65,13 +65,22 @@ def latency_curves(results: dict, model: str, methods: list[str]) -> dict[str, l
     return curves
 
 
+#: the trivial rule's curve at equal latency: ``uniform``'s points and ``uniform-depth``'s together (the
+#: rule the issue names: width scaling, and depth with it where width alone cannot go)
+TRIVIAL_RULE = "uniform rule"
+
+
 def equal_latency_rows(results: dict, models: list[str], methods: list[str]) -> list[dict]:
-    """For each TAS point, every other method's top-1 interpolated at the latency TAS measured."""
+    """For each TAS point, every other method's top-1 interpolated at the latency TAS measured; with
+    both ``uniform`` and ``uniform-depth`` among ``methods``, also on their joint curve
+    (:data:`TRIVIAL_RULE`), which spans the latencies neither reaches alone."""
     rows = []
     for model in models:
         if "latency_ms" not in results["teachers"].get(model, {}):
             continue
         curves = latency_curves(results, model, methods)
+        if all(curves.get(m) for m in REFERENCES):
+            curves[TRIVIAL_RULE] = sorted(pt for m in REFERENCES for pt in curves[m])
         for tas_method in ("tas", LATENCY_METHOD):
             for lat, top1, target in curves.get(tas_method, []):
                 others = {m: interp_at(pts, lat) for m, pts in curves.items() if not m.startswith("tas")}
@@ -191,6 +200,7 @@ def render(args, results: dict, png: Path | None, why: str | None, elapsed: floa
                  f"{t['val_top1']:.2f}", f"{t['top1']:.2f}"]
                 for m, t in results["teachers"].items() if m in a.models and "plateau" in t]
     methods_eq = [m for m in a.methods if not m.startswith("tas")]
+    methods_eq += [TRIVIAL_RULE] if any(TRIVIAL_RULE in e["others"] for e in eq) else []
     with_ratio = [r for r in diag if r[4] != "–"]
     with_moves = [r for r in diag if r[6] != "–"]
     quick = (f"*`--quick` checks the machinery only: a teacher of at most {a.teacher_cap} epochs on {a.limit} "

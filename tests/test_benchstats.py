@@ -79,6 +79,18 @@ def test_equal_latency_interpolates_each_baseline_at_the_tas_latency():
     assert row["others"]["uniform"] == pytest.approx(87.0)  # 86 + (90 - 86) * (0.45 - 0.4) / (0.6 - 0.4)
     assert row["others"]["l1"] is None  # one point at 0.6: 0.45 is outside its range
     assert row["best"] == "uniform" and row["lead"] == pytest.approx(1.0)
+    assert "uniform rule" not in row["others"]  # no uniform-depth: no joint curve
+
+
+def test_equal_latency_joins_uniform_and_uniform_depth_into_one_rule():
+    # TAS at 0.3 of the teacher's latency: below uniform's range, above uniform-depth's
+    cells = [_cell("uniform", 0.5, 0, 90.0, 6.0), _cell("uniform", 0.25, 0, 86.0, 4.0),
+             _cell("uniform-depth", 0.12, 0, 84.0, 2.0), _cell("tas", 0.25, 0, 86.0, 3.0)]
+    results = {"cells": {str(i): c for i, c in enumerate(cells)}, "teachers": {"m": {"latency_ms": 10.0}}}
+    (row,) = allocation.equal_latency_rows(results, ["m"], ["tas", "uniform", "uniform-depth"])
+    assert row["others"]["uniform"] is None and row["others"]["uniform-depth"] is None
+    assert row["others"]["uniform rule"] == pytest.approx(85.0)  # 84 + (86 - 84) * (0.3 - 0.2) / (0.4 - 0.2)
+    assert row["best"] == "uniform rule" and row["lead"] == pytest.approx(1.0)
 
 
 def test_search_diagnostics_read_defensively():
