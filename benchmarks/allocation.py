@@ -37,6 +37,7 @@ import os
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # see train.py
 
 import argparse  # noqa: E402
+import shlex  # noqa: E402
 import contextlib  # noqa: E402
 import json  # noqa: E402
 import sys  # noqa: E402
@@ -330,6 +331,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--verbose", action="store_true")
     args = p.parse_args(argv)
+    args.command = shlex.join(["python", "benchmarks/allocation.py", *(sys.argv[1:] if argv is None else argv)])
     if args.quick and args.preset not in (None, "quick"):
         sys.exit("error: --quick is --preset quick; give one of them")
     args.mode = "quick" if args.quick else (args.preset or "full")
