@@ -20,7 +20,7 @@ from .base import full_depths, register_baseline
 from .scaling import uniform_scaling
 from .shrink import expand_local
 
-__all__ = ["uniform_widths", "l1_channel_scores", "top_channels", "random_channels"]
+__all__ = ["uniform_widths", "l1_channel_scores", "l1_indices", "top_channels", "random_channels"]
 
 
 def uniform_widths(supernet: Supernet, metric: str, ratio: float) -> tuple[dict[str, int], float]:
@@ -63,6 +63,12 @@ def top_channels(scores: torch.Tensor, width: int, conv_groups: int = 1) -> list
     return expand_local(order[:k].tolist(), scores.numel(), conv_groups)
 
 
+def l1_indices(model: nn.Module, supernet: Supernet, widths: dict[str, int]) -> dict[str, list[int]]:
+    """Per group, the ``widths[group]`` channels of largest producer-filter L1 norm (``l1``'s choice)."""
+    scores = l1_channel_scores(model, supernet.graph)
+    return {n: top_channels(scores[n], widths[n], g.conv_groups) for n, g in supernet.graph.groups.items()}
+
+
 def random_channels(channels: int, width: int, conv_groups: int, generator: torch.Generator) -> list[int]:
     """``width`` random channels (the same local positions in every conv group)."""
     per = channels // conv_groups
@@ -81,9 +87,8 @@ def uniform(supernet: Supernet, model: nn.Module, metric: str, ratio: float, see
 def l1(supernet: Supernet, model: nn.Module, metric: str, ratio: float, seed: int, **_: Any) -> Arch:
     """Li et al. 2017: uniform widths, each group keeping the channels of largest producer-filter L1 norm."""
     widths, r = uniform_widths(supernet, metric, ratio)
-    scores = l1_channel_scores(model, supernet.graph)
-    indices = {n: top_channels(scores[n], widths[n], g.conv_groups) for n, g in supernet.graph.groups.items()}
-    return supernet.make_arch(widths, full_depths(supernet), indices=indices, method="l1", meta={"uniform_ratio": r})
+    return supernet.make_arch(widths, full_depths(supernet), indices=l1_indices(model, supernet, widths), method="l1",
+                              meta={"uniform_ratio": r})
 
 
 @register_baseline("random")

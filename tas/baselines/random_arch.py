@@ -19,7 +19,7 @@ import torch.nn as nn
 from ..prune.arch import Arch
 from ..nas.supernet import Supernet
 from .base import register_baseline
-from .magnitude import l1_channel_scores, top_channels
+from .magnitude import l1_indices
 from .scaling import COMPOUND_DEPTH_EXPONENT, uniform_scaling
 
 __all__ = ["RANDOM_ARCH_SIGMA", "random_scales"]
@@ -44,7 +44,5 @@ def random_arch(supernet: Supernet, model: nn.Module, metric: str, ratio: float,
     """A seeded random allocation at the budget (widths and depths), channels by filter L1."""
     width_scale, depth_scale = random_scales(supernet, seed, sigma)
     widths, depths, w = uniform_scaling(supernet, metric, ratio, depth_exponent, width_scale, depth_scale)
-    scores = l1_channel_scores(model, supernet.graph)
-    indices = {n: top_channels(scores[n], widths[n], g.conv_groups) for n, g in supernet.graph.groups.items()}
-    return supernet.make_arch(widths, depths, indices=indices, method="random-arch",
+    return supernet.make_arch(widths, depths, indices=l1_indices(model, supernet, widths), method="random-arch",
                               meta={"uniform_ratio": w, "sigma": sigma, "depth_exponent": depth_exponent})
