@@ -3,10 +3,7 @@ settings each TAS variant changes (``benchmarks/allocation.py`` runs them, ``all
 reports them)."""
 from __future__ import annotations
 
-import dataclasses
-
 from compare import LATENCY_METHOD
-from tas.nas.space import load_space
 
 WIDTH_ONLY = ("uniform", "l1", "synflow", "tas-width", "tas-width-filters")  # no depth choice: none below the width-only minimum
 #: diagnostic: the same seed's ``tas`` architecture distilled for the whole budget, as the baselines are
@@ -21,8 +18,7 @@ BORROWERS = {
 #: TAS variants (diagnostics and candidate fixes): the search settings each changes
 VARIANTS = {
     # widths only, every block kept: does the search lose by dropping depth?
-    "tas-width": {"space": {**dataclasses.asdict(load_space("cifar_resnet")),
-                            "search": {"stem": True, "stream": True, "inner": True, "depth": False}}},
+    "tas-width": {"search_depth": "off"},
     # the controller aims at the target itself and the decode fills the budget up to it: the default band
     # (target - 0.05 of the full FLOPs .. target) lets a 0.12 search end at 0.07, 40 % of its budget unspent
     "tas-fill": {"fill_budget": True},

@@ -19,7 +19,7 @@ from ..baselines import METHODS
 from ..prune.channel_order import CRITERIA
 from ..cli import DATASET_HELP, HelpFormatter, add_device_flags, parse_args
 from ..nas.arch_step import ARCH_LR_SCHEDULES
-from ..nas.config import SearchConfig
+from ..nas.config import SEARCH_DEPTH, SearchConfig
 from ..nas.run import search
 from ..baselines import run_baseline
 
@@ -47,6 +47,10 @@ def _model_flags(p: argparse.ArgumentParser, d: SearchConfig) -> None:
                    help="tas, or a baseline pruner on the same space (tas.baselines; ignores TAS's optimisation "
                         "flags, except plasticity, which fine-tunes --epochs with --lr, --momentum, --weight-decay)")
     g.add_argument("--space", default=d.space, help="search space preset name or YAML path (default: the model's preset)")
+    g.add_argument("--search-depth", default=d.search_depth, choices=SEARCH_DEPTH,
+                   help="on: search each stage's depth as the space says; off: keep every block, search widths "
+                        "only; auto: off where widths alone reach a FLOPs/params target, on below that and for "
+                        "latency targets")
     g.add_argument("--k", type=int, default=d.k, help="fragments sampled per group (default: the space's)")
     g.add_argument("--channel-order", default=d.channel_order, choices=CRITERIA,
                    help="order each group's teacher channels by importance before the search, so a width's "

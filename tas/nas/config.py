@@ -11,7 +11,11 @@ from ..train.amp import check_amp
 from .arch_step import ARCH_LR_SCHEDULES
 from .cost import COST_LOSSES, budget_band
 
-__all__ = ["SearchConfig"]
+__all__ = ["SearchConfig", "SEARCH_DEPTH"]
+
+#: ``--search-depth``: the space's depth candidates (``on``), every block kept (``off``), or kept
+#: wherever widths alone reach a FLOPs or params target (``auto``; see :meth:`Searcher.choose_depth`)
+SEARCH_DEPTH = ("on", "off", "auto")
 
 
 @dataclass
@@ -26,6 +30,7 @@ class SearchConfig(RunSettings):
     img_size: int | None = None
     augment: bool = True
     space: str | None = None
+    search_depth: str = "on"
     flops_ratio: float | None = None
     params_ratio: float | None = None
     latency_ratio: float | None = None
@@ -110,6 +115,8 @@ class SearchConfig(RunSettings):
             raise TasError("--tau-min must be > 0 and <= --tau-max")
         self.validate_run()
         check_amp(self.amp)
+        if self.search_depth not in SEARCH_DEPTH:
+            raise TasError(f"--search-depth must be one of {', '.join(SEARCH_DEPTH)}, got {self.search_depth!r}")
         if self.selection not in ("prefix", "sapp"):
             raise TasError(f"--selection must be prefix or sapp, got {self.selection!r}")
         if self.cost_loss not in COST_LOSSES:

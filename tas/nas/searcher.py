@@ -43,7 +43,6 @@ from ..errors import CheckpointError, DivergedError, TasError
 from ..io.checkpoint import atomic_write_json, load_state, rng_state, save_state, save_weights, set_rng_state
 from ..io.rundir import save_run
 from ..prune.channel_order import order_teacher, to_original
-from ..prune.limits import estimate_limits
 from ..prune.materialize import materialize
 from ..train import engine
 from ..train.amp import Precision
@@ -53,6 +52,7 @@ from .arch_step import ArchStepper
 from .attention import PHASES, SappController, SappSchedule
 from .calibrate import recalibrate_bn
 from .config import SearchConfig
+from .narrow import align_widths, bound_widths, choose_depth
 from .latency_budget import budget_ratio, landed_within, measured_landing, shared_latency_table
 from .progress import Progress, arch_quota, check_output, cycle_batches, lr_factor
 from .result import SearchData, SearchResult, summary_rows
@@ -130,27 +130,30 @@ class Searcher:
         self.state = load_state(self.out) if cfg.resume else None
         # The teacher's channels by importance, on a copy (a resumed search re-applies its saved order).
         self.ordered = copy.deepcopy(self.teacher).to(self.device)
-        saved = self.state.get("channel_perms") if self.state else None
         self.perms = order_teacher(self.ordered, cfg.channel_order, self.data.train,
-                                   saved=json.loads(saved) if saved is not None else None,
-                                   task_classes=cfg.task_classes)
+                                   saved=self._saved("channel_perms"), task_classes=cfg.task_classes)
         self.ordered.cpu()
         # --kd-alpha: a frozen copy of the teacher for the weight step (the supernet takes over self.ordered)
         self.kd_teacher = (copy.deepcopy(self.teacher).to(self.device).eval().requires_grad_(False)
                            if cfg.kd_alpha > 0 else None)
-        self.supernet = self._build(cfg.space)
+        self.supernet = choose_depth(self._build(cfg.space), self._build, cfg.search_depth, cfg.metric, cfg.ratio)
         if cfg.metric == "latency" or self.supernet.space.divisor == "auto":
             self.latency = shared_latency_table(self.supernet, cfg)
-        if self.supernet.space.divisor == "auto":
-            self._align_widths()
+        if self.supernet.space.divisor == "auto":  # (resumed: the saved choice; a re-measured table must not change it)
+            self.supernet = align_widths(self.supernet, self._build, self.latency, self._saved("aligned_widths"))
         if cfg.limit_widths:
-            self._bound_widths()
+            self.supernet = bound_widths(self.supernet, self._build, self.ordered, self.data.train,
+                                         self._saved("bounded_widths"))
         self.supernet.to(self.device)
         self.precision = Precision(cfg.amp, self.device, cfg.channels_last)
         self.precision.model(self.supernet)
         # The Gumbel draws: a stream of their own, seeded alike on every rank, so all ranks sample the
         # same fragments whatever else consumes random numbers (augmentation, dropout).
         self.supernet.generator = torch.Generator(device=self.device).manual_seed(cfg.seed)
+
+    def _saved(self, key: str) -> Any:
+        """A JSON value of the resumed search's state (None when not resuming or not saved)."""
+        return json.loads(self.state[key]) if self.state is not None and key in self.state else None
 
     def _build(self, space: Any) -> Supernet:
         seed_everything(self.cfg.seed)  # the same α/β initialisation however often it is built
@@ -160,31 +163,6 @@ class Searcher:
         if self.cfg.k is not None:
             net.k = self.cfg.k
         return net
-
-    def _align_widths(self) -> None:
-        """``divisor: auto``: drop the widths the latency table finds no faster than a wider one."""
-        groups = self.supernet.groups()
-        if self.state is not None and "aligned_widths" in self.state:  # a re-measured table must not change them
-            widths = json.loads(self.state["aligned_widths"])
-        else:
-            widths = latency.aligned_candidates(self.latency, {n: g.widths for n, g in groups.items()})
-        dropped = sum(len(g.widths) - len(widths[n]) for n, g in groups.items())
-        print(f"divisor auto: the latency table drops {dropped} candidate widths no faster than a wider one")
-        self.supernet = self._build(dataclasses.replace(self.supernet.space, widths=widths))
-
-    def _bound_widths(self) -> None:
-        """``--limit-widths``: drop every candidate width below its group's pruning-limit estimate
-        (:func:`tas.prune.limits.estimate_limits` on two training batches); the full width always stays."""
-        groups = self.supernet.groups()
-        if self.state is not None and "bounded_widths" in self.state:  # other batches must not change them
-            widths = json.loads(self.state["bounded_widths"])
-        else:
-            batches = [(x, y) for (x, y), _ in zip(self.data.train, range(2))]
-            limits = estimate_limits(self.ordered, batches, groups=list(groups))
-            widths = {n: [w for w in g.widths if w >= limits[n].width] for n, g in groups.items()}
-        dropped = sum(len(g.widths) - len(widths[n]) for n, g in groups.items())
-        print(f"limit widths: the pruning-limit estimate drops {dropped} candidate widths below a group's limit")
-        self.supernet = self._build(dataclasses.replace(self.supernet.space, widths=widths))
 
     # -- budget: the target and the architecture step ----------------------------------------------
     def budget(self) -> None:
