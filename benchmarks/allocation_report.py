@@ -126,10 +126,14 @@ def stage_flops(arch: "tas.Arch") -> dict[str, float]:
 def _in_stage(group: str, stage: str, first: bool, depth: int) -> bool:
     """Whether ``group`` belongs to ``stage`` and is computed: the stage's stream group, its kept blocks'
     inner groups (``<stage>.<block>.…``), and for the first stage the stem (its stream)."""
-    parts = group.split(".")
     if group == "stem":
         return first
-    return parts[0] == stage and (len(parts) < 2 or not parts[1].isdigit() or int(parts[1]) < depth)
+    if group == stage:
+        return True
+    if not group.startswith(stage + "."):  # stage names may hold dots themselves (EfficientNet's blocks.3)
+        return False
+    block = group[len(stage) + 1:].split(".")[0]
+    return not block.isdigit() or int(block) < depth
 
 
 def stage_rows(results: dict, models: list[str], methods: list[str]) -> list[list]:

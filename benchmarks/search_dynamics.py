@@ -70,10 +70,12 @@ FACTORS = {
                 {"arch_lr_schedule": "cosine", "arch_lr_hold": 0.0, "entropy_weight": 1.0},
                 {"arch_lr_schedule": "cosine", "arch_lr_hold": 0.5, "entropy_weight": 1.0},
                 {"arch_lr_schedule": "cosine", "arch_lr_hold": 0.5, "entropy_weight": 3.0}],
+    # every block kept where widths alone reach the target (auto equals on below the width-only minimum)
+    "depth": [{"search_depth": "on"}, {"search_depth": "auto"}],
 }
 #: the current defaults, as the factors name them: a setting equal to these is the defaults' cell
 DEFAULTS = {"arch_warmup": 0.0, "arch_lr": 0.15, "k": 2, "tau_schedule": "cosine", "tau_min": 0.1, "arch_steps": 1.0,
-            "arch_lr_schedule": "cosine", "arch_lr_hold": 0.5, "entropy_weight": 3.0}
+            "arch_lr_schedule": "cosine", "arch_lr_hold": 0.5, "entropy_weight": 3.0, "search_depth": "on"}
 MODES = {
     "quick": {"limit": 600, "val": 300, "teacher_epochs": 1, "search_epochs": 1, "distill_epochs": 1,
               "batch_size": 64, "seeds": [0], "factors": ["arch steps per weight step"]},

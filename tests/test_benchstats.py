@@ -208,3 +208,7 @@ def test_a_stages_computed_groups():
     assert [n for n in names if allocation._in_stage(n, "layer2", False, 2)] == ["layer2", "layer2.0.conv1",
                                                                                 "layer2.1.conv1"]
     assert not allocation._in_stage("stem", "layer2", False, 3)
+    # EfficientNet-family names hold a dot in the stage itself (cifar_mobilenetv2: blocks.1, blocks.1.0.mid)
+    names = ["stem", "blocks.0", "blocks.1", "blocks.1.0.mid", "blocks.1.1.mid", "blocks.10", "blocks.10.0.mid"]
+    assert [n for n in names if allocation._in_stage(n, "blocks.1", False, 1)] == ["blocks.1", "blocks.1.0.mid"]
+    assert [n for n in names if allocation._in_stage(n, "blocks.0", True, 1)] == ["stem", "blocks.0"]
