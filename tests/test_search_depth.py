@@ -23,10 +23,10 @@ def _depth_candidates(**overrides) -> dict[str, list[int]]:
     return {n: st.depths for n, st in s.supernet.stages().items()}
 
 
-def _widths_floor() -> float:
-    """The smallest FLOPs ratio of the preset with every block kept, from the baselines' own helper."""
+def _widths_floor(metric: str = "flops") -> float:
+    """The smallest ``metric`` ratio of the preset with every block kept, from the baselines' own helper."""
     net = tas.create_supernet(timm.create_model("cifar_resnet20", num_classes=10), input_size=(3, 8, 8))
-    return width_only_minimum(net, "flops")
+    return width_only_minimum(net, metric)
 
 
 def test_search_depth_on_off_and_auto_at_both_sides_of_the_width_only_minimum():
@@ -38,8 +38,10 @@ def test_search_depth_on_off_and_auto_at_both_sides_of_the_width_only_minimum():
     # auto: widths alone reach a target just above the floor, so every block stays; just below it they cannot
     assert all(d == kept for d in _depth_candidates(flops_ratio=floor + 0.002, search_depth="auto").values())
     assert all(d == searched for d in _depth_candidates(flops_ratio=floor - 0.002, search_depth="auto").values())
-    # a params target is compared in params
-    assert all(d == kept for d in _depth_candidates(params_ratio=0.5, search_depth="auto").values())
+    # a params target is compared in params: between the two floors widths reach it in params, not in FLOPs
+    between = (_widths_floor("params") + floor) / 2
+    assert _widths_floor("params") < between < floor
+    assert all(d == kept for d in _depth_candidates(params_ratio=between, search_depth="auto").values())
 
 
 def test_bad_search_depth_is_refused():

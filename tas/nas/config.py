@@ -14,7 +14,7 @@ from .cost import COST_LOSSES, budget_band
 __all__ = ["SearchConfig", "SEARCH_DEPTH"]
 
 #: ``--search-depth``: the space's depth candidates (``on``), every block kept (``off``), or kept
-#: wherever widths alone reach a FLOPs or params target (``auto``; see :meth:`Searcher.choose_depth`)
+#: wherever widths alone reach a FLOPs or params target (``auto``; see :func:`tas.nas.narrow.choose_depth`)
 SEARCH_DEPTH = ("on", "off", "auto")
 
 

@@ -31,12 +31,10 @@ def choose_depth(net: Supernet, build: Build, mode: str, metric: str, ratio: flo
     at 0.25 FLOPs, widths only gain cifar_resnet20 0.7 points and lose cifar_mobilenetv2 1.6 (docs/architecture.md,
     *Depth searched*), so ``on`` stays the default."""
     space = net.space
-    if mode == "on" or not space.search["depth"]:
+    if mode == "on" or not space.search["depth"] or (mode == "auto" and metric == "latency"):
         return net
     widths_only = build(dataclasses.replace(space, search={**space.search, "depth": False}))
     if mode == "auto":
-        if metric == "latency":
-            return net
         smallest = getattr(widths_only.smallest_arch(), metric) / widths_only.full[metric]
         if smallest > ratio:
             print(f"search depth auto: widths alone keep at least {smallest:.3f} of the {metric}, above the "
