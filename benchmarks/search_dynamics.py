@@ -36,6 +36,7 @@ import math  # noqa: E402
 import contextlib  # noqa: E402
 import json  # noqa: E402
 import platform  # noqa: E402
+import shlex  # noqa: E402
 import statistics  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
@@ -72,10 +73,13 @@ FACTORS = {
                 {"arch_lr_schedule": "cosine", "arch_lr_hold": 0.5, "entropy_weight": 3.0}],
     # every block kept where widths alone reach the target (auto equals on below the width-only minimum)
     "depth": [{"search_depth": "on"}, {"search_depth": "auto"}],
+    # the teacher's weights left as they are while the architecture is searched (weight lr 0)
+    "weight steps": [{"lr": 0.05}, {"lr": 0.0}],
 }
 #: the current defaults, as the factors name them: a setting equal to these is the defaults' cell
 DEFAULTS = {"arch_warmup": 0.0, "arch_lr": 0.15, "k": 2, "tau_schedule": "cosine", "tau_min": 0.1, "arch_steps": 1.0,
-            "arch_lr_schedule": "cosine", "arch_lr_hold": 0.5, "entropy_weight": 3.0, "search_depth": "on"}
+            "arch_lr_schedule": "cosine", "arch_lr_hold": 0.5, "entropy_weight": 3.0, "search_depth": "on",
+            "lr": 0.05}
 MODES = {
     "quick": {"limit": 600, "val": 300, "teacher_epochs": 1, "search_epochs": 1, "distill_epochs": 1,
               "batch_size": 64, "seeds": [0], "factors": ["arch steps per weight step"]},
@@ -299,7 +303,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--verbose", action="store_true")
     args = p.parse_args(argv)
-    args.command = "python benchmarks/search_dynamics.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    args.command = shlex.join(["python", "benchmarks/search_dynamics.py", *(sys.argv[1:] if argv is None else argv)])
     args.mode = "quick" if args.quick else "full"
     for key, value in MODES[args.mode].items():
         if getattr(args, key, None) is None:
