@@ -67,7 +67,8 @@ from tas.nas.searcher import recalibrate_bn  # noqa: E402
 from tas.prune.materialize import materialize  # noqa: E402
 from tas.train import engine  # noqa: E402
 
-from allocation_methods import ARCH_ONLY, BORROWERS, METHODS, SEARCHES, VARIANT_DISTILL, VARIANTS, WIDTH_ONLY  # noqa: E402
+from allocation_methods import (ARCH_ONLY, BORROWERS, DERIVED, FOLLOWERS, METHODS, SEARCHES,  # noqa: E402
+                                VARIANT_DISTILL, VARIANTS, WIDTH_ONLY)
 # the analysis lives in allocation_report; its names stay reachable as allocation.<name> (tests, sibling benchmarks)
 from allocation_report import (NOTES, equal_latency_rows, paired_rows, render,  # noqa: E402, F401
                                search_diagnostics, stage_flops, _in_stage)
@@ -196,15 +197,15 @@ class AllocationBench(compare.Bench):
     def cell(self, model_name: str, ratio: float, seed: int, method: str) -> dict:
         if method in BORROWERS:
             self.borrow_search(model_name, ratio, seed, method)
+        elif method in DERIVED:
+            self.derive_search(model_name, ratio, seed, method)
         res = super().cell(model_name, ratio, seed, method)
         res["val_top1"], res["top1"] = res["top1"], res["test_top1"]
         return res
 
     def borrow_search(self, model_name: str, ratio: float, seed: int, method: str) -> None:
         """Point a :data:`BORROWERS` cell's search at the same seed's ``tas`` search (no second search)."""
-        src = self.cell_dir(model_name, ratio, seed, "tas")
-        if not (src / "search" / "arch.json").is_file():
-            raise TasError(f"{method} needs the tas cell of {model_name} r{ratio} s{seed} first")
+        src = self.tas_search(model_name, ratio, seed, method)
         cdir = self.cell_dir(model_name, ratio, seed, method)
         cdir.mkdir(parents=True, exist_ok=True)
         if not (cdir / "search").exists():
@@ -212,6 +213,31 @@ class AllocationBench(compare.Bench):
         if not (cdir / "timing.json").is_file():
             prune_s = json.loads((src / "timing.json").read_text())["prune_s"]
             atomic_write_bytes(cdir / "timing.json", json.dumps({"prune_s": prune_s}).encode())
+
+    def derive_search(self, model_name: str, ratio: float, seed: int, method: str) -> None:
+        """Write a :data:`DERIVED` cell's architecture: its baseline at the depths of the same seed's
+        ``tas`` search, charged that search's time."""
+        from tas.baselines import run_baseline
+
+        src = self.tas_search(model_name, ratio, seed, method)
+        cdir = self.cell_dir(model_name, ratio, seed, method)
+        if (cdir / "timing.json").is_file() and (cdir / "search" / "arch.json").is_file():
+            return
+        cdir.mkdir(parents=True, exist_ok=True)
+        with open(cdir / "log.txt", "a") as logf, contextlib.redirect_stdout(sys.stdout if self.args.verbose else logf):
+            run_baseline({**self.common(seed), "teacher": str(self.teacher_dir(model_name)), "flops_ratio": ratio,
+                          "method": DERIVED[method], "depths": str(src / "search" / "arch.json"),
+                          "output": str(cdir / "search"), "overwrite": True, "batch_size": self.args.batch_size,
+                          "limit": self.args.limit})
+        prune_s = json.loads((src / "timing.json").read_text())["prune_s"]
+        atomic_write_bytes(cdir / "timing.json", json.dumps({"prune_s": prune_s}).encode())
+
+    def tas_search(self, model_name: str, ratio: float, seed: int, method: str) -> Path:
+        """The same seed's ``tas`` cell directory, which ``method`` needs searched first."""
+        src = self.cell_dir(model_name, ratio, seed, "tas")
+        if not (src / "search" / "arch.json").is_file():
+            raise TasError(f"{method} needs the tas cell of {model_name} r{ratio} s{seed} first")
+        return src
 
     def inherited(self, model_name: str) -> None:
         """Each cell's ``inherited_val_top1``: its architecture with the teacher's weights at its kept
@@ -281,13 +307,13 @@ def plan(args, minimum: dict[str, float]) -> list[tuple[str, float, int, str]]:
                     continue
                 if meth == "uniform-depth" and reachable and args.uniform_depth == "auto":
                     continue
-                if meth in BORROWERS and "tas" not in args.methods:
+                if meth in FOLLOWERS and "tas" not in args.methods:
                     continue
                 cells += [(m, r, s, meth) for s in args.seeds]
         if LATENCY_METHOD in args.methods:
             cells += [(m, r, s, LATENCY_METHOD) for r in args.latency_ratios for s in args.seeds]
     # seed by seed (a run stopped early still has complete pairs); a borrower follows its seed's tas search
-    return sorted(cells, key=lambda c: (c[2], c[3] in BORROWERS))
+    return sorted(cells, key=lambda c: (c[2], c[3] in FOLLOWERS))
 
 
 def parse_args(argv=None) -> argparse.Namespace:

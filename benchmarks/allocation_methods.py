@@ -15,6 +15,13 @@ BORROWERS = {
     # the search's own weights (the supernet's, trained while it searched) as the start, not the teacher's
     "tas-init": {"init": "search"},
 }
+#: cells whose architecture a baseline's rule derives from the same seed's ``tas`` search (no second search;
+#: charged that search's epochs, as ``tas`` is): the baseline, given the searched depths as its ``depths``
+DERIVED = {
+    # TAS's depths, widths scaled uniformly at them, channels by filter L1 (the l1 baseline's rule): do
+    # TAS's widths beat a uniform rule's at the depths it chose?
+    "tas-depth": "l1",
+}
 #: TAS variants (diagnostics and candidate fixes): the search settings each changes
 VARIANTS = {
     # widths only, every block kept: does the search lose by dropping depth?
@@ -34,7 +41,10 @@ VARIANTS["tas-width-filters"] = {**VARIANTS["tas-width"], **VARIANTS["tas-filter
 #: a variant's distillation settings
 VARIANT_DISTILL = {"tas-kd": {"init": "search"}}
 #: ``random-arch`` (a seeded random allocation, channels by L1) says how much allocation alone moves accuracy
-METHODS = ("tas", LATENCY_METHOD, "uniform", "uniform-depth", "l1", "synflow", "random-arch", *BORROWERS, *VARIANTS)
+METHODS = ("tas", LATENCY_METHOD, "uniform", "uniform-depth", "l1", "synflow", "random-arch", *BORROWERS, *DERIVED,
+           *VARIANTS)
+#: the methods that take the same seed's ``tas`` search and so run after it
+FOLLOWERS = (*BORROWERS, *DERIVED)
 #: the methods that search (their metrics.json reports the pre-decode argmax)
 SEARCHES = ("tas", LATENCY_METHOD, *VARIANTS)
 REFERENCES = ("uniform", "uniform-depth")  # the trivial rule a ratio is compared against, in order

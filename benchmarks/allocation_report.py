@@ -13,7 +13,7 @@ import torch
 
 import compare
 import tas
-from allocation_methods import ARCH_ONLY, BORROWERS, REFERENCES, SEARCHES, VARIANTS
+from allocation_methods import ARCH_ONLY, BORROWERS, DERIVED, REFERENCES, SEARCHES, VARIANTS
 from benchstats import interp_at, paired_differences
 from compare import LATENCY_METHOD
 from tas.cli import format_table
@@ -230,9 +230,11 @@ def render(args, results: dict, png: Path | None, why: str | None, elapsed: floa
            "the same seed's `tas` architecture from the search's own weights (`train.py --init search`); `tas-kd` "
            "searches with a KD weight step (`--kd-alpha 0.9`) and distils from the search's weights; `tas-filters` "
            "orders the teacher's channels by the l1 baseline's criterion (`--channel-order filters`), "
-           "`tas-width-filters` the same with widths only; `tas-arch2` takes two architecture steps per weight step."
+           "`tas-width-filters` the same with widths only; `tas-arch2` takes two architecture steps per weight step; "
+           "`tas-depth` keeps the same seed's `tas` depths and scales the widths uniformly at them, channels "
+           "by filter L1 (the `l1` rule at TAS's depths; charged the search's epoch)."
            " Every other method inherits both weights and channels from the teacher; the search only "
-           "chooses the architecture.", ""] if {*BORROWERS, *VARIANTS} & set(a.methods) else []),
+           "chooses the architecture.", ""] if {*BORROWERS, *DERIVED, *VARIANTS} & set(a.methods) else []),
         *([quick, ""] if quick else []),
         "## Teachers", "",
         format_table(teachers, ["model", "epochs", "stopped by", "val top-1 per run length", "val top-1",

@@ -310,3 +310,52 @@ def test_run_baseline_synflow_in_process(tmp_path, teacher_run):
     with torch.no_grad():
         expected = zeroing_oracle(teacher, arch)(x)
         assert (slim(x) - expected).abs().max() <= 1e-4 * expected.abs().max()
+
+
+# ---- fixed depths (a searched architecture's depths, widths scaled uniformly) -----------------
+def test_width_baselines_at_given_depths_are_the_largest_uniform_point_there(model, supernet, no_data):
+    depths = {"layer1": 1, "layer2": 2, "layer3": 3}
+    ratio = 0.25
+    arch = _arch("l1", model, ratio, depths=depths)
+    full = _arch("l1", model, ratio)
+    assert arch.depths == depths and arch.meta["fixed_depths"] == depths
+    assert arch.flops <= ratio * arch.full_flops
+    # fewer blocks leave more of the budget to the widths than at full depth
+    assert arch.meta["uniform_ratio"] > full.meta["uniform_ratio"]
+    slim = tas.materialize(model, arch)
+    assert count_flops(slim, SIZE) == arch.flops
+    # no point of a fine grid of uniform scales at these depths that fits the budget is bigger
+    fitting = []
+    for s in np.linspace(0.002, 1.0, 1000):
+        widths = {n: min(g.widths, key=lambda c: abs(c - s * g.channels)) for n, g in supernet.groups().items()}
+        cost = supernet.cost.exact("flops", widths, depths)
+        if cost <= ratio * arch.full_flops:
+            fitting.append(cost)
+    assert max(fitting) <= arch.flops
+    # the widths depend on the depths only: uniform (prefix channels) picks the same ones
+    assert _arch("uniform", model, ratio, depths=depths).widths == arch.widths
+    # below the width-only minimum at full depth, reachable with fewer blocks
+    low = width_only_minimum(supernet, "flops") - 0.01
+    assert _arch("uniform", model, low, depths={n: 1 for n in depths}).flops <= low * arch.full_flops
+    with pytest.raises(TasError, match="no fixed depths"):
+        _arch("synflow", model, ratio, depths=depths)
+    with pytest.raises(TasError, match="outside the space"):
+        _arch("l1", model, ratio, depths={**depths, "layer1": 4})
+    with pytest.raises(TasError, match="every stage"):
+        _arch("l1", model, ratio, depths={"layer1": 1})
+
+
+def test_run_baseline_takes_the_depths_of_an_arch_json(tmp_path, teacher_run):
+    from tas.baselines import run_baseline
+
+    teacher, config = load_run(teacher_run)
+    searched = create_baseline_arch("uniform-depth", teacher, 0.3, input_size=config["input_size"],
+                                    model_name=config["model"])
+    searched.to_json(tmp_path / "searched.json")
+    result = run_baseline({"method": "l1", "teacher": str(teacher_run), "dataset": "digits", "limit": 64,
+                           "flops_ratio": 0.3, "device": "cpu", "output": str(tmp_path / "l1"),
+                           "depths": str(tmp_path / "searched.json")})
+    arch = result["arch"]
+    assert arch.depths == searched.depths and arch.method == "l1" and arch.flops_ratio <= 0.3
+    assert arch.meta["fixed_depths"] == searched.depths
+    assert any(g["indices"] != list(range(g["width"])) for g in arch.groups.values())  # L1's channels, not a prefix

@@ -184,6 +184,13 @@ def test_tas_arch_distils_the_tas_architecture_for_the_whole_budget(tmp_path):
     order = [(s, meth) for _, _, s, meth in allocation.plan(args, {"cifar_resnet20": 0.132})]
     assert all(order.index((s, "tas")) < order.index((s, "tas-init")) for s in (0, 1))
     assert bench.distill_overrides("tas-init") == {"init": "search"} and bench.distill_overrides("tas") == {}
+    # tas-depth derives its architecture from the same seed's tas search and is charged that search's epoch
+    args.methods = ["tas-depth", "uniform", "tas"]
+    order = [(s, meth) for _, _, s, meth in allocation.plan(args, {"cifar_resnet20": 0.132})]
+    assert all(order.index((s, "tas")) < order.index((s, "tas-depth")) for s in (0, 1))
+    assert bench.search_epochs("tas-depth") == 1
+    with pytest.raises(allocation.TasError, match="tas cell"):
+        bench.derive_search("m", 0.25, 0, "tas-depth")
 
 
 def test_stage_flops_split_the_architectures_flops():

@@ -6,7 +6,7 @@ methods differ only in *which* channels a group keeps.
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Mapping
 
 import numpy as np
 import torch
@@ -23,8 +23,10 @@ from .shrink import expand_local
 __all__ = ["uniform_widths", "l1_channel_scores", "l1_indices", "top_channels", "random_channels"]
 
 
-def uniform_widths(supernet: Supernet, metric: str, ratio: float) -> tuple[dict[str, int], float]:
-    """The widest uniform architecture within ``ratio`` of the full ``metric`` at full depth: ``(widths, r)``.
+def uniform_widths(supernet: Supernet, metric: str, ratio: float,
+                   depths: Mapping[str, int] | None = None) -> tuple[dict[str, int], float]:
+    """The widest uniform architecture within ``ratio`` of the full ``metric`` at full depth (or at
+    ``depths``): ``(widths, r)``.
 
     As ``r`` grows from 0 each group's closest candidate to ``r·C`` moves up one candidate at a
     time, at the midpoints ``(w_j + w_{j+1}) / 2C``. Walking those events in order of ``r`` (groups
@@ -33,7 +35,7 @@ def uniform_widths(supernet: Supernet, metric: str, ratio: float) -> tuple[dict[
     the last one within the budget is returned with its ``r`` (:func:`~tas.baselines.scaling.uniform_scaling`
     without depth). So the result misses the budget by less than one candidate step of one group.
     """
-    widths, _, r = uniform_scaling(supernet, metric, ratio, depth_exponent=None)
+    widths, _, r = uniform_scaling(supernet, metric, ratio, depth_exponent=None, depths=depths)
     return widths, r
 
 
@@ -76,25 +78,35 @@ def random_channels(channels: int, width: int, conv_groups: int, generator: torc
     return expand_local(local, channels, conv_groups)
 
 
-@register_baseline("uniform")
-def uniform(supernet: Supernet, model: nn.Module, metric: str, ratio: float, seed: int, **_: Any) -> Arch:
+def _depths_meta(depths: Mapping[str, int] | None) -> dict[str, Any]:
+    return {} if depths is None else {"fixed_depths": {n: int(d) for n, d in depths.items()}}
+
+
+# Each takes ``depths``: keep these stage depths (e.g. a searched architecture's) instead of full depth.
+@register_baseline("uniform", takes_depths=True)
+def uniform(supernet: Supernet, model: nn.Module, metric: str, ratio: float, seed: int,
+            depths: Mapping[str, int] | None = None, **_: Any) -> Arch:
     """Uniform widths, each group keeping its first channels (the prefix TAS's widths keep)."""
-    widths, r = uniform_widths(supernet, metric, ratio)
-    return supernet.make_arch(widths, full_depths(supernet), method="uniform", meta={"uniform_ratio": r})
+    widths, r = uniform_widths(supernet, metric, ratio, depths)
+    return supernet.make_arch(widths, depths or full_depths(supernet), method="uniform",
+                              meta={"uniform_ratio": r, **_depths_meta(depths)})
 
 
-@register_baseline("l1")
-def l1(supernet: Supernet, model: nn.Module, metric: str, ratio: float, seed: int, **_: Any) -> Arch:
+@register_baseline("l1", takes_depths=True)
+def l1(supernet: Supernet, model: nn.Module, metric: str, ratio: float, seed: int,
+       depths: Mapping[str, int] | None = None, **_: Any) -> Arch:
     """Li et al. 2017: uniform widths, each group keeping the channels of largest producer-filter L1 norm."""
-    widths, r = uniform_widths(supernet, metric, ratio)
-    return supernet.make_arch(widths, full_depths(supernet), indices=l1_indices(model, supernet, widths), method="l1",
-                              meta={"uniform_ratio": r})
+    widths, r = uniform_widths(supernet, metric, ratio, depths)
+    return supernet.make_arch(widths, depths or full_depths(supernet), indices=l1_indices(model, supernet, widths),
+                              method="l1", meta={"uniform_ratio": r, **_depths_meta(depths)})
 
 
-@register_baseline("random")
-def random(supernet: Supernet, model: nn.Module, metric: str, ratio: float, seed: int, **_: Any) -> Arch:
+@register_baseline("random", takes_depths=True)
+def random(supernet: Supernet, model: nn.Module, metric: str, ratio: float, seed: int,
+           depths: Mapping[str, int] | None = None, **_: Any) -> Arch:
     """Uniform widths, random kept channels (seeded): the floor a selection rule must beat."""
-    widths, r = uniform_widths(supernet, metric, ratio)
+    widths, r = uniform_widths(supernet, metric, ratio, depths)
     gen = torch.Generator().manual_seed(seed)
     indices = {n: random_channels(g.channels, widths[n], g.conv_groups, gen) for n, g in supernet.graph.groups.items()}
-    return supernet.make_arch(widths, full_depths(supernet), indices=indices, method="random", meta={"uniform_ratio": r})
+    return supernet.make_arch(widths, depths or full_depths(supernet), indices=indices, method="random",
+                              meta={"uniform_ratio": r, **_depths_meta(depths)})

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from ..io.checkpoint import has_state
+from ..prune.arch import Arch
 from ..prune.channel_order import class_batches
 from ..cli import format_table
 from ..errors import TasError
@@ -43,7 +44,8 @@ def run_baseline(args: Any) -> dict[str, Any]:
     flags are ignored, except by a baseline that trains (:data:`~tas.baselines.TRAINING`: ``plasticity``),
     which fine-tunes on the training split for ``epochs`` with ``lr``, ``momentum``, ``weight_decay``
     (``augment`` applies). Library callers may add ``synflow_rounds``, ``calibration_batches``
-    (default 8) and ``undecayed_weight_decay``. The baselines of :data:`~tas.baselines.NEEDS_DATA`
+    (default 8) and ``undecayed_weight_decay``, and for the baselines of :data:`~tas.baselines.FIXED_DEPTHS`
+    ``depths`` (every stage's depth, or the path of an ``arch.json`` whose depths to keep). The baselines of :data:`~tas.baselines.NEEDS_DATA`
     (``undecayed``, ``task-aware``) read ``calibration_batches`` unaugmented training batches
     (``task-aware`` also as many batches of ``task_classes`` samples); the others choose without
     data. The test split is read only to report ``top1_pruned``.
@@ -59,12 +61,16 @@ def run_baseline(args: Any) -> dict[str, Any]:
 
 def _options(method: str, values: Mapping[str, Any], cfg: Any, train: Any) -> dict[str, Any]:
     """The method's options from the flags; calibration batches for the methods that read data."""
-    if method == "synflow":
-        return {"rounds": int(values["synflow_rounds"])} if values.get("synflow_rounds") else {}
+    options: dict[str, Any] = {}
+    if values.get("depths") is not None:
+        depths = values["depths"]
+        options["depths"] = Arch.from_json(depths).depths if isinstance(depths, (str, Path)) else dict(depths)
+    if method == "synflow" and values.get("synflow_rounds"):
+        options["rounds"] = int(values["synflow_rounds"])
     if method not in NEEDS_DATA:
-        return {}
+        return options
     n = int(values.get("calibration_batches") or 8)
-    options: dict[str, Any] = {"batches": [b for _, b in zip(range(n), train)]}
+    options["batches"] = [b for _, b in zip(range(n), train)]
     if method == "undecayed":
         options["weight_decay"] = float(values.get("undecayed_weight_decay") or 0.0)
     if method == "task-aware":

@@ -49,21 +49,27 @@ def _events(supernet: Supernet, depth_exponent: float | None, width_scale: Mappi
 
 
 def uniform_scaling(supernet: Supernet, metric: str, ratio: float, depth_exponent: float | None = None,
-                    width_scale: Mapping[str, float] | None = None, depth_scale: Mapping[str, float] | None = None
-                    ) -> tuple[dict[str, int], dict[str, int], float]:
+                    width_scale: Mapping[str, float] | None = None, depth_scale: Mapping[str, float] | None = None,
+                    depths: Mapping[str, int] | None = None) -> tuple[dict[str, int], dict[str, int], float]:
     """The largest uniformly scaled architecture within ``ratio`` of the full ``metric``: ``(widths, depths, w)``.
 
     ``width_scale`` / ``depth_scale`` multiply ``w`` for single groups / stages (by name;
     ``random-arch`` draws these factors): the architecture is uniform up to those factors.
+    ``depths`` fixes every stage's depth (a searched architecture's, say) and scales widths only;
+    it excludes ``depth_exponent``.
 
     Walks the events of :func:`_events` in order of ``w`` from the smallest architecture (every
     group at its narrowest candidate; every stage at its shallowest, or at full depth when
-    ``depth_exponent`` is None). Each event steps one group or stage by one candidate, so the cost
-    only grows; the last architecture within the budget is returned with its ``w``. It misses the
-    budget by less than the cost of the step that would exceed it.
+    ``depth_exponent`` is None, or at ``depths``). Each event steps one group or stage by one
+    candidate, so the cost only grows; the last architecture within the budget is returned with its
+    ``w``. It misses the budget by less than the cost of the step that would exceed it.
     """
+    if depths is not None and depth_exponent is not None:
+        raise ValueError("uniform_scaling: fixed depths and a depth exponent exclude each other")
     widths = {n: g.widths[0] for n, g in supernet.groups().items()}
-    if depth_exponent is None:
+    if depths is not None:
+        depths = {n: int(depths[n]) for n in supernet.graph.stages}
+    elif depth_exponent is None:
         depths = full_depths(supernet)
     else:
         depths = {n: supernet.stage_depths[n][0] for n in supernet.graph.stages}
