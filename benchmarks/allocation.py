@@ -211,8 +211,7 @@ class AllocationBench(compare.Bench):
         if not (cdir / "search").exists():
             (cdir / "search").symlink_to((src / "search").resolve(), target_is_directory=True)
         if not (cdir / "timing.json").is_file():
-            prune_s = json.loads((src / "timing.json").read_text())["prune_s"]
-            atomic_write_bytes(cdir / "timing.json", json.dumps({"prune_s": prune_s}).encode())
+            self.charge_search(src, cdir)
 
     def derive_search(self, model_name: str, ratio: float, seed: int, method: str) -> None:
         """Write a :data:`DERIVED` cell's architecture: its baseline at the depths of the same seed's
@@ -229,6 +228,11 @@ class AllocationBench(compare.Bench):
                           "method": DERIVED[method], "depths": str(src / "search" / "arch.json"),
                           "output": str(cdir / "search"), "overwrite": True, "batch_size": self.args.batch_size,
                           "limit": self.args.limit})
+        self.charge_search(src, cdir)
+
+    @staticmethod
+    def charge_search(src: Path, cdir: Path) -> None:
+        """Charge the cell ``cdir`` the search time of the ``tas`` cell ``src`` it builds on."""
         prune_s = json.loads((src / "timing.json").read_text())["prune_s"]
         atomic_write_bytes(cdir / "timing.json", json.dumps({"prune_s": prune_s}).encode())
 

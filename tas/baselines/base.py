@@ -136,5 +136,6 @@ def create_baseline_arch(method: str, model: nn.Module, ratio: float, metric: st
                        f"group at its narrowest candidate with {'full' if depths is None else 'the given'} depth "
                        f"keeps {smallest:.3f} of the {metric} (uniform-depth scales depth too)")
     arch = BASELINES[method](supernet, model, metric, float(ratio), int(seed), **options)
-    arch.meta.update({"metric": metric, "target_ratio": float(ratio), "seed": int(seed), **dict(meta or {})})
+    arch.meta.update({"metric": metric, "target_ratio": float(ratio), "seed": int(seed),
+                      **({} if depths is None else {"fixed_depths": depths}), **dict(meta or {})})
     return arch

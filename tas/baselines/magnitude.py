@@ -78,10 +78,6 @@ def random_channels(channels: int, width: int, conv_groups: int, generator: torc
     return expand_local(local, channels, conv_groups)
 
 
-def _depths_meta(depths: Mapping[str, int] | None) -> dict[str, Any]:
-    return {} if depths is None else {"fixed_depths": {n: int(d) for n, d in depths.items()}}
-
-
 # Each takes ``depths``: keep these stage depths (e.g. a searched architecture's) instead of full depth.
 @register_baseline("uniform", takes_depths=True)
 def uniform(supernet: Supernet, model: nn.Module, metric: str, ratio: float, seed: int,
@@ -89,7 +85,7 @@ def uniform(supernet: Supernet, model: nn.Module, metric: str, ratio: float, see
     """Uniform widths, each group keeping its first channels (the prefix TAS's widths keep)."""
     widths, r = uniform_widths(supernet, metric, ratio, depths)
     return supernet.make_arch(widths, depths or full_depths(supernet), method="uniform",
-                              meta={"uniform_ratio": r, **_depths_meta(depths)})
+                              meta={"uniform_ratio": r})
 
 
 @register_baseline("l1", takes_depths=True)
@@ -98,7 +94,7 @@ def l1(supernet: Supernet, model: nn.Module, metric: str, ratio: float, seed: in
     """Li et al. 2017: uniform widths, each group keeping the channels of largest producer-filter L1 norm."""
     widths, r = uniform_widths(supernet, metric, ratio, depths)
     return supernet.make_arch(widths, depths or full_depths(supernet), indices=l1_indices(model, supernet, widths),
-                              method="l1", meta={"uniform_ratio": r, **_depths_meta(depths)})
+                              method="l1", meta={"uniform_ratio": r})
 
 
 @register_baseline("random", takes_depths=True)
@@ -109,4 +105,4 @@ def random(supernet: Supernet, model: nn.Module, metric: str, ratio: float, seed
     gen = torch.Generator().manual_seed(seed)
     indices = {n: random_channels(g.channels, widths[n], g.conv_groups, gen) for n, g in supernet.graph.groups.items()}
     return supernet.make_arch(widths, depths or full_depths(supernet), indices=indices, method="random",
-                              meta={"uniform_ratio": r, **_depths_meta(depths)})
+                              meta={"uniform_ratio": r})
