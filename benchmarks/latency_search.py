@@ -54,6 +54,7 @@ import tas  # noqa: E402, F401
 from tas.io.checkpoint import atomic_write_json  # noqa: E402
 from benchkit import ensure_dataset, log, write_report  # noqa: E402
 from tas.cli import format_table  # noqa: E402
+from tas.deploy.latency.check import PAIR_PROCESSES, PAIR_REPEATS  # noqa: E402
 from tas.io.rundir import is_finished_run  # noqa: E402
 from tas.prune.load import load_run
 
@@ -258,10 +259,11 @@ def _render_a(args, rows: list[dict]) -> list[str]:
             "again) and the search's budget is the blend of its cold and steady-state predictions. *cold* / "
             "*steady*: the search's own end-of-run check, the slim network timed beside the original, cold (each "
             "timed call right after the other model's) and in the steady state (each timed call right after an "
-            "untimed one of the same model); *ratio* = slim ms / original ms in the same run. *pred.*: the "
+            "untimed one of the same model); *ratio* = slim ms / original ms, the median over "
+            f"{PAIR_PROCESSES} fresh ONNX Runtime processes of {PAIR_REPEATS} interleaved calls each. *pred.*: the "
             "table's predicted ratio in that timing; *ratio err.* = predicted / measured ratio − 1; *ms err.* = "
             "predicted / measured ms − 1 (adds the machine's drift since the table was built). *feedback*: "
-            "the measured ratio (mean of the two timings) of each architecture the search decoded, the table's "
+            "the measured ratio (mean of the two timings, measured the same way) of each architecture the search decoded, the table's "
             "own choice first; after a miss of more than 2.5 % the decode ran again against a target corrected "
             "by it (`--latency-feedback`, default 4 rounds). "
             f"**{hits} of {2 * len(rows)} cells within ±{TOLERANCE:.0%}.**", "",

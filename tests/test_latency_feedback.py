@@ -147,3 +147,24 @@ def test_a_negative_feedback_round_count_is_one_error_line(tmp_path, teacher_run
     err = capsys.readouterr().err
     assert code == 2 and err.strip() == "error: --latency-feedback must be a non-negative integer, got -1"
     assert not out.exists()
+
+
+def test_measure_pair_reports_the_median_of_fresh_processes(monkeypatch):
+    """Each timing is measured in several processes, cold and steady alternating; the result is the
+    original's median ms and the median per-process ratio (an outlying process does not move it)."""
+    import torch
+
+    seen = []
+    script = {0: [(10.0, 5.0), (12.0, 4.8), (8.0, 5.6)],  # cold ratios 0.5, 0.4, 0.7
+              1: [(9.0, 3.6), (30.0, 3.0), (9.5, 3.8)]}  # steady 0.4, 0.1 (a disturbed process), 0.4
+
+    def fake_measure(paths, input_size, batch=1, threads=2, repeats=30, warm_calls=0, **kw):
+        seen.append(warm_calls)
+        return list(script[warm_calls][sum(w == warm_calls for w in seen) - 1])
+
+    monkeypatch.setattr(latency_check, "measure_onnx", fake_measure)
+    net = torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3), torch.nn.Flatten())
+    full, slim, steady_full, steady = latency_check.measure_pair(net, net, (1, 6, 6), batch=1, threads=1, processes=3)
+    assert seen == [0, 1, 0, 1, 0, 1]
+    assert (full, slim / full) == pytest.approx((10.0, 0.5))
+    assert (steady_full, steady / steady_full) == pytest.approx((9.5, 0.4))

@@ -62,7 +62,7 @@ def test_latency_search_reports_prediction_against_measurement(tmp_path, teacher
                                "--latency-feedback", "0", "--dataset", "digits", "--limit", "64", "--batch-size", "32", "--epochs", "1",
                                "--device", "cpu", "--no-progress", "--output", str(out)]) == 0
     m = json.loads((out / "metrics.json").read_text())
-    assert measured == [(2, 2, 0), (2, 2, 1)]  # like the table (cold), then the steady state
+    assert measured == [(2, 2, 0), (2, 2, 1)] * 3  # like the table (cold), then the steady state, 3 processes each
     # The prediction by hand: FakeTimer charges A·c_in·c_out + B per conv/linear layer, and the
     # table scales its layers so that the full network's sum is the whole model's ``whole`` s.
     slim, teacher = load_run(out)[0], load_run(teacher_run)[0]
