@@ -75,11 +75,15 @@ FACTORS = {
     "depth": [{"search_depth": "on"}, {"search_depth": "auto"}],
     # the teacher's weights left as they are while the architecture is searched (weight lr 0)
     "weight steps": [{"lr": 0.05}, {"lr": 0.0}],
+    # the controller's second constraint: the sharpened expected cost (its value and gradient), the
+    # argmax's exact cost with the sharpened gradient (straight-through), or a sharper temperature
+    "sharpened constraint": [{"sharp_value": "sharpened", "sharp_temperature": 0.1}, {"sharp_value": "argmax"},
+                             {"sharp_temperature": 0.03}],
 }
 #: the current defaults, as the factors name them: a setting equal to these is the defaults' cell
 DEFAULTS = {"arch_warmup": 0.0, "arch_lr": 0.15, "k": 2, "tau_schedule": "cosine", "tau_min": 0.1, "arch_steps": 1.0,
             "arch_lr_schedule": "cosine", "arch_lr_hold": 0.5, "entropy_weight": 3.0, "search_depth": "on",
-            "lr": 0.05}
+            "lr": 0.05, "sharp_value": "sharpened", "sharp_temperature": 0.1}
 MODES = {
     "quick": {"limit": 600, "val": 300, "teacher_epochs": 1, "search_epochs": 1, "distill_epochs": 1,
               "batch_size": 64, "seeds": [0], "factors": ["arch steps per weight step"]},

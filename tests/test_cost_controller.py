@@ -179,3 +179,32 @@ def test_search_logs_the_scheduled_arch_lr(tmp_path, search_script, teacher_run)
     assert n > 2
     q = [max(0.0, i / (n - 1) - 0.25) / 0.75 for i in range(n)]
     assert lrs == pytest.approx([0.1 * 0.5 * (1 + math.cos(math.pi * v)) for v in q], abs=1e-7)
+
+
+def test_argmax_valued_constraint_carries_the_sharpened_gradient():
+    """``sharp_value="argmax"``: the second constraint's value is the argmax architecture's exact
+    ratio (what the multipliers ascend on), its gradient the sharpened expectation's, scaled by
+    ``λ1 + 2·λ2·e`` with ``e`` the argmax's error; computed here from the parts."""
+    stepper = _stepper(sharp_value="argmax")
+    s = stepper.supernet
+    widths, depths = s.argmax()
+    argmax_ratio = s.make_arch(widths, depths).flops_ratio  # through an Arch, not the stepper's cost call
+    lam = stepper.controller.lambdas.clone()
+    aim = stepper.controller.aim
+    lc = stepper._cost_loss()[0]
+    assert stepper._ratios[1].item() == pytest.approx(argmax_ratio, rel=1e-6)
+    got = torch.autograd.grad(lc, stepper.params, allow_unused=True)
+    # independently: the plain expectation's term plus the sharpened one's, weighted by the argmax error
+    e1 = s.expected_cost("flops") / s.full["flops"] - aim
+    with s.sharpened(stepper.sharp_temperature):
+        sharp = s.expected_cost("flops") / s.full["flops"]
+    e2 = argmax_ratio - aim
+    ref = (lam[0, 0] * e1 + lam[0, 1] * e1 * e1 + (lam[1, 0] + 2 * lam[1, 1] * e2) * sharp).float()
+    want = torch.autograd.grad(ref, stepper.params, allow_unused=True)
+    for g, w in zip(got, want):
+        if w is None:
+            assert g is None or not g.any()
+        else:
+            assert torch.allclose(g, w, rtol=1e-4, atol=1e-7)
+    stepper.controller.ascend(stepper._ratios.detach())
+    assert stepper.controller.lambdas[1, 0].item() == pytest.approx(lam[1, 0].item() + stepper.controller.lr * e2)

@@ -18,10 +18,13 @@ from .cost import COST_LOSSES, LagrangianCost, budget_band, cost_loss
 from ..errors import DivergedError
 from .supernet import Supernet
 
-__all__ = ["ArchStepper", "ARCH_LR_SCHEDULES"]
+__all__ = ["ArchStepper", "ARCH_LR_SCHEDULES", "SHARP_VALUES"]
 
 #: how the architecture step's learning rate moves over the search (``ArchStepper.progress``)
 ARCH_LR_SCHEDULES = ("constant", "cosine")
+#: the value of the controller's second constraint: the sharpened expected cost, or the argmax's
+#: exact cost carrying the sharpened expectation's gradient (straight-through)
+SHARP_VALUES = ("sharpened", "argmax")
 
 
 class ArchStepper:
@@ -51,12 +54,14 @@ class ArchStepper:
                  lr: float, weight_decay: float, latency: Any = None,
                  ceiling: tuple[str, float] | None = None, fill: bool = False, cost_loss: str = "lagrangian",
                  dual_lr: float = 1.0, dual_penalty: float = 20.0, sharp_temperature: float | None = 0.1,
-                 entropy_weight: float = 0.0, lr_schedule: str = "constant", lr_hold: float = 0.0,
+                 sharp_value: str = "sharpened", entropy_weight: float = 0.0, lr_schedule: str = "constant", lr_hold: float = 0.0,
                  precision: Precision | None = None) -> None:
         if lr_schedule not in ARCH_LR_SCHEDULES:
             raise ValueError(f"unknown arch lr schedule {lr_schedule!r} (one of {', '.join(ARCH_LR_SCHEDULES)})")
         if cost_loss not in COST_LOSSES:
             raise ValueError(f"unknown cost loss {cost_loss!r} (one of {', '.join(COST_LOSSES)})")
+        if sharp_value not in SHARP_VALUES:
+            raise ValueError(f"unknown sharp value {sharp_value!r} (one of {', '.join(SHARP_VALUES)})")
         self.supernet, self.metric, self.tolerance, self.cost_weight = supernet, metric, tolerance, cost_weight
         self.latency, self.ceiling, self.fill = latency, ceiling, fill
         self.full = latency.full() if metric == "latency" else supernet.full[metric]
@@ -66,7 +71,7 @@ class ArchStepper:
         self.optimizer = torch.optim.Adam(self.params, lr=lr, betas=(0.5, 0.999), weight_decay=weight_decay)
         # Aimed at the band's middle (its top when filling): both edges are then half a band away.
         aim = ratio if fill else sum(budget_band(ratio, tolerance)) / 2
-        self.sharp_temperature = sharp_temperature
+        self.sharp_temperature, self.sharp_value = sharp_temperature, sharp_value
         self.entropy_weight, self.progress = entropy_weight, 0.0
         self.lr, self.lr_schedule, self.lr_hold = lr, lr_schedule, lr_hold
         self.controller = (LagrangianCost(aim, dual_lr, 1 if sharp_temperature is None else 2, dual_penalty)
@@ -114,7 +119,11 @@ class ArchStepper:
         ratios = [expected / self.full]
         if self.sharp_temperature is not None:
             with self.supernet.sharpened(self.sharp_temperature):
-                ratios.append(self.expected_cost() / self.full)
+                sharp = self.expected_cost() / self.full
+            if self.sharp_value == "argmax":
+                # the argmax's own ratio as the value, the sharpened expectation's gradient
+                sharp = sharp + (current / self.full - sharp).detach()
+            ratios.append(sharp)
         self._ratios = torch.stack([r.reshape(()).double() for r in ratios])
         lc = self.controller.loss(self._ratios)
         return (lc if extra is None else lc + self.cost_weight * extra), 1.0, expected, current

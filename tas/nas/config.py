@@ -8,7 +8,7 @@ from ..cli import RunSettings, config_from_args
 from ..errors import TasError
 from ..prune.channel_order import CRITERIA
 from ..train.amp import check_amp
-from .arch_step import ARCH_LR_SCHEDULES
+from .arch_step import ARCH_LR_SCHEDULES, SHARP_VALUES
 from .cost import COST_LOSSES, budget_band
 
 __all__ = ["SearchConfig", "SEARCH_DEPTH"]
@@ -45,6 +45,7 @@ class SearchConfig(RunSettings):
     dual_lr: float = 1.0
     dual_penalty: float = 20.0
     sharp_temperature: float | None = 0.1
+    sharp_value: str = "sharpened"
     decode: bool = True
     channel_order: str | None = None
     task_classes: list[int] | None = None
@@ -119,6 +120,8 @@ class SearchConfig(RunSettings):
             raise TasError(f"--search-depth must be one of {', '.join(SEARCH_DEPTH)}, got {self.search_depth!r}")
         if self.selection not in ("prefix", "sapp"):
             raise TasError(f"--selection must be prefix or sapp, got {self.selection!r}")
+        if self.sharp_value not in SHARP_VALUES:
+            raise TasError(f"--sharp-value must be one of {', '.join(SHARP_VALUES)}, got {self.sharp_value!r}")
         if self.cost_loss not in COST_LOSSES:
             raise TasError(f"--cost-loss must be one of {', '.join(COST_LOSSES)}, got {self.cost_loss!r}")
         if self.channel_order is None:
