@@ -76,7 +76,8 @@ def measure_pair(slim: torch.nn.Module, original: torch.nn.Module, input_size: S
     Each timing is measured in ``processes`` fresh processes, cold and steady alternating; the
     original's figure is its median over them and the slim network's that times the median of the
     per-process ratios (both halves of a ratio share a process's state, so the ratio is the steadier
-    figure, and ``slim / original`` is then exactly that median ratio)."""
+    figure, and ``slim / original`` is then exactly that median ratio). With ``warm_calls=1`` the
+    table's timing is the steady state, and one set of processes serves both."""
     if processes < 1:
         raise ValueError(f"processes must be >= 1, got {processes}")
     runs: dict[int, list[tuple[float, float]]] = {warm_calls: [], 1: []} if warm_calls != 1 else {1: []}
