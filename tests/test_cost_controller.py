@@ -208,3 +208,11 @@ def test_argmax_valued_constraint_carries_the_sharpened_gradient():
             assert torch.allclose(g, w, rtol=1e-4, atol=1e-7)
     stepper.controller.ascend(stepper._ratios.detach())
     assert stepper.controller.lambdas[1, 0].item() == pytest.approx(lam[1, 0].item() + stepper.controller.lr * e2)
+
+
+def test_an_unknown_sharp_value_is_one_error_line():
+    from tas.errors import TasError
+    from tas.nas.config import SearchConfig
+
+    with pytest.raises(TasError, match=r"^sharp_value must be one of sharpened, argmax, got 'exact'$"):
+        SearchConfig(flops_ratio=0.5, sharp_value="exact").validate()

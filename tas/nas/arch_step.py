@@ -54,7 +54,8 @@ class ArchStepper:
                  lr: float, weight_decay: float, latency: Any = None,
                  ceiling: tuple[str, float] | None = None, fill: bool = False, cost_loss: str = "lagrangian",
                  dual_lr: float = 1.0, dual_penalty: float = 20.0, sharp_temperature: float | None = 0.1,
-                 sharp_value: str = "sharpened", entropy_weight: float = 0.0, lr_schedule: str = "constant", lr_hold: float = 0.0,
+                 sharp_value: str = "sharpened", entropy_weight: float = 0.0, lr_schedule: str = "constant",
+                 lr_hold: float = 0.0,
                  precision: Precision | None = None) -> None:
         if lr_schedule not in ARCH_LR_SCHEDULES:
             raise ValueError(f"unknown arch lr schedule {lr_schedule!r} (one of {', '.join(ARCH_LR_SCHEDULES)})")

@@ -121,7 +121,8 @@ class SearchConfig(RunSettings):
         if self.selection not in ("prefix", "sapp"):
             raise TasError(f"--selection must be prefix or sapp, got {self.selection!r}")
         if self.sharp_value not in SHARP_VALUES:
-            raise TasError(f"--sharp-value must be one of {', '.join(SHARP_VALUES)}, got {self.sharp_value!r}")
+            # a config/API option without a CLI flag (measured, not kept: docs/benchmarks_search_sharp.md)
+            raise TasError(f"sharp_value must be one of {', '.join(SHARP_VALUES)}, got {self.sharp_value!r}")
         if self.cost_loss not in COST_LOSSES:
             raise TasError(f"--cost-loss must be one of {', '.join(COST_LOSSES)}, got {self.cost_loss!r}")
         if self.channel_order is None:
