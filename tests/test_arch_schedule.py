@@ -75,7 +75,8 @@ def test_resumed_epoch_gets_the_val_batches_it_would_have(arch_steps):
 
 @pytest.mark.parametrize("flag, value", [("arch_steps", 0.0), ("arch_warmup", 1.0), ("arch_warmup", -0.1),
                                          ("arch_lr_hold", 1.0), ("arch_lr_hold", -0.1), ("entropy_weight", -1.0),
-                                         ("arch_lr_schedule", "step")])
+                                         ("arch_lr_schedule", "step"), ("landing_steps", -0.5),
+                                         ("landing_lr", 0.0)])
 def test_bad_schedule_is_refused(flag, value):
     with pytest.raises(TasError, match=flag.replace("_", "-")):
         SearchConfig(**{flag: value}).validate()
@@ -84,7 +85,9 @@ def test_bad_schedule_is_refused(flag, value):
 def test_schedule_flags_reach_the_config(search_script):
     args = search_script.build_parser().parse_args(["--arch-steps", "0.5", "--arch-warmup", "0.25",
                                                     "--arch-lr-schedule", "constant", "--arch-lr-hold", "0.3",
-                                                    "--entropy-weight", "0.5"])
+                                                    "--entropy-weight", "0.5", "--landing-steps", "0.25",
+                                                    "--landing-lr", "0.4"])
     cfg = SearchConfig.from_args(args)
+    assert (cfg.landing_steps, cfg.landing_lr) == (0.25, 0.4)
     assert (cfg.arch_steps, cfg.arch_warmup) == (0.5, 0.25)
     assert (cfg.arch_lr_schedule, cfg.arch_lr_hold, cfg.entropy_weight) == ("constant", 0.3, 0.5)

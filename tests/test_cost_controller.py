@@ -171,7 +171,7 @@ def test_search_logs_the_scheduled_arch_lr(tmp_path, search_script, teacher_run)
     out = tmp_path / "s"
     assert search_script.main(FLAGS + ["--teacher", str(teacher_run), "--output", str(out), "--log-every", "1",
                                        "--epochs", "1", "--arch-lr", "0.1", "--arch-lr-schedule", "cosine",
-                                       "--arch-lr-hold", "0.25"]) == 0
+                                       "--arch-lr-hold", "0.25", "--landing-steps", "0"]) == 0
     acc = EventAccumulator(str(out), size_guidance={"scalars": 0})
     acc.Reload()
     lrs = [e.value for e in acc.Scalars("search/arch_lr")]
@@ -216,3 +216,46 @@ def test_an_unknown_sharp_value_is_one_error_line():
 
     with pytest.raises(TasError, match=r"^sharp_value must be one of sharpened, argmax, got 'exact'$"):
         SearchConfig(flops_ratio=0.5, sharp_value="exact").validate()
+
+
+def test_landing_steps_stop_once_the_argmax_is_in_the_band():
+    """From every group at its widest (argmax far over the band) the landing steps move it with the
+    data and the controller alone, and stop at the first step that finds it inside; an argmax in
+    the band takes none. The learning rate is the one given, not the schedule's 0 at the search's end."""
+    x, y = _batch()
+    stepper = _toy("above")
+    stepper.lr_schedule, stepper.lr_hold = "cosine", 0.5
+    assert not stepper.within()
+    taken = stepper.land(iter([(x, y)] * 200), max_steps=200, lr=0.05)
+    assert stepper.within()
+    assert 0 < len(taken) < 200 and stepper.progress == 1.0
+    low, high = 0.45, 0.5  # the band: each step was taken from an argmax outside it
+    assert all(not low <= t["derived_ratio"] <= high for t in taken), [t["derived_ratio"] for t in taken]
+    assert all(t["arch_lr"] == 0.05 for t in taken)
+    assert stepper.land(iter([(x, y)] * 5), max_steps=5, lr=0.05) == []
+
+
+def test_landing_steps_are_bounded():
+    x, y = _batch()
+    stepper = _toy("above")
+    assert len(stepper.land(iter([(x, y)] * 10), max_steps=3, lr=0.05)) == 3
+    assert not stepper.within()
+
+
+def test_landing_steps_from_the_cli_are_counted_and_logged(tmp_path, search_script, teacher_run):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    # --arch-lr 0: the argmax cannot leave its start (0.27 of the FLOPs, under the band of 0.8), so
+    # the landing takes its whole allowance: half of the search's 8 architecture steps
+    base = FLAGS + ["--teacher", str(teacher_run), "--flops-ratio", "0.8", "--arch-lr", "0", "--epochs", "1",
+                    "--log-every", "1"]
+    assert search_script.main(base + ["--landing-steps", "0.5", "--output", str(tmp_path / "l")]) == 0
+    m = json.loads((tmp_path / "l" / "metrics.json").read_text())
+    assert m["steps"] == 8 and m["landing_steps"] == 4 and m["pre_decode_ratio"] < 0.7
+    assert Arch.from_json(tmp_path / "l" / "arch.json").meta["landing_steps"] == 4
+    acc = EventAccumulator(str(tmp_path / "l"), size_guidance={"scalars": 0})
+    acc.Reload()
+    assert [e.step for e in acc.Scalars("search/derived_ratio")] == list(range(1, 13))
+    assert [e.value for e in acc.Scalars("search/arch_lr")][-4:] == [0.0] * 4
+    assert search_script.main(base + ["--landing-steps", "0", "--output", str(tmp_path / "n")]) == 0
+    assert json.loads((tmp_path / "n" / "metrics.json").read_text())["landing_steps"] == 0

@@ -143,6 +143,11 @@ def _optimisation_flags(p: argparse.ArgumentParser, d: SearchConfig) -> None:
     g.add_argument("--entropy-weight", type=float, default=d.entropy_weight,
                    help="weight of the mean normalised entropy of the width and depth distributions in the "
                         "architecture loss, ramped from 0 to this over the search (commits each distribution)")
+    g.add_argument("--landing-steps", type=float, default=d.landing_steps,
+                   help="after the search, at most this fraction of its architecture steps more, taken only while "
+                        "the argmax lies outside the band (0: none; the decode then moves it)")
+    g.add_argument("--landing-lr", type=float, default=d.landing_lr,
+                   help="the landing steps' learning rate, as a fraction of --arch-lr")
     g.add_argument("--kd-alpha", type=float, default=d.kd_alpha,
                    help="weight step: weight of the KD term from the teacher, (1-a)*CE + a*T^2*KL (0: CE "
                         "alone, the paper's); what train.py --init search then starts from")

@@ -7,7 +7,7 @@ moves the final argmax into the budget band when a search ends outside it.
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Iterable
 
 import torch
 import torch.nn.functional as F
@@ -129,9 +129,9 @@ class ArchStepper:
         lc = self.controller.loss(self._ratios)
         return (lc if extra is None else lc + self.cost_weight * extra), 1.0, expected, current
 
-    def step(self, images: torch.Tensor, targets: torch.Tensor) -> dict[str, float]:
-        """One Adam step on α and β (then one ascent step on the multipliers); in a distributed run
-        the CE is the global batch's (all ranks)."""
+    def step(self, images: torch.Tensor, targets: torch.Tensor, lr: float | None = None) -> dict[str, float]:
+        """One Adam step on α and β (then one ascent step on the multipliers) at ``lr`` (default:
+        :meth:`current_lr`); in a distributed run the CE is the global batch's (all ranks)."""
         with self.precision.autocast():
             ce = F.cross_entropy(self.supernet(images), targets)
         lc, weight, expected, current = self._cost_loss()
@@ -148,7 +148,7 @@ class ArchStepper:
         if not math.isfinite(loss_value):
             bad = [n for n, v in (("arch CE", ce_value), ("cost loss", lc_value)) if not math.isfinite(v)]
             raise DivergedError(f"architecture loss is {loss_value} (non-finite: {', '.join(bad) or 'sum'})")
-        lr = self.current_lr()
+        lr = self.current_lr() if lr is None else lr
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         self.precision.step(self.optimizer)
@@ -164,6 +164,24 @@ class ArchStepper:
             if len(ratios) > 1:
                 terms.update(sharp_ratio=float(ratios[1]), sharp_lambda1=float(lam[1, 0]), sharp_lambda2=float(lam[1, 1]))
         return terms
+
+    def land(self, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], max_steps: int, lr: float
+             ) -> list[dict[str, float]]:
+        """Architecture steps past the search's end, at ``lr``, until the argmax lies in the band
+        (:meth:`within`) or ``max_steps`` were taken; the terms of each step taken.
+
+        The same steps as the search's (CE on a val batch + the budget term, the entropy term at its
+        full weight), so what moves the argmax into the band is still the data and the controller, not
+        the decode; an argmax already in the band takes none.
+        """
+        self.progress = 1.0
+        taken: list[dict[str, float]] = []
+        batches = iter(batches)
+        while len(taken) < max_steps and not self.within():  # checked before a batch is drawn
+            images, targets = next(batches)
+            taken.append(self.step(images, targets, lr=lr))
+            self.precision.update()  # as the search does after each step (fp16's GradScaler)
+        return taken
 
     @property
     def band_low(self) -> float:

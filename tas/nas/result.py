@@ -82,7 +82,8 @@ def summary_rows(cfg: SearchConfig, result: SearchResult, out: Path | None) -> l
                                            f"{'met' if m['within_tolerance'] else 'MISSED'}"],
         *latency_rows,
         ["argmax before the decode", "", f"{cfg.metric} ratio {m['pre_decode_ratio']:.3f}; decode moves: "
-                                         f"{m['decode_moves']}{'' if cfg.decode else ' (--no-decode)'}"],
+                                         f"{m['decode_moves']}{'' if cfg.decode else ' (--no-decode)'}"
+                                         + (f"; landing steps: {m['landing_steps']}" if cfg.landing_steps else "")],
         ["hard-mode test top-1", "", f"{m['top1_hard_mode']:.2f}%"],
         ["wall time", "", f"{m['wall_time_s']:.1f} s"],
         *([["arch", "", str(out / "arch.json")]] if out is not None else []),

@@ -3,8 +3,9 @@
 One code path, two ways in. :class:`Searcher` searches a teacher network over three loaders
 (``train`` for the weights, ``val`` for the architecture, ``test`` for the per-epoch report) in
 phases -- ``prepare`` (resume state, supernet), ``budget`` (latency table, target check, the
-architecture stepper), ``loop`` (the epochs), ``decode`` (the final architecture, its slim network
-and metrics), ``save`` (the run directory). :func:`tas.search` hands it the user's model and
+architecture stepper), ``loop`` (the epochs), ``land`` (architecture steps past the end while the argmax
+is outside the band), ``decode`` (the final architecture, its slim network and metrics), ``save`` (the
+run directory). :func:`tas.search` hands it the user's model and
 loaders; :func:`tas.nas.run.search` (search.py, ``tas search``) first reads the teacher run and builds the
 loaders of ``--dataset``. Given an output directory, both write the same run::
 
@@ -92,9 +93,10 @@ class Searcher:
         self.latency: Any = None
         self.writer: Any = None
         self.kd_teacher: torch.nn.Module | None = None
+        self.landing_steps = 0
 
     def run(self) -> SearchResult:
-        """prepare → budget → loop → decode → save (with an output directory) → report; the
+        """prepare → budget → loop → land → decode → save (with an output directory) → report; the
         finished :class:`SearchResult`."""
         with tempfile.TemporaryDirectory(prefix="tas-search-") if self.output is None else nullcontext() as tmp:
             if tmp is not None:
@@ -106,6 +108,7 @@ class Searcher:
             self.budget()
             try:
                 self.loop()
+                self.land()
                 result = self.decode()
                 if self.main:
                     if self.output is not None:
@@ -276,6 +279,29 @@ class Searcher:
         finally:
             self.writer.flush()  # closed by run() once the decoded architecture is logged too
 
+    def land(self) -> None:
+        """``--landing-steps``: architecture steps past the search's end while its argmax lies
+        outside the band (:meth:`ArchStepper.land`), on val batches in an order fixed by the seed.
+        Not checkpointed: a resumed search repeats them from its last epoch's state."""
+        cfg, p, amp, dev = self.cfg, self.progress, self.precision, self.device
+        max_steps = round(cfg.landing_steps * arch_quota(self.total_steps - self.warmup_steps, cfg.arch_steps))
+        if not max_steps or self.stepper.within():  # nothing drawn: the same run as without landing
+            return
+        gen = getattr(self.data.val, "generator", None)
+        if gen is not None:
+            gen.manual_seed(cfg.seed * 1000 + 999)
+        t0 = time.perf_counter()
+        self.supernet.search().train()
+        batches = ((amp.images(x, dev), amp.images(y, dev)) for x, y in cycle_batches(self.data.val))
+        for i, terms in enumerate(self.stepper.land(batches, max_steps, cfg.arch_lr * cfg.landing_lr)):
+            for k, v in terms.items():
+                self.writer.add_scalar(f"search/{k}", v, p.step + i + 1)
+            self.landing_steps = i + 1
+        p.wall += time.perf_counter() - t0
+        if self.landing_steps:
+            print(f"landing: {self.landing_steps} architecture step(s) past the search "
+                  f"(argmax {self.cfg.metric} ratio {self.stepper.current_cost() / self.stepper.full:.3f})")
+
     def _epoch_batches(self, epoch: int, skip: int) -> Iterable:
         """The epoch's ``(train batch, [val batches])`` from step ``skip`` on, their order fixed by
         ``(seed, epoch)``: step ``i`` gets the val batches of its :func:`arch_quota` share."""
@@ -415,6 +441,7 @@ class Searcher:
             widths, depths, projection_steps, landing = measured_landing(self.stepper, self.teacher, cfg, caps)
         arch = net.make_arch(widths, depths, meta=dict(
             epochs=cfg.epochs, projection_steps=projection_steps, pre_decode_ratio=pre_decode_ratio,
+            landing_steps=self.landing_steps,
             cost_loss=cfg.cost_loss, decode=cfg.decode, channel_order=cfg.channel_order, metric=cfg.metric,
             target_ratio=cfg.ratio, tolerance=cfg.tolerance, fill_budget=cfg.fill, seed=cfg.seed, dataset=self.data.name,
             teacher=self.teacher_source, space=net.space.to_dict()))
@@ -430,6 +457,7 @@ class Searcher:
                    "target_ratio": cfg.ratio, "band": list(cfg.band), "within_tolerance": within, "wall_time_s": round(p.wall, 3),
                    "epochs": cfg.epochs, "steps": p.step, "projection_steps": projection_steps,
                    "decode_moves": projection_steps, "pre_decode_ratio": pre_decode_ratio,
+                   "landing_steps": self.landing_steps,
                    "expected_ratio": expected_ratio, "skipped_steps": p.skipped}
         if landing:
             metrics.update(latency_feedback=landing, latency_feedback_rounds=len(landing) - 1)
@@ -458,7 +486,7 @@ class Searcher:
                                                        "dataset": self.data.name, "data": data,
                                                        "search": dataclasses.asdict(self.cfg)})
         # the decoded architecture is the final step, one past the last search step
-        step = self.progress.step + 1
+        step = self.progress.step + self.landing_steps + 1
         tb.log_search_end(self.writer, result.supernet, arch, result.slim, step)
         tb.log_session(self.writer, tb.runs.search_hparams(self.cfg, arch, result.supernet.k),
                        tb.runs.search_results(result.metrics), step)

@@ -64,6 +64,7 @@ METRICS: dict[str, str] = {  # in the order of the HParams table's columns
     "params_ratio": "params kept (fraction of the original)",
     "pre_decode_ratio": "search: argmax cost ratio before the decode",
     "decode_moves": "search: candidate steps the decode took",
+    "landing_steps": "search: architecture steps past its end that brought the argmax into the band",
     "measured_latency_ratio": "latency search: measured latency ratio of the slim network",
 }
 
@@ -79,7 +80,7 @@ def search_results(metrics: Mapping[str, Any]) -> dict[str, float]:
     """The HParams results of a search from its ``metrics.json``."""
     out = {"flops_ratio": metrics["flops_ratio"], "params_ratio": metrics["params_ratio"],
            "pre_decode_ratio": metrics["pre_decode_ratio"], "decode_moves": metrics["projection_steps"],
-           "top1_hard_mode": metrics["top1_hard_mode"]}
+           "landing_steps": metrics.get("landing_steps", 0), "top1_hard_mode": metrics["top1_hard_mode"]}
     if "measured_latency_ratio" in metrics:
         out["measured_latency_ratio"] = metrics["measured_latency_ratio"]
     return out
