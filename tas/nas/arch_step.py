@@ -48,6 +48,8 @@ class ArchStepper:
     normalised entropy of the distributions (:meth:`mean_entropy`): the logits commit and settle, so
     the argmax, which is the final architecture, stops flipping across the band's edges in the last
     steps. The caller sets :attr:`progress` (0 at the first step, 1 at the last) before each step.
+    Where the argmax still ends outside the band, :meth:`land` takes further steps until it is inside
+    (``docs/benchmarks_search_landing_steps.md``); :meth:`decode` is the safety net after that.
     """
 
     def __init__(self, supernet: Supernet, metric: str, ratio: float, tolerance: float, cost_weight: float,
