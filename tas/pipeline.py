@@ -63,7 +63,7 @@ def _run_pipeline(out: Path, model: str, dataset: str, data_dir: str | None, flo
         "teacher_top1": teacher["top1"], "slim_top1": slim["top1"], "top1_drop": teacher["top1"] - slim["top1"],
         "flops_ratio": arch.flops_ratio, "params_ratio": arch.params_ratio, "target_flops_ratio": flops_ratio,
         "pre_decode_ratio": search["pre_decode_ratio"], "decode_moves": search["decode_moves"],
-        "ort_speedup": exported.get("speedup"), "wall_time_s": round(wall, 1),
+        "landing_steps": search["landing_steps"], "ort_speedup": exported.get("speedup"), "wall_time_s": round(wall, 1),
         "paths": {"teacher": str(out / "teacher"), "search": str(out / "search"), "arch": str(out / "search" / "arch.json"),
                   "slim": str(out / "slim"), "onnx": str(onnx_path)},
     }
@@ -73,7 +73,8 @@ def _run_pipeline(out: Path, model: str, dataset: str, data_dir: str | None, flo
         ["slim top-1 (distilled)", f"{slim['top1']:.2f}% ({slim['top1'] - teacher['top1']:+.2f})"],
         ["FLOPs kept", f"{arch.flops:,} / {arch.full_flops:,} = {arch.flops_ratio:.3f} (target {flops_ratio})"],
         ["params kept", f"{arch.params:,} / {arch.full_params:,} = {arch.params_ratio:.3f}"],
-        ["search's own argmax", f"{search['pre_decode_ratio']:.3f} of the FLOPs; decode moves: {search['decode_moves']}"],
+        ["search's own argmax", f"{search['pre_decode_ratio']:.3f} of the FLOPs; decode moves: {search['decode_moves']}"
+                                f"; landing steps: {search['landing_steps']}"],
         *[[f"ORT CPU speed-up @ batch {b}", f"{v:.2f}x"] for b, v in speed.items()],
         ["teacher run", summary["paths"]["teacher"]],
         ["architecture", summary["paths"]["arch"]],
