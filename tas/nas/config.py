@@ -114,9 +114,11 @@ class SearchConfig(RunSettings):
             raise TasError(f"--arch-lr-hold must be a fraction of the search in [0, 1), got {self.arch_lr_hold}")
         if not self.entropy_weight >= 0:
             raise TasError(f"--entropy-weight must be >= 0, got {self.entropy_weight}")
-        if not self.landing_steps >= 0 or not self.landing_lr > 0:
-            raise TasError(f"--landing-steps must be >= 0 (a fraction of the search's architecture steps) and "
-                           f"--landing-lr > 0 (a fraction of --arch-lr), got {self.landing_steps}, {self.landing_lr}")
+        if not self.landing_steps >= 0:
+            raise TasError(f"--landing-steps must be >= 0 (a fraction of the search's architecture steps), "
+                           f"got {self.landing_steps}")
+        if not self.landing_lr > 0:
+            raise TasError(f"--landing-lr must be > 0 (a fraction of --arch-lr), got {self.landing_lr}")
         if self.tau_min <= 0 or self.tau_max < self.tau_min:
             raise TasError("--tau-min must be > 0 and <= --tau-max")
         self.validate_run()
