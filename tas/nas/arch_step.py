@@ -167,8 +167,8 @@ class ArchStepper:
                 terms.update(sharp_ratio=float(ratios[1]), sharp_lambda1=float(lam[1, 0]), sharp_lambda2=float(lam[1, 1]))
         return terms
 
-    def land(self, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], max_steps: int, lr: float,
-             temperature: float | None = None, dual_boost: float = 1.0) -> list[dict[str, float]]:
+    def land(self, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], max_steps: int, lr: float
+             ) -> list[dict[str, float]]:
         """Architecture steps past the search's end, at ``lr``, until the argmax lies in the band
         (:meth:`within`) or ``max_steps`` were taken; the terms of each step taken.
 
@@ -179,21 +179,10 @@ class ArchStepper:
         self.progress = 1.0
         taken: list[dict[str, float]] = []
         batches = iter(batches)
-        saved = self.sharp_value, self.sharp_temperature
-        dual_lr = self.controller.lr if self.controller is not None else None
-        if self.controller is not None:
-            self.controller.lr = dual_lr * dual_boost
-        if temperature is not None and self.sharp_temperature is not None:
-            self.sharp_value, self.sharp_temperature = "argmax", temperature
-        try:
-            while len(taken) < max_steps and not self.within():  # checked before a batch is drawn
-                images, targets = next(batches)
-                taken.append(self.step(images, targets, lr=lr))
-                self.precision.update()  # as the search does after each step (fp16's GradScaler)
-        finally:
-            self.sharp_value, self.sharp_temperature = saved
-            if self.controller is not None:
-                self.controller.lr = dual_lr
+        while len(taken) < max_steps and not self.within():  # checked before a batch is drawn
+            images, targets = next(batches)
+            taken.append(self.step(images, targets, lr=lr))
+            self.precision.update()  # as the search does after each step (fp16's GradScaler)
         return taken
 
     @property

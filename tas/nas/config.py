@@ -62,8 +62,6 @@ class SearchConfig(RunSettings):
     entropy_weight: float = 3.0
     landing_steps: float = 0.5
     landing_lr: float = 0.5
-    landing_temperature: float | None = None
-    landing_dual_boost: float = 1.0
     kd_alpha: float = 0.0
     kd_temperature: float = 4.0
     arch_warmup: float = 0.0
