@@ -80,14 +80,12 @@ FACTORS = {
     "sharpened constraint": [{"sharp_value": "sharpened", "sharp_temperature": 0.1}, {"sharp_value": "argmax"},
                              {"sharp_temperature": 0.03}],
     "landing steps": [{"landing_steps": 0.0}, {"landing_steps": 0.5}, {"landing_steps": 0.5, "landing_lr": 1.0}],
-    # the landing steps move the widths only: a block's flip moves the cost by more than the band
-    "landing depth": [{"landing_depth": True}, {"landing_depth": False}],
 }
 #: the current defaults, as the factors name them: a setting equal to these is the defaults' cell
 DEFAULTS = {"arch_warmup": 0.0, "arch_lr": 0.15, "k": 2, "tau_schedule": "cosine", "tau_min": 0.1, "arch_steps": 1.0,
             "arch_lr_schedule": "cosine", "arch_lr_hold": 0.5, "entropy_weight": 3.0, "search_depth": "on",
             "lr": 0.05, "sharp_value": "sharpened", "sharp_temperature": 0.1,
-            "landing_steps": 0.5, "landing_lr": 0.5, "landing_depth": True}
+            "landing_steps": 0.5, "landing_lr": 0.5}
 MODES = {
     "quick": {"limit": 600, "val": 300, "teacher_epochs": 1, "search_epochs": 1, "distill_epochs": 1,
               "batch_size": 64, "seeds": [0], "factors": ["arch steps per weight step"]},

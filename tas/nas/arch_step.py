@@ -76,7 +76,6 @@ class ArchStepper:
         aim = ratio if fill else sum(budget_band(ratio, tolerance)) / 2
         self.sharp_temperature, self.sharp_value = sharp_temperature, sharp_value
         self.entropy_weight, self.progress = entropy_weight, 0.0
-        self.frozen: set[int] = set()  # ids of logits the step leaves as they are
         self.lr, self.lr_schedule, self.lr_hold = lr, lr_schedule, lr_hold
         self.controller = (LagrangianCost(aim, dual_lr, 1 if sharp_temperature is None else 2, dual_penalty)
                            if cost_loss == "lagrangian" else None)
@@ -146,9 +145,6 @@ class ArchStepper:
         # Only α and β: the weight gradients of this val batch would be discarded anyway.
         self.precision.backward(loss * distributed.loss_scale(targets.numel()), inputs=self.params)
         n, (ce_sum,) = distributed.reduce_gradients(self.params, targets.numel(), [ce.item() * targets.numel()])
-        for p in self.params:
-            if id(p) in self.frozen:
-                p.grad = None  # Adam skips it: no step, no weight decay
         ce_value, lc_value = ce_sum / max(n, 1), lc.item()
         loss_value = ce_value + weight * lc_value
         if not math.isfinite(loss_value):
@@ -171,8 +167,8 @@ class ArchStepper:
                 terms.update(sharp_ratio=float(ratios[1]), sharp_lambda1=float(lam[1, 0]), sharp_lambda2=float(lam[1, 1]))
         return terms
 
-    def land(self, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], max_steps: int, lr: float,
-             depth: bool = True) -> list[dict[str, float]]:
+    def land(self, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], max_steps: int, lr: float
+             ) -> list[dict[str, float]]:
         """Architecture steps past the search's end, at ``lr``, until the argmax lies in the band
         (:meth:`within`) or ``max_steps`` were taken; the terms of each step taken.
 
@@ -183,14 +179,10 @@ class ArchStepper:
         self.progress = 1.0
         taken: list[dict[str, float]] = []
         batches = iter(batches)
-        self.frozen = set() if depth else {id(b) for b in self.supernet.betas.values()}
-        try:
-            while len(taken) < max_steps and not self.within():  # checked before a batch is drawn
-                images, targets = next(batches)
-                taken.append(self.step(images, targets, lr=lr))
-                self.precision.update()  # as the search does after each step (fp16's GradScaler)
-        finally:
-            self.frozen = set()
+        while len(taken) < max_steps and not self.within():  # checked before a batch is drawn
+            images, targets = next(batches)
+            taken.append(self.step(images, targets, lr=lr))
+            self.precision.update()  # as the search does after each step (fp16's GradScaler)
         return taken
 
     @property

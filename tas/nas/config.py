@@ -62,7 +62,6 @@ class SearchConfig(RunSettings):
     entropy_weight: float = 3.0
     landing_steps: float = 0.5
     landing_lr: float = 0.5
-    landing_depth: bool = True
     kd_alpha: float = 0.0
     kd_temperature: float = 4.0
     arch_warmup: float = 0.0

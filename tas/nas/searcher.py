@@ -293,8 +293,7 @@ class Searcher:
         t0 = time.perf_counter()
         self.supernet.search().train()
         batches = ((amp.images(x, dev), amp.images(y, dev)) for x, y in cycle_batches(self.data.val))
-        for i, terms in enumerate(self.stepper.land(batches, max_steps, cfg.arch_lr * cfg.landing_lr,
-                                                         cfg.landing_depth)):
+        for i, terms in enumerate(self.stepper.land(batches, max_steps, cfg.arch_lr * cfg.landing_lr)):
             for k, v in terms.items():
                 self.writer.add_scalar(f"search/{k}", v, p.step + i + 1)
             self.landing_steps = i + 1
