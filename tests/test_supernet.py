@@ -188,6 +188,18 @@ def test_width_candidates_follow_space():
     assert space.k == 2 and space.ratios[0] == 0.3
 
 
+def test_depth_rules_and_the_fine_cifar_space():
+    m = timm.create_model("cifar_resnet56")
+    for rule, depths in (("cifar", [1, 3, 5, 7, 9]), ("every", list(range(1, 10))), ("none", [9])):
+        s = create_supernet(m, space={"ratios": [0.5, 1.0], "divisor": 8, "depth": rule}, input_size=(3, 8, 8))
+        assert all(d == depths for d in s.stage_depths.values()), (rule, s.stage_depths)
+    fine = create_supernet(m, space="cifar_resnet_fine", input_size=(3, 8, 8))
+    # every block count, and the 16-channel stage-1 stream in steps of 4 instead of {8, 16}
+    assert fine.stage_depths["layer1"] == list(range(1, 10))
+    assert fine.groups()["stem"].widths == [4, 8, 12, 16]
+    assert create_supernet(m, space="cifar_resnet", input_size=(3, 8, 8)).groups()["stem"].widths == [8, 16]
+
+
 def test_infeasible_target_names_smallest_ratio():
     s = create_supernet(timm.create_model("cifar_resnet20"), input_size=(3, 32, 32))
     with pytest.raises(TasError, match=r"smallest architecture .* keeps 0\.0"):

@@ -21,7 +21,7 @@ __all__ = ["SearchSpace", "load_space", "list_spaces", "default_space_for", "SPA
 # The presets ship inside the package (the top-level search_spaces/ of a checkout links here).
 SPACES_DIR = Path(__file__).resolve().parents[1] / "search_spaces"
 _SEARCH_KEYS = ("stem", "stream", "inner", "depth")
-DEPTH_RULES = ("cifar", "imagenet", "none")
+DEPTH_RULES = ("cifar", "imagenet", "every", "none")
 #: the rounding multiple ``divisor: auto`` starts from before the latency table thins the widths
 AUTO_BASE = 8
 
@@ -40,7 +40,8 @@ class SearchSpace:
         widths: explicit candidate widths per group name, overriding ``ratios`` for those groups
             (``divisor: auto`` records its choice here).
         k: fragments sampled per group in every forward pass.
-        depth: depth-candidate rule, one of ``cifar``, ``imagenet``, ``none``.
+        depth: depth-candidate rule: ``cifar`` (N blocks: 1, 3, 5, …, N; {1, 2, 3} for 3),
+            ``imagenet`` (in proportion to the shallowest stage), ``every`` (1, 2, …, N) or ``none``.
         search: which group kinds (``stem``, ``stream``, ``inner``) and whether ``depth`` are searched.
     """
 
@@ -104,6 +105,8 @@ class SearchSpace:
         n = stage.num_blocks
         if not self.search["depth"] or self.depth == "none" or n == 1:
             return [n]
+        if self.depth == "every":
+            return list(range(1, n + 1))
         if self.depth == "cifar":
             return [1, 2, 3] if n == 3 else sorted(set(range(1, n + 1, 2)) | {n})
         m = min(s.num_blocks for s in all_stages)
