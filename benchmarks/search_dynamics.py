@@ -80,12 +80,14 @@ FACTORS = {
     "sharpened constraint": [{"sharp_value": "sharpened", "sharp_temperature": 0.1}, {"sharp_value": "argmax"},
                              {"sharp_temperature": 0.03}],
     "landing steps": [{"landing_steps": 0.0}, {"landing_steps": 0.5}, {"landing_steps": 0.5, "landing_lr": 1.0}],
+    # a finer search space: every block count, widths in multiples of 4 (the argmax's moves < the band)
+    "space grain": [{"space": None}, {"space": "cifar_resnet_fine"}],
 }
 #: the current defaults, as the factors name them: a setting equal to these is the defaults' cell
 DEFAULTS = {"arch_warmup": 0.0, "arch_lr": 0.15, "k": 2, "tau_schedule": "cosine", "tau_min": 0.1, "arch_steps": 1.0,
             "arch_lr_schedule": "cosine", "arch_lr_hold": 0.5, "entropy_weight": 3.0, "search_depth": "on",
             "lr": 0.05, "sharp_value": "sharpened", "sharp_temperature": 0.1,
-            "landing_steps": 0.5, "landing_lr": 0.5}
+            "landing_steps": 0.5, "landing_lr": 0.5, "space": None}
 MODES = {
     "quick": {"limit": 600, "val": 300, "teacher_epochs": 1, "search_epochs": 1, "distill_epochs": 1,
               "batch_size": 64, "seeds": [0], "factors": ["arch steps per weight step"]},
