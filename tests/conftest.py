@@ -249,6 +249,26 @@ def perturb_like_search(supernet: Supernet, seed: int = 0, scale: float = 0.2) -
     perturb_bn(supernet, generator=g)
 
 
+def assert_hard_mode_is_the_slim_network(supernet: Supernet, arch: Arch, x: torch.Tensor) -> nn.Module:
+    """Check that ``supernet`` in hard mode at ``arch`` computes what its materialised slim network
+    computes, and that the slim network is a plain network of the template's class (no search modules)
+    at exactly ``arch``'s FLOPs and params (counted on the network, not taken from the spec); return it."""
+    from tas.prune.flops import count_flops, count_params
+    from tas.prune.materialize import materialize
+
+    supernet.set_arch(arch)
+    with torch.no_grad():
+        hard = supernet(x)
+        slim = materialize(supernet, arch).eval()
+        out = slim(x)
+    assert (hard - out).abs().max() <= 1e-4
+    assert count_flops(slim, tuple(x.shape[1:])) == arch.flops
+    assert count_params(slim) == arch.params
+    assert type(slim) is type(supernet.template)
+    assert not any(isinstance(m, (SearchConv, SearchBN)) for m in slim.modules())
+    return slim
+
+
 def grouped_random_indices(supernet: Supernet, arch: Arch, seed: int = 0) -> Arch:
     """``arch`` with non-prefix kept channels: random ones, at the same local positions in every
     conv group of a grouped group (what SA++ and the baselines produce)."""
