@@ -196,6 +196,8 @@ def test_bad_spaces_and_models():
         load_space({"ratios": [0.5, 1.5]})
     with pytest.raises(TasError, match="not found"):
         load_space("no_such_space")
+    with pytest.raises(TasError, match="cifar_resnet_fine is for the resnet family, the model is efficientnet"):
+        create_supernet(timm.create_model("cifar_mobilenetv2_050"), space="cifar_resnet_fine", input_size=(3, 8, 8))
     with pytest.raises(ModelError, match="supported families are .*resnet"):
         create_supernet(timm.create_model("vit_tiny_patch16_224", img_size=32, patch_size=8), input_size=(3, 32, 32))
 
