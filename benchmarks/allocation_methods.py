@@ -32,6 +32,9 @@ VARIANTS = {
     # the weight step distils from the teacher (KD α 0.9, T 4, as the distillation), and the distillation
     # starts from those weights (tas-init's start, trained on soft targets rather than labels)
     "tas-kd": {"kd_alpha": 0.9},
+    # the architecture step scores the val half by the distillation's own objective (KD α 0.9, T 4, from the
+    # teacher's soft targets) rather than by CE on labels: the network is distilled afterwards, not trained
+    "tas-akd": {"arch_kd_alpha": 0.9},
     # the channel order of the l1 baseline (producers' filter L1, unnormalised) instead of the group L1
     "tas-filters": {"channel_order": "filters"},
     # two architecture steps per weight step: twice the controller's steps in the same search epoch

@@ -1,4 +1,7 @@
-"""When the search takes its architecture steps: --arch-steps (per weight step) and --arch-warmup."""
+"""When the search takes its architecture steps (--arch-steps per weight step, --arch-warmup) and what
+they score (--arch-kd-alpha)."""
+import copy
+
 import pytest
 import timm
 import torch
@@ -76,7 +79,7 @@ def test_resumed_epoch_gets_the_val_batches_it_would_have(arch_steps):
 @pytest.mark.parametrize("flag, value", [("arch_steps", 0.0), ("arch_warmup", 1.0), ("arch_warmup", -0.1),
                                          ("arch_lr_hold", 1.0), ("arch_lr_hold", -0.1), ("entropy_weight", -1.0),
                                          ("arch_lr_schedule", "step"), ("landing_steps", -0.5),
-                                         ("landing_lr", 0.0)])
+                                         ("landing_lr", 0.0), ("arch_kd_alpha", 1.5), ("arch_kd_alpha", -0.1)])
 def test_bad_schedule_is_refused(flag, value):
     with pytest.raises(TasError, match=flag.replace("_", "-")):
         SearchConfig(**{flag: value}).validate()
@@ -86,8 +89,27 @@ def test_schedule_flags_reach_the_config(search_script):
     args = search_script.build_parser().parse_args(["--arch-steps", "0.5", "--arch-warmup", "0.25",
                                                     "--arch-lr-schedule", "constant", "--arch-lr-hold", "0.3",
                                                     "--entropy-weight", "0.5", "--landing-steps", "0.25",
-                                                    "--landing-lr", "0.4"])
+                                                    "--landing-lr", "0.4", "--arch-kd-alpha", "0.7"])
     cfg = SearchConfig.from_args(args)
-    assert (cfg.landing_steps, cfg.landing_lr) == (0.25, 0.4)
+    assert (cfg.landing_steps, cfg.landing_lr, cfg.arch_kd_alpha) == (0.25, 0.4, 0.7)
     assert (cfg.arch_steps, cfg.arch_warmup) == (0.5, 0.25)
     assert (cfg.arch_lr_schedule, cfg.arch_lr_hold, cfg.entropy_weight) == ("constant", 0.3, 0.5)
+
+
+@pytest.mark.parametrize("alpha", [0.0, 0.9])
+def test_arch_kd_alpha_scores_the_val_batch_by_the_distillation_objective(alpha):
+    s = _searcher(arch_kd_alpha=alpha, kd_temperature=3.0)
+    s.supernet.search().train()
+    x, y = next(iter(s.data.val))
+    twin = copy.deepcopy(s.supernet)  # a forward moves BN statistics, the step the logits: check on a copy
+    torch.manual_seed(1)  # the same Gumbel draws in the copy and in the step
+    with torch.no_grad():
+        student, teacher = twin(x), s.teacher.eval()(x)
+    torch.manual_seed(1)
+    reported = s.stepper.step(x, y)["arch_ce"]
+    # written out rather than through tas.train.distill.kd_loss: the step must compute this objective
+    ce = torch.nn.functional.cross_entropy(student, y)
+    p_t, log_p_s = torch.softmax(teacher / 3.0, 1), torch.log_softmax(student / 3.0, 1)
+    kl = (p_t * (torch.log(p_t) - log_p_s)).sum(1).mean()
+    assert reported == pytest.approx(float((1 - alpha) * ce + alpha * 9.0 * kl), rel=1e-4)
+    assert reported != pytest.approx(float(ce), rel=1e-3) or alpha == 0

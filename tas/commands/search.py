@@ -151,6 +151,9 @@ def _optimisation_flags(p: argparse.ArgumentParser, d: SearchConfig) -> None:
     g.add_argument("--kd-alpha", type=float, default=d.kd_alpha,
                    help="weight step: weight of the KD term from the teacher, (1-a)*CE + a*T^2*KL (0: CE "
                         "alone, the paper's); what train.py --init search then starts from")
+    g.add_argument("--arch-kd-alpha", type=float, default=d.arch_kd_alpha,
+                   help="architecture step: the same KD objective on the val half, from the teacher's soft "
+                        "targets (0: CE alone, the paper's)")
     g.add_argument("--kd-temperature", type=float, default=d.kd_temperature)
     g.add_argument("--arch-warmup", type=float, default=d.arch_warmup,
                    help="fraction of the search's steps that train the weights only, before the first "

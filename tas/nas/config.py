@@ -63,6 +63,7 @@ class SearchConfig(RunSettings):
     landing_steps: float = 0.5
     landing_lr: float = 0.5
     kd_alpha: float = 0.0
+    arch_kd_alpha: float = 0.0
     kd_temperature: float = 4.0
     arch_warmup: float = 0.0
     arch_steps: float = 1.0
@@ -101,9 +102,9 @@ class SearchConfig(RunSettings):
             raise TasError(f"--arch-warmup must be a fraction of the search in [0, 1), got {self.arch_warmup}")
         if not self.arch_steps > 0:
             raise TasError(f"--arch-steps must be > 0 (architecture steps per weight step), got {self.arch_steps}")
-        if not 0 <= self.kd_alpha <= 1 or self.kd_temperature <= 0:
-            raise TasError(f"--kd-alpha must be in [0, 1] and --kd-temperature > 0, got {self.kd_alpha}, "
-                           f"{self.kd_temperature}")
+        if not 0 <= self.kd_alpha <= 1 or not 0 <= self.arch_kd_alpha <= 1 or self.kd_temperature <= 0:
+            raise TasError(f"--kd-alpha and --arch-kd-alpha must be in [0, 1] and --kd-temperature > 0, got "
+                           f"{self.kd_alpha}, {self.arch_kd_alpha}, {self.kd_temperature}")
         if not isinstance(self.latency_feedback, int) or self.latency_feedback < 0:
             raise TasError(f"--latency-feedback must be a non-negative integer, got {self.latency_feedback!r}")
         if not 0 <= self.tolerance < 1:

@@ -136,9 +136,10 @@ class Searcher:
         self.perms = order_teacher(self.ordered, cfg.channel_order, self.data.train,
                                    saved=self._saved("channel_perms"), task_classes=cfg.task_classes)
         self.ordered.cpu()
-        # --kd-alpha: a frozen copy of the teacher for the weight step (the supernet takes over self.ordered)
+        # --kd-alpha / --arch-kd-alpha: a frozen copy of the teacher for the weight / architecture step (the
+        # supernet takes over self.ordered)
         self.kd_teacher = (copy.deepcopy(self.teacher).to(self.device).eval().requires_grad_(False)
-                           if cfg.kd_alpha > 0 else None)
+                           if cfg.kd_alpha > 0 or cfg.arch_kd_alpha > 0 else None)
         self.supernet = choose_depth(self._build(cfg.space), self._build, cfg.search_depth, cfg.metric, cfg.ratio)
         if cfg.metric == "latency" or self.supernet.space.divisor == "auto":
             self.latency = shared_latency_table(self.supernet, cfg)
@@ -183,7 +184,9 @@ class Searcher:
                                    sharp_temperature=cfg.sharp_temperature,
                                    sharp_value=cfg.sharp_value, entropy_weight=cfg.entropy_weight,
                                    lr_schedule=cfg.arch_lr_schedule,
-                                   lr_hold=cfg.arch_lr_hold, precision=self.precision)
+                                   lr_hold=cfg.arch_lr_hold, precision=self.precision,
+                                   teacher=self.kd_teacher if cfg.arch_kd_alpha > 0 else None,
+                                   kd_alpha=cfg.arch_kd_alpha, kd_temperature=cfg.kd_temperature)
 
     # -- loop: the epochs ------------------------------------------------------------------------
     def _optimizers(self) -> None:
@@ -350,7 +353,7 @@ class Searcher:
             phase, sparsity = self.sapp.step(p.step)
         with amp.autocast():
             logits = net(xt)
-            if self.kd_teacher is not None:  # the teacher's soft targets: weights a distillation may start from
+            if cfg.kd_alpha > 0:  # the teacher's soft targets: weights a distillation may start from
                 with torch.no_grad():
                     t_logits = self.kd_teacher(xt)
                 w_loss = kd_loss(logits, t_logits, yt, cfg.kd_alpha, cfg.kd_temperature)[0]
