@@ -129,6 +129,7 @@ def test_search_kd_trains_the_weights_on_the_teachers_soft_targets(tmp_path, sea
     of the loaded teacher in eval mode on the same images gives them), not the supernet's."""
     from tas.nas import searcher
     from tas.prune.load import load_run
+    from tas.train import distill
 
     teacher, _ = load_run(teacher_run)
     calls = []
@@ -138,8 +139,8 @@ def test_search_kd_trains_the_weights_on_the_teachers_soft_targets(tmp_path, sea
         calls.append((student.requires_grad, t_logits.requires_grad, alpha, temperature, t_logits.detach().clone()))
         return searcher_kd(student, t_logits, targets, alpha, temperature)
 
-    searcher_kd = searcher.kd_loss
-    monkeypatch.setattr(searcher, "kd_loss", recording)
+    searcher_kd = distill.kd_loss
+    monkeypatch.setattr(distill, "kd_loss", recording)
     original_step = searcher.Searcher._step
 
     def step(self, epoch, in_epoch, xt, yt, val):  # the images of each weight step, for the check below

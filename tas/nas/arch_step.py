@@ -10,11 +10,10 @@ import math
 from typing import Any, Iterable
 
 import torch
-import torch.nn.functional as F
 
 from .. import distributed
 from ..train.amp import Precision
-from ..train.distill import kd_loss
+from ..train import engine
 from .cost import COST_LOSSES, LagrangianCost, budget_band, cost_loss
 from ..errors import DivergedError
 from .supernet import Supernet
@@ -39,11 +38,10 @@ class ArchStepper:
     :class:`~tas.deploy.latency.LatencyTable` passed as ``latency``). ``ceiling=(metric, ratio)`` adds an
     upper bound on FLOPs or params next to a latency target: ``+log E[metric]`` while the argmax
     architecture exceeds it. ``fill=True`` makes :meth:`decode` spend the budget up to the target
-    instead of stopping anywhere in the band. With a frozen ``teacher`` the CE becomes the KD objective
-    ``(1 − kd_alpha)·CE + kd_alpha·T²·KL`` (:func:`~tas.train.distill.kd_loss`, T ``kd_temperature``) on
-    the teacher's logits for the same val batch. ``precision`` runs the CE forward under autocast and
-    scales the backward (:class:`~tas.train.amp.Precision`; the caller calls its ``update`` once per
-    iteration); the cost terms stay float32.
+    instead of stopping anywhere in the band. ``loss_fn`` scores the val batch (default: CE;
+    :func:`~tas.train.distill.distillation_loss` for ``--arch-kd-alpha``). ``precision`` runs the CE
+    forward under autocast and scales the backward (:class:`~tas.train.amp.Precision`; the caller calls
+    its ``update`` once per iteration); the cost terms stay float32.
 
     Landing (``docs/benchmarks_search_landing.md``): ``lr_schedule="cosine"`` keeps the Adam learning
     rate for the first ``lr_hold`` of the search (the controller's time to bring the costs to the
@@ -60,8 +58,8 @@ class ArchStepper:
                  ceiling: tuple[str, float] | None = None, fill: bool = False, cost_loss: str = "lagrangian",
                  dual_lr: float = 1.0, dual_penalty: float = 20.0, sharp_temperature: float | None = 0.1,
                  sharp_value: str = "sharpened", entropy_weight: float = 0.0, lr_schedule: str = "constant",
-                 lr_hold: float = 0.0, teacher: torch.nn.Module | None = None, kd_alpha: float = 0.9,
-                 kd_temperature: float = 4.0, precision: Precision | None = None) -> None:
+                 lr_hold: float = 0.0, loss_fn: engine.LossFn | None = None,
+                 precision: Precision | None = None) -> None:
         if lr_schedule not in ARCH_LR_SCHEDULES:
             raise ValueError(f"unknown arch lr schedule {lr_schedule!r} (one of {', '.join(ARCH_LR_SCHEDULES)})")
         if cost_loss not in COST_LOSSES:
@@ -80,7 +78,7 @@ class ArchStepper:
         self.sharp_temperature, self.sharp_value = sharp_temperature, sharp_value
         self.entropy_weight, self.progress = entropy_weight, 0.0
         self.lr, self.lr_schedule, self.lr_hold = lr, lr_schedule, lr_hold
-        self.teacher, self.kd_alpha, self.kd_temperature = teacher, kd_alpha, kd_temperature
+        self.loss_fn = loss_fn or engine.cross_entropy_loss()
         self.controller = (LagrangianCost(aim, dual_lr, 1 if sharp_temperature is None else 2, dual_penalty)
                            if cost_loss == "lagrangian" else None)
 
@@ -139,13 +137,7 @@ class ArchStepper:
         """One Adam step on α and β (then one ascent step on the multipliers) at ``lr`` (default:
         :meth:`current_lr`); in a distributed run the CE is the global batch's (all ranks)."""
         with self.precision.autocast():
-            logits = self.supernet(images)
-            if self.teacher is None:
-                ce = F.cross_entropy(logits, targets)
-            else:
-                with torch.no_grad():
-                    t_logits = self.teacher(images)
-                ce = kd_loss(logits, t_logits, targets, self.kd_alpha, self.kd_temperature)[0]
+            ce = self.loss_fn(self.supernet, images, targets)[0]
         lc, weight, expected, current = self._cost_loss()
         loss = ce + weight * lc.to(ce.device)
         entropy = self.mean_entropy()

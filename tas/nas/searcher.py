@@ -35,7 +35,6 @@ from pathlib import Path
 from typing import Any, Iterable
 
 import torch
-import torch.nn.functional as F
 
 from .. import distributed, tb
 from ..cli import format_table
@@ -47,7 +46,7 @@ from ..prune.channel_order import order_teacher, to_original
 from ..prune.materialize import materialize
 from ..train import engine
 from ..train.amp import Precision
-from ..train.distill import kd_loss
+from ..train.distill import distillation_loss
 from ..train.loop import seed_everything
 from .arch_step import ArchStepper
 from .attention import PHASES, SappController, SappSchedule
@@ -92,7 +91,8 @@ class Searcher:
         self.state: dict[str, Any] | None = None
         self.latency: Any = None
         self.writer: Any = None
-        self.kd_teacher: torch.nn.Module | None = None
+        self.weight_loss: engine.LossFn = engine.cross_entropy_loss()
+        self.arch_loss: engine.LossFn = engine.cross_entropy_loss()
         self.landing_steps = 0
 
     def run(self) -> SearchResult:
@@ -136,10 +136,11 @@ class Searcher:
         self.perms = order_teacher(self.ordered, cfg.channel_order, self.data.train,
                                    saved=self._saved("channel_perms"), task_classes=cfg.task_classes)
         self.ordered.cpu()
-        # --kd-alpha / --arch-kd-alpha: a frozen copy of the teacher for the weight / architecture step (the
-        # supernet takes over self.ordered)
-        self.kd_teacher = (copy.deepcopy(self.teacher).to(self.device).eval().requires_grad_(False)
-                           if cfg.kd_alpha > 0 or cfg.arch_kd_alpha > 0 else None)
+        # --kd-alpha / --arch-kd-alpha: the weight / architecture step distils from a frozen copy of the
+        # teacher (the supernet takes over self.ordered)
+        kd_teacher = copy.deepcopy(self.teacher).to(self.device) if cfg.kd_alpha or cfg.arch_kd_alpha else None
+        self.weight_loss, self.arch_loss = (distillation_loss(kd_teacher, a, cfg.kd_temperature) if a
+                                            else engine.cross_entropy_loss() for a in (cfg.kd_alpha, cfg.arch_kd_alpha))
         self.supernet = choose_depth(self._build(cfg.space), self._build, cfg.search_depth, cfg.metric, cfg.ratio)
         if cfg.metric == "latency" or self.supernet.space.divisor == "auto":
             self.latency = shared_latency_table(self.supernet, cfg)
@@ -184,9 +185,7 @@ class Searcher:
                                    sharp_temperature=cfg.sharp_temperature,
                                    sharp_value=cfg.sharp_value, entropy_weight=cfg.entropy_weight,
                                    lr_schedule=cfg.arch_lr_schedule,
-                                   lr_hold=cfg.arch_lr_hold, precision=self.precision,
-                                   teacher=self.kd_teacher if cfg.arch_kd_alpha > 0 else None,
-                                   kd_alpha=cfg.arch_kd_alpha, kd_temperature=cfg.kd_temperature)
+                                   lr_hold=cfg.arch_lr_hold, loss_fn=self.arch_loss, precision=self.precision)
 
     # -- loop: the epochs ------------------------------------------------------------------------
     def _optimizers(self) -> None:
@@ -351,14 +350,8 @@ class Searcher:
         phase = sparsity = None
         if self.sapp is not None:
             phase, sparsity = self.sapp.step(p.step)
-        with amp.autocast():
-            logits = net(xt)
-            if cfg.kd_alpha > 0:  # the teacher's soft targets: weights a distillation may start from
-                with torch.no_grad():
-                    t_logits = self.kd_teacher(xt)
-                w_loss = kd_loss(logits, t_logits, yt, cfg.kd_alpha, cfg.kd_temperature)[0]
-            else:
-                w_loss = F.cross_entropy(logits, yt)
+        with amp.autocast():  # CE, or with --kd-alpha the teacher's soft targets too
+            w_loss = self.weight_loss(net, xt, yt)[0]
         self.w_opt.zero_grad(set_to_none=True)
         if self.attn_opt is not None:
             self.attn_opt.zero_grad(set_to_none=True)
