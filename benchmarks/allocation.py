@@ -68,7 +68,7 @@ from tas.prune.materialize import materialize  # noqa: E402
 from tas.train import engine  # noqa: E402
 
 from allocation_methods import (ARCH_ONLY, BORROWERS, DERIVED, FOLLOWERS, METHODS, SEARCHES,  # noqa: E402
-                                VARIANT_DISTILL, VARIANTS, WIDTH_ONLY)
+                                VARIANT_DISTILL, VARIANT_SEARCH_SCALE, VARIANTS, WIDTH_ONLY)
 # the analysis lives in allocation_report; its names stay reachable as allocation.<name> (tests, sibling benchmarks)
 from allocation_report import (NOTES, equal_latency_rows, paired_rows, render,  # noqa: E402, F401
                                search_diagnostics, stage_flops, _in_stage)
@@ -182,8 +182,8 @@ class AllocationBench(compare.Bench):
             self.save()
         return info
 
-    def search_epochs(self, method: str) -> int:
-        return 0 if method == ARCH_ONLY else super().search_epochs(method)
+    def search_epochs(self, method: str) -> float:
+        return 0 if method == ARCH_ONLY else super().search_epochs(method) * VARIANT_SEARCH_SCALE.get(method, 1)
 
     def search_overrides(self, method: str) -> dict:
         return VARIANTS.get(method, {})

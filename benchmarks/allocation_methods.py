@@ -39,10 +39,15 @@ VARIANTS = {
     "tas-filters": {"channel_order": "filters"},
     # two architecture steps per weight step: twice the controller's steps in the same search epoch
     "tas-arch2": {"arch_steps": 2.0},
+    # the search stops halfway through its epoch and the distillation gets the other half (3.5 of 4): the
+    # search's epoch costs about half a point (tas-arch); does half of it decide as well?
+    "tas-half": {},
 }
 VARIANTS["tas-width-filters"] = {**VARIANTS["tas-width"], **VARIANTS["tas-filters"]}
 #: a variant's distillation settings
 VARIANT_DISTILL = {"tas-kd": {"init": "search"}}
+#: a variant's search length, as a fraction of the preset's ``search_epochs`` (the rest goes to its distillation)
+VARIANT_SEARCH_SCALE = {"tas-half": 0.5}
 #: ``random-arch`` (a seeded random allocation, channels by L1) says how much allocation alone moves accuracy
 METHODS = ("tas", LATENCY_METHOD, "uniform", "uniform-depth", "l1", "synflow", "random-arch", *BORROWERS, *DERIVED,
            *VARIANTS)

@@ -74,7 +74,7 @@ def _input_size(loader: Iterable) -> tuple[int, int, int]:
 
 def search(model: nn.Module, train_loader: Iterable, val_loader: Iterable, *, test_loader: Iterable | None = None,
            flops_ratio: float | None = None, params_ratio: float | None = None, latency_ratio: float | None = None,
-           epochs: int = 2, output: str | Path | None = None, resume: bool = False, overwrite: bool = False,
+           epochs: float = 2, output: str | Path | None = None, resume: bool = False, overwrite: bool = False,
            device: str = "auto", input_size: tuple[int, int, int] | None = None, dataset: str = "custom",
            **options: Any) -> SearchResult:
     """Search a pruned architecture of ``model`` within a FLOPs, params or latency budget (TAS).
@@ -88,7 +88,7 @@ def search(model: nn.Module, train_loader: Iterable, val_loader: Iterable, *, te
         test_loader: batches the derived architecture is scored on every epoch (default: ``val_loader``).
         flops_ratio, params_ratio, latency_ratio: the budget as a fraction of the original
             (default: 0.5 of the FLOPs); as ``--flops-ratio`` etc.
-        epochs: passes over ``train_loader``.
+        epochs: passes over ``train_loader``; a fraction ends partway through the last.
         output: a run directory to write (``arch.json``, ``model.safetensors``, ``metrics.json``,
             TensorBoard, ``state/``); None writes nothing.
         resume, overwrite: continue the search in ``output``, or replace the one there.
@@ -114,7 +114,7 @@ def search(model: nn.Module, train_loader: Iterable, val_loader: Iterable, *, te
         return Searcher(cfg, model, data, dev, output=output).run()
 
 
-def distill(slim: nn.Module, teacher: nn.Module, train_loader: Iterable, val_loader: Iterable, *, epochs: int = 3,
+def distill(slim: nn.Module, teacher: nn.Module, train_loader: Iterable, val_loader: Iterable, *, epochs: float = 3,
             output: str | Path | None = None, resume: bool = False, overwrite: bool = False, device: str = "auto",
             arch: Any = None, dataset: str = "custom", **options: Any) -> dict[str, Any]:
     """Train ``slim`` (in place) from the frozen ``teacher`` by knowledge distillation.
@@ -125,7 +125,7 @@ def distill(slim: nn.Module, teacher: nn.Module, train_loader: Iterable, val_loa
         slim: the pruned network, e.g. ``tas.search(...).slim`` or ``tas.materialize(teacher, arch)``.
         teacher: the network it was pruned from (frozen, eval mode).
         train_loader, val_loader: ``(images, labels)`` batches to train on and to report test top-1 on.
-        epochs: passes over ``train_loader``.
+        epochs: passes over ``train_loader``; a fraction ends partway through the last.
         output: a run directory to write (as ``tas train --arch``: ``tas.load_slim(output)`` rebuilds
             the trained network); None writes nothing.
         resume, overwrite, device: as the flags.

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import sys
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
@@ -16,7 +17,8 @@ import yaml
 
 from .errors import EXIT_DIVERGED, EXIT_IO, EXIT_USAGE, DivergedError, RunIOError, TasError, run_io_error
 
-__all__ = ["parse_args", "run_main", "format_table", "config_from_args", "RunSettings", "HelpFormatter", "DATASET_HELP"]
+__all__ = ["parse_args", "run_main", "format_table", "config_from_args", "RunSettings", "HelpFormatter", "DATASET_HELP",
+           "epoch_count", "check_epochs"]
 
 #: ``--dataset``'s help, shared by the commands
 DATASET_HELP = ("digits, fashion-mnist, mnist, cifar10, cifar100, imagefolder, or module:function naming your "
@@ -32,6 +34,25 @@ def add_device_flags(group: Any) -> None:
     group.add_argument("--amp", default=None, choices=("bf16", "fp16"),
                        help="mixed precision: forward under autocast in bf16, or fp16 with loss scaling")
     group.add_argument("--channels-last", action="store_true", help="models and batches in NHWC (fast on CUDA)")
+
+
+def check_epochs(value: Any, flag: str = "epochs") -> int | float:
+    """``value`` as a run length in epochs: a positive number, whole ones as ``int`` (YAML's ``2.0``
+    and ``2`` alike), fractions as ``float`` (``0.5``: half a pass over the training split, see
+    :func:`tas.train.engine.epoch_lengths`). Raises :class:`TasError` naming ``--flag`` otherwise."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+        raise TasError(f"--{flag.replace('_', '-')} must be a positive number of epochs (fractions allowed), "
+                       f"got {value!r}")
+    return int(value) if float(value).is_integer() else float(value)
+
+
+def epoch_count(text: str) -> int | float:
+    """argparse ``type`` of the ``--epochs`` flags: ``"3"`` → 3, ``"0.5"`` → 0.5 (checked by the config)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    return int(value) if value.is_integer() else value
 
 
 def _load_config(path: str) -> dict:

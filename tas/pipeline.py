@@ -17,7 +17,7 @@ import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import Any, Sequence  # noqa: E402
 
-from .cli import format_table, parse_args, run_main  # noqa: E402
+from .cli import epoch_count, format_table, parse_args, run_main  # noqa: E402
 from .io.checkpoint import atomic_write_json
 from .io.rundir import run_lock
 from .nas import run as searching
@@ -28,8 +28,8 @@ __all__ = ["run_pipeline", "main"]
 
 
 def run_pipeline(output: str | Path = "runs/demo", model: str = "cifar_resnet20", dataset: str = "digits",
-                 data_dir: str | None = None, flops_ratio: float = 0.5, teacher_epochs: int = 3,
-                 search_epochs: int = 2, distill_epochs: int = 3, selection: str = "prefix", seed: int = 0,
+                 data_dir: str | None = None, flops_ratio: float = 0.5, teacher_epochs: float = 3,
+                 search_epochs: float = 2, distill_epochs: float = 3, selection: str = "prefix", seed: int = 0,
                  limit: int | None = None, img_size: int | None = None, progress: bool = True,
                  latency_repeats: int = 30) -> dict[str, Any]:
     """Run every stage into ``output/{teacher,search,slim}`` + ``output/slim.onnx``; returns the summary."""
@@ -39,7 +39,7 @@ def run_pipeline(output: str | Path = "runs/demo", model: str = "cifar_resnet20"
 
 
 def _run_pipeline(out: Path, model: str, dataset: str, data_dir: str | None, flops_ratio: float,
-                  teacher_epochs: int, search_epochs: int, distill_epochs: int, selection: str, seed: int,
+                  teacher_epochs: float, search_epochs: float, distill_epochs: float, selection: str, seed: int,
                   limit: int | None, img_size: int | None, progress: bool, latency_repeats: int) -> dict[str, Any]:
     common = {"dataset": dataset, "data_dir": data_dir, "seed": seed, "limit": limit, "progress": progress,
               "overwrite": True, "device": "auto"}
@@ -96,9 +96,9 @@ def build_parser(prog: str | None = "python -m tas.pipeline") -> argparse.Argume
     p.add_argument("--data-dir", default=None)
     p.add_argument("--img-size", type=int, default=None)
     p.add_argument("--flops-ratio", type=float, default=0.5)
-    p.add_argument("--teacher-epochs", type=int, default=3)
-    p.add_argument("--search-epochs", type=int, default=2)
-    p.add_argument("--distill-epochs", type=int, default=3)
+    p.add_argument("--teacher-epochs", type=epoch_count, default=3)
+    p.add_argument("--search-epochs", type=epoch_count, default=2)
+    p.add_argument("--distill-epochs", type=epoch_count, default=3)
     p.add_argument("--selection", default="prefix", choices=("prefix", "sapp"))
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--limit", type=int, default=None, help="at most this many samples per split (smoke runs)")

@@ -97,6 +97,8 @@ def _run_baseline(cfg: Any, method: str, values: Mapping[str, Any]) -> dict[str,
                                   augment=cfg.augment and method not in NEEDS_DATA, pin_memory=device.type == "cuda")
     options = _options(method, values, cfg, loaders["train"])
     if method in TRAINING:
+        if not isinstance(cfg.epochs, int):
+            raise TasError(f"--method {method} fine-tunes whole epochs; got --epochs {cfg.epochs}")
         options.update(epochs=cfg.epochs, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
 
     print(f"pruning {tconfig['model']} with the {method} baseline: target {cfg.metric} ratio {cfg.ratio}")

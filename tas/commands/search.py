@@ -17,7 +17,7 @@ from typing import Sequence
 
 from ..baselines import METHODS
 from ..prune.channel_order import CRITERIA
-from ..cli import DATASET_HELP, HelpFormatter, add_device_flags, parse_args
+from ..cli import DATASET_HELP, HelpFormatter, add_device_flags, epoch_count, parse_args
 from ..nas.arch_step import ARCH_LR_SCHEDULES
 from ..nas.config import SEARCH_DEPTH, SearchConfig
 from ..nas.run import search
@@ -126,7 +126,8 @@ def _data_flags(p: argparse.ArgumentParser, d: SearchConfig) -> None:
 def _optimisation_flags(p: argparse.ArgumentParser, d: SearchConfig) -> None:
     """The weight and architecture steps."""
     g = p.add_argument_group("optimisation")
-    g.add_argument("--epochs", type=int, default=d.epochs)
+    g.add_argument("--epochs", type=epoch_count, default=d.epochs,
+                   help="passes over the search's weight half (fractions allowed: 0.5 stops halfway)")
     g.add_argument("--batch-size", type=int, default=d.batch_size)
     g.add_argument("--lr", type=float, default=d.lr, help="weight step: Nesterov SGD, cosine")
     g.add_argument("--momentum", type=float, default=d.momentum)

@@ -16,7 +16,7 @@ from __future__ import annotations
 import argparse
 from typing import Sequence
 
-from ..cli import DATASET_HELP, HelpFormatter, add_device_flags, parse_args
+from ..cli import DATASET_HELP, HelpFormatter, add_device_flags, epoch_count, parse_args
 from ..train.config import INITS, SCHEDULERS, TrainConfig
 from ..train import run as train_run
 
@@ -43,7 +43,8 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     g.add_argument("--workers", type=int, default=d.workers, help="data loader worker processes")
 
     g = p.add_argument_group("optimisation")
-    g.add_argument("--epochs", type=int, default=d.epochs)
+    g.add_argument("--epochs", type=epoch_count, default=d.epochs,
+                   help="passes over the training split (fractions allowed: 3.5 stops halfway through the fourth)")
     g.add_argument("--batch-size", type=int, default=d.batch_size)
     g.add_argument("--lr", type=float, default=d.lr, help="peak learning rate")
     g.add_argument("--weight-decay", type=float, default=d.weight_decay, help="not applied to biases and norms")

@@ -4,7 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from ..cli import RunSettings, config_from_args
+from ..cli import RunSettings, check_epochs, config_from_args
 from ..errors import TasError
 from ..prune.channel_order import CRITERIA
 from ..train.amp import check_amp
@@ -50,7 +50,7 @@ class SearchConfig(RunSettings):
     channel_order: str | None = None
     task_classes: list[int] | None = None
     limit_widths: bool = False
-    epochs: int = 2
+    epochs: int | float = 2
     batch_size: int = 64
     lr: float = 0.05
     momentum: float = 0.9
@@ -94,10 +94,9 @@ class SearchConfig(RunSettings):
             self.flops_ratio = 0.5
         if self.flops_ratio is not None and self.params_ratio is not None:
             raise TasError("give one of --flops-ratio and --params-ratio (a latency target may add one as a ceiling)")
-        for flag in ("epochs", "batch_size"):
-            v = getattr(self, flag)
-            if not isinstance(v, int) or v < 1:
-                raise TasError(f"--{flag.replace('_', '-')} must be a positive integer, got {v!r}")
+        self.epochs = check_epochs(self.epochs)
+        if not isinstance(self.batch_size, int) or self.batch_size < 1:
+            raise TasError(f"--batch-size must be a positive integer, got {self.batch_size!r}")
         if not 0 <= self.arch_warmup < 1:
             raise TasError(f"--arch-warmup must be a fraction of the search in [0, 1), got {self.arch_warmup}")
         if not self.arch_steps > 0:

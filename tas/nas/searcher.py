@@ -192,7 +192,8 @@ class Searcher:
         """The weight step's SGD and cosine schedule, and SA++'s attention Adam and phase controller."""
         cfg, net = self.cfg, self.supernet
         self.steps_per_epoch = len(self.data.train)
-        self.total_steps = cfg.epochs * self.steps_per_epoch
+        self.epoch_lengths = engine.epoch_lengths(cfg.epochs, self.steps_per_epoch)  # a fraction: a shorter last one
+        self.total_steps = sum(self.epoch_lengths)
         self.warmup_steps = round(cfg.arch_warmup * self.total_steps)
         self.w_opt = torch.optim.SGD(list(net.weight_parameters()), lr=cfg.lr, momentum=cfg.momentum,
                                      nesterov=True, weight_decay=cfg.weight_decay)
@@ -276,7 +277,7 @@ class Searcher:
               f"(band {cfg.band[0]:.3g}-{cfg.ratio}{', decoded up to the target' if cfg.fill else ''}), "
               f"{sum(p.numel() for p in self.supernet.arch_parameters())} architecture logits")
         try:
-            for epoch in range(self.progress.epoch, cfg.epochs):
+            for epoch in range(self.progress.epoch, len(self.epoch_lengths)):
                 self._epoch(epoch)
         finally:
             self.writer.flush()  # closed by run() once the decoded architecture is logged too
@@ -319,8 +320,9 @@ class Searcher:
         if self.progress.rng is not None:  # resuming: after fixing the epoch's batch order, as when it was saved
             set_rng_state(self.progress.rng)
             self.progress.rng = None
-        quota = [arch_quota(i, cfg.arch_steps) for i in range(skip, self.steps_per_epoch + 1)]
-        return ((batch, [next(val) for _ in range(n1 - n0)]) for batch, n0, n1 in zip(train, quota, quota[1:]))
+        quota = [arch_quota(i, cfg.arch_steps) for i in range(skip, self.epoch_lengths[epoch] + 1)]
+        # The quota first: a shorter last epoch stops before loading a batch it would not use.
+        return ((batch, [next(val) for _ in range(n1 - n0)]) for n0, n1, batch in zip(quota, quota[1:], train))
 
     def _epoch(self, epoch: int) -> None:
         cfg, net, p = self.cfg, self.supernet, self.progress
@@ -328,12 +330,13 @@ class Searcher:
         skip = p.in_epoch if epoch == p.epoch else 0
         batches = self._epoch_batches(epoch, skip)
         net.search().train()
-        bar = engine.progress_bar(batches, cfg.progress, total=self.steps_per_epoch - skip, desc=f"search {epoch + 1}")
+        length = self.epoch_lengths[epoch]
+        bar = engine.progress_bar(batches, cfg.progress, total=length - skip, desc=f"search {epoch + 1}")
         for in_epoch, ((xt, yt), val) in enumerate(bar, start=skip):
             terms, w_value = self._step(epoch, in_epoch, xt, yt, val)
             if terms:
                 bar.set_postfix(loss=f"{w_value:.3f}", ratio=f"{terms['derived_ratio']:.3f}", refresh=False)
-            if cfg.checkpoint_every and p.step % cfg.checkpoint_every == 0 and in_epoch + 1 < self.steps_per_epoch:
+            if cfg.checkpoint_every and p.step % cfg.checkpoint_every == 0 and in_epoch + 1 < length:
                 self._snapshot(epoch, in_epoch + 1, p.wall + time.perf_counter() - t0)
         self._end_epoch(epoch, t0)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from ..cli import RunSettings, config_from_args
+from ..cli import RunSettings, check_epochs, config_from_args
 from ..errors import TasError
 from .amp import check_amp
 
@@ -30,7 +30,7 @@ class TrainConfig(RunSettings):
     data_dir: str | None = None
     download: bool = False
     img_size: int | None = None
-    epochs: int = 3
+    epochs: int | float = 3
     batch_size: int = 32
     lr: float = 0.1
     weight_decay: float = 5e-4
@@ -66,8 +66,7 @@ class TrainConfig(RunSettings):
         def bad(flag: str, value: Any, need: str) -> TasError:
             return TasError(f"--{flag} must be {need}, got {value!r}")
 
-        if not isinstance(self.epochs, int) or self.epochs < 1:
-            raise bad("epochs", self.epochs, "a positive integer")
+        self.epochs = check_epochs(self.epochs)
         if not isinstance(self.batch_size, int) or self.batch_size < 1:
             raise bad("batch-size", self.batch_size, "a positive integer")
         for name in ("lr", "weight_decay", "momentum", "warmup_epochs", "warmup_lr", "min_lr", "label_smoothing"):

@@ -7,6 +7,7 @@ FLOPs-regularised loss all plug into :func:`train_one_epoch` unchanged.
 """
 from __future__ import annotations
 
+import itertools
 import math
 import sys
 from typing import Any, Callable, Iterable, Mapping, Sequence
@@ -136,6 +137,17 @@ def current_lr(optimizer: torch.optim.Optimizer) -> float:
     return float(optimizer.param_groups[0]["lr"])
 
 
+def epoch_lengths(epochs: float, steps_per_epoch: int) -> list[int]:
+    """Steps in each epoch of a run ``epochs`` long: whole epochs of ``steps_per_epoch``, then, for a
+    fraction, a last epoch of ``round(fraction · steps_per_epoch)`` steps (at least one). A run of
+    3.5 epochs takes the first half of its fourth epoch's batches, in that epoch's seeded order."""
+    whole = math.floor(epochs)
+    lengths = [steps_per_epoch] * whole
+    if epochs - whole > 1e-9:
+        lengths.append(max(1, round((epochs - whole) * steps_per_epoch)))
+    return lengths
+
+
 def skip_batches(loader: Any, skip: int, length: int | None = None) -> Any:
     """``loader``'s current epoch from batch ``skip`` on, without loading the skipped batches.
 
@@ -206,6 +218,7 @@ def train_one_epoch(
     start_step: int = 0,
     totals: tuple[float, int] = (0.0, 0),
     on_step: Callable[[int, int, float, int], None] | None = None,
+    steps: int | None = None,
     nan_policy: str = "stop",
     stats: dict[str, int] | None = None,
     precision: Precision | None = None,
@@ -223,6 +236,8 @@ def train_one_epoch(
             epoch's running ``(loss sum, sample count)``.
         on_step: called after every step as ``on_step(step_in_epoch, num_updates, loss_sum, count)``
             (the training loop saves its step checkpoints there).
+        steps: end the epoch after this many of its batches (a fractional last epoch,
+            :func:`epoch_lengths`); default all of them.
         nan_policy: ``stop`` raises :class:`DivergedError` on a non-finite loss; ``skip`` drops that
             step (no update) and counts it in ``stats["skipped"]``.
         precision: autocast, fp16 loss scaling and memory format of the step (:mod:`tas.train.amp`);
@@ -234,7 +249,9 @@ def train_one_epoch(
     model.train()
     precision = precision or Precision(device=device)
     total, count = totals
-    bar = progress_bar(skip_batches(loader, start_step), progress, desc=f"epoch {epoch + 1}")
+    batches, left = skip_batches(loader, start_step), None if steps is None else max(0, steps - start_step)
+    bar = progress_bar(batches if left is None else itertools.islice(batches, left), progress,
+                       desc=f"epoch {epoch + 1}", total=left)
     for step, batch in enumerate(bar, start=start_step):
         images, targets = precision.images(batch[0], device), precision.images(batch[1], device)
         with precision.autocast():

@@ -19,6 +19,7 @@ augmentation) is saved with the weights and optimizer after every epoch.
 """
 from __future__ import annotations
 
+import math
 import random
 import time
 from dataclasses import dataclass, field
@@ -253,7 +254,8 @@ def _train_epochs(cfg: TrainConfig, ctx: Context, model: nn.Module, trained: nn.
     precision = Precision(cfg.amp, device, cfg.channels_last)  # one loss scale for the whole run
     precision.model(model)
     precision.load_state_dict(p.scaler)
-    for epoch in range(p.start_epoch, cfg.epochs):
+    lengths = engine.epoch_lengths(cfg.epochs, len(train_loader))
+    for epoch in range(p.start_epoch, len(lengths)):
         t0 = time.perf_counter()
         _reseed_loader(train_loader, cfg.seed, epoch)
         first = epoch == p.start_epoch
@@ -263,7 +265,7 @@ def _train_epochs(cfg: TrainConfig, ctx: Context, model: nn.Module, trained: nn.
         def on_step(step_in_epoch: int, updates: int, loss_sum: float, loss_count: int) -> None:
             p.num_updates = updates
             if (main and cfg.checkpoint_every and updates % cfg.checkpoint_every == 0
-                    and step_in_epoch < len(train_loader)):
+                    and step_in_epoch < lengths[epoch]):
                 save_state(out, _state(identity, p, model, optimizer, epoch, step_in_epoch,
                                        p.wall_time + time.perf_counter() - t0, loss=(loss_sum, loss_count),
                                        scaler=precision.state_dict()))
@@ -272,7 +274,7 @@ def _train_epochs(cfg: TrainConfig, ctx: Context, model: nn.Module, trained: nn.
             trained, train_loader, optimizer, loss_fn=loss_fn, device=device, scheduler=scheduler,
             epoch=epoch, num_updates=p.num_updates, writer=writer, progress=cfg.progress,
             log_every=cfg.log_every, start_step=p.start_step if first else 0,
-            totals=p.totals if first else (0.0, 0), on_step=on_step,
+            totals=p.totals if first else (0.0, 0), on_step=on_step, steps=lengths[epoch],
             nan_policy=cfg.nan_policy, stats=p.nan_stats, precision=precision)
         # DDP syncs buffers at the start of a forward: after the last step each rank's BN
         # statistics differ, and evaluation and the saved run must describe rank 0's model.
@@ -390,7 +392,7 @@ def fit(
     metrics = {
         "top1": result["top1"], "top5": result["top5"], "loss": result["loss"],
         "params": count_params(model), "flops": count_flops(model, spec.input_size),
-        "wall_time_s": round(p.wall_time, 3), "epochs": max(p.start_epoch, cfg.epochs),
+        "wall_time_s": round(p.wall_time, 3), "epochs": cfg.epochs if p.start_epoch <= math.ceil(cfg.epochs) else p.start_epoch,
         "per_class_recall": result["per_class_recall"],
         "train_loss": p.history[-1]["train_loss"] if p.history else None,
         "skipped_steps": p.nan_stats["skipped"],
