@@ -7,7 +7,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 import tas
 from tas.cli import check_epochs, epoch_count, run_main
-from tas.errors import TasError
+from tas.errors import CheckpointError, TasError
 from tas.io.checkpoint import load_state
 from tas.nas.config import SearchConfig
 from tas.train.config import TrainConfig
@@ -56,6 +56,9 @@ def test_distill_for_one_and_a_half_epochs(tmp_path):
     assert state["num_updates"] == 11 and [h["epoch"] for h in state["history"]] == [1, 2]
     assert state["history"][-1]["lr"] < 1e-3
     assert metrics["epochs"] == 1.5 and json.loads((run / "metrics.json").read_text())["epochs"] == 1.5
+    # Its second epoch's other half was never drawn: extending it would skip those batches.
+    with pytest.raises(CheckpointError, match=r"ended partway through an epoch \(--epochs 1.5\)"):
+        tas.distill(slim, model, train, val, epochs=2, output=run, resume=True, **QUIET)
 
 
 def test_search_for_half_an_epoch(tmp_path):
@@ -66,6 +69,8 @@ def test_search_for_half_an_epoch(tmp_path):
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["steps"] == 2 and metrics["epochs"] == 0.5
     assert [h["epoch"] for h in result.history] == [1]
+    with pytest.raises(CheckpointError, match="ended partway through an epoch"):
+        tas.search(model, train, val, flops_ratio=0.5, epochs=1, output=run, resume=True, **QUIET)
 
 
 def test_cli_refuses_bad_epochs_and_fractions_for_a_fine_tuning_baseline(tmp_path, capsys, search_script,

@@ -33,7 +33,7 @@ from ..errors import CheckpointError, RunIOError, io_error_message, run_io_error
 
 __all__ = [
     "atomic_write_bytes", "atomic_write_json", "read_json", "save_weights", "load_weights",
-    "save_state", "load_state", "has_state", "rng_state", "set_rng_state",
+    "save_state", "load_state", "has_state", "rng_state", "set_rng_state", "check_extension",
 ]
 
 STATE_DIR = "state"
@@ -208,6 +208,17 @@ def load_state(run_dir: str | os.PathLike) -> dict[str, Any]:
         return _unflatten(meta["state"], tensors)
     except KeyError as e:
         raise CheckpointError(f"resume state in {d} is inconsistent (missing {e})") from None
+
+
+def check_extension(state: Mapping[str, Any], epochs: float, run_dir: str | os.PathLike) -> None:
+    """Refuse to resume a run that ended partway through an epoch (``--epochs 3.5``; its state says
+    so under ``ended_partway``) for more epochs: the rest of that epoch's batches were never drawn,
+    and the epoch counter says it is done, so continuing would skip them."""
+    ended = state.get("ended_partway")
+    if ended is not None and epochs > float(ended):
+        raise CheckpointError(f"--resume: the run in {run_dir} ended partway through an epoch (--epochs {ended}) "
+                              f"and cannot be extended to --epochs {epochs}; resume with --epochs {ended} or "
+                              "start over (--overwrite)")
 
 
 def rng_state() -> dict[str, Any]:

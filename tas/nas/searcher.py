@@ -40,7 +40,8 @@ from .. import distributed, tb
 from ..cli import format_table
 from ..deploy import latency
 from ..errors import CheckpointError, DivergedError, TasError
-from ..io.checkpoint import atomic_write_json, load_state, rng_state, save_state, save_weights, set_rng_state
+from ..io.checkpoint import (atomic_write_json, check_extension, load_state, rng_state, save_state, save_weights,
+                             set_rng_state)
 from ..io.rundir import save_run
 from ..prune.channel_order import order_teacher, to_original
 from ..prune.materialize import materialize
@@ -182,9 +183,8 @@ class Searcher:
         self.stepper = ArchStepper(net, cfg.metric, cfg.ratio, cfg.tolerance, cfg.cost_weight, cfg.arch_lr,
                                    cfg.arch_weight_decay, latency=self.latency, ceiling=cfg.ceiling, fill=cfg.fill,
                                    cost_loss=cfg.cost_loss, dual_lr=cfg.dual_lr, dual_penalty=cfg.dual_penalty,
-                                   sharp_temperature=cfg.sharp_temperature,
-                                   sharp_value=cfg.sharp_value, entropy_weight=cfg.entropy_weight,
-                                   lr_schedule=cfg.arch_lr_schedule,
+                                   sharp_temperature=cfg.sharp_temperature, sharp_value=cfg.sharp_value,
+                                   entropy_weight=cfg.entropy_weight, lr_schedule=cfg.arch_lr_schedule,
                                    lr_hold=cfg.arch_lr_hold, loss_fn=self.arch_loss, precision=self.precision)
 
     # -- loop: the epochs ------------------------------------------------------------------------
@@ -216,6 +216,7 @@ class Searcher:
     def _restore(self) -> None:
         """Load the resumable state into the supernet, optimisers and counters."""
         state, p = self.state, self.progress
+        check_extension(state, self.cfg.epochs, self.out)
         try:
             self.supernet.load_state_dict(state["supernet"])
             self.w_opt.load_state_dict(state["w_opt"])
@@ -240,7 +241,8 @@ class Searcher:
     def _snapshot(self, epoch_done: int, step_in_epoch: int, seconds: float) -> None:
         if not self.main:
             return
-        p, net = self.progress, self.supernet
+        p, net, lengths = self.progress, self.supernet, self.epoch_lengths
+        partway = 0 < epoch_done and not step_in_epoch and lengths[epoch_done - 1] < self.steps_per_epoch
         save_state(self.out, {"supernet": net.state_dict(), "w_opt": self.w_opt.state_dict(),
                               "a_opt": self.stepper.optimizer.state_dict(), "w_sched": self.w_sched.state_dict(),
                               **({"attn_opt": self.attn_opt.state_dict()} if self.attn_opt is not None else {}),
@@ -253,7 +255,8 @@ class Searcher:
                                  if self.stepper.controller is not None else {}),
                               **({"aligned_widths": json.dumps(net.space.widths)}
                                  if net.space.divisor == "auto" else {}),
-                              **({"bounded_widths": json.dumps(net.space.widths)} if self.cfg.limit_widths else {})})
+                              **({"bounded_widths": json.dumps(net.space.widths)} if self.cfg.limit_widths else {}),
+                              **({"ended_partway": self.cfg.epochs} if partway else {})})
 
     def _check_finite(self, epoch: int, in_epoch: int) -> None:
         net = self.supernet
@@ -456,8 +459,7 @@ class Searcher:
                    "target_ratio": cfg.ratio, "band": list(cfg.band), "within_tolerance": within, "wall_time_s": round(p.wall, 3),
                    "epochs": cfg.epochs, "steps": p.step, "projection_steps": projection_steps,
                    "decode_moves": projection_steps, "pre_decode_ratio": pre_decode_ratio,
-                   "landing_steps": self.landing_steps,
-                   "expected_ratio": expected_ratio, "skipped_steps": p.skipped}
+                   "landing_steps": self.landing_steps, "expected_ratio": expected_ratio, "skipped_steps": p.skipped}
         if landing:
             metrics.update(latency_feedback=landing, latency_feedback_rounds=len(landing) - 1)
         if distributed.is_active():

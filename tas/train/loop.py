@@ -38,7 +38,7 @@ from ..cli import format_table
 from ..data import create_loaders, dataset_info
 from ..distributed import resolve_device
 from ..errors import CheckpointError, TasError
-from ..io.checkpoint import has_state, load_state, rng_state, save_state, set_rng_state
+from ..io.checkpoint import check_extension, has_state, load_state, rng_state, save_state, set_rng_state
 from ..io.rundir import WEIGHTS_NAME, check_output_dir, is_finished_run, save_run
 from ..models.factory import create_model, load_state_dict_strict
 from ..prune.flops import count_flops, count_params
@@ -216,6 +216,7 @@ def _resume(cfg: TrainConfig, ctx: Context, model: nn.Module, spec: RunSpec, opt
                 raise CheckpointError(
                     f"--resume: the run in {out} was trained with {flag} {state['identity'].get(key)!r}, "
                     f"not {identity[key]!r}; resume with the same settings or pass --overwrite to start over")
+        check_extension(state, cfg.epochs, out)
         load_state_dict_strict(model, state["model"], model_name=spec.model_name, source=out / "state")
         optimizer.load_state_dict(state["optimizer"])
         p.start_epoch, p.num_updates = int(state["epoch"]), int(state["num_updates"])
@@ -296,8 +297,9 @@ def _train_epochs(cfg: TrainConfig, ctx: Context, model: nn.Module, trained: nn.
               f"  top-5 {result['top5']:.2f}%  loss {result['loss']:.4f}  lr {lr:.4g}  {seconds:.1f}s",
               flush=True)
         if main:
-            save_state(out, _state(identity, p, model, optimizer, epoch + 1, 0, p.wall_time,
-                                   scaler=precision.state_dict()))
+            partway = {"ended_partway": cfg.epochs} if lengths[epoch] < len(train_loader) else {}
+            save_state(out, {**_state(identity, p, model, optimizer, epoch + 1, 0, p.wall_time,
+                                      scaler=precision.state_dict()), **partway})
     return result
 
 
