@@ -47,12 +47,12 @@ def check_epochs(value: Any, flag: str = "epochs") -> int | float:
 
 
 def epoch_count(text: str) -> int | float:
-    """argparse ``type`` of the ``--epochs`` flags: ``"3"`` → 3, ``"0.5"`` → 0.5 (checked by the config)."""
+    """argparse ``type`` of the ``--epochs`` flags: ``"3"`` → 3, ``"0.5"`` → 0.5 (:func:`check_epochs`)."""
     try:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    return int(value) if value.is_integer() else value
+    return check_epochs(value)
 
 
 def _load_config(path: str) -> dict:
