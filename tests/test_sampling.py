@@ -88,3 +88,12 @@ def test_cwi_formula_ranges():
         expected = torch.zeros(5)
         expected[lo:hi] = 1 / (hi - lo)
         assert torch.allclose(m[t], expected)
+
+
+def test_interp_matrix_is_built_once_per_device_and_dtype():
+    # a search calls it for every fragment of every step: on a GPU, a host matrix copied over at each
+    # call would stall the step, so the device copy is what is kept
+    m = interp_matrix(7, 4, "meta")
+    assert m.device.type == "meta" and interp_matrix(7, 4, torch.device("meta")) is m
+    assert interp_matrix(7, 4, "meta", torch.float64) is not m
+    assert interp_matrix(7, 4) is interp_matrix(7, 4, "cpu")

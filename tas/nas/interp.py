@@ -14,20 +14,24 @@ import torch
 __all__ = ["interp_matrix", "channel_interp"]
 
 
-@lru_cache(maxsize=512)
-def _interp_matrix_cpu(c_in: int, c_out: int) -> torch.Tensor:
-    m = torch.zeros(c_out, c_in)
-    for t in range(c_out):
-        lo = (t * c_in) // c_out
-        hi = -((-(t + 1) * c_in) // c_out)  # ceil
-        m[t, lo:hi] = 1.0 / (hi - lo)
-    return m
+@lru_cache(maxsize=1024)
+def _interp_matrix(c_in: int, c_out: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    # Cached per device: on a GPU, copying a host matrix over at every call would make each call a
+    # synchronisation point. Built with a few tensor ops (a Python loop over rows was most of a
+    # cold search step's operators), in float64 and rounded once to float32, exactly as before.
+    t = torch.arange(c_out)
+    lo = (t * c_in) // c_out
+    hi = -((-(t + 1) * c_in) // c_out)  # ceil
+    cols = torch.arange(c_in)
+    inside = (cols >= lo[:, None]) & (cols < hi[:, None])
+    m = inside / (hi - lo)[:, None].double()
+    return m.float().to(device=device, dtype=dtype)
 
 
 def interp_matrix(c_in: int, c_out: int, device: torch.device | str = "cpu",
                   dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """The ``(c_out, c_in)`` averaging matrix of CWI."""
-    return _interp_matrix_cpu(c_in, c_out).to(device=device, dtype=dtype)
+    """The ``(c_out, c_in)`` averaging matrix of CWI (cached: do not modify it in place)."""
+    return _interp_matrix(int(c_in), int(c_out), torch.device(device), dtype)
 
 
 def channel_interp(x: torch.Tensor, channels: int) -> torch.Tensor:
