@@ -145,28 +145,60 @@ class AllocationBench(compare.Bench):
         self.test_limit = args.test_limit  # the real test set (None: all 10 000 images)
         self.results.setdefault("skipped", {})
 
-    def train_teacher(self, model_name: str, out: Path) -> dict:
-        """Cosine runs of E, 2E, 4E… epochs until doubling gains < ``plateau_delta`` val points (or the cap)."""
+    @classmethod
+    def setup_worker(cls, args: argparse.Namespace) -> None:
+        super().setup_worker(args)
+        register_dataset(args.data_dir, args.limit, args.val)
+
+    def depends_on(self, model: str, ratio: float, seed: int, method: str) -> str | None:
+        return self.key(model, ratio, seed, "tas") if method in FOLLOWERS else None
+
+    def teacher_lengths(self) -> list[int]:
+        """The teacher runs' epochs: E, 2E, 4E… up to the cap."""
+        lengths = [self.args.teacher_epochs]
+        while lengths[-1] * 2 <= self.args.teacher_cap:
+            lengths.append(lengths[-1] * 2)
+        return lengths
+
+    def pretrain(self, models: list[str], pool) -> None:
+        """Every teacher run of every model at once (each trains from scratch, so none waits for
+        another); :meth:`train_teacher` then reads them and applies the plateau rule as it would
+        have. Runs past the plateau are trained for nothing: the price of finishing in the time of
+        the longest one."""
+        from cellpool import call_in_pool
+
+        runs = [(m, e, self.root / m / "teacher" / f"e{e}") for m in models
+                if m not in self.results["teachers"] for e in self.teacher_lengths()]
+        futures = [call_in_pool(pool, "train_teacher_run", *r) for r in runs if not is_finished_run(r[2])]
+        log(f"{len(futures)} teacher runs in worker processes")
+        for f in futures:
+            f.result()
+
+    def train_teacher_run(self, model_name: str, epochs: int, run: Path) -> None:
+        """One cosine teacher run of ``epochs`` epochs into ``run``."""
         from tas.train import run as train_run
 
         a = self.args
-        epochs, runs, stopped = a.teacher_epochs, [], "cap"
-        while epochs <= a.teacher_cap:
+        log(f"teacher {model_name}: {epochs} epochs on {a.limit} images (val {a.val})")
+        run.mkdir(parents=True, exist_ok=True)
+        with open(run / "log.txt", "a") as logf, contextlib.redirect_stdout(sys.stdout if a.verbose else logf):
+            train_run.train({**self.common(0), "model": model_name, "epochs": epochs, "limit": None,
+                            "batch_size": a.batch_size, "lr": 0.1, "output": str(run), "overwrite": True})
+
+    def train_teacher(self, model_name: str, out: Path) -> dict:
+        """Cosine runs of E, 2E, 4E… epochs until doubling gains < ``plateau_delta`` val points (or the cap)."""
+        a = self.args
+        runs, stopped = [], "cap"
+        for epochs in self.teacher_lengths():
             run = out / f"e{epochs}"
             if not is_finished_run(run):
-                log(f"teacher {model_name}: {epochs} epochs on {a.limit} images (val {a.val})")
-                run.mkdir(parents=True, exist_ok=True)
-                with open(run / "log.txt", "a") as logf, \
-                        contextlib.redirect_stdout(sys.stdout if a.verbose else logf):
-                    train_run.train({**self.common(0), "model": model_name, "epochs": epochs, "limit": None,
-                                    "batch_size": a.batch_size, "lr": 0.1, "output": str(run), "overwrite": True})
+                self.train_teacher_run(model_name, epochs, run)
             m = json.loads((run / "metrics.json").read_text())
             runs.append({"epochs": epochs, "val_top1": m["top1"], "run": str(run), "metrics": m})
             log(f"teacher {model_name}: {epochs} epochs -> val top-1 {m['top1']:.2f}%")
             if len(runs) > 1 and runs[-1]["val_top1"] - runs[-2]["val_top1"] < a.plateau_delta:
                 stopped = "plateau"
                 break
-            epochs *= 2
         best = max(runs, key=lambda r: r["val_top1"])
         return {**best["metrics"], "teacher_info": {
             "run": best["run"], "epochs": best["epochs"], "stopped": stopped,
@@ -258,8 +290,8 @@ class AllocationBench(compare.Bench):
         for c in todo:
             slim = materialize(teacher, tas.Arch.from_json(Path(c["onnx"]).parent / "search" / "arch.json"))
             torch.manual_seed(0)
-            recalibrate_bn(slim, loaders["train"], "cpu")
-            c["inherited_val_top1"] = engine.evaluate(slim, loaders["test"], "cpu")["top1"]
+            recalibrate_bn(slim.to(self.device), loaders["train"], self.device)
+            c["inherited_val_top1"] = engine.evaluate(slim, loaders["test"], self.device)["top1"]
         self.save()
         log(f"inherited accuracy of {len(todo)} {model_name} architectures measured")
 
@@ -345,6 +377,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--lr", type=float, default=0.05, help="distillation learning rate")
     p.add_argument("--latency-repeats", type=int, default=None)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--jobs", type=int, default=1,
+                   help="cells (and teacher runs) at once, each in a worker process of --threads threads "
+                        "(on a GPU: several small networks share it)")
     p.add_argument("--device", default="cpu", help="training and search device (cpu, cuda, auto); the reported "
                                                   "accuracy and the ONNX timings are on the CPU either way")
     p.add_argument("--data-dir", default=None)
@@ -394,7 +429,8 @@ def main(argv=None) -> int:
         "width-only minimum " + ", ".join(f"{m} {v:.3f}" for m, v in minimum.items()) + f" -> {args.output}")
     bench.run_cells(args.models, cells, start, lambda res: (
         f"test top-1 {res['top1']:.2f}% (val {res['val_top1']:.2f}), FLOPs {res['flops_ratio']:.3f}, "
-        f"depths {res['depths']}"), skip=(TasError,), after_model=bench.inherited, compute=not args.report_only)
+        f"depths {res['depths']}"), skip=(TasError,), after_model=bench.inherited, compute=not args.report_only,
+        jobs=args.jobs)
     png, why = None, None
     if args.doc != "-":
         png = Path(args.doc).with_suffix(".png")

@@ -191,6 +191,14 @@ def _shown(path: str) -> Path:
     return out.relative_to(REPO) if out.is_relative_to(REPO) else out
 
 
+def _where(a) -> str:
+    """Where the cells trained when not on this process's CPU threads alone."""
+    jobs = getattr(a, "jobs", 1)
+    gpu = (f" on {torch.cuda.get_device_name()}" if getattr(a, "device", "cpu") != "cpu" and torch.cuda.is_available()
+           else "")
+    return (f" per process, training {jobs} cells at a time" if jobs > 1 else "") + gpu
+
+
 def render(args, results: dict, png: Path | None, why: str | None, elapsed: float) -> str:
     a = args
     ratios = sorted(set(a.ratios) | set(a.latency_ratios if LATENCY_METHOD in a.methods else []), reverse=True)
@@ -216,7 +224,7 @@ def render(args, results: dict, png: Path | None, why: str | None, elapsed: floa
         f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC ({elapsed / 60:.1f} min this invocation; cells cached in "
         f"`{_shown(a.output)}/results.json`): {os.cpu_count()} CPU cores ({platform.machine()}, shared, 1-min "
         f"load {a.load[0]:.1f} at the start, {os.getloadavg()[0]:.1f} at the end), torch {torch.__version__}, "
-        f"{a.threads} thread(s).", "",
+        f"{a.threads} thread(s){_where(a)}.", "",
         f"**Setup.** Fashion-MNIST at 28 px: {a.limit} class-balanced training images and a held-out, "
         f"class-balanced validation split of {a.val} training images (every run evaluates on it; nothing is "
         f"tuned on the test set); reported top-1 is on {a.test_limit or 10000} class-balanced test images. Teacher: cosine runs of "

@@ -118,20 +118,42 @@ class Bench:
         c = self.results["cells"].get(key)
         return c is not None and Path(c["onnx"]).is_file()
 
+    @staticmethod
+    def key(model: str, ratio: float, seed: int, method: str) -> str:
+        """A cell's key in ``results["cells"]``."""
+        return f"{model}/r{ratio}/s{seed}/{method}"
+
+    def depends_on(self, model: str, ratio: float, seed: int, method: str) -> str | None:
+        """The key of the cell this one builds on and must follow (none here)."""
+        return None
+
+    @classmethod
+    def setup_worker(cls, args: argparse.Namespace) -> None:
+        """What a worker process (``--jobs``) needs before it builds its bench: threads, the data."""
+        prepare_run(args)
+
+    def pretrain(self, models: list[str], pool) -> None:
+        """Train what :meth:`teacher` would train, in ``pool`` (``--jobs``); nothing here: the
+        teachers train in the parent."""
+
     def run_cells(self, models: list[str], cells: list[tuple[str, float, int, str]], start: float,
                   describe: Callable[[dict], str], skip: tuple[type[BaseException], ...] = (),
-                  after_model: Callable[[str], None] | None = None, compute: bool = True) -> None:
+                  after_model: Callable[[str], None] | None = None, compute: bool = True, jobs: int = 1) -> None:
         """Every cell ``(model, ratio, seed, method)`` not cached yet (:meth:`is_current`), in the order
         given, model by model (its teacher first, the ONNX latencies of all its cells last), saving
         ``results.json`` after each cell so a killed run resumes there. ``describe(result)`` is the
         cell's log line; a cell raising one of ``skip`` is recorded under ``results["skipped"]`` (and
         not retried) instead of failing the run; ``after_model(model)`` runs once a model's cells and
-        latencies are done. ``compute=False`` runs no new cell: only the cached ones are measured."""
+        latencies are done. ``compute=False`` runs no new cell: only the cached ones are measured.
+        ``jobs > 1``: the teachers first (:meth:`pretrain`), then every model's new cells at once in
+        that many worker processes (benchmarks/cellpool.py); the latencies after all of them."""
+        if jobs > 1 and compute:
+            self.run_pooled(models, cells, start, describe, skip, jobs)
         for model in models:
             self.teacher(model)
             todo = [c for c in cells if c[0] == model]
             for i, (m, r, s, meth) in enumerate(todo):
-                key = f"{m}/r{r}/s{s}/{meth}"
+                key = self.key(m, r, s, meth)
                 if self.is_current(key):
                     log(f"[{i + 1}/{len(todo)}] {key}: cached (top-1 {self.results['cells'][key]['top1']:.2f}%)")
                     continue
@@ -153,6 +175,24 @@ class Bench:
             if after_model is not None:
                 after_model(model)
 
+    def run_pooled(self, models: list[str], cells: list[tuple[str, float, int, str]], start: float,
+                   describe: Callable[[dict], str], skip: tuple[type[BaseException], ...], jobs: int) -> None:
+        """:meth:`run_cells`'s ``jobs > 1`` part: teachers, then the cells not cached, in worker processes."""
+        import cellpool
+
+        with cellpool.open_pool(self, jobs) as pool:
+            self.pretrain(models, pool)
+        for model in models:
+            self.teacher(model)  # recorded (and its test predictions saved) before any worker reads them
+        todo = [c for c in cells if c[0] in models and not self.is_current(self.key(*c))
+                and self.key(*c) not in self.results.get("skipped", {})]
+        log(f"{len(todo)} cells in {jobs} worker processes")
+        pool = cellpool.open_pool(self, jobs)
+        try:
+            cellpool.run_in_pool(self, pool, todo, start, describe, skip)
+        finally:
+            pool.shutdown(wait=False, cancel_futures=True)
+
     def common(self, seed: int) -> dict:
         a = self.args
         return {"dataset": self.dataset, "data_dir": a.data_dir, "img_size": a.img_size, "seed": seed,
@@ -166,12 +206,19 @@ class Bench:
                                           img_size=self.args.img_size, limit=self.test_limit)
         return self.loaders["test"]
 
+    @property
+    def device(self) -> torch.device:
+        """Where cells train and are evaluated (``--device``; the CPU by default)."""
+        from tas.distributed import resolve_device
+
+        return resolve_device(getattr(self.args, "device", "cpu"))
+
     @torch.no_grad()
     def predict(self, model) -> tuple[np.ndarray, np.ndarray]:
-        model.eval()
+        model.eval().to(self.device)
         preds, labels = [], []
         for x, y in self.test_loader():
-            preds.append(model(x).argmax(1))
+            preds.append(model(x.to(self.device)).argmax(1).cpu())
             labels.append(y)
         return torch.cat(preds).numpy(), torch.cat(labels).numpy()
 
@@ -179,7 +226,8 @@ class Bench:
         """Top-1 under corruptions (:func:`tas.metrics.robustness`) on the first ``--robust-limit`` test images."""
         from tas.metrics import robustness
 
-        r = robustness(model, self.test_loader().dataset, limit=getattr(self.args, "robust_limit", 1000), seed=0)
+        r = robustness(model.to(self.device), self.test_loader().dataset,
+                       limit=getattr(self.args, "robust_limit", 1000), seed=0)
         return {"clean": r["clean"], "mean_corrupted": r["mean_corrupted"], "relative": r["relative"],
                 "accuracy": {n: {str(v): a for v, a in acc.items()} for n, acc in r["accuracy"].items()},
                 "num_samples": r["num_samples"]}
@@ -303,7 +351,7 @@ class Bench:
         rd = recall_distortion(tpreds, preds, labels)
         robust = self.robust(slim)
         onnx = cdir / "slim.onnx"
-        export_onnx(slim, onnx, config["input_size"])
+        export_onnx(slim.cpu(), onnx, config["input_size"])
         return {"model": model_name, "ratio": ratio, "seed": seed, "method": method, "top1": metrics["top1"],
                 "flops": arch.flops, "params": arch.params, "flops_ratio": arch.flops_ratio,
                 "params_ratio": arch.params_ratio, "search_epochs": search_epochs, "distill_epochs": distill_epochs,

@@ -219,3 +219,15 @@ def test_a_stages_computed_groups():
     names = ["stem", "blocks.0", "blocks.1", "blocks.1.0.mid", "blocks.1.1.mid", "blocks.10", "blocks.10.0.mid"]
     assert [n for n in names if allocation._in_stage(n, "blocks.1", False, 1)] == ["blocks.1", "blocks.1.0.mid"]
     assert [n for n in names if allocation._in_stage(n, "blocks.0", True, 1)] == ["stem", "blocks.0"]
+
+
+def test_teacher_run_lengths_double_up_to_the_cap():
+    from types import SimpleNamespace
+
+    def lengths(first, cap):
+        bench = SimpleNamespace(args=SimpleNamespace(teacher_epochs=first, teacher_cap=cap))
+        return allocation.AllocationBench.teacher_lengths(bench)
+
+    assert lengths(10, 80) == [10, 20, 40, 80]  # the cap itself is a run length
+    assert lengths(10, 70) == [10, 20, 40]
+    assert lengths(15, 15) == [15]
