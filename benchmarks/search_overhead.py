@@ -105,18 +105,21 @@ class Bench:
     """A dense backbone and its supernet (same initial weights), their optimisers and fixed batches."""
 
     def __init__(self, name: str, size: int, batch: int, seed: int = 0, tau: float = 5.0,
-                 reset_arch: bool = True) -> None:
+                 reset_arch: bool = True, device: str = "cpu") -> None:
         cfg = SearchConfig()
         cfg.validate()
         self.name, self.size, self.batch, self.reset = name, size, batch, reset_arch
         torch.manual_seed(seed)
+        self.device = torch.device(device)
         self.dense = timm.create_model(name, num_classes=NUM_CLASSES, in_chans=3).train()
         self.supernet = create_supernet(copy.deepcopy(self.dense), input_size=(3, size, size), model_name=name).train()
+        self.dense.to(self.device)
+        self.supernet.to(self.device)
         self.supernet.tau = tau
-        self.supernet.generator = torch.Generator().manual_seed(seed)
+        self.supernet.generator = torch.Generator(device=self.device).manual_seed(seed)  # as the Searcher
         g = torch.Generator().manual_seed(seed + 1)
-        self.batches = [(torch.randn(batch, 3, size, size, generator=g),
-                         torch.randint(0, NUM_CLASSES, (batch,), generator=g)) for _ in range(2)]
+        self.batches = [(torch.randn(batch, 3, size, size, generator=g).to(self.device),
+                         torch.randint(0, NUM_CLASSES, (batch,), generator=g).to(self.device)) for _ in range(2)]
         sgd = dict(lr=cfg.lr, momentum=cfg.momentum, nesterov=True, weight_decay=cfg.weight_decay)
         self.d_opt = torch.optim.SGD(self.dense.parameters(), **sgd)
         self.w_params = list(self.supernet.weight_parameters())
@@ -132,16 +135,22 @@ class Bench:
                 for p, p0 in zip(self.a_params, self.arch0):
                     p.copy_(p0)
 
+    def clock(self) -> float:
+        """Now, once the GPU (if any) has finished what was queued: GPU work runs asynchronously."""
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        return time.perf_counter()
+
     # (a)
     def dense_step(self) -> float:
         x, y = self.batches[0]
-        t0 = time.perf_counter()
+        t0 = self.clock()
         loss = F.cross_entropy(self.dense(x), y)
         check(loss.item(), "dense loss")
         self.d_opt.zero_grad(set_to_none=True)
         loss.backward()
         self.d_opt.step()
-        return time.perf_counter() - t0
+        return self.clock() - t0
 
     # (b), as tas.nas.searcher.Searcher does it
     def weight_step(self) -> None:
@@ -160,11 +169,11 @@ class Bench:
     def search_iter(self) -> tuple[float, float]:
         """(weight step seconds, arch step seconds) of one full search iteration."""
         self.reset_arch()
-        t0 = time.perf_counter()
+        t0 = self.clock()
         self.weight_step()
-        t1 = time.perf_counter()
+        t1 = self.clock()
         self.arch_step()
-        t2 = time.perf_counter()
+        t2 = self.clock()
         return t1 - t0, t2 - t1
 
 
@@ -205,6 +214,8 @@ def run_main(bench: Bench, warmup: int, repeats: int, max_seconds: float, log: C
 
 
 def render(results: list[dict], profiles: list[str], args, argv: list[str], elapsed: float) -> str:
+    gpu = (f"; every step on {torch.cuda.get_device_name()} (CUDA {torch.version.cuda})"
+           if args.device != "cpu" and torch.cuda.is_available() else "")
     rows = []
     for r in results:
         lo, hi = r["per_iter_iqr"]
@@ -237,7 +248,7 @@ def render(results: list[dict], profiles: list[str], args, argv: list[str], elap
         "",
         f"Machine: {os.cpu_count()} CPU cores ({cpu}, {platform.system()}), torch {torch.__version__}, "
         f"timm {timm.__version__}, Python {platform.python_version()}; `torch.set_num_threads` as in the "
-        f"threads column; {load}. Run {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC, {elapsed / 60:.1f} min.",
+        f"threads column{gpu}; {load}. Run {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC, {elapsed / 60:.1f} min.",
         "",
         "* **(a) dense step**: the plain backbone, forward + cross-entropy + backward + SGD step on one batch of B.",
         "* **(b) search iteration**: the weight step (supernet in search mode, CE, backward, SGD on the weights) on "
@@ -292,6 +303,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--tau", type=float, default=5.0, help="Gumbel temperature (default 5.0, the schedule's start)")
     p.add_argument("--no-reset-arch", action="store_true", help="let alpha/beta drift instead of resetting them")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cpu", help="cpu or cuda (timed with a synchronize at each clock reading)")
     p.add_argument("--quick", action="store_true", help="few repeats: a smoke run of about a minute")
     p.add_argument("--profile", action="store_true",
                    help="also break the overhead down: Python pieces, ablations with candidate optimisations, op table")
@@ -329,7 +341,8 @@ def main(argv: list[str] | None = None) -> int:
         for threads in args.threads:
             torch.set_num_threads(threads)
             log(f"{name} {size}x{size} batch {batch}, {threads} threads: building")
-            bench = Bench(name, size, batch, seed=args.seed, tau=args.tau, reset_arch=not args.no_reset_arch)
+            bench = Bench(name, size, batch, seed=args.seed, tau=args.tau, reset_arch=not args.no_reset_arch,
+                          device=args.device)
             log(f"  timing {args.warmup} + {args.repeats} repeats")
             r = run_main(bench, args.warmup, args.repeats, args.max_seconds, log)
             log(f"  dense {r['dense_ms']:.1f} ms, search {r['search_ms']:.1f} ms "
