@@ -177,6 +177,23 @@ class Bench:
         return t1 - t0, t2 - t1
 
 
+def operators(step: Callable[[], object]) -> int:
+    """ATen operators ``step()`` dispatches (each kernel-running one is a launch on a GPU, so on a GPU
+    a step of small tensors costs about its operator count; counted on any device)."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Count(TorchDispatchMode):
+        n = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            Count.n += 1
+            return func(*args, **(kwargs or {}))
+
+    with Count():
+        step()
+    return Count.n
+
+
 def check(value: float, what: str) -> None:
     if not math.isfinite(value):
         raise RuntimeError(f"{what} is {value}; the benchmark's random training diverged")
@@ -200,6 +217,9 @@ def run_main(bench: Bench, warmup: int, repeats: int, max_seconds: float, log: C
                 log(f"  {bench.name}: stopping after {len(dense)} repeats (--max-seconds {max_seconds:g})")
                 break
     search = [w + a for w, a in zip(wstep, astep)]
+    bench.reset_arch()
+    ops = {"dense_ops": operators(bench.dense_step), "weight_ops": operators(bench.weight_step),
+           "arch_ops": operators(bench.arch_step)}
     paired = [s / d for s, d in zip(search, dense)]
     ms = lambda xs: 1e3 * median(xs)  # noqa: E731
     a_ms, b_ms = ms(dense), ms(search)
@@ -208,7 +228,7 @@ def run_main(bench: Bench, warmup: int, repeats: int, max_seconds: float, log: C
             "per_iter": b_ms / a_ms, "paired": median(paired), "per_iter_iqr": quartiles(paired),
             "per_sample": b_ms / (2 * a_ms),
             "weight_ratio": ms(wstep) / a_ms, "arch_ratio": ms(astep) / a_ms,
-            "seconds": time.perf_counter() - start}
+            "seconds": time.perf_counter() - start, **ops}
 
 
 
@@ -224,10 +244,12 @@ def render(results: list[dict], profiles: list[str], args, argv: list[str], elap
                      f"{r['dense_ms']:.1f}", f"{r['weight_ms']:.1f} ({r['weight_ratio']:.2f}x)",
                      f"{r['arch_ms']:.1f} ({r['arch_ratio']:.2f}x)", f"{r['search_ms']:.1f}",
                      f"**{r['per_iter']:.2f}x**", f"{r['paired']:.2f}x ({lo:.2f}-{hi:.2f})",
-                     f"**{r['per_sample']:.2f}x**", f"{r['paired'] / 2:.2f}x"])
+                     f"**{r['per_sample']:.2f}x**", f"{r['paired'] / 2:.2f}x",
+                     f"{r['dense_ops']} / {r['weight_ops']} / {r['arch_ops']} "
+                     f"({(r['weight_ops'] + r['arch_ops']) / r['dense_ops']:.1f}x)"])
     header = ["model", "input", "B", "threads", "repeats", "(a) dense step ms", "weight step ms (/a)",
               "arch step ms (/a)", "(b) search iter ms", "per iteration (b)/(a)", "paired (b)/(a) [IQR]",
-              "per sample (b)/(2a)", "paired /2"]
+              "per sample (b)/(2a)", "paired /2", "operators: dense / weight / arch (iteration/dense)"]
     table = format_table(rows, header)
     cmd = "python benchmarks/search_overhead.py" + ("" if not argv else " " + " ".join(argv))
     cpu = platform.processor() or platform.machine()
@@ -260,6 +282,10 @@ def render(results: list[dict], profiles: list[str], args, argv: list[str], elap
         "* **per sample** = ((b)/2B) / ((a)/B) = (b)/(2a): time per training image, since a search iteration pushes "
         "2B images through the network (B in each step) and a dense step B; *paired /2* is the same from the "
         "paired ratio.",
+        "* **operators**: ATen operators one dense step, one weight step and one architecture step dispatch "
+        "(after the timed repeats). On a GPU each kernel-running one is a launch, and the small networks here "
+        "take longer to launch than to compute, so the iteration/dense ratio of these counts predicts a GPU's "
+        "per-iteration ratio better than the CPU timings do.",
         f"* Medians after {args.warmup} warm-up repeats; (a) and (b) interleaved, order alternating. "
         f"tau = {args.tau:g}; architecture logits "
         + ("reset to their initialisation before every iteration (the near-uniform, widest phase of a search)."
