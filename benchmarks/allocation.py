@@ -27,6 +27,8 @@ caches and times the cells). What it changes:
     python benchmarks/allocation.py --quick   # <= 10 min: machinery check, cifar_resnet20, tiny subset
     python benchmarks/allocation.py --preset cpu   # ~1-2 h on one thread: resnet20, ratios 0.25/0.12, 3 seeds
     python benchmarks/allocation.py           # hours: the benchmark (resumable; rerun to continue)
+    python benchmarks/allocation.py --device cuda --jobs 12   # on a GPU: 12 cells at a time (docs/benchmarks_gpu.md)
+    python benchmarks/allocation.py --device cuda --jobs 8 --report-only   # the teachers alone, all runs at once
 
 Resumable like compare.py (``<output>/results.json``). Not a test: nothing here asserts.
 """

@@ -144,11 +144,12 @@ class Bench:
         ``results.json`` after each cell so a killed run resumes there. ``describe(result)`` is the
         cell's log line; a cell raising one of ``skip`` is recorded under ``results["skipped"]`` (and
         not retried) instead of failing the run; ``after_model(model)`` runs once a model's cells and
-        latencies are done. ``compute=False`` runs no new cell: only the cached ones are measured.
+        latencies are done. ``compute=False`` runs no new cell (a missing teacher is still trained):
+        only the cached ones are measured.
         ``jobs > 1``: the teachers first (:meth:`pretrain`), then every model's new cells at once in
         that many worker processes (benchmarks/cellpool.py); the latencies after all of them."""
-        if jobs > 1 and compute:
-            self.run_pooled(models, cells, start, describe, skip, jobs)
+        if jobs > 1:
+            self.run_pooled(models, cells if compute else [], start, describe, skip, jobs)
         for model in models:
             self.teacher(model)
             todo = [c for c in cells if c[0] == model]
@@ -177,7 +178,8 @@ class Bench:
 
     def run_pooled(self, models: list[str], cells: list[tuple[str, float, int, str]], start: float,
                    describe: Callable[[dict], str], skip: tuple[type[BaseException], ...], jobs: int) -> None:
-        """:meth:`run_cells`'s ``jobs > 1`` part: teachers, then the cells not cached, in worker processes."""
+        """:meth:`run_cells`'s ``jobs > 1`` part: teachers, then the cells not cached, in worker processes
+        (with no cells, as ``compute=False`` gives: the teachers alone)."""
         import cellpool
 
         with cellpool.open_pool(self, jobs) as pool:
@@ -186,6 +188,8 @@ class Bench:
             self.teacher(model)  # recorded (and its test predictions saved) before any worker reads them
         todo = [c for c in cells if c[0] in models and not self.is_current(self.key(*c))
                 and self.key(*c) not in self.results.get("skipped", {})]
+        if not todo:
+            return
         log(f"{len(todo)} cells in {jobs} worker processes")
         pool = cellpool.open_pool(self, jobs)
         try:
