@@ -19,8 +19,6 @@ import time
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from typing import Any, Callable
 
-from benchkit import log
-
 __all__ = ["open_pool", "run_in_pool"]
 
 _BENCH: Any = None  # the worker process's bench
@@ -60,8 +58,8 @@ def call_in_pool(pool: ProcessPoolExecutor, method: str, *a) -> Future:
 
 def run_in_pool(bench, pool: ProcessPoolExecutor, todo: list[tuple[str, float, int, str]], start: float,
                 describe: Callable[[dict], str], skip: tuple[type[BaseException], ...] = ()) -> None:
-    """Run the cells ``todo`` (none cached) in ``pool``, recording each in ``bench.results`` as it
-    finishes (a skip under ``results["skipped"]``, as the serial loop does). A cell whose
+    """Run the cells ``todo`` (none cached) in ``pool``, recording each as it finishes
+    (:meth:`compare.Bench.record`, as the serial loop does). A cell whose
     :meth:`depends_on` key is still to run waits for it; one whose dependency failed is not run."""
     keys = {c: bench.key(*c) for c in todo}
     waiting, running, failed = list(todo), {}, set()
@@ -80,16 +78,7 @@ def run_in_pool(bench, pool: ProcessPoolExecutor, todo: list[tuple[str, float, i
         done, _ = wait(running, return_when=FIRST_COMPLETED)
         for fut in done:
             c, t0 = running.pop(fut)
-            key = keys[c]
-            status, payload = fut.result()  # anything but a skip stops the run, as in the serial loop
-            finished = n - len(waiting) - len(running)
-            if status == "skipped":
-                bench.results["skipped"][key] = payload
-                failed.add(key)
-                bench.save()
-                log(f"[{finished}/{n}] {key}: skipped ({payload})")
-                continue
-            bench.results["cells"][key] = payload
-            bench.save()
-            log(f"[{finished}/{n}] {key}: {describe(payload)} ({time.perf_counter() - t0:.0f}s in a worker; "
-                f"{(time.perf_counter() - start) / 60:.1f} min so far)")
+            # anything but a skip re-raises here and stops the run, as in the serial loop
+            if bench.record(keys[c], fut.result(), f"{n - len(waiting) - len(running)}/{n}", describe,
+                            time.perf_counter() - t0, start, " in a worker"):
+                failed.add(keys[c])

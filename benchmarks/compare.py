@@ -43,7 +43,7 @@ import shutil  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
-from typing import Callable  # noqa: E402
+from typing import Any, Callable  # noqa: E402
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
@@ -162,19 +162,29 @@ class Bench:
                     continue
                 t0 = time.perf_counter()
                 try:
-                    res = self.cell(m, r, s, meth)
+                    outcome = ("done", self.cell(m, r, s, meth))
                 except skip as e:  # e.g. a latency target below the space's smallest network
-                    self.results["skipped"][key] = str(e)
-                    self.save()
-                    log(f"[{i + 1}/{len(todo)}] {key}: skipped ({e})")
-                    continue
-                self.results["cells"][key] = res
-                self.save()
-                log(f"[{i + 1}/{len(todo)}] {key}: {describe(res)} ({time.perf_counter() - t0:.0f}s; "
-                    f"{(time.perf_counter() - start) / 60:.1f} min so far)")
+                    outcome = ("skipped", str(e))
+                self.record(key, outcome, f"{i + 1}/{len(todo)}", describe, time.perf_counter() - t0, start)
             self.latency(model)
             if after_model is not None:
                 after_model(model)
+
+    def record(self, key: str, outcome: tuple[str, Any], progress: str, describe: Callable[[dict], str],
+               seconds: float, start: float, where: str = "") -> bool:
+        """Record a cell's ``("done", result)`` or ``("skipped", reason)`` in ``results.json`` (a skip
+        is not retried) and log it; whether it was a skip."""
+        status, payload = outcome
+        if status == "skipped":
+            self.results["skipped"][key] = payload
+            self.save()
+            log(f"[{progress}] {key}: skipped ({payload})")
+            return True
+        self.results["cells"][key] = payload
+        self.save()
+        log(f"[{progress}] {key}: {describe(payload)} ({seconds:.0f}s{where}; "
+            f"{(time.perf_counter() - start) / 60:.1f} min so far)")
+        return False
 
     def run_pooled(self, models: list[str], cells: list[tuple[str, float, int, str]], start: float,
                    describe: Callable[[dict], str], skip: tuple[type[BaseException], ...], jobs: int) -> None:

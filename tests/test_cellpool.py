@@ -10,6 +10,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
 import cellpool  # noqa: E402
+import compare  # noqa: E402
 
 
 class Skip(Exception):
@@ -35,6 +36,8 @@ class FakeBench:
 
     def depends_on(self, model: str, ratio: float, seed: int, method: str) -> str | None:
         return self.key(model, ratio, seed, "tas") if method == "follow" else None
+
+    record = compare.Bench.record  # the parent's bookkeeping is the real one
 
     def save(self) -> None:
         self.saves += 1
