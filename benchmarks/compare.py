@@ -428,6 +428,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--robust-limit", type=int, default=1000,
                    help="test images the corruption robustness is measured on (the first ones)")
     p.add_argument("--threads", type=int, default=1, help="torch and ONNX Runtime threads (default 1: shared machine)")
+    p.add_argument("--jobs", type=int, default=1, help="cells at once, each in a worker process (benchmarks/cellpool.py)")
+    p.add_argument("--device", default="cpu", help="training, search and evaluation device (cpu, cuda, auto)")
     p.add_argument("--data-dir", default=None)
     p.add_argument("--output", default=None, help="run directories + results.json (default runs/compare/<mode>)")
     p.add_argument("--doc", default=str(REPO / "docs" / "benchmarks_compare.md"), help="markdown to write ('-': none)")
@@ -458,7 +460,7 @@ def main(argv=None) -> int:
         f"{args.limit} images at {args.img_size}px -> {args.output}")
     bench.run_cells(args.models, cells, start, lambda res: (
         f"top-1 {res['top1']:.2f}%, FLOPs {res['flops_ratio']:.3f}, params {res['params_ratio']:.3f}, "
-        f"prune {res['prune_s']:.0f}s + distil {res['distill_s']:.0f}s"), after_model=bench.add_robustness)
+        f"prune {res['prune_s']:.0f}s + distil {res['distill_s']:.0f}s"), after_model=bench.add_robustness, jobs=args.jobs)
     results = bench.results
     rows, rd_rows = summarize(results, args.models, args.ratios, args.methods)
     robust_rows = summarize_robustness(results, args.models, args.ratios, args.methods)
