@@ -290,10 +290,8 @@ class AllocationBench(compare.Bench):
         loaders = create_loaders(DATASET, data_dir=self.args.data_dir, batch_size=self.args.batch_size,
                                  img_size=self.args.img_size, augment=False)
         for c in todo:
-            slim = materialize(teacher, tas.Arch.from_json(Path(c["onnx"]).parent / "search" / "arch.json"))
-            torch.manual_seed(0)
-            recalibrate_bn(slim.to(self.device), loaders["train"], self.device)
-            c["inherited_val_top1"] = engine.evaluate(slim, loaders["test"], self.device)["top1"]
+            arch = tas.Arch.from_json(Path(c["onnx"]).parent / "search" / "arch.json")
+            c["inherited_val_top1"] = inherited_top1(teacher, arch, loaders, self.device)
         self.save()
         log(f"inherited accuracy of {len(todo)} {model_name} architectures measured")
 
@@ -321,6 +319,18 @@ class AllocationBench(compare.Bench):
             del self.results["cells"][key]
             return False
         return True
+
+
+def inherited_top1(teacher: torch.nn.Module, arch: "tas.Arch", loaders: dict, device: torch.device | str) -> float:
+    """Top-1 on ``loaders["test"]`` of ``arch`` with ``teacher``'s weights at its kept channels, its
+    BatchNorm statistics re-estimated on the first 20 batches of ``loaders["train"]``. The same 20
+    batches for every architecture: the loader's own generator is reset first (it advances with
+    every pass, which made an architecture's figure depend on how many were measured before it)."""
+    slim = materialize(teacher, arch).to(device)
+    torch.manual_seed(0)
+    loaders["train"].generator.manual_seed(0)
+    recalibrate_bn(slim, loaders["train"], device)
+    return engine.evaluate(slim, loaders["test"], device)["top1"]
 
 
 def width_only_minimum(model_name: str, img_size: int) -> float:

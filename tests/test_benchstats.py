@@ -3,6 +3,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
@@ -231,3 +232,17 @@ def test_teacher_run_lengths_double_up_to_the_cap():
     assert lengths(10, 80) == [10, 20, 40, 80]  # the cap itself is a run length
     assert lengths(10, 70) == [10, 20, 40]
     assert lengths(15, 15) == [15]
+
+
+def test_inherited_accuracy_does_not_depend_on_what_was_measured_before():
+    """The BN re-estimation batches are the same for every architecture: the second of two identical
+    measurements equals the first (the loader's generator used to carry on from the first pass)."""
+    from tas.data import create_loaders
+
+    torch.manual_seed(0)
+    teacher = tas.create_model("cifar_resnet20", num_classes=10, in_chans=1)
+    kw = {"input_size": (1, 16, 16), "model_name": "cifar_resnet20", "model_kwargs": {"num_classes": 10, "in_chans": 1}}
+    arch = create_baseline_arch("uniform", teacher, 0.5, **kw)
+    loaders = create_loaders("digits", batch_size=4, img_size=16, augment=False)
+    first = allocation.inherited_top1(teacher, arch, loaders, "cpu")
+    assert [allocation.inherited_top1(teacher, arch, loaders, "cpu") for _ in range(2)] == [first, first]
