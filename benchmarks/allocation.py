@@ -324,12 +324,10 @@ class AllocationBench(compare.Bench):
 def inherited_top1(teacher: torch.nn.Module, arch: "tas.Arch", loaders: dict, device: torch.device | str) -> float:
     """Top-1 on ``loaders["test"]`` of ``arch`` with ``teacher``'s weights at its kept channels, its
     BatchNorm statistics re-estimated on the first 20 batches of ``loaders["train"]``. The same 20
-    batches for every architecture: the loader's own generator is reset first (it advances with
-    every pass, which made an architecture's figure depend on how many were measured before it)."""
+    batches for every architecture (``seed=0``: without it the loader's generator carried on from one
+    measurement to the next, and a figure depended on how many were measured before it)."""
     slim = materialize(teacher, arch).to(device)
-    torch.manual_seed(0)
-    loaders["train"].generator.manual_seed(0)
-    recalibrate_bn(slim, loaders["train"], device)
+    recalibrate_bn(slim, loaders["train"], device, seed=0)
     return engine.evaluate(slim, loaders["test"], device)["top1"]
 
 

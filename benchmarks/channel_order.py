@@ -56,7 +56,7 @@ def prefix_accuracy(run: str, dataset: str, limit: int | None, ratios: tuple[flo
             widths, _ = uniform_widths(supernet, "flops", ratio)
             arch = supernet.make_arch(widths, full_depths(supernet))
             supernet.set_arch(arch)
-            recalibrate_bn(supernet, loaders["train"], "cpu")
+            recalibrate_bn(supernet, loaders["train"], "cpu", seed=0)  # the same batches for every criterion
             rows.append((ratio, arch.flops_ratio, engine.evaluate(supernet, loaders["val"], "cpu")["top1"]))
         results[criterion] = rows
     return results

@@ -42,9 +42,8 @@ class Evaluator:
         return round(engine.evaluate(model, self.loaders()["test"], "cpu")["top1"], 2)
 
     def recal_top1(self, model: torch.nn.Module) -> float:
-        torch.manual_seed(0)  # the same calibration batches and augmentation for every network
-        self.loaders()["train"].generator.manual_seed(0)
-        searching.recalibrate_bn(model, self.loaders()["train"], "cpu", batches=20)
+        # the same calibration batches and augmentation for every network
+        searching.recalibrate_bn(model, self.loaders()["train"], "cpu", batches=20, seed=0)
         return self.top1(model)
 
 

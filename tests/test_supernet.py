@@ -302,3 +302,25 @@ def test_vectorised_expected_cost_equals_the_term_sum(model, size):
                 g_new = torch.autograd.grad(new, params)
                 for a, b in zip(g_ref, g_new):
                     assert torch.allclose(a, b, rtol=1e-7, atol=1e-9 * ref.item())
+
+
+def test_recalibrate_bn_with_a_seed_sees_the_same_batches_every_time():
+    """A shuffling loader's generator advances with each pass: with ``seed`` every call calibrates on
+    the first pass's batches, without it the second call sees others."""
+    from torch.utils.data import DataLoader, RandomSampler, TensorDataset
+
+    from tas.nas.calibrate import recalibrate_bn
+
+    data = TensorDataset(torch.randn(64, 3, 4, 4), torch.zeros(64, dtype=torch.long))
+    gen = torch.Generator().manual_seed(0)
+    loader = DataLoader(data, batch_size=8, sampler=RandomSampler(data, generator=gen), generator=gen)
+    model = torch.nn.Sequential(torch.nn.BatchNorm2d(3))
+
+    def stats(**kw):
+        recalibrate_bn(model, loader, "cpu", batches=2, **kw)
+        return model[0].running_mean.clone()
+
+    first = stats(seed=0)
+    assert torch.equal(stats(seed=0), first)
+    loader.generator.manual_seed(0)
+    assert torch.equal(stats(), first) and not torch.equal(stats(), first)  # the generator moved on
