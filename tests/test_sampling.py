@@ -97,3 +97,11 @@ def test_interp_matrix_is_built_once_per_device_and_dtype():
     assert m.device.type == "meta" and interp_matrix(7, 4, torch.device("meta")) is m
     assert interp_matrix(7, 4, "meta", torch.float64) is not m
     assert interp_matrix(7, 4) is interp_matrix(7, 4, "cpu")
+
+
+def test_interp_matrix_first_built_under_inference_mode_still_trains():
+    with torch.inference_mode():
+        channel_interp(torch.randn(1, 11, 2, 2), 6)  # the (11, 6) matrix is built and cached here
+    x = torch.randn(2, 11, 3, 3, requires_grad=True)
+    channel_interp(x, 6).sum().backward()
+    assert x.grad is not None and torch.isfinite(x.grad).all()

@@ -19,13 +19,16 @@ def _interp_matrix(c_in: int, c_out: int, device: torch.device, dtype: torch.dty
     # Cached per device: on a GPU, copying a host matrix over at every call would make each call a
     # synchronisation point. Built with a few tensor ops (a Python loop over rows was most of a
     # cold search step's operators), in float64 and rounded once to float32, exactly as before.
-    t = torch.arange(c_out)
-    lo = (t * c_in) // c_out
-    hi = -((-(t + 1) * c_in) // c_out)  # ceil
-    cols = torch.arange(c_in)
-    inside = (cols >= lo[:, None]) & (cols < hi[:, None])
-    m = inside / (hi - lo)[:, None].double()
-    return m.float().to(device=device, dtype=dtype)
+    # Never an inference tensor: one first built under torch.inference_mode() would be cached and
+    # break every later training step that saves it for backward.
+    with torch.inference_mode(False), torch.no_grad():
+        t = torch.arange(c_out)
+        lo = (t * c_in) // c_out
+        hi = -((-(t + 1) * c_in) // c_out)  # ceil
+        cols = torch.arange(c_in)
+        inside = (cols >= lo[:, None]) & (cols < hi[:, None])
+        m = inside / (hi - lo)[:, None].double()
+        return m.float().to(device=device, dtype=dtype)
 
 
 def interp_matrix(c_in: int, c_out: int, device: torch.device | str = "cpu",
