@@ -58,7 +58,7 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 import compare  # noqa: E402  (the cells, their cache, the timing, the plot)
 import tas  # noqa: E402
 import tas.data  # noqa: E402
-from benchkit import log, prepare_run, write_report  # noqa: E402
+from benchkit import check_jobs_and_device, log, prepare_run, write_report  # noqa: E402
 from tas.io.checkpoint import atomic_write_bytes  # noqa: E402
 from compare import LATENCY_METHOD  # noqa: E402
 from tas.errors import TasError  # noqa: E402
@@ -406,6 +406,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--verbose", action="store_true")
     args = p.parse_args(argv)
+    check_jobs_and_device(p, args)
     args.command = shlex.join(["python", "benchmarks/allocation.py", *(sys.argv[1:] if argv is None else argv)])
     if args.quick and args.preset not in (None, "quick"):
         sys.exit("error: --quick is --preset quick; give one of them")

@@ -17,7 +17,7 @@ import torch
 from tas.data import FASHION_MNIST_DIR
 from tas.io.checkpoint import atomic_write_bytes
 
-__all__ = ["log", "ensure_dataset", "prepare_run", "write_report"]
+__all__ = ["log", "ensure_dataset", "check_jobs_and_device", "prepare_run", "write_report"]
 
 
 def log(msg: str) -> None:
@@ -37,6 +37,19 @@ def ensure_dataset(data_dir: str | None) -> None:
         if any(path.glob("train-images-idx3-ubyte*")):
             return
     sys.exit(f"error: Fashion-MNIST not found in {path}; `apt-get install dataset-fashion-mnist` or pass --data-dir")
+
+
+def check_jobs_and_device(parser, args) -> None:
+    """``--jobs`` and ``--device`` refused at parse time (one line, exit 2), not in a worker later."""
+    from tas.distributed import resolve_device
+    from tas.errors import TasError
+
+    if args.jobs < 1:
+        parser.error(f"--jobs must be at least 1, got {args.jobs}")
+    try:
+        resolve_device(args.device)
+    except (TasError, RuntimeError) as e:
+        parser.error(str(e))
 
 
 def prepare_run(args) -> None:

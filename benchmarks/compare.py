@@ -57,7 +57,7 @@ from tas.io.checkpoint import atomic_write_json  # noqa: E402
 from tas.cli import format_table  # noqa: E402
 from tas.io.rundir import is_finished_run  # noqa: E402
 from tas.prune.load import load_run  # noqa: E402
-from benchkit import log, prepare_run, write_report  # noqa: E402
+from benchkit import check_jobs_and_device, log, prepare_run, write_report  # noqa: E402
 
 METHODS = ("tas", "uniform", "l1", "synflow", "random", "plasticity", "undecayed")
 #: TAS with a measured-latency budget (``ratio`` is then the latency fraction kept, ORT CPU at batch
@@ -439,6 +439,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--verbose", action="store_true", help="show the library's own output instead of logging it per cell")
     args = p.parse_args(argv)
+    check_jobs_and_device(p, args)
     args.mode = "quick" if args.quick else "full" if args.full else "default"
     for key, value in MODES[args.mode].items():
         if getattr(args, key, None) is None:

@@ -246,3 +246,12 @@ def test_inherited_accuracy_does_not_depend_on_what_was_measured_before():
     loaders = create_loaders("digits", batch_size=4, img_size=16, augment=False)
     first = allocation.inherited_top1(teacher, arch, loaders, "cpu")
     assert [allocation.inherited_top1(teacher, arch, loaders, "cpu") for _ in range(2)] == [first, first]
+
+
+@pytest.mark.parametrize("flags, message", [(["--jobs", "0"], "--jobs must be at least 1"),
+                                            (["--device", "tpu"], "tpu")])
+def test_bad_jobs_or_device_is_one_line_and_exit_2(flags, message, capsys):
+    with pytest.raises(SystemExit) as e:
+        allocation.parse_args(["--quick", *flags])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and message in err and "Traceback" not in err
