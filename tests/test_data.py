@@ -113,6 +113,43 @@ def test_idx_dataset(idx_dir, name):
     assert create_dataset(name, "test", str(idx_dir), img_size=32)[0][0].shape == (1, 32, 32)
 
 
+def _augment_one_by_one(images, info, pad, flip, size):
+    """The per-image augmentation the loaders made before batches were augmented whole: the
+    reference a batch must match bit for bit (same draws, same order)."""
+    mean, std = torch.tensor(info.mean).view(-1, 1, 1), torch.tensor(info.std).view(-1, 1, 1)
+    out = []
+    for x in images:
+        x = x.float() / 255
+        if x.shape[-1] != size:
+            x = torch.nn.functional.interpolate(x[None], size=size, mode="bilinear", align_corners=False)[0]
+        if pad:
+            h, w = x.shape[-2:]
+            i, j = torch.randint(0, 2 * pad + 1, (2,)).tolist()
+            x = torch.nn.functional.pad(x, (pad,) * 4)[:, i:i + h, j:j + w]
+        if flip and torch.rand(()) < 0.5:
+            x = x.flip(-1)
+        out.append((x - mean) / std)
+    return torch.stack(out)
+
+
+@pytest.mark.parametrize("size", [28, 36])
+def test_batch_augmentation_matches_per_image_draws(idx_dir, size):
+    """A seeded loader gives exactly the batches per-image augmentation gave (so every seeded run
+    and published figure reproduces), including the resize; and each image its own crop and flip."""
+    subset = create_loaders("fashion-mnist", data_dir=str(idx_dir), batch_size=8, img_size=size)["train"].dataset
+    ds = subset.dataset
+    assert ds.pad == (2 if size == 28 else 3) and ds.flip
+    batches = iter(torch.utils.data.DataLoader(subset, batch_size=8))  # its base seed drawn before ours
+    torch.manual_seed(7)
+    got = torch.cat([x for x, _ in batches])
+    raw = torch.from_numpy(read_idx(idx_dir / "train-images-idx3-ubyte.gz")).unsqueeze(1)
+    torch.manual_seed(7)
+    want = _augment_one_by_one(raw[list(subset.indices)], dataset_info("fashion-mnist"), ds.pad, True, size)
+    assert torch.equal(got, want)
+    shifts, flips = ds._draw(64)
+    assert len(set(map(tuple, shifts.tolist()))) > 5 and 0 < int(flips.sum()) < 64
+
+
 def test_idx_missing_files(tmp_path, idx_dir):
     empty = tmp_path / "empty"
     empty.mkdir()

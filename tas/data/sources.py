@@ -27,7 +27,12 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 class TensorImageDataset(Dataset):
-    """Images held in memory as one tensor, augmented per item with tensor ops.
+    """Images held in memory as one tensor, augmented with tensor ops a whole batch at a time.
+
+    A loader with batches calls :meth:`__getitems__` (``torch.utils.data.Subset`` passes it on), so
+    a batch costs a few tensor ops instead of a dozen per image: the per-image path cost a GPU step
+    as much time as the step itself. The random draws stay per image, in the order the per-image
+    path made them, so a seed gives the same batches either way.
 
     Args:
         images: ``N x C x H x W``, ``uint8`` (0..255) or float in ``[0, 1]``.
@@ -50,18 +55,35 @@ class TensorImageDataset(Dataset):
         return len(self.targets)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
-        x = self.images[index]
+        return self.__getitems__([index])[0]
+
+    def __getitems__(self, indices: list[int]) -> list[tuple[torch.Tensor, int]]:
+        """The samples at ``indices``, augmented: what the default collate stacks into a batch."""
+        x = self.images[indices]
         x = x.float() / 255 if x.dtype == torch.uint8 else x.float()
         if x.shape[-1] != self.img_size:
-            # Resized per item: 60k MNIST images stored at e.g. 224 px would take gigabytes.
-            x = F.interpolate(x[None], size=self.img_size, mode="bilinear", align_corners=False)[0]
+            # Resized per batch: 60k MNIST images stored at e.g. 224 px would take gigabytes.
+            x = F.interpolate(x, size=self.img_size, mode="bilinear", align_corners=False)
+        shifts, flips = self._draw(len(indices))
         if self.pad:
-            h, w = x.shape[-2:]
-            i, j = torch.randint(0, 2 * self.pad + 1, (2,)).tolist()
-            x = F.pad(x, (self.pad,) * 4)[:, i:i + h, j:j + w]
-        if self.flip and torch.rand(()) < 0.5:
-            x = x.flip(-1)
-        return (x - self.mean) / self.std, self.targets[index]
+            n, _, h, w = x.shape
+            # every h x w window of each padded image, then each image's own: a view, then one gather
+            windows = F.pad(x, (self.pad,) * 4).unfold(2, h, 1).unfold(3, w, 1)
+            x = windows[torch.arange(n), :, shifts[:, 0], shifts[:, 1]]
+        if self.flip:
+            x = torch.where(flips[:, None, None, None], x.flip(-1), x)
+        x = (x - self.mean) / self.std
+        return list(zip(x.unbind(0), (self.targets[i] for i in indices)))
+
+    def _draw(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per image, its crop offsets then its flip coin, drawn in that order from the global RNG."""
+        shifts, flips = [[0, 0]] * n, [False] * n
+        for k in range(n if self.pad or self.flip else 0):
+            if self.pad:
+                shifts[k] = torch.randint(0, 2 * self.pad + 1, (2,)).tolist()
+            if self.flip:
+                flips[k] = torch.rand(()).item() < 0.5
+        return torch.tensor(shifts, dtype=torch.long).view(n, 2), torch.tensor(flips, dtype=torch.bool)
 
 
 def _scaled_pad(pad: int, base: int, size: int) -> int:
