@@ -58,7 +58,7 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 import compare  # noqa: E402  (the cells, their cache, the timing, the plot)
 import tas  # noqa: E402
 import tas.data  # noqa: E402
-from benchkit import check_jobs_and_device, log, prepare_run, write_report  # noqa: E402
+from benchkit import check_jobs_and_device, log, prepare_run, start_or_resume, write_report  # noqa: E402
 from tas.io.checkpoint import atomic_write_bytes  # noqa: E402
 from compare import LATENCY_METHOD  # noqa: E402
 from tas.errors import TasError  # noqa: E402
@@ -185,7 +185,7 @@ class AllocationBench(compare.Bench):
         run.mkdir(parents=True, exist_ok=True)
         with open(run / "log.txt", "a") as logf, contextlib.redirect_stdout(sys.stdout if a.verbose else logf):
             train_run.train({**self.common(0), "model": model_name, "epochs": epochs, "limit": None,
-                            "batch_size": a.batch_size, "lr": 0.1, "output": str(run), "overwrite": True})
+                            "batch_size": a.batch_size, "lr": 0.1, "output": str(run), **start_or_resume(run)})
 
     def train_teacher(self, model_name: str, out: Path) -> dict:
         """Cosine runs of E, 2E, 4E… epochs until doubling gains < ``plateau_delta`` val points (or the cap)."""

@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from tas.data import FASHION_MNIST_DIR
-from tas.io.checkpoint import atomic_write_bytes
+from tas.io.checkpoint import atomic_write_bytes, has_state
 
 __all__ = ["log", "ensure_dataset", "check_jobs_and_device", "prepare_run", "write_report"]
 
@@ -58,6 +58,12 @@ def prepare_run(args) -> None:
     args.load = [os.getloadavg()[0]]
     torch.set_num_threads(max(1, args.threads))
     ensure_dataset(args.data_dir)
+
+
+def start_or_resume(run: str | os.PathLike) -> dict:
+    """How a bench's long training run (a teacher) starts: where a stopped one left its state (a
+    lease, a job limit or Ctrl-C cut it short), resumed from there; else from scratch over ``run``."""
+    return {"resume": True} if has_state(run) else {"overwrite": True}
 
 
 def write_report(path: str | os.PathLike, text: str) -> None:

@@ -57,7 +57,7 @@ from tas.io.checkpoint import atomic_write_json  # noqa: E402
 from tas.cli import format_table  # noqa: E402
 from tas.io.rundir import is_finished_run  # noqa: E402
 from tas.prune.load import load_run  # noqa: E402
-from benchkit import check_jobs_and_device, log, prepare_run, write_report  # noqa: E402
+from benchkit import check_jobs_and_device, log, prepare_run, start_or_resume, write_report  # noqa: E402
 
 METHODS = ("tas", "uniform", "l1", "synflow", "random", "plasticity", "undecayed")
 #: TAS with a measured-latency budget (``ratio`` is then the latency fraction kept, ORT CPU at batch
@@ -275,7 +275,7 @@ class Bench:
         with open(out / "log.txt", "a") as logf, contextlib.redirect_stdout(sys.stdout if a.verbose else logf):
             return train_run.train({**self.common(0), "model": model_name, "epochs": a.teacher_epochs,
                                    "limit": a.limit, "batch_size": a.batch_size, "lr": 0.1, "output": str(out),
-                                   "overwrite": True})
+                                   **start_or_resume(out)})
 
     def teacher(self, model_name: str) -> dict:
         info = self.results["teachers"].get(model_name)

@@ -255,3 +255,19 @@ def test_bad_jobs_or_device_is_one_line_and_exit_2(flags, message, capsys):
         allocation.parse_args(["--quick", *flags])
     err = capsys.readouterr().err
     assert e.value.code == 2 and message in err and "Traceback" not in err
+
+
+def test_a_stopped_teacher_run_resumes(tmp_path, monkeypatch):
+    """A teacher run cut short (a GPU lease ended mid-run) continues from its state; a new one starts
+    over whatever is in its folder."""
+    from tas.train import run as train_run
+
+    seen = []
+    monkeypatch.setattr(train_run, "train", lambda cfg, **kw: seen.append(cfg))
+    bench, run = _bench(tmp_path), tmp_path / "teacher" / "e80"
+    bench.train_teacher_run("cifar_resnet20", 80, run)
+    (run / "state").mkdir()
+    (run / "state" / "state.json").write_text("{}")
+    bench.train_teacher_run("cifar_resnet20", 80, run)
+    assert [(c.get("resume"), c.get("overwrite"), c["epochs"], c["output"]) for c in seen] == [
+        (None, True, 80, str(run)), (True, None, 80, str(run))]
