@@ -6,6 +6,7 @@ benchmarks/benchstats.py. Each script answers one question and keeps only its ow
 """
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -15,9 +16,9 @@ from pathlib import Path
 import torch
 
 from tas.data import FASHION_MNIST_DIR
-from tas.io.checkpoint import atomic_write_bytes, has_state
+from tas.io.checkpoint import STATE_DIR, atomic_write_bytes, atomic_write_json
 
-__all__ = ["log", "ensure_dataset", "check_jobs_and_device", "prepare_run", "write_report"]
+__all__ = ["log", "ensure_dataset", "check_jobs_and_device", "prepare_run", "start_or_resume", "write_report"]
 
 
 def log(msg: str) -> None:
@@ -60,10 +61,23 @@ def prepare_run(args) -> None:
     ensure_dataset(args.data_dir)
 
 
-def start_or_resume(run: str | os.PathLike) -> dict:
-    """How a bench's long training run (a teacher) starts: where a stopped one left its state (a
-    lease, a job limit or Ctrl-C cut it short), resumed from there; else from scratch over ``run``."""
-    return {"resume": True} if has_state(run) else {"overwrite": True}
+def start_or_resume(run: str | os.PathLike, settings: dict) -> dict:
+    """How a bench's long training run (a teacher) starts: resumed where a stopped run of the same
+    ``settings`` left a complete state (a lease, a job limit or Ctrl-C cut it short); otherwise from
+    scratch over ``run``, with ``settings`` recorded for next time. The train command's own check
+    covers only some settings (not the epochs, the learning rate or a bench's data split), and a run
+    brought back from another machine may lack its state's tensors."""
+    run = Path(run)
+    mark = run / "bench_settings.json"
+    try:
+        tensors = json.loads((run / STATE_DIR / "state.json").read_text())["tensors"]
+        if json.loads(mark.read_text()) == settings and (run / STATE_DIR / tensors).is_file():
+            return {"resume": True}
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    run.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(mark, settings)
+    return {"overwrite": True}
 
 
 def write_report(path: str | os.PathLike, text: str) -> None:

@@ -258,16 +258,27 @@ def test_bad_jobs_or_device_is_one_line_and_exit_2(flags, message, capsys):
 
 
 def test_a_stopped_teacher_run_resumes(tmp_path, monkeypatch):
-    """A teacher run cut short (a GPU lease ended mid-run) continues from its state; a new one starts
-    over whatever is in its folder."""
+    """A teacher run cut short (a GPU lease ended mid-run) continues from its state; a new run, a
+    state without its tensors (a folder brought back without them) or a run of other settings
+    starts over."""
     from tas.train import run as train_run
 
     seen = []
     monkeypatch.setattr(train_run, "train", lambda cfg, **kw: seen.append(cfg))
     bench, run = _bench(tmp_path), tmp_path / "teacher" / "e80"
-    bench.train_teacher_run("cifar_resnet20", 80, run)
+
+    def start(b) -> str:
+        b.train_teacher_run("cifar_resnet20", 80, run)
+        return "resume" if seen[-1].get("resume") else "overwrite" if seen[-1].get("overwrite") else "?"
+
+    assert start(bench) == "overwrite"
     (run / "state").mkdir()
-    (run / "state" / "state.json").write_text("{}")
-    bench.train_teacher_run("cifar_resnet20", 80, run)
-    assert [(c.get("resume"), c.get("overwrite"), c["epochs"], c["output"]) for c in seen] == [
-        (None, True, 80, str(run)), (True, None, 80, str(run))]
+    (run / "state" / "state.json").write_text('{"tensors": "state-1.safetensors", "state": {}}')
+    assert start(bench) == "overwrite"  # its tensors are missing
+    (run / "state" / "state-1.safetensors").write_bytes(b"x")
+    assert start(bench) == "resume"
+    assert (seen[-1]["epochs"], seen[-1]["output"]) == (80, str(run))
+    other = allocation.AllocationBench(allocation.parse_args(
+        ["--preset", "cpu", "--val", "500", "--output", str(tmp_path / "b")]))
+    assert start(other) == "overwrite"  # another split of the training images: not the same run
+    assert start(other) == "resume" and start(bench) == "overwrite"

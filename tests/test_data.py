@@ -146,6 +146,8 @@ def test_batch_augmentation_matches_per_image_draws(idx_dir, size):
     torch.manual_seed(7)
     want = _augment_one_by_one(raw[list(subset.indices)], dataset_info("fashion-mnist"), ds.pad, True, size)
     assert torch.equal(got, want)
+    two = torch.utils.data.Subset(ds, torch.tensor([3, 5]))  # tensor indices, a batch under 32
+    assert [y for _, y in two.__getitems__([0, 1])] == [ds.targets[3], ds.targets[5]]
     shifts, flips = ds._draw(64)
     assert len(set(map(tuple, shifts.tolist()))) > 5 and 0 < int(flips.sum()) < 64
 

@@ -30,9 +30,9 @@ class TensorImageDataset(Dataset):
     """Images held in memory as one tensor, augmented with tensor ops a whole batch at a time.
 
     A loader with batches calls :meth:`__getitems__` (``torch.utils.data.Subset`` passes it on), so
-    a batch costs a few tensor ops instead of a dozen per image: the per-image path cost a GPU step
-    as much time as the step itself. The random draws stay per image, in the order the per-image
-    path made them, so a seed gives the same batches either way.
+    a batch costs a few tensor ops instead of about ten per image (per image, a batch of 256 took
+    12 ms of a GPU machine's CPU beside a 21-ms step). The random draws stay per image, in the order
+    the per-image path made them, so a seed gives the same batches either way.
 
     Args:
         images: ``N x C x H x W``, ``uint8`` (0..255) or float in ``[0, 1]``.
@@ -59,6 +59,7 @@ class TensorImageDataset(Dataset):
 
     def __getitems__(self, indices: list[int]) -> list[tuple[torch.Tensor, int]]:
         """The samples at ``indices``, augmented: what the default collate stacks into a batch."""
+        indices = [int(i) for i in indices]  # a short list of 0-d tensors would index as a tuple
         x = self.images[indices]
         x = x.float() / 255 if x.dtype == torch.uint8 else x.float()
         if x.shape[-1] != self.img_size:
