@@ -183,11 +183,11 @@ class AllocationBench(compare.Bench):
         a = self.args
         log(f"teacher {model_name}: {epochs} epochs on {a.limit} images (val {a.val})")
         run.mkdir(parents=True, exist_ok=True)
+        # limit None: the dataset registered for the bench is the split, so the split is part of the run
+        cfg = start_or_resume(run, {**self.common(0), "model": model_name, "epochs": epochs, "limit": None,
+                                    "batch_size": a.batch_size, "lr": 0.1}, split=[a.limit, a.val])
         with open(run / "log.txt", "a") as logf, contextlib.redirect_stdout(sys.stdout if a.verbose else logf):
-            start = start_or_resume(run, {"model": model_name, "epochs": epochs, "lr": 0.1, "batch_size": a.batch_size,
-                                          "img_size": a.img_size, "limit": a.limit, "val": a.val})
-            train_run.train({**self.common(0), "model": model_name, "epochs": epochs, "limit": None,
-                            "batch_size": a.batch_size, "lr": 0.1, "output": str(run), **start})
+            train_run.train(cfg)
 
     def train_teacher(self, model_name: str, out: Path) -> dict:
         """Cosine runs of E, 2E, 4E… epochs until doubling gains < ``plateau_delta`` val points (or the cap)."""

@@ -61,23 +61,28 @@ def prepare_run(args) -> None:
     ensure_dataset(args.data_dir)
 
 
-def start_or_resume(run: str | os.PathLike, settings: dict) -> dict:
-    """How a bench's long training run (a teacher) starts: resumed where a stopped run of the same
-    ``settings`` left a complete state (a lease, a job limit or Ctrl-C cut it short); otherwise from
-    scratch over ``run``, with ``settings`` recorded for next time. The train command's own check
-    covers only some settings (not the epochs, the learning rate or a bench's data split), and a run
-    brought back from another machine may lack its state's tensors."""
+#: the train settings that make two teacher runs the same run (the rest, e.g. the device, may change)
+RUN_IDENTITY = ("model", "dataset", "epochs", "lr", "batch_size", "img_size", "limit", "seed")
+
+
+def start_or_resume(run: str | os.PathLike, cfg: dict, **extra) -> dict:
+    """``cfg`` (a bench's train settings for a long run, a teacher) with how it starts: resumed where
+    a stopped run of the same settings (:data:`RUN_IDENTITY` of ``cfg``, and ``extra``, e.g. a bench's
+    data split) left a complete state (a lease, a job limit or Ctrl-C cut it short); otherwise from
+    scratch over ``run``, with the settings recorded for next time. The train command's own check
+    covers only some settings (not the epochs or the learning rate), and a run brought back from
+    another machine may lack its state's tensors."""
     run = Path(run)
-    mark = run / "bench_settings.json"
+    mark, settings = run / "bench_settings.json", {**{k: cfg.get(k) for k in RUN_IDENTITY}, **extra}
     try:
         tensors = json.loads((run / STATE_DIR / "state.json").read_text())["tensors"]
         if json.loads(mark.read_text()) == settings and (run / STATE_DIR / tensors).is_file():
-            return {"resume": True}
+            return {**cfg, "output": str(run), "resume": True}
     except (OSError, ValueError, KeyError, TypeError):
         pass
     run.mkdir(parents=True, exist_ok=True)
     atomic_write_json(mark, settings)
-    return {"overwrite": True}
+    return {**cfg, "output": str(run), "overwrite": True}
 
 
 def write_report(path: str | os.PathLike, text: str) -> None:

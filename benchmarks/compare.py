@@ -272,11 +272,10 @@ class Bench:
         a = self.args
         log(f"teacher {model_name}: training {a.teacher_epochs} epochs on {a.limit} images at {a.img_size}px")
         out.mkdir(parents=True, exist_ok=True)
-        start = start_or_resume(out, {"model": model_name, "epochs": a.teacher_epochs, "lr": 0.1,
-                                      "batch_size": a.batch_size, "img_size": a.img_size, "limit": a.limit})
+        cfg = start_or_resume(out, {**self.common(0), "model": model_name, "epochs": a.teacher_epochs,
+                                    "limit": a.limit, "batch_size": a.batch_size, "lr": 0.1})
         with open(out / "log.txt", "a") as logf, contextlib.redirect_stdout(sys.stdout if a.verbose else logf):
-            return train_run.train({**self.common(0), "model": model_name, "epochs": a.teacher_epochs,
-                                   "limit": a.limit, "batch_size": a.batch_size, "lr": 0.1, "output": str(out), **start})
+            return train_run.train(cfg)
 
     def teacher(self, model_name: str) -> dict:
         info = self.results["teachers"].get(model_name)
