@@ -42,6 +42,11 @@ VARIANTS = {
     # the search stops halfway through its epoch and the distillation gets the other half (3.5 of 4): the
     # search's epoch costs about half a point (tas-arch); does half of it decide as well?
     "tas-half": {},
+    # four Gumbel draws per architecture step (the val batch in four chunks): the CE gradient's noise is the
+    # draws', so this halves its sd at the same compute (benchmarks/arch_gradient_snr.py)
+    "tas-draws": {"arch_draws": 4},
+    # ablation: the architecture step without its val CE (budget and entropy terms only): what does the data decide?
+    "tas-noce": {"arch_ce_weight": 0.0},
 }
 VARIANTS["tas-width-filters"] = {**VARIANTS["tas-width"], **VARIANTS["tas-filters"]}
 #: a variant's distillation settings

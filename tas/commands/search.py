@@ -141,6 +141,12 @@ def _optimisation_flags(p: argparse.ArgumentParser, d: SearchConfig) -> None:
     g.add_argument("--arch-lr-hold", type=float, default=d.arch_lr_hold,
                    help="fraction of the search the architecture step runs at --arch-lr before the cosine decay "
                         "(time for the budget controller to bring the costs to the band)")
+    g.add_argument("--arch-draws", type=int, default=d.arch_draws,
+                   help="Gumbel draws per architecture step: the val batch split into this many chunks, each "
+                        "through its own draw (the CE gradient's noise is the draws', not the batch's)")
+    g.add_argument("--arch-ce-weight", type=float, default=d.arch_ce_weight,
+                   help="weight of the val loss in the architecture step (0: budget and entropy terms alone, "
+                        "an ablation of what the data decides)")
     g.add_argument("--entropy-weight", type=float, default=d.entropy_weight,
                    help="weight of the mean normalised entropy of the width and depth distributions in the "
                         "architecture loss, ramped from 0 to this over the search (commits each distribution)")

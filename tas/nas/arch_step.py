@@ -51,6 +51,8 @@ class ArchStepper:
     steps. The caller sets :attr:`progress` (0 at the first step, 1 at the last) before each step.
     Where the argmax still ends outside the band, :meth:`land` takes further steps until it is inside
     (``docs/benchmarks_search_landing_steps.md``); :meth:`decode` is the safety net after that.
+    ``draws`` splits each val batch into that many chunks, each through its own Gumbel draw (:meth:`val_loss`);
+    ``ce_weight`` scales the val loss in the step (0: the budget and entropy terms alone, an ablation).
     """
 
     def __init__(self, supernet: Supernet, metric: str, ratio: float, tolerance: float, cost_weight: float,
@@ -59,7 +61,7 @@ class ArchStepper:
                  dual_lr: float = 1.0, dual_penalty: float = 20.0, sharp_temperature: float | None = 0.1,
                  sharp_value: str = "sharpened", entropy_weight: float = 0.0, lr_schedule: str = "constant",
                  lr_hold: float = 0.0, loss_fn: engine.LossFn | None = None,
-                 precision: Precision | None = None) -> None:
+                 precision: Precision | None = None, draws: int = 1, ce_weight: float = 1.0) -> None:
         if lr_schedule not in ARCH_LR_SCHEDULES:
             raise ValueError(f"unknown arch lr schedule {lr_schedule!r} (one of {', '.join(ARCH_LR_SCHEDULES)})")
         if cost_loss not in COST_LOSSES:
@@ -78,9 +80,30 @@ class ArchStepper:
         self.sharp_temperature, self.sharp_value = sharp_temperature, sharp_value
         self.entropy_weight, self.progress = entropy_weight, 0.0
         self.lr, self.lr_schedule, self.lr_hold = lr, lr_schedule, lr_hold
-        self.loss_fn = loss_fn or engine.cross_entropy_loss()
+        self.loss_fn, self.draws, self.ce_weight = loss_fn or engine.cross_entropy_loss(), draws, ce_weight
         self.controller = (LagrangianCost(aim, dual_lr, 1 if sharp_temperature is None else 2, dual_penalty)
                            if cost_loss == "lagrangian" else None)
+
+    @classmethod
+    def from_config(cls, supernet: Supernet, cfg: Any, **kwargs: Any) -> "ArchStepper":
+        """The stepper a search's settings (a :class:`~tas.nas.config.SearchConfig`) describe; ``kwargs``
+        adds what the settings do not hold (``latency``, ``loss_fn``, ``precision``)."""
+        return cls(supernet, cfg.metric, cfg.ratio, cfg.tolerance, cfg.cost_weight, cfg.arch_lr, cfg.arch_weight_decay,
+                   ceiling=cfg.ceiling, fill=cfg.fill, cost_loss=cfg.cost_loss, dual_lr=cfg.dual_lr,
+                   dual_penalty=cfg.dual_penalty, sharp_temperature=cfg.sharp_temperature, sharp_value=cfg.sharp_value,
+                   entropy_weight=cfg.entropy_weight, lr_schedule=cfg.arch_lr_schedule, lr_hold=cfg.arch_lr_hold,
+                   draws=cfg.arch_draws, ce_weight=cfg.arch_ce_weight, **kwargs)
+
+    def val_loss(self, images: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """The val batch's loss, in :attr:`draws` chunks that each run through a Gumbel draw of their own.
+
+        Nearly all the step-to-step noise of the logits' CE gradient is the Gumbel draw's, not the
+        batch's (``benchmarks/arch_gradient_snr.py``): chunks with their own draws average it down at
+        the compute of one batch."""
+        chunks = list(zip(images.chunk(self.draws), targets.chunk(self.draws)))
+        if len(chunks) == 1:
+            return self.loss_fn(self.supernet, images, targets)[0]
+        return sum(self.loss_fn(self.supernet, x, y)[0] * len(y) for x, y in chunks) / len(targets)
 
     def current_lr(self) -> float:
         """The architecture step's learning rate at :attr:`progress`: ``lr`` (constant), or ``lr`` until
@@ -137,9 +160,9 @@ class ArchStepper:
         """One Adam step on α and β (then one ascent step on the multipliers) at ``lr`` (default:
         :meth:`current_lr`); in a distributed run the CE is the global batch's (all ranks)."""
         with self.precision.autocast():
-            ce = self.loss_fn(self.supernet, images, targets)[0]
+            ce = self.val_loss(images, targets)
         lc, weight, expected, current = self._cost_loss()
-        loss = ce + weight * lc.to(ce.device)
+        loss = self.ce_weight * ce + weight * lc.to(ce.device)
         entropy = self.mean_entropy()
         if self.entropy_weight:  # ramped: the early search explores, the late one commits
             loss = loss + self.entropy_weight * self.progress * entropy.to(ce.device)

@@ -67,6 +67,8 @@ class SearchConfig(RunSettings):
     kd_temperature: float = 4.0
     arch_warmup: float = 0.0
     arch_steps: float = 1.0
+    arch_draws: int = 1
+    arch_ce_weight: float = 1.0
     selection: str = "prefix"
     block_size: int | None = None
     attn_lr: float = 0.01
@@ -112,6 +114,10 @@ class SearchConfig(RunSettings):
             raise TasError(f"--arch-lr-schedule must be one of {', '.join(ARCH_LR_SCHEDULES)}, got {self.arch_lr_schedule!r}")
         if not 0 <= self.arch_lr_hold < 1:
             raise TasError(f"--arch-lr-hold must be a fraction of the search in [0, 1), got {self.arch_lr_hold}")
+        if not isinstance(self.arch_draws, int) or not 1 <= self.arch_draws <= self.batch_size:
+            raise TasError(f"--arch-draws must be an integer in [1, --batch-size], got {self.arch_draws!r}")
+        if not self.arch_ce_weight >= 0:
+            raise TasError(f"--arch-ce-weight must be >= 0, got {self.arch_ce_weight}")
         if not self.entropy_weight >= 0:
             raise TasError(f"--entropy-weight must be >= 0, got {self.entropy_weight}")
         if not self.landing_steps >= 0:

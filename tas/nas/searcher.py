@@ -180,12 +180,8 @@ class Searcher:
                 net.check_target(*cfg.ceiling)
         else:
             net.check_target(cfg.metric, cfg.ratio)
-        self.stepper = ArchStepper(net, cfg.metric, cfg.ratio, cfg.tolerance, cfg.cost_weight, cfg.arch_lr,
-                                   cfg.arch_weight_decay, latency=self.latency, ceiling=cfg.ceiling, fill=cfg.fill,
-                                   cost_loss=cfg.cost_loss, dual_lr=cfg.dual_lr, dual_penalty=cfg.dual_penalty,
-                                   sharp_temperature=cfg.sharp_temperature, sharp_value=cfg.sharp_value,
-                                   entropy_weight=cfg.entropy_weight, lr_schedule=cfg.arch_lr_schedule,
-                                   lr_hold=cfg.arch_lr_hold, loss_fn=self.arch_loss, precision=self.precision)
+        self.stepper = ArchStepper.from_config(net, cfg, latency=self.latency, loss_fn=self.arch_loss,
+                                               precision=self.precision)
 
     # -- loop: the epochs ------------------------------------------------------------------------
     def _optimizers(self) -> None:

@@ -130,7 +130,7 @@ class Supernet(nn.Module):
         for g in self.groups().values():
             g.sample(self.tau, self.k, self.generator)
         for name, stage in self.stages().items():
-            beta = self.betas[_key(name)] if _key(name) in self.betas else None
+            beta = self.depth_logits(name)
             if beta is None:
                 stage.mix, stage.depth = None, None
             else:
@@ -230,11 +230,15 @@ class Supernet(nn.Module):
                               {n: s.num_blocks for n, s in self.graph.stages.items()}, method="full")
 
     # -- cost -------------------------------------------------------------------------------
+    def depth_logits(self, stage: str) -> nn.Parameter | None:
+        """The depth logits β of ``stage`` (None where its depth is not searched)."""
+        return self.betas[_key(stage)] if _key(stage) in self.betas else None
+
     def depth_probs(self, stage: str) -> torch.Tensor:
-        key = _key(stage)
-        if key not in self.betas:
+        beta = self.depth_logits(stage)
+        if beta is None:
             return torch.ones(1, device=next(self.parameters()).device)
-        return torch.softmax(self.betas[key] / self.temperature, dim=-1)
+        return torch.softmax(beta / self.temperature, dim=-1)
 
     @contextlib.contextmanager
     def sharpened(self, temperature: float) -> Iterator["Supernet"]:
