@@ -39,6 +39,8 @@ VARIANTS = {
     "tas-filters": {"channel_order": "filters"},
     # two architecture steps per weight step: twice the controller's steps in the same search epoch
     "tas-arch2": {"arch_steps": 2.0},
+    # four: the CE's per-step SNR is 0.1-0.4 (arch_gradient_snr.py), so its drift grows with the steps
+    "tas-arch4": {"arch_steps": 4.0},
     # the search stops halfway through its epoch and the distillation gets the other half (3.5 of 4): the
     # search's epoch costs about half a point (tas-arch); does half of it decide as well?
     "tas-half": {},
