@@ -34,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchkit import ensure_dataset, write_report  # noqa: E402
 from tas.cli import format_table  # noqa: E402
 from tas.data import create_loaders  # noqa: E402
-from tas.io.checkpoint import load_state  # noqa: E402
+from tas.io.checkpoint import has_state, load_state, load_weights  # noqa: E402
 from tas.nas.config import SearchConfig  # noqa: E402
 from tas.nas.run import load_teacher_and_data  # noqa: E402
 from tas.nas.searcher import SearchData, Searcher  # noqa: E402
@@ -129,14 +129,12 @@ def main(argv=None) -> int:
     batches = [b for b, _ in zip(s.data.val, range(args.batches))]
     rows = [measure(s, "start", args.start_tau, batches, args.draws)]
     if args.search_run:
-        from safetensors.torch import load_file
-        state = load_file(str(Path(args.search_run) / "supernet.safetensors"))
-        missing, unexpected = s.supernet.load_state_dict(state, strict=False)
-        if unexpected or any(k for k in missing if "running" not in k):
-            print(f"warning: {len(missing)} missing, {len(unexpected)} unexpected keys")
-        saved = load_state(Path(args.search_run))
-        if saved is not None and "dual" in saved and s.stepper.controller is not None:  # the multipliers it ended with
-            s.stepper.controller.load_state_dict(saved["dual"])
+        run = Path(args.search_run)
+        s.supernet.load_state_dict(load_weights(run / "supernet.safetensors"))  # strict: the same supernet
+        if has_state(run) and s.stepper.controller is not None:  # the multipliers the search ended with
+            saved = load_state(run)
+            if "dual" in saved:
+                s.stepper.controller.load_state_dict(saved["dual"])
         rows.append(measure(s, "end", args.end_tau, batches, args.draws))
     cols = list(dict.fromkeys(k for r in rows for k in r))
     table = format_table([[f"{r[c]:.3g}" if isinstance(r.get(c), float) else r.get(c, "–") for c in cols]

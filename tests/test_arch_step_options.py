@@ -10,6 +10,7 @@ import tas  # noqa: F401  (registers cifar_resnet*)
 from tas.errors import TasError
 from tas.nas.arch_step import ArchStepper
 from tas.nas.config import SearchConfig
+from test_arch_schedule import _searcher
 from test_search import FLAGS
 
 
@@ -66,6 +67,11 @@ def test_arch_ce_weight_zero_leaves_the_step_to_the_budget_and_entropy_terms():
     assert not all(torch.equal(a, b) for a, b in zip(_stepped(1.0, 1), _stepped(1.0, 2)))
     with pytest.raises(TasError, match="--arch-ce-weight"):
         SearchConfig(flops_ratio=0.5, arch_ce_weight=-1.0).validate()
+
+
+def test_the_searcher_builds_its_step_with_the_options():
+    s = _searcher(arch_draws=2, arch_ce_weight=0.0)
+    assert (s.stepper.draws, s.stepper.ce_weight) == (2, 0.0)
 
 
 def test_options_reach_the_search_from_the_cli(tmp_path, search_script, teacher_run):
