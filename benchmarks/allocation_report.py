@@ -259,7 +259,10 @@ def render(args, results: dict, png: Path | None, why: str | None, elapsed: floa
         "## Paired differences against the trivial rule", "",
         "Per seed: method top-1 − reference top-1 (same seed: same data order); mean and 95 % t interval "
         "over the seeds (points). Reference: `uniform`, or `uniform-depth` where width-only scaling cannot "
-        "reach the ratio. *val*: the same on the held-out validation split (what any choice here is made on).", "",
+        "reach the ratio. *val*: the same on the held-out validation split (what any choice here is made on). "
+        "On splits of a few thousand images a paired difference carries ~1 point of evaluation noise: "
+        "`benchmarks/rescore.py` scores every network again on all 10 000 test images and 20 000 unused "
+        "training images.", "",
         format_table([[p["model"], f"{p['ratio']:.2f}", p["method"], p["reference"], p["n"], _pm(p),
                        "–" if p["lo"] is None else ("yes" if p["lo"] > 0 or p["hi"] < 0 else "no"),
                        _pm(on_val[p["model"], p["ratio"], p["method"]])]
