@@ -79,9 +79,11 @@ def stack(dataset, indices: list[int] | None = None) -> tuple[torch.Tensor, torc
 
 
 @torch.no_grad()
-def top1(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, batch: int = 500) -> float:
-    model.eval()
-    hits = sum(int((model(images[i:i + batch]).argmax(1) == labels[i:i + batch]).sum())
+def top1(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, batch: int = 500,
+         device: str = "cpu") -> float:
+    """Top-1 (percent) of ``model`` on the images, in batches on ``device``."""
+    model.eval().to(device)
+    hits = sum(int((model(images[i:i + batch].to(device)).argmax(1).cpu() == labels[i:i + batch]).sum())
                for i in range(0, len(labels), batch))
     return 100.0 * hits / len(labels)
 
@@ -93,7 +95,7 @@ def cells_to_score(root: Path, results: dict) -> dict[str, Path]:
     return {k: r for k, r in runs.items() if (r / "model.safetensors").is_file()}
 
 
-def score(root: Path, wide: int, data_dir: str | None) -> dict:
+def score(root: Path, wide: int, data_dir: str | None, device: str = "cpu") -> dict:
     """Score every cell not yet in ``<root>/rescore.json`` on the full test set and the wide split."""
     results = json.loads((root / "results.json").read_text())
     path = root / "rescore.json"
@@ -114,7 +116,7 @@ def score(root: Path, wide: int, data_dir: str | None) -> dict:
     log(f"{root}: {len(todo)} networks on {len(sets['test'][1])} test and {len(sets['wide_val'][1])} wide-val images")
     for i, (key, run) in enumerate(sorted(todo.items()), 1):
         model, _ = load_run(run)
-        cache["cells"][key] = {name: round(top1(model, *xy), 4) for name, xy in sets.items()}
+        cache["cells"][key] = {name: round(top1(model, *xy, device=device), 4) for name, xy in sets.items()}
         reported = {**results["cells"], **{m + TEACHER: t for m, t in results["teachers"].items()}}[key].get("val_top1")
         if reported is not None and abs(reported - cache["cells"][key]["val"]) > 0.05:
             sys.exit(f"error: {key} scores {cache['cells'][key]['val']:.2f} on its own validation split, "
@@ -200,6 +202,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="pairs to report (default: every method against tas and against the trivial rule)")
     p.add_argument("--data-dir", default=None)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--device", default="cpu", help="where the networks run (cpu, cuda)")
     p.add_argument("--doc", default="-", help="markdown file to write the tables to ('-': print only)")
     args = p.parse_args(argv)
     if args.wide_val < 10:
@@ -211,7 +214,7 @@ def main(argv: list[str] | None = None) -> int:
     for out in map(Path, args.output):
         if not (out / "results.json").is_file():
             sys.exit(f"error: {out} has no results.json (an allocation.py --output directory)")
-        text.append(report(out, score(out, args.wide_val, args.data_dir), pairs))
+        text.append(report(out, score(out, args.wide_val, args.data_dir, args.device), pairs))
     body = "\n".join(text)
     print(body)
     if args.doc != "-":
