@@ -20,7 +20,8 @@ a large share of what the benchmark read.
     python benchmarks/rescore.py --output runs/allocation/cpu_rep            # every pair against tas and the rule
     python benchmarks/rescore.py --output runs/allocation/cpu_rep --pairs tas-rule:tas uniform:tas
 
-Cached in ``<output>/rescore.json`` (a cell is scored once; rerun to add new cells). Not a test.
+Cached in ``<output>/rescore.json`` (a network is scored once; rerun to add new cells; a cache of another
+``--wide-val`` is refused, never overwritten). Not a test.
 """
 from __future__ import annotations
 
@@ -43,6 +44,7 @@ import tas  # noqa: E402  (registers the cifar models with timm)
 import tas.data  # noqa: E402
 from tas.io.checkpoint import atomic_write_json  # noqa: E402
 from tas.prune.load import load_run  # noqa: E402
+from tas.train import engine  # noqa: E402
 
 from allocation import split_indices  # noqa: E402
 from allocation_methods import REFERENCES  # noqa: E402
@@ -51,6 +53,19 @@ from benchstats import paired_differences  # noqa: E402
 
 #: the seed of the wide split's draw (the run's own split uses 0)
 WIDE_SEED = 1
+
+
+class InputError(SystemExit):
+    """Bad input to this script: ``main`` prints it as one line and exits 2."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(2)
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
+
+
 #: the suffix of a teacher's key in the cache (a cell's is model/ratio/seed/method)
 TEACHER = "/teacher"
 
@@ -65,7 +80,7 @@ def wide_indices(targets: np.ndarray, limit: int, val: int, wide: int) -> list[i
     for c in classes:
         free = np.array([i for i in np.flatnonzero(targets == c) if i not in used])
         if per > len(free):
-            sys.exit(f"error: class {c} has {len(free)} unused training images, fewer than the {per} --wide-val asks")
+            raise InputError(f"class {c} has {len(free)} unused training images, fewer than the {per} --wide-val asks")
         np.random.default_rng([WIDE_SEED, int(c)]).shuffle(free)
         out += free[:per].tolist()
     return sorted(out)
@@ -78,14 +93,10 @@ def stack(dataset, indices: list[int] | None = None) -> tuple[torch.Tensor, torc
     return torch.stack(images), torch.tensor(labels)
 
 
-@torch.no_grad()
-def top1(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, batch: int = 500,
-         device: str = "cpu") -> float:
-    """Top-1 (percent) of ``model`` on the images, in batches on ``device``."""
-    model.eval().to(device)
-    hits = sum(int((model(images[i:i + batch].to(device)).argmax(1).cpu() == labels[i:i + batch]).sum())
-               for i in range(0, len(labels), batch))
-    return 100.0 * hits / len(labels)
+def top1(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, device: str = "cpu") -> float:
+    """Top-1 (percent) of ``model`` on the images (:func:`tas.train.engine.evaluate`, batches of 500)."""
+    batches = list(zip(images.split(500), labels.split(500)))
+    return engine.evaluate(model.to(device), batches, device)["top1"]
 
 
 def cells_to_score(root: Path, results: dict) -> dict[str, Path]:
@@ -101,9 +112,10 @@ def score(root: Path, wide: int, data_dir: str | None, device: str = "cpu") -> d
     path = root / "rescore.json"
     settings = {"wide_val": wide, "wide_seed": WIDE_SEED, "limit": results["settings"]["limit"],
                 "val": results["settings"]["val"]}
-    cache = json.loads(path.read_text()) if path.is_file() else {}
-    if cache.get("settings") != settings:
-        cache = {"settings": settings, "cells": {}}
+    cache = json.loads(path.read_text()) if path.is_file() else {"settings": settings, "cells": {}}
+    if cache.get("settings") != settings:  # never overwrite another split's scores
+        raise InputError(f"{path} holds scores for {cache.get('settings')}, not {settings}: pass its --wide-val "
+                         f"or move it away")
     todo = {k: r for k, r in cells_to_score(root, results).items() if k not in cache["cells"]}
     if not todo:
         return cache
@@ -119,8 +131,8 @@ def score(root: Path, wide: int, data_dir: str | None, device: str = "cpu") -> d
         cache["cells"][key] = {name: round(top1(model, *xy, device=device), 4) for name, xy in sets.items()}
         reported = {**results["cells"], **{m + TEACHER: t for m, t in results["teachers"].items()}}[key].get("val_top1")
         if reported is not None and abs(reported - cache["cells"][key]["val"]) > 0.05:
-            sys.exit(f"error: {key} scores {cache['cells'][key]['val']:.2f} on its own validation split, "
-                     f"results.json says {reported:.2f}: the network or the images do not load as the run had them")
+            raise InputError(f"{key} scores {cache['cells'][key]['val']:.2f} on its own validation split, "
+                             f"results.json says {reported:.2f}: the network or the images do not load as the run had them")
         atomic_write_json(path, cache)  # resumable: each network once
         log(f"[{i}/{len(todo)}] {key}: test {cache['cells'][key]['test']:.2f}, wide val {cache['cells'][key]['wide_val']:.2f}")
     return cache
@@ -190,7 +202,7 @@ def parse_pairs(values: list[str] | None) -> list[tuple[str, str]] | None:
     """``METHOD:AGAINST`` strings as pairs (None: the default pairs)."""
     bad = [v for v in values or [] if v.count(":") != 1]
     if bad:
-        sys.exit(f"error: --pairs takes METHOD:AGAINST, got {' '.join(bad)}")
+        raise InputError(f"--pairs takes METHOD:AGAINST, got {' '.join(bad)}")
     return [tuple(v.split(":")) for v in values] if values else None  # type: ignore[misc]
 
 
@@ -207,14 +219,19 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.wide_val < 10:
         p.error("--wide-val must be at least one image a class")
-    pairs = parse_pairs(args.pairs)
-    torch.set_num_threads(args.threads)
-    ensure_dataset(args.data_dir)
-    start, text = time.time(), []
     for out in map(Path, args.output):
         if not (out / "results.json").is_file():
-            sys.exit(f"error: {out} has no results.json (an allocation.py --output directory)")
-        text.append(report(out, score(out, args.wide_val, args.data_dir, args.device), pairs))
+            p.error(f"{out} has no results.json (an allocation.py --output directory)")
+    torch.set_num_threads(args.threads)
+    start, text = time.time(), []
+    try:
+        pairs = parse_pairs(args.pairs)
+        ensure_dataset(args.data_dir)
+        for out in map(Path, args.output):
+            text.append(report(out, score(out, args.wide_val, args.data_dir, args.device), pairs))
+    except InputError as e:
+        print(f"rescore.py: error: {e}", file=sys.stderr)
+        return 2
     body = "\n".join(text)
     print(body)
     if args.doc != "-":

@@ -51,3 +51,14 @@ def test_pairs_are_parsed_and_checked():
     assert rescore.parse_pairs(None) is None
     with pytest.raises(SystemExit, match="METHOD:AGAINST"):
         rescore.parse_pairs(["tas"])
+
+
+def test_scores_for_another_wide_split_are_never_overwritten(tmp_path):
+    (tmp_path / "results.json").write_text(json.dumps({"settings": {"limit": 40, "val": 20}, "cells": {}, "teachers": {}}))
+    kept = json.dumps({"settings": {"wide_val": 500, "wide_seed": rescore.WIDE_SEED, "limit": 40, "val": 20},
+                       "cells": {"m/r0.25/s0/tas": {"test": 80.0, "wide_val": 81.0, "val": 82.0}}})
+    (tmp_path / "rescore.json").write_text(kept)
+    with pytest.raises(SystemExit, match="pass its --wide-val") as exc:
+        rescore.score(tmp_path, wide=1000, data_dir=None)
+    assert exc.value.code == 2
+    assert (tmp_path / "rescore.json").read_text() == kept
