@@ -80,17 +80,20 @@ MODES = {
     # tas-latency is left out of --quick: its latency table alone takes minutes on a loaded machine
     "quick": {"models": ["cifar_resnet20"], "ratios": [0.25], "seeds": [0, 1], "limit": 500, "val": 300,
               "test_limit": 1000, "teacher_epochs": 2, "teacher_cap": 4, "budget": 2, "search_epochs": 1, "batch_size": 32,
-              "latency_repeats": 20, "uniform_depth": "always",
+              "lr": 0.05, "latency_repeats": 20, "uniform_depth": "always",
               "methods": ["tas", "uniform", "uniform-depth", "l1", "synflow"]},
     # a reduced but honest run for one shared CPU thread (about an hour): one cheap model, the two ratios
     # where allocation matters, three seeds
     "cpu": {"models": ["cifar_resnet20"], "ratios": [0.25, 0.12], "seeds": [0, 1, 2], "limit": 5000, "val": 1000,
             "test_limit": 2000, "teacher_epochs": 4, "teacher_cap": 8, "budget": 4, "search_epochs": 1,
-            "batch_size": 64, "latency_repeats": 20, "uniform_depth": "auto",
+            "batch_size": 64, "lr": 0.05, "latency_repeats": 20, "uniform_depth": "auto",
             "methods": ["tas", "uniform", "uniform-depth", "l1", ARCH_ONLY]},
+    # batch 256 at lr 0.02: from a 40-epoch cifar_resnet56 teacher, lr 0.1 cost every method at 0.12 (2.6 points on
+    # average) and reversed their order (docs/benchmarks_allocation_20k_cpu.md)
     "full": {"models": ["cifar_resnet56", "cifar_mobilenetv2"], "ratios": [0.5, 0.25, 0.12], "seeds": [0, 1, 2],
              "limit": 20000, "val": 5000, "teacher_epochs": 10, "teacher_cap": 80, "budget": 8, "search_epochs": 2,
-             "test_limit": None, "batch_size": 64, "latency_repeats": 50, "uniform_depth": "auto", "methods": list(METHODS)},
+             "test_limit": None, "batch_size": 256, "lr": 0.02, "latency_repeats": 50, "uniform_depth": "auto",
+             "methods": list(METHODS)},
 }
 KEYS = ("limit", "val", "test_limit", "img_size", "teacher_epochs", "teacher_cap", "plateau_delta", "budget", "search_epochs",
         "batch_size", "lr")
@@ -385,8 +388,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--search-epochs", type=int, default=None, help="of the budget, TAS's search epochs")
     p.add_argument("--uniform-depth", choices=("auto", "always"), default=None,
                    help="auto: only where width-only methods cannot reach the ratio")
-    p.add_argument("--batch-size", type=int, default=None, help="default 64 (--quick: 32)")
-    p.add_argument("--lr", type=float, default=0.05, help="distillation learning rate")
+    p.add_argument("--batch-size", type=int, default=None, help="the preset's (cpu 64, quick 32, full 256)")
+    p.add_argument("--lr", type=float, default=None, help="distillation learning rate (the preset's)")
     p.add_argument("--latency-repeats", type=int, default=None)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--jobs", type=int, default=1,
