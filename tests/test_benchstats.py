@@ -282,3 +282,13 @@ def test_a_stopped_teacher_run_resumes(tmp_path, monkeypatch):
         ["--preset", "cpu", "--val", "500", "--output", str(tmp_path / "b")]))
     assert start(other) == "overwrite"  # another split of the training images: not the same run
     assert start(other) == "resume" and start(bench) == "overwrite"
+
+
+@pytest.mark.parametrize("argv, lr, batch_size", [
+    ([], 0.02, 256),                                 # full: fine-tuning rate for the GPU-trained teachers
+    (["--preset", "cpu"], 0.05, 64),                 # the cpu preset's cached cells keep their settings
+    (["--preset", "full", "--lr", "0.1"], 0.1, 256),  # a flag given wins over the preset
+])
+def test_distillation_lr_and_batch_come_from_the_preset_unless_given(argv, lr, batch_size):
+    args = allocation.parse_args([*argv, "--doc", "-", "--output", "unused"])
+    assert (args.lr, args.batch_size) == (lr, batch_size)
