@@ -49,6 +49,9 @@ VARIANTS = {
     "tas-draws": {"arch_draws": 4},
     # ablation: the architecture step without its val CE (budget and entropy terms only): what does the data decide?
     "tas-noce": {"arch_ce_weight": 0.0},
+    # the finer space (every block count, widths in multiples of 4; cifar_resnet models only): at 0.12 of
+    # cifar_resnet56 every move of the default space is wider than the band (docs/benchmarks_search_grain.md)
+    "tas-fine": {"space": "cifar_resnet_fine"},
 }
 VARIANTS["tas-width-filters"] = {**VARIANTS["tas-width"], **VARIANTS["tas-filters"]}
 #: a variant's distillation settings
