@@ -3,6 +3,8 @@ settings each TAS variant changes (``benchmarks/allocation.py`` runs them, ``all
 reports them)."""
 from __future__ import annotations
 
+from pathlib import Path
+
 from compare import LATENCY_METHOD
 
 WIDTH_ONLY = ("uniform", "l1", "synflow", "tas-width", "tas-width-filters")  # no depth choice: none below the width-only minimum
@@ -52,6 +54,8 @@ VARIANTS = {
     # the finer space (every block count, widths in multiples of 4; cifar_resnet models only): at 0.12 of
     # cifar_resnet56 every move of the default space is wider than the band (docs/benchmarks_search_grain.md)
     "tas-fine": {"space": "cifar_resnet_fine"},
+    # the default depth rule with the fine space's widths (multiples of 4; benchmarks/spaces/cifar_resnet_w4.yaml)
+    "tas-w4": {"space": str(Path(__file__).resolve().parent / "spaces" / "cifar_resnet_w4.yaml")},
 }
 VARIANTS["tas-width-filters"] = {**VARIANTS["tas-width"], **VARIANTS["tas-filters"]}
 #: a variant's distillation settings
