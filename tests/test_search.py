@@ -375,3 +375,44 @@ def test_the_allocation_benchmark_reads_the_pre_decode_report(search_run):
     assert 0 < ratio < 1.5
     # the band the benchmarks count "in band" against: a fraction of the target below it
     assert metrics["band"] == pytest.approx([meta["target_ratio"] * (1 - meta["tolerance"]), meta["target_ratio"]])
+
+
+class _StoppedAfterSave(Exception):
+    pass
+
+
+def test_search_resumed_before_its_landing_steps_ends_as_the_uninterrupted_one(tmp_path, monkeypatch, search_script,
+                                                                               teacher_run):
+    """The landing steps are not checkpointed: a search stopped right after its last epoch's state was
+    saved and resumed takes them again, and must take the same ones (the global RNG, which draws the
+    augmentation of their batches, is the saved one, not what the resumed process left it at), so it
+    ends exactly as the uninterrupted search: architecture, pre-decode argmax, logits, weights."""
+    from safetensors.torch import load_file
+
+    from tas.nas import searcher as searching
+
+    # a 0.5 target that the 8 architecture steps do not reach: landing steps follow
+    flags = FLAGS + ["--teacher", str(teacher_run), "--flops-ratio", "0.5", "--epochs", "1", "--arch-lr", "0.3",
+                     "--landing-steps", "2", "--landing-lr", "1"]
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    assert search_script.main(flags + ["--output", str(straight)]) == 0
+    save = searching.save_state
+
+    def save_then_stop(run_dir, state):
+        save(run_dir, state)
+        if int(state["epoch"]) == 1:
+            raise _StoppedAfterSave
+
+    with monkeypatch.context() as m:
+        m.setattr(searching, "save_state", save_then_stop)
+        with pytest.raises(_StoppedAfterSave):
+            search_script.main(flags + ["--output", str(resumed)])
+    assert search_script.main(flags + ["--output", str(resumed), "--resume"]) == 0
+    a, b = (json.loads((run / "metrics.json").read_text()) for run in (straight, resumed))
+    assert a["landing_steps"] > 0
+    assert (a["pre_decode_ratio"], a["landing_steps"]) == (b["pre_decode_ratio"], b["landing_steps"])
+    assert json.loads((straight / "arch.json").read_text()) == json.loads((resumed / "arch.json").read_text())
+    for weights in ("supernet.safetensors", "model.safetensors"):  # the logits the landing steps moved; the slim net
+        wa, wb = load_file(str(straight / weights)), load_file(str(resumed / weights))
+        assert wa.keys() == wb.keys()
+        assert all(torch.equal(wa[k], wb[k]) for k in wa), (weights, [k for k in wa if not torch.equal(wa[k], wb[k])][:5])

@@ -230,6 +230,8 @@ class Searcher:
             self.precision.load_state_dict(state.get("scaler"))
             if "gumbel_rng" in state:  # states written before the Gumbel draws had their own stream
                 self.supernet.generator.set_state(state["gumbel_rng"].cpu())
+            # the last step's temperature: the landing steps of a search resumed after its last step sample at it
+            self.supernet.tau = self._tau(max(p.step - 1, 0))
         except (KeyError, RuntimeError, ValueError) as e:
             raise CheckpointError(f"--resume: the state in {self.out} does not fit this search ({e})") from None
         print(f"resuming {self.out} at epoch {p.epoch + 1}/{self.cfg.epochs}, step {p.in_epoch + 1}")
@@ -278,6 +280,7 @@ class Searcher:
         try:
             for epoch in range(self.progress.epoch, len(self.epoch_lengths)):
                 self._epoch(epoch)
+            self._resume_rng()  # resumed after its last epoch: the landing steps and the decode draw as they would have
         finally:
             self.writer.flush()  # closed by run() once the decoded architecture is logged too
 
@@ -304,6 +307,14 @@ class Searcher:
             print(f"landing: {self.landing_steps} architecture step(s) past the search "
                   f"(argmax {self.cfg.metric} ratio {self.stepper.current_cost() / self.stepper.full:.3f})")
 
+    def _resume_rng(self) -> None:
+        """A resumed search's saved global RNG (it draws the augmentation and the BN recalibration's
+        batches), restored once: where the resumed epoch's batch order is fixed, or before the landing
+        steps (not checkpointed) when the state was saved at the end of the last epoch."""
+        if self.progress.rng is not None:
+            set_rng_state(self.progress.rng)
+            self.progress.rng = None
+
     def _epoch_batches(self, epoch: int, skip: int) -> Iterable:
         """The epoch's ``(train batch, [val batches])`` from step ``skip`` on, their order fixed by
         ``(seed, epoch)``: step ``i`` gets the val batches of its :func:`arch_quota` share."""
@@ -316,9 +327,7 @@ class Searcher:
         train = engine.skip_batches(data.train, skip)
         val = cycle_batches(engine.skip_batches(data.val, arch_quota(skip, cfg.arch_steps),
                                          length=arch_quota(self.steps_per_epoch, cfg.arch_steps)))
-        if self.progress.rng is not None:  # resuming: after fixing the epoch's batch order, as when it was saved
-            set_rng_state(self.progress.rng)
-            self.progress.rng = None
+        self._resume_rng()  # after fixing the epoch's batch order, as when the state was saved
         quota = [arch_quota(i, cfg.arch_steps) for i in range(skip, self.epoch_lengths[epoch] + 1)]
         # The quota first: a shorter last epoch stops before loading a batch it would not use.
         return ((batch, [next(val) for _ in range(n1 - n0)]) for n0, n1, batch in zip(quota, quota[1:], train))
@@ -339,6 +348,11 @@ class Searcher:
                 self._snapshot(epoch, in_epoch + 1, p.wall + time.perf_counter() - t0)
         self._end_epoch(epoch, t0)
 
+    def _tau(self, step: int) -> float:
+        """The Gumbel temperature of step ``step`` (``--tau-max`` to ``--tau-min`` over the search)."""
+        cfg = self.cfg
+        return tau_at(step / max(1, self.total_steps - 1), cfg.tau_max, cfg.tau_min, cfg.tau_schedule)
+
     def _step(self, epoch: int, in_epoch: int, xt: torch.Tensor, yt: torch.Tensor,
               val: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple[dict[str, float] | None, float]:
         """One weight step on ``(xt, yt)``, then an architecture step on each val batch in ``val``
@@ -348,7 +362,7 @@ class Searcher:
         xt, yt = amp.images(xt, dev), amp.images(yt, dev)
         if p.step < self.warmup_steps:
             val = []  # drawn all the same: the val order stays that of the run without warm-up
-        net.tau = tau_at(p.step / max(1, self.total_steps - 1), cfg.tau_max, cfg.tau_min, cfg.tau_schedule)
+        net.tau = self._tau(p.step)
         phase = sparsity = None
         if self.sapp is not None:
             phase, sparsity = self.sapp.step(p.step)
@@ -401,11 +415,12 @@ class Searcher:
             writer.add_scalar("sapp/phase", PHASES.index(phase), step)
             writer.add_scalar("sapp/sparsity", sparsity, step)
 
-    def _evaluate(self, arch: Any) -> dict[str, Any]:
-        """Test metrics of ``arch`` in hard mode, BN recalibrated on the train loader; the supernet
-        is left in hard mode on ``arch``."""
+    def _evaluate(self, arch: Any, seed: int | None = None) -> dict[str, Any]:
+        """Test metrics of ``arch`` in hard mode, BN recalibrated on the train loader (its batches
+        and augmentation reset to ``seed`` first, when given: :func:`recalibrate_bn`); the supernet is
+        left in hard mode on ``arch``."""
         self.supernet.set_arch(arch)
-        recalibrate_bn(self.supernet, self.data.train, self.device)
+        recalibrate_bn(self.supernet, self.data.train, self.device, seed=seed)
         return engine.evaluate(self.supernet, self.data.test, self.device)
 
     def _end_epoch(self, epoch: int, t0: float) -> None:
@@ -446,7 +461,9 @@ class Searcher:
         if self.sapp is not None:
             self.sapp.finalize(arch)
         within = landed_within(landing, widths, depths, cfg) if landing else self.stepper.within(widths, depths)
-        val = self._evaluate(arch)
+        # recalibrated on batches the seed fixes, not what the epochs drew before (a search resumed
+        # after its last epoch drew none of them)
+        val = self._evaluate(arch, seed=cfg.seed)
         slim = materialize(net, arch).cpu()
         arch = to_original(arch, self.perms)  # arch.json refers to the teacher's channels as trained
         net.search()
