@@ -233,9 +233,9 @@ def test_sapp_resume_mid_phase_is_identical(tmp_path, monkeypatch, sapp_search, 
     uninterrupted one: architecture, attention, masks, rankings, weights."""
     from safetensors.torch import load_file
 
-    from tas.nas import searcher as searching
+    from tas.nas import resume
 
-    save = searching.save_state
+    save = resume.save_state
 
     def save_then_stop(run_dir, state):
         save(run_dir, state)
@@ -245,7 +245,7 @@ def test_sapp_resume_mid_phase_is_identical(tmp_path, monkeypatch, sapp_search, 
     out = tmp_path / "run"
     flags = ["--teacher", str(teacher_run), *SAPP_FLAGS, "--output", str(out)]
     with monkeypatch.context() as m:
-        m.setattr(searching, "save_state", save_then_stop)
+        m.setattr(resume, "save_state", save_then_stop)
         with pytest.raises(_Interrupted):
             search_script.main(flags)
     assert not (out / "arch.json").exists()

@@ -389,14 +389,14 @@ def test_search_resumed_before_its_landing_steps_ends_as_the_uninterrupted_one(t
     ends exactly as the uninterrupted search: architecture, pre-decode argmax, logits, weights."""
     from safetensors.torch import load_file
 
-    from tas.nas import searcher as searching
+    from tas.nas import resume
 
     # a 0.5 target that the 8 architecture steps do not reach: landing steps follow
     flags = FLAGS + ["--teacher", str(teacher_run), "--flops-ratio", "0.5", "--epochs", "1", "--arch-lr", "0.3",
                      "--landing-steps", "2", "--landing-lr", "1"]
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
     assert search_script.main(flags + ["--output", str(straight)]) == 0
-    save = searching.save_state
+    save = resume.save_state
 
     def save_then_stop(run_dir, state):
         save(run_dir, state)
@@ -404,7 +404,7 @@ def test_search_resumed_before_its_landing_steps_ends_as_the_uninterrupted_one(t
             raise _StoppedAfterSave
 
     with monkeypatch.context() as m:
-        m.setattr(searching, "save_state", save_then_stop)
+        m.setattr(resume, "save_state", save_then_stop)
         with pytest.raises(_StoppedAfterSave):
             search_script.main(flags + ["--output", str(resumed)])
     assert search_script.main(flags + ["--output", str(resumed), "--resume"]) == 0

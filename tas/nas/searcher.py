@@ -39,9 +39,8 @@ import torch
 from .. import distributed, tb
 from ..cli import format_table
 from ..deploy import latency
-from ..errors import CheckpointError, DivergedError, TasError
-from ..io.checkpoint import (atomic_write_json, check_extension, load_state, rng_state, save_state, save_weights,
-                             set_rng_state)
+from ..errors import DivergedError, TasError
+from ..io.checkpoint import atomic_write_json, load_state, save_weights
 from ..io.rundir import save_run
 from ..prune.channel_order import order_teacher, to_original
 from ..prune.materialize import materialize
@@ -57,6 +56,7 @@ from .narrow import align_widths, bound_widths, choose_depth
 from .latency_budget import budget_ratio, landed_within, measured_landing, shared_latency_table
 from .progress import Progress, arch_quota, check_output, cycle_batches, lr_factor
 from .result import SearchData, SearchResult, summary_rows
+from .resume import restore_search_state, resume_rng, save_search_state
 from .sampling import tau_at
 from .supernet import Supernet, create_supernet
 
@@ -209,53 +209,6 @@ class Searcher:
             self.sapp = SappController(net, schedule, [self.w_opt, self.attn_opt], anneal=cfg.sapp_anneal,
                                        widths=lambda: self.stepper.decode()[0])
 
-    def _restore(self) -> None:
-        """Load the resumable state into the supernet, optimisers and counters."""
-        state, p = self.state, self.progress
-        check_extension(state, self.cfg.epochs, self.out)
-        try:
-            self.supernet.load_state_dict(state["supernet"])
-            self.w_opt.load_state_dict(state["w_opt"])
-            self.stepper.optimizer.load_state_dict(state["a_opt"])
-            if self.stepper.controller is not None:
-                self.stepper.controller.load_state_dict(state["dual"])
-            if self.attn_opt is not None:
-                self.attn_opt.load_state_dict(state["attn_opt"])
-                done = int(state["step"])
-                self.sapp.phase_index = self.sapp.schedule.phase(done - 1)[0] if done else None
-            self.w_sched.load_state_dict(state["w_sched"])
-            p.epoch, p.step, p.wall = int(state["epoch"]), int(state["step"]), float(state["wall_time_s"])
-            p.in_epoch, p.skipped = int(state.get("step_in_epoch", 0)), int(state.get("skipped_steps", 0))
-            p.history, p.rng = json.loads(state["history"]), state["rng"]
-            self.precision.load_state_dict(state.get("scaler"))
-            if "gumbel_rng" in state:  # states written before the Gumbel draws had their own stream
-                self.supernet.generator.set_state(state["gumbel_rng"].cpu())
-            # the last step's temperature: the landing steps of a search resumed after its last step sample at it
-            self.supernet.tau = self._tau(max(p.step - 1, 0))
-        except (KeyError, RuntimeError, ValueError) as e:
-            raise CheckpointError(f"--resume: the state in {self.out} does not fit this search ({e})") from None
-        print(f"resuming {self.out} at epoch {p.epoch + 1}/{self.cfg.epochs}, step {p.in_epoch + 1}")
-
-    def _snapshot(self, epoch_done: int, step_in_epoch: int, seconds: float) -> None:
-        if not self.main:
-            return
-        p, net, lengths = self.progress, self.supernet, self.epoch_lengths
-        partway = 0 < epoch_done and not step_in_epoch and lengths[epoch_done - 1] < self.steps_per_epoch
-        save_state(self.out, {"supernet": net.state_dict(), "w_opt": self.w_opt.state_dict(),
-                              "a_opt": self.stepper.optimizer.state_dict(), "w_sched": self.w_sched.state_dict(),
-                              **({"attn_opt": self.attn_opt.state_dict()} if self.attn_opt is not None else {}),
-                              "epoch": epoch_done, "step": p.step, "step_in_epoch": step_in_epoch,
-                              "skipped_steps": p.skipped, "wall_time_s": seconds,
-                              "history": json.dumps(p.history), "rng": rng_state(),
-                              "gumbel_rng": net.generator.get_state(), "channel_perms": json.dumps(self.perms),
-                              "scaler": self.precision.state_dict(),
-                              **({"dual": self.stepper.controller.state_dict()}
-                                 if self.stepper.controller is not None else {}),
-                              **({"aligned_widths": json.dumps(net.space.widths)}
-                                 if net.space.divisor == "auto" else {}),
-                              **({"bounded_widths": json.dumps(net.space.widths)} if self.cfg.limit_widths else {}),
-                              **({"ended_partway": self.cfg.epochs} if partway else {})})
-
     def _check_finite(self, epoch: int, in_epoch: int) -> None:
         net = self.supernet
         for name, p in [*((f"width logits of {n}", g.alpha) for n, g in net.groups().items()),
@@ -270,7 +223,7 @@ class Searcher:
         cfg = self.cfg
         self._optimizers()
         if self.state is not None:
-            self._restore()
+            restore_search_state(self)
         distributed.barrier()  # every rank has checked the output before rank 0 writes to it
         self.writer = tb.create_writer(self.out, purge_step=self.progress.step + 1 if cfg.resume else None)
         self.writer.add_custom_scalars(tb.runs.SEARCH_LAYOUT)
@@ -280,7 +233,7 @@ class Searcher:
         try:
             for epoch in range(self.progress.epoch, len(self.epoch_lengths)):
                 self._epoch(epoch)
-            self._resume_rng()  # resumed after its last epoch: the landing steps and the decode draw as they would have
+            resume_rng(self.progress)  # resumed after its last epoch: the landing steps and the decode draw as they would have
         finally:
             self.writer.flush()  # closed by run() once the decoded architecture is logged too
 
@@ -307,14 +260,6 @@ class Searcher:
             print(f"landing: {self.landing_steps} architecture step(s) past the search "
                   f"(argmax {self.cfg.metric} ratio {self.stepper.current_cost() / self.stepper.full:.3f})")
 
-    def _resume_rng(self) -> None:
-        """A resumed search's saved global RNG (it draws the augmentation and the BN recalibration's
-        batches), restored once: where the resumed epoch's batch order is fixed, or before the landing
-        steps (not checkpointed) when the state was saved at the end of the last epoch."""
-        if self.progress.rng is not None:
-            set_rng_state(self.progress.rng)
-            self.progress.rng = None
-
     def _epoch_batches(self, epoch: int, skip: int) -> Iterable:
         """The epoch's ``(train batch, [val batches])`` from step ``skip`` on, their order fixed by
         ``(seed, epoch)``: step ``i`` gets the val batches of its :func:`arch_quota` share."""
@@ -327,7 +272,7 @@ class Searcher:
         train = engine.skip_batches(data.train, skip)
         val = cycle_batches(engine.skip_batches(data.val, arch_quota(skip, cfg.arch_steps),
                                          length=arch_quota(self.steps_per_epoch, cfg.arch_steps)))
-        self._resume_rng()  # after fixing the epoch's batch order, as when the state was saved
+        resume_rng(self.progress)  # after fixing the epoch's batch order, as when the state was saved
         quota = [arch_quota(i, cfg.arch_steps) for i in range(skip, self.epoch_lengths[epoch] + 1)]
         # The quota first: a shorter last epoch stops before loading a batch it would not use.
         return ((batch, [next(val) for _ in range(n1 - n0)]) for n0, n1, batch in zip(quota, quota[1:], train))
@@ -345,10 +290,10 @@ class Searcher:
             if terms:
                 bar.set_postfix(loss=f"{w_value:.3f}", ratio=f"{terms['derived_ratio']:.3f}", refresh=False)
             if cfg.checkpoint_every and p.step % cfg.checkpoint_every == 0 and in_epoch + 1 < length:
-                self._snapshot(epoch, in_epoch + 1, p.wall + time.perf_counter() - t0)
+                save_search_state(self, epoch, in_epoch + 1, p.wall + time.perf_counter() - t0)
         self._end_epoch(epoch, t0)
 
-    def _tau(self, step: int) -> float:
+    def tau_at_step(self, step: int) -> float:
         """The Gumbel temperature of step ``step`` (``--tau-max`` to ``--tau-min`` over the search)."""
         cfg = self.cfg
         return tau_at(step / max(1, self.total_steps - 1), cfg.tau_max, cfg.tau_min, cfg.tau_schedule)
@@ -362,7 +307,7 @@ class Searcher:
         xt, yt = amp.images(xt, dev), amp.images(yt, dev)
         if p.step < self.warmup_steps:
             val = []  # drawn all the same: the val order stays that of the run without warm-up
-        net.tau = self._tau(p.step)
+        net.tau = self.tau_at_step(p.step)
         phase = sparsity = None
         if self.sapp is not None:
             phase, sparsity = self.sapp.step(p.step)
@@ -436,7 +381,7 @@ class Searcher:
               f"{budget_ratio(arch, self.cfg.metric, self.latency):.3f}  hard-mode test top-1 {val['top1']:.2f}%  "
               f"tau {net.tau:.2f}", flush=True)
         p.epoch, p.in_epoch = epoch + 1, 0
-        self._snapshot(epoch + 1, 0, p.wall)
+        save_search_state(self, epoch + 1, 0, p.wall)
 
     # -- decode: the final architecture, its slim network, the metrics --------------------------------
     def decode(self) -> SearchResult:
