@@ -161,6 +161,11 @@ def main(argv=None) -> int:
     allocation.register_dataset(args.data_dir, args.limit, args.val)
     cache_path = Path(args.output) / "landing_replay" / "results.json"
     cache = {} if args.fresh or not cache_path.is_file() else json.loads(cache_path.read_text())
+    missing = [str(cell_dir(args, seed)) for seed in args.seeds if not (cell_dir(args, seed) / "state").is_dir()]
+    if missing:
+        print(f"error: no finished search with a saved state at {', '.join(missing)} (run benchmarks/allocation.py "
+              "with the same --output, --ratios and --seeds first)", file=sys.stderr)
+        return 2
     rows = []
     for rule in args.rules:
         for lr in args.landing_lrs:
